@@ -1,0 +1,31 @@
+"""Command line: ``python -m t2idemo <command> [options]``; ``--help`` after a command lists its options."""
+
+import importlib
+import sys
+
+# command -> (module, function taking argv); each module keeps its own argparse
+COMMANDS = {
+    "sample": ("t2idemo.generate", "sample_main", "sample a grid of images from a pipeline"),
+    "pretrain": ("t2idemo.pretrain", "cli", "train the tiny CLIP, VAE and UNet of the shapes world"),
+    "reward": ("t2idemo.reward", "reward_main", "train / evaluate the reward model (train | eval | study)"),
+    "generate": ("t2idemo.generate", "generate_main", "generate the labelling set: K images per prompt + metadata"),
+    "label": ("t2idemo.labels", "label_main", "label a dataset with the judge as a simulated, noisy rater"),
+}
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
+        lines = [f"  {name:<10} {doc}" for name, (_, _, doc) in COMMANDS.items()]
+        print("usage: python -m t2idemo <command> [options]\n\ncommands:\n" + "\n".join(lines))
+        if argv and argv[0] not in ("-h", "--help"):
+            print(f"\nerror: unknown command {argv[0]!r}; use one of {tuple(COMMANDS)}", file=sys.stderr)
+            return 2
+        return 0
+    module, func, _ = COMMANDS[argv[0]]
+    getattr(importlib.import_module(module), func)(argv[1:])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,160 @@
+"""Benchmarks that print the figures quoted in the README. Each is a plain function plus a CLI:
+
+    python -m t2idemo.benchmarks judge   # judge vs truth on fresh renders
+    python -m t2idemo.benchmarks clip    # tiny-CLIP zero-shot accuracy per attribute
+    python -m t2idemo.benchmarks base    # base-model accuracy per category (judge, default sampler)
+    python -m t2idemo.benchmarks speed   # images/s, batches of 64 with guidance
+    python -m t2idemo.benchmarks sizes   # bytes of the shipped weights
+    python -m t2idemo.benchmarks all
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import random
+import time
+
+from . import world
+from .generate import BASE_MODEL, DEFAULT_GUIDANCE, DEFAULT_STEPS, load_pipeline, sample
+from .judge import analyse, judge
+
+
+def wilson(k: int, n: int, z: float = 1.96) -> tuple:
+    """Wilson score 95% interval of a proportion k/n."""
+    if n == 0:
+        return (0.0, 1.0)
+    p = k / n
+    d = 1 + z * z / n
+    c = (p + z * z / (2 * n)) / d
+    h = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
+    return (max(0.0, c - h), min(1.0, c + h))
+
+
+def judge_accuracy(n: int = 2000, seed: int = 0) -> dict:
+    rng = random.Random(seed)
+    hits = {a: 0 for a in world.ATTRIBUTES}
+    t0 = time.time()
+    for _ in range(n):
+        sc = world.sample_scene(rng)
+        pred = analyse(world.render(sc))
+        for a in hits:
+            hits[a] += pred[a] == getattr(sc, a)
+    return {"n": n, **{a: h / n for a, h in hits.items()}, "ms_per_image": 1000 * (time.time() - t0) / n}
+
+
+def clip_zero_shot(clip_path: str | None = None, n: int = 500, seed: int = 0) -> dict:
+    """Tiny-CLIP zero-shot accuracy per attribute: for a fresh render, pick the right value among
+    full captions that differ only in that attribute."""
+    import torch
+    from transformers import CLIPModel, CLIPTokenizer
+
+    from .pretrain import clip_pixels
+
+    clip_path = clip_path or os.path.join(os.path.dirname(BASE_MODEL), "tiny-clip")
+    model, tok = CLIPModel.from_pretrained(clip_path).eval(), CLIPTokenizer.from_pretrained(clip_path)
+    rng = random.Random(seed)
+    values = {"count": world.COUNTS, "color": list(world.COLORS), "shape": world.SHAPES, "scene": list(world.SCENES)}
+    hits = {a: 0 for a in values}
+    with torch.no_grad():
+        for _ in range(n):
+            sc = world.sample_scene(rng)
+            img = model.visual_projection(model.vision_model(pixel_values=clip_pixels(world.to_array(world.render(sc)))).pooler_output)  # (1, D)
+            for a, vals in values.items():
+                caps = [world.caption(**{**sc.attributes(), a: v}, state_count=True) for v in vals]
+                ids = tok(caps, padding="max_length", max_length=tok.model_max_length, return_tensors="pt").input_ids
+                txt = model.text_projection(model.text_model(input_ids=ids).pooler_output)  # (V, D)
+                sims = torch.nn.functional.cosine_similarity(img, txt)  # (V,)
+                hits[a] += vals[int(sims.argmax())] == getattr(sc, a)
+    return {"n": n, **{a: h / n for a, h in hits.items()}}
+
+
+def base_quality(model: str = BASE_MODEL, n_per_category: int = 150, seed: int = 0, steps: int = DEFAULT_STEPS,
+                 guidance: float = DEFAULT_GUIDANCE, pipe=None) -> dict:
+    """Judge accuracy of a model on random prompts of each category (all splits), fixed seeds."""
+    pipe = pipe or load_pipeline(model)
+    rng = random.Random(seed)
+    prompts, metas = [], []
+    for cat in world.CATEGORIES:
+        for _ in range(n_per_category):
+            p, m = world.random_prompt(rng, cat)
+            prompts.append(p)
+            metas.append(m)
+    images = sample(pipe, prompts, [seed * 100_000 + i for i in range(len(prompts))], steps, guidance)
+    verdicts = [judge(im, m) for im, m in zip(images, metas)]
+    by_cat = {c: [v for v, m in zip(verdicts, metas) if m["category"] == c] for c in world.CATEGORIES}
+    single = {  # the attribute each single-attribute category asks about
+        "count": sum(v["correct"]["count"] for v in by_cat["count"]) / len(by_cat["count"]),
+        "color": sum(v["correct"]["color"] for v in by_cat["color"]) / len(by_cat["color"]),
+        "scene": sum(v["correct"]["scene"] for v in by_cat["background"]) / len(by_cat["background"]),
+    }
+    combo = by_cat["combination"]
+    combo_attr = {a: sum(v["correct"][a] for v in combo) / len(combo) for a in world.ATTRIBUTES}
+    good = {c: sum(v["good"] for v in vs) / len(vs) for c, vs in by_cat.items()}
+    return {"n": len(images), "single": single, "good": good, "combination_attr": combo_attr,
+            "combination_all": good["combination"], "images": images, "metas": metas}
+
+
+def speed(model: str = BASE_MODEL, batch: int = 64, batches: int = 3, steps: int = DEFAULT_STEPS,
+          guidance: float = DEFAULT_GUIDANCE) -> dict:
+    pipe = load_pipeline(model)
+    prompts = [p for p, _ in world.all_prompts()][:batch]
+    sample(pipe, prompts[:8], list(range(8)), steps, guidance)  # warm-up
+    t0 = time.time()
+    for b in range(batches):
+        sample(pipe, prompts, [b * batch + i for i in range(batch)], steps, guidance, batch_size=batch)
+    dt = time.time() - t0
+    return {"images_per_s": batch * batches / dt, "batch": batch, "steps": steps, "guidance": guidance}
+
+
+def sizes() -> dict:
+    assets = os.path.dirname(BASE_MODEL)
+    out = {}
+    for name in sorted(os.listdir(assets)):
+        d = os.path.join(assets, name)
+        if os.path.isdir(d):
+            out[name] = sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(d) for f in fs)
+    out["total"] = sum(out.values())
+    return out
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description="Print the README's figures.")
+    p.add_argument("what", choices=["judge", "clip", "base", "speed", "sizes", "all"])
+    p.add_argument("--model", default=BASE_MODEL, help="pipeline folder")
+    p.add_argument("--n", type=int, default=150, help="images per category for 'base' (4 categories)")
+    p.add_argument("--steps", type=int, default=DEFAULT_STEPS)
+    p.add_argument("--guidance", type=float, default=DEFAULT_GUIDANCE)
+    p.add_argument("--seed", type=int, default=0)
+    a = p.parse_args(argv)
+    if a.what in ("judge", "all"):
+        r = judge_accuracy()
+        print(f"judge on {r['n']} fresh renders: count {r['count']:.1%}  color {r['color']:.1%}  shape {r['shape']:.1%}  "
+              f"scene {r['scene']:.1%}  ({r['ms_per_image']:.2f} ms/image)")
+    if a.what in ("clip", "all"):
+        r = clip_zero_shot()
+        print(f"tiny CLIP zero-shot on {r['n']} renders: count {r['count']:.1%}  color {r['color']:.1%}  "
+              f"shape {r['shape']:.1%}  scene {r['scene']:.1%}")
+    if a.what in ("base", "all"):
+        t0 = time.time()
+        r = base_quality(a.model, a.n, a.seed, a.steps, a.guidance)
+        n = a.n
+        print(f"base model {a.model} ({r['n']} images, {a.steps} steps, guidance {a.guidance}, {time.time() - t0:.0f} s):")
+        for k, v in r["single"].items():
+            lo, hi = wilson(round(v * n), n)
+            print(f"  {k:<6} right on its single-attribute prompts: {v:.1%}  [{lo:.1%}, {hi:.1%}]")
+        for c, v in r["good"].items():
+            lo, hi = wilson(round(v * n), n)
+            print(f"  {c:<12} prompts, all named attributes right: {v:.1%}  [{lo:.1%}, {hi:.1%}]")
+        print("  combination prompts, per attribute: " + "  ".join(f"{k} {v:.1%}" for k, v in r["combination_attr"].items()))
+    if a.what in ("speed", "all"):
+        r = speed(a.model, steps=a.steps, guidance=a.guidance)
+        print(f"speed: {r['images_per_s']:.1f} images/s (batch {r['batch']}, {r['steps']} steps, guidance {r['guidance']})")
+    if a.what in ("sizes", "all"):
+        r = sizes()
+        print("sizes: " + "  ".join(f"{k} {v / 2**20:.2f} MiB" for k, v in r.items()))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,307 @@
+"""Stage 3: reward-weighted fine-tuning (Lee et al. 2023, eq. 2).
+
+    loss = E_{(x,z) in D_model}[ w(x,z) * ||eps - eps_theta(x_t, t, z)||^2 ]
+         + beta * E_{(x,z) in D_pre}[ ||eps - eps_theta(x_t, t, z)||^2 ]
+
+D_model is the labelled feedback images plus (optionally) unlabelled generations, each weighted by the
+reward model's w = r(x, z) in [0, 1] (the paper), or by the human label where one exists (an option).
+D_pre is fresh renders of the world with LAION-like captions (the analogue of the paper's pre-training
+data); at SD scale, an imagefolder you supply. beta keeps the model close to its pre-training
+distribution: beta = 0 chases the reward and pays in image fidelity.
+
+Prediction type. The loss is written for the target the UNet predicts: eps for SD v1.5, v for the tiny
+model (trained with zero terminal SNR, where eps is not defined at t = T). Since
+eps - eps_theta = sqrt(alpha_bar_t) * (v - v_theta), the v loss is the paper's eps loss with a per-timestep
+weight 1 / alpha_bar_t, the weight the model was pre-trained with.
+
+    python -m t2idemo finetune --data runs/feedback --reward runs/reward --out runs/aligned
+    accelerate launch -m t2idemo.finetune --data ... # several GPUs / mixed precision
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import random
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from tqdm.auto import tqdm
+
+from . import world
+from .generate import BASE_MODEL
+
+
+@dataclass
+class FinetuneConfig:
+    data: str = "runs/feedback"  # labelled feedback folder (metadata.jsonl with "label" + PNGs)
+    out: str = "runs/aligned"  # output StableDiffusionPipeline folder
+    model: str = BASE_MODEL  # pipeline folder or hub id to start from
+    reward: str = ""  # reward model folder; empty: weights come from the labels
+    weight: str = "reward"  # "reward": w = r(x, z) for every image (paper); "label": good=1/bad=0 where labelled
+    unlabelled: str = ""  # folder of extra generations (no labels), weighted by the reward model
+    pretrain_data: str = "world"  # "world": fresh renders; or an imagefolder (metadata.jsonl with "prompt")
+    beta: float = 1.0  # weight of the pre-training term; 0 - 4 (0 = no regulariser)
+    steps: int = 400  # optimizer steps; 50 - 5_000
+    batch: int = 64  # D_model images per step; 8 - 256
+    pre_batch: int = 64  # D_pre images per step; 8 - 256
+    lr: float = 1e-4  # AdamW learning rate (LoRA: 1e-4 - 1e-3, full: 1e-5 - 3e-4)
+    lora: bool = False  # train LoRA adapters (peft) instead of the whole UNet
+    lora_rank: int = 8  # LoRA rank; 4 - 64
+    mixed_precision: str = "no"  # accelerate mixed precision: no | fp16 | bf16 (GPU)
+    gradient_checkpointing: bool = False  # trade compute for UNet activation memory (SD scale)
+    checkpoint_every: int = 200  # steps between checkpoints in OUT/checkpoint; 0 = never
+    seed: int = 0  # seeds noise, timesteps and batches
+
+    def __post_init__(self):
+        if self.weight not in ("reward", "label"):
+            raise ValueError(f"weight={self.weight!r} is not allowed; use 'reward' or 'label'")
+        if self.weight == "reward" and not self.reward:
+            raise ValueError("weight='reward' needs reward=<reward model folder>; or use weight='label'")
+        if self.unlabelled and not self.reward:
+            raise ValueError(f"unlabelled={self.unlabelled!r} needs a reward model to weight it (reward=...)")
+        if self.beta < 0:
+            raise ValueError(f"beta={self.beta!r} must be >= 0")
+        if self.mixed_precision not in ("no", "fp16", "bf16"):
+            raise ValueError(f"mixed_precision={self.mixed_precision!r} is not one of 'no', 'fp16', 'bf16'")
+        for name in ("steps", "batch", "pre_batch", "lora_rank"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)!r} must be a positive integer")
+
+
+# ----------------------------------------------------------------------------- data
+def read_rows(folder: str) -> list:
+    path = os.path.join(folder, "metadata.jsonl")
+    if not os.path.isfile(path):
+        raise ValueError(f"data={folder!r} has no metadata.jsonl; make one with `python -m t2idemo generate`")
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def load_images(folder: str, rows: list) -> list:
+    return [Image.open(os.path.join(folder, r["file_name"])).convert("RGB") for r in rows]
+
+
+def model_dataset(cfg: FinetuneConfig, reward_fn=None) -> tuple:
+    """D_model: (images, prompts, weights). Skipped and unlabelled feedback images are dropped
+    unless a reward model can weight them."""
+    rows = read_rows(cfg.data)
+    images, prompts, weights = [], [], []
+    labelled = [r for r in rows if r.get("label") in ("good", "bad")]
+    use = rows if cfg.weight == "reward" else labelled
+    imgs = load_images(cfg.data, use)
+    if cfg.weight == "reward":
+        w = reward_scores(reward_fn, imgs, [r["prompt"] for r in use])
+    else:
+        w = [1.0 if r["label"] == "good" else 0.0 for r in use]
+    images += imgs
+    prompts += [r["prompt"] for r in use]
+    weights += list(w)
+    if cfg.unlabelled:
+        urows = read_rows(cfg.unlabelled)
+        uimgs = load_images(cfg.unlabelled, urows)
+        images += uimgs
+        prompts += [r["prompt"] for r in urows]
+        weights += list(reward_scores(reward_fn, uimgs, [r["prompt"] for r in urows]))
+    if not images:
+        raise ValueError(f"data={cfg.data!r} has no usable images (weight={cfg.weight!r} needs labels good/bad)")
+    return images, prompts, torch.tensor(weights, dtype=torch.float32)
+
+
+@torch.no_grad()
+def reward_scores(reward_fn, images, prompts, batch: int = 256) -> list:
+    out = []
+    for i in range(0, len(images), batch):
+        out += [float(s) for s in reward_fn(images[i:i + batch], prompts[i:i + batch])]
+    return out
+
+
+class PretrainStream:
+    """D_pre: an endless stream of (images, captions). The world's fresh renders, or an imagefolder."""
+
+    def __init__(self, source: str, seed: int):
+        self.rng = random.Random(seed)
+        self.folder = None if source == "world" else source
+        if self.folder:
+            self.rows = read_rows(self.folder)
+
+    def sample(self, n: int) -> tuple:
+        if self.folder is None:
+            scenes = [world.sample_scene(self.rng) for _ in range(n)]
+            return [world.render(s) for s in scenes], [world.random_caption(s, self.rng) for s in scenes]
+        rows = [self.rows[self.rng.randrange(len(self.rows))] for _ in range(n)]
+        return load_images(self.folder, rows), [r.get("prompt") or r.get("text", "") for r in rows]
+
+
+def pixels(images, size: int) -> torch.Tensor:
+    """PIL images -> (B, 3, size, size) in [-1, 1], the VAE's input range."""
+    arr = np.stack([np.asarray(im.convert("RGB").resize((size, size), Image.Resampling.BICUBIC)) for im in images])
+    return torch.from_numpy(arr).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+
+
+# ----------------------------------------------------------------------------- the loss, written out
+def denoising_loss(unet, noise_scheduler, latents, text_emb, generator=None) -> torch.Tensor:
+    """Per-example denoising loss (B,): noise the latents to a random t, predict, compare."""
+    B = latents.shape[0]
+    noise = torch.randn(latents.shape, generator=generator, device="cpu").to(latents)  # (B, 4, h, w) eps
+    T = noise_scheduler.config.num_train_timesteps
+    t = torch.randint(0, T, (B,), generator=generator, device="cpu").to(latents.device)  # (B,) timesteps
+    x_t = noise_scheduler.add_noise(latents, noise, t)  # (B, 4, h, w) sqrt(ab) x0 + sqrt(1 - ab) eps
+    if noise_scheduler.config.prediction_type == "epsilon":
+        target = noise  # SD v1.5: predict eps
+    else:
+        target = noise_scheduler.get_velocity(latents, noise, t)  # v = sqrt(ab) eps - sqrt(1 - ab) x0
+    pred = unet(x_t, t, text_emb).sample  # (B, 4, h, w)
+    return F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))  # (B,)
+
+
+def reward_weighted_loss(unet, noise_scheduler, model_latents, model_emb, weights, pre_latents, pre_emb, beta,
+                         generator=None) -> tuple:
+    """Lee et al. eq. 2: E_model[w * loss] + beta * E_pre[loss]. Returns (total, model term, pre term)."""
+    l_model = denoising_loss(unet, noise_scheduler, model_latents, model_emb, generator)  # (B,)
+    l_model = (weights * l_model).mean()  # reward-weighted: a bad image (w ~ 0) teaches nothing
+    if beta == 0:
+        return l_model, l_model.detach(), torch.zeros(())
+    l_pre = denoising_loss(unet, noise_scheduler, pre_latents, pre_emb, generator).mean()  # (,) plain loss
+    return l_model + beta * l_pre, l_model.detach(), l_pre.detach()
+
+
+# ----------------------------------------------------------------------------- training
+def finetune(cfg: FinetuneConfig, reward_fn=None) -> str:
+    """Fine-tune ``cfg.model`` and write a StableDiffusionPipeline folder to ``cfg.out``."""
+    from accelerate import Accelerator
+    from diffusers import DDPMScheduler, StableDiffusionPipeline
+    from safetensors.torch import load_file, save_file
+
+    accelerator = Accelerator(mixed_precision=cfg.mixed_precision)
+    torch.manual_seed(cfg.seed)
+    local = os.path.isdir(cfg.model)
+    pipe = StableDiffusionPipeline.from_pretrained(cfg.model, torch_dtype=torch.float32, local_files_only=local,
+                                                   safety_checker=None, requires_safety_checker=False)
+    vae, text_encoder, tok, unet = pipe.vae, pipe.text_encoder, pipe.tokenizer, pipe.unet
+    train_dir = os.path.join(cfg.model, "train_scheduler") if local else None
+    if train_dir and os.path.isdir(train_dir):
+        noise_scheduler = DDPMScheduler.from_pretrained(train_dir)
+    else:
+        noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
+    if reward_fn is None and cfg.reward:
+        from .reward import load_reward_fn
+
+        reward_fn = load_reward_fn(cfg.reward)
+    images, prompts, weights = model_dataset(cfg, reward_fn)
+    size = unet.config.sample_size * pipe.vae_scale_factor
+    vae.requires_grad_(False).to(accelerator.device)
+    text_encoder.requires_grad_(False).to(accelerator.device)
+
+    @torch.no_grad()
+    def encode(imgs, caps):
+        """images + captions -> (latents (B, 4, h, w), text embeddings (B, L, D)), frozen VAE and text tower."""
+        x = pixels(imgs, size).to(accelerator.device)  # (B, 3, H, W)
+        lat = vae.encode(x).latent_dist.sample() * vae.config.scaling_factor  # (B, 4, h, w)
+        ids = tok(list(caps), padding="max_length", max_length=tok.model_max_length, truncation=True,
+                  return_tensors="pt").input_ids.to(accelerator.device)
+        return lat, text_encoder(ids)[0]
+
+    # D_model is encoded once: the VAE and text tower are frozen, so latents' means are fixed
+    lat_model, emb_model = [], []
+    for i in range(0, len(images), 256):
+        lat, emb = encode(images[i:i + 256], prompts[i:i + 256])
+        lat_model.append(lat.cpu())
+        emb_model.append(emb.cpu())
+    lat_model, emb_model = torch.cat(lat_model), torch.cat(emb_model)  # (N, 4, h, w), (N, L, D)
+    pre = PretrainStream(cfg.pretrain_data, cfg.seed)
+
+    if cfg.lora:
+        from peft import LoraConfig  # noqa: F401  (import error names the package)
+
+        unet.requires_grad_(False)
+        unet.add_adapter(LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_rank, init_lora_weights="gaussian",
+                                    target_modules=["to_k", "to_q", "to_v", "to_out.0"]))
+    if cfg.gradient_checkpointing:
+        unet.enable_gradient_checkpointing()
+    params = [p for p in unet.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=1e-2)
+    unet, opt = accelerator.prepare(unet, opt)
+
+    # resume from OUT/checkpoint if it is there
+    ckpt = os.path.join(cfg.out, "checkpoint")
+    start = 0
+    if os.path.isfile(os.path.join(ckpt, "state.json")):
+        state = json.load(open(os.path.join(ckpt, "state.json")))
+        trainable = load_file(os.path.join(ckpt, "trainable.safetensors"))
+        for n, p in accelerator.unwrap_model(unet).named_parameters():
+            if n in trainable:
+                p.data.copy_(trainable[n])
+        opt.load_state_dict(torch.load(os.path.join(ckpt, "optimizer.pt"), weights_only=True))
+        start = state["step"]
+        print(f"resumed from {ckpt} at step {start}")
+
+    gen = torch.Generator().manual_seed(cfg.seed + start)
+    rng = random.Random(cfg.seed + start)
+    unet.train()
+    bar = tqdm(range(start, cfg.steps), desc="finetune", initial=start, total=cfg.steps, disable=not accelerator.is_main_process)
+    for step in bar:
+        idx = [rng.randrange(len(weights)) for _ in range(cfg.batch)]
+        m_lat = lat_model[idx].to(accelerator.device)  # (B, 4, h, w)
+        m_emb = emb_model[idx].to(accelerator.device)  # (B, L, D)
+        w = weights[idx].to(accelerator.device)  # (B,) reward weights in [0, 1]
+        p_lat, p_emb = encode(*pre.sample(cfg.pre_batch)) if cfg.beta > 0 else (None, None)
+        with accelerator.autocast():
+            loss, l_model, l_pre = reward_weighted_loss(unet, noise_scheduler, m_lat, m_emb, w, p_lat, p_emb, cfg.beta, gen)
+        accelerator.backward(loss)
+        accelerator.clip_grad_norm_(params, 1.0)
+        opt.step()
+        opt.zero_grad()
+        bar.set_postfix(loss=f"{loss.item():.4f}", model=f"{l_model.item():.4f}", pre=f"{l_pre.item():.4f}")
+        if cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.steps and accelerator.is_main_process:
+            os.makedirs(ckpt, exist_ok=True)
+            named = {n: p.detach().cpu().contiguous() for n, p in accelerator.unwrap_model(unet).named_parameters() if p.requires_grad}
+            save_file(named, os.path.join(ckpt, "trainable.safetensors"))
+            torch.save(opt.state_dict(), os.path.join(ckpt, "optimizer.pt"))  # tensors only: reloaded with weights_only=True
+            json.dump({"step": step + 1, "config": dataclasses.asdict(cfg)}, open(os.path.join(ckpt, "state.json"), "w"))
+
+    # write the tuned pipeline: LoRA weights are merged, so plain diffusers loads the folder
+    accelerator.wait_for_everyone()
+    unet = accelerator.unwrap_model(unet).eval()
+    if cfg.lora:
+        from peft.utils import get_peft_model_state_dict  # noqa: F401
+
+        unet.fuse_lora() if hasattr(unet, "fuse_lora") else None
+        unet = unet.merge_and_unload() if hasattr(unet, "merge_and_unload") else unet
+    if accelerator.is_main_process:
+        pipe.unet = unet
+        keep = {"unet": unet.half() if local else unet, "vae": vae.half() if local else vae}
+        out = StableDiffusionPipeline(vae=keep["vae"], text_encoder=text_encoder, tokenizer=tok, unet=keep["unet"],
+                                      scheduler=pipe.scheduler, safety_checker=None, feature_extractor=None,
+                                      requires_safety_checker=False)
+        out.save_pretrained(cfg.out, safe_serialization=True)
+        noise_scheduler.save_pretrained(os.path.join(cfg.out, "train_scheduler"))
+        json.dump({"config": dataclasses.asdict(cfg), "n_model": len(weights), "mean_weight": float(weights.mean())},
+                  open(os.path.join(cfg.out, "finetune.json"), "w"), indent=2)
+    return cfg.out
+
+
+def parse_args(argv=None) -> FinetuneConfig:
+    p = argparse.ArgumentParser(prog="python -m t2idemo finetune", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    for f in dataclasses.fields(FinetuneConfig):
+        if f.type in ("bool", bool):
+            p.add_argument("--" + f.name.replace("_", "-"), action=argparse.BooleanOptionalAction, default=f.default)
+        else:
+            p.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=f.default)
+    cfg = FinetuneConfig(**vars(p.parse_args(argv)))
+    print("FinetuneConfig:", json.dumps(dataclasses.asdict(cfg), indent=2))
+    return cfg
+
+
+def finetune_main(argv=None):
+    finetune(parse_args(argv))
+
+
+if __name__ == "__main__":
+    finetune_main()

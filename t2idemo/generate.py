@@ -1,0 +1,313 @@
+"""Stage 1a: draw images from a text-to-image pipeline (the shipped tiny one, or SD v1.5).
+
+    python -m t2idemo sample --out grid.png              # a grid from the shipped tiny model
+    python -m t2idemo generate --out data/feedback       # the labelling set: 4 images x 242 seen prompts
+
+``sample`` gives every image its own seed, so any single image can be drawn again on its own.
+
+``generate`` writes the set the paper's raters label: K images for each prompt, as PNG files next to a
+``metadata.jsonl`` whose rows carry the file name, the prompt, its category and attributes, the seed, the
+model and the sampler settings. That is the layout ``datasets.load_dataset("imagefolder", data_dir=DIR)``
+reads. Each PNG is written to a temporary file and renamed into place, and its row is appended (and
+fsynced) only after that, so a row always points at a complete image; re-running resumes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import time
+from dataclasses import dataclass
+
+import torch
+from PIL import Image
+from tqdm.auto import tqdm
+
+from . import world
+from .config import parse_config
+
+ASSETS = os.path.join(os.path.dirname(__file__), "assets")
+BASE_MODEL = os.path.join(ASSETS, "tiny-sd")  # the shipped base model (a StableDiffusionPipeline folder)
+DEFAULT_STEPS = 15  # DPM-Solver++ steps: the tiny model's default sampler setting
+DEFAULT_GUIDANCE = 5.0  # classifier-free guidance scale at the default setting
+
+
+def load_pipeline(path: str = BASE_MODEL, device: str | None = None, dtype: torch.dtype | None = None):
+    """Load a StableDiffusionPipeline folder or hub id; never reaches the network for a local folder."""
+    from diffusers import StableDiffusionPipeline
+
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = dtype or (torch.float16 if device == "cuda" else torch.float32)
+    local = os.path.isdir(path)
+    if not local and (path.startswith((".", "/", "~")) or path.count("/") != 1):
+        raise ValueError(f"model={path!r} is neither an existing pipeline folder nor a hub id like 'org/name'")
+    pipe = StableDiffusionPipeline.from_pretrained(path, torch_dtype=dtype, local_files_only=local,
+                                                   safety_checker=None, requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(device)
+
+
+@torch.no_grad()
+def sample(pipe, prompts: list, seeds: list, steps: int = DEFAULT_STEPS, guidance: float = DEFAULT_GUIDANCE,
+           batch_size: int = 64) -> list:
+    """One image per (prompt, seed), in order. Each image's initial noise comes from its own seed."""
+    if len(prompts) != len(seeds):
+        raise ValueError(f"prompts and seeds differ in length: {len(prompts)} != {len(seeds)}")
+    if not 1 <= steps <= 1000:
+        raise ValueError(f"steps={steps!r} is out of range; use 1 to 1000")
+    if guidance < 0:
+        raise ValueError(f"guidance={guidance!r} must be >= 0 (1 turns guidance off)")
+    images = []
+    for i in range(0, len(prompts), batch_size):
+        out = pipe(list(prompts[i:i + batch_size]), num_inference_steps=steps, guidance_scale=guidance,
+                   latents=initial_noise(pipe, seeds[i:i + batch_size]))
+        images.extend(out.images)
+    return images
+
+
+def initial_noise(pipe, seeds: list) -> torch.Tensor:
+    """Initial latents (B, C, h, w), each drawn on the CPU from its own seed, so a seed gives the same
+    image whatever the batch and the device. The pipeline scales them by the sampler's init sigma."""
+    c, s = pipe.unet.config.in_channels, pipe.unet.config.sample_size
+    z = torch.stack([torch.randn(c, s, s, generator=torch.Generator("cpu").manual_seed(int(x))) for x in seeds])
+    return z.to(pipe.device, pipe.unet.dtype)
+
+
+def make_grid(images: list, cols: int, scale: int = 4) -> Image.Image:
+    """Tile images into a grid, each upscaled ``scale`` times with nearest-neighbour (crisp pixels)."""
+    if not images:
+        raise ValueError("images is empty; nothing to put in a grid")
+    w, h = images[0].size
+    rows = (len(images) + cols - 1) // cols
+    grid = Image.new("RGB", (cols * w * scale, rows * h * scale), "white")
+    for i, im in enumerate(images):
+        grid.paste(im.resize((w * scale, h * scale), Image.Resampling.NEAREST), ((i % cols) * w * scale, (i // cols) * h * scale))
+    return grid
+
+
+# ----------------------------------------------------------------------------- CLI: sample a grid
+@dataclass
+class SampleConfig:
+    model: str = BASE_MODEL  # pipeline folder or hub id
+    out: str = "samples/grid.png"  # where the PNG grid goes
+    per_prompt: int = 8  # images per prompt (one grid row each); 1 - 64
+    steps: int = DEFAULT_STEPS  # sampler steps; 5 - 50
+    guidance: float = DEFAULT_GUIDANCE  # classifier-free guidance scale; 1 - 12
+    seed: int = 0  # seed of the first image; image j of a row uses seed + j
+    prompts: str = ""  # '|'-separated prompts; empty: one prompt of each category
+
+
+def sample_main(argv=None):
+    p = argparse.ArgumentParser(prog="python -m t2idemo sample", description="Sample a grid from a pipeline.",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    for f in dataclasses.fields(SampleConfig):
+        p.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=f.default)
+    cfg = SampleConfig(**vars(p.parse_args(argv)))
+    print("SampleConfig:", json.dumps(dataclasses.asdict(cfg), indent=2))
+    if not 1 <= cfg.per_prompt <= 64:
+        raise ValueError(f"per_prompt={cfg.per_prompt!r} is out of range; use 1 to 64")
+    prompts = [p.strip() for p in cfg.prompts.split("|") if p.strip()] or [
+        "two circles", "a red square", "a triangle on snow", "three purple circles on grass", "a blue circle on night"]
+    if os.path.abspath(cfg.model).startswith(ASSETS):  # a shapes-world model: prompts must use its words
+        for p in prompts:
+            world.parse_prompt(p)
+    pipe = load_pipeline(cfg.model)
+    all_prompts = [p for p in prompts for _ in range(cfg.per_prompt)]
+    seeds = [cfg.seed + j for _ in prompts for j in range(cfg.per_prompt)]
+    images = sample(pipe, all_prompts, seeds, cfg.steps, cfg.guidance)
+    os.makedirs(os.path.dirname(os.path.abspath(cfg.out)), exist_ok=True)
+    make_grid(images, cfg.per_prompt).save(cfg.out)
+    for i, p in enumerate(prompts):
+        print(f"row {i}: {p}")
+    print(f"wrote {cfg.out} ({len(images)} images)")
+
+
+# ----------------------------------------------------------------------------- Stage 1: the labelling set
+METADATA = "metadata.jsonl"  # the metadata file name that the imagefolder loader looks for
+SPLITS = ("seen", "unseen", "all")  # seen: the feedback prompts; unseen: held-out combinations (evaluation)
+MAX_IMAGES = 100_000  # images per set; file names have 5 digits and image i uses seed seed * MAX_IMAGES + i
+PLAN_FIELDS = ("prompt", "seed", "model", "num_inference_steps", "guidance_scale")  # must match to resume
+
+
+@dataclass
+class GenerateConfig:
+    out: str = "data/feedback"  # folder for the PNGs and metadata.jsonl; created; running again resumes
+    model: str = BASE_MODEL  # StableDiffusionPipeline folder or hub id (the shipped tiny-sd, SD v1.5, ...)
+    split: str = "seen"  # world prompts to use: seen (242) | unseen (163) | all (405); ignored if prompts set
+    prompts: str = ""  # '|'-separated prompts in the world's grammar, e.g. "two circles|a red square"
+    max_prompts: int = 0  # keep only the first N prompts; 0 keeps all
+    per_prompt: int = 4  # K, images per prompt, each with its own seed; 1 - 64
+    steps: int = DEFAULT_STEPS  # sampler steps; 5 - 50 (1 - 1000 accepted)
+    guidance: float = DEFAULT_GUIDANCE  # classifier-free guidance scale; 1 - 12 (1 turns it off)
+    seed: int = 0  # base seed, >= 0: image i (0-based, prompt-major) uses seed * 100_000 + i
+    batch_size: int = 64  # images per pipeline call; 1 - 1024 (bounded by memory)
+    device: str = ""  # "" picks cuda when available, else cpu; or "cpu", "cuda", "cuda:1", "mps"
+
+    def __post_init__(self):
+        if self.split not in SPLITS:
+            raise ValueError(f"split={self.split!r} is not one of {SPLITS}")
+        if self.max_prompts < 0:
+            raise ValueError(f"max_prompts={self.max_prompts!r} must be >= 0 (0 keeps every prompt)")
+        if not 1 <= self.per_prompt <= 64:
+            raise ValueError(f"per_prompt={self.per_prompt!r} is out of range; use 1 to 64")
+        if not 1 <= self.steps <= 1000:
+            raise ValueError(f"steps={self.steps!r} is out of range; use 1 to 1000")
+        if self.guidance < 0:
+            raise ValueError(f"guidance={self.guidance!r} must be >= 0 (1 turns guidance off)")
+        if not 0 <= self.seed < 2 ** 63 // MAX_IMAGES:
+            raise ValueError(f"seed={self.seed!r} is out of range; use 0 to {2 ** 63 // MAX_IMAGES - 1}")
+        if not 1 <= self.batch_size <= 1024:
+            raise ValueError(f"batch_size={self.batch_size!r} is out of range; use 1 to 1024")
+        if not self.out:
+            raise ValueError("out='' is not allowed; pass the folder that receives the images")
+
+
+def image_seed(seed: int, index: int) -> int:
+    """The seed of image ``index`` of a set made with base ``seed``; distinct across sets and images."""
+    if not 0 <= index < MAX_IMAGES:
+        raise ValueError(f"index={index!r} is out of range; a set holds at most {MAX_IMAGES} images")
+    return seed * MAX_IMAGES + index
+
+
+def dataset_prompts(cfg: GenerateConfig) -> list:
+    """The (prompt, metadata) pairs of a set, in order."""
+    if cfg.prompts.strip():
+        texts = [p.strip() for p in cfg.prompts.split("|") if p.strip()]
+        pairs = [(t, world.parse_prompt(t)) for t in texts]
+    else:
+        pairs = world.all_prompts(unseen={"seen": False, "unseen": True, "all": None}[cfg.split])
+    return pairs[:cfg.max_prompts] if cfg.max_prompts else pairs
+
+
+def plan_rows(cfg: GenerateConfig) -> list:
+    """The metadata row of every image of the set, image i (prompt-major) in position i."""
+    pairs = dataset_prompts(cfg)
+    if len(pairs) * cfg.per_prompt > MAX_IMAGES:
+        raise ValueError(f"{len(pairs)} prompts x per_prompt={cfg.per_prompt} is more than {MAX_IMAGES} images; "
+                         f"lower max_prompts or per_prompt")
+    rows = []
+    for prompt, meta in pairs:
+        for _ in range(cfg.per_prompt):
+            i = len(rows)
+            rows.append({"file_name": f"{i:05d}.png", "prompt": prompt, "category": meta["category"],
+                         "named": list(meta["named"]), "count": meta["count"], "color": meta["color"],
+                         "shape": meta["shape"], "scene": meta["scene"], "unseen": bool(meta["unseen"]),
+                         "seed": image_seed(cfg.seed, i), "model": cfg.model, "num_inference_steps": cfg.steps,
+                         "guidance_scale": float(cfg.guidance)})
+    return rows
+
+
+def load_dataset_rows(data_dir: str) -> list:
+    """The rows of ``data_dir/metadata.jsonl`` in file order ([] when there is none yet).
+
+    A last line without its newline is a write cut short by a crash; it is ignored (``generate`` repairs it).
+    """
+    path = os.path.join(data_dir, METADATA)
+    if not os.path.exists(path):
+        return []
+    with open(path, encoding="utf-8") as f:
+        lines = f.read().split("\n")
+    rows = []
+    for n, line in enumerate(lines[:-1], 1):  # lines[-1] is "" or the torn tail of an interrupted write
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}, line {n}: not valid JSON ({e.msg}); the metadata file is damaged") from None
+        if not isinstance(row, dict) or not isinstance(row.get("file_name"), str):
+            raise ValueError(f"{path}, line {n}: a row must be a JSON object with a 'file_name' string")
+        rows.append(row)
+    return rows
+
+
+def write_rows_atomic(data_dir: str, rows: list) -> None:
+    """Replace ``metadata.jsonl`` in one step: write a temporary file, fsync it, rename it over the old one."""
+    path = os.path.join(data_dir, METADATA)
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write("".join(json.dumps(r) + "\n" for r in rows))
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _save_png(image: Image.Image, path: str) -> None:
+    """Write a PNG so that ``path`` is either absent or complete, never half-written."""
+    tmp = os.path.join(os.path.dirname(path), "." + os.path.basename(path) + ".tmp")
+    with open(tmp, "wb") as f:
+        image.save(f, format="PNG")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _resume(out: str, plan: list) -> set:
+    """Check what an earlier run left in ``out`` and return the file names already done.
+
+    Keeps rows whose PNG exists, drops rows whose PNG is gone (they are drawn again) and a torn last line,
+    and refuses a folder made with other settings, since mixing two sets would corrupt both.
+    """
+    for name in os.listdir(out):  # temporary files of a write that a crash cut short
+        if (name.startswith(".") and name.endswith(".png.tmp")) or name == METADATA + ".tmp":
+            os.remove(os.path.join(out, name))
+    path = os.path.join(out, METADATA)
+    if not os.path.exists(path):
+        return set()
+    with open(path, "rb") as f:
+        data = f.read()
+    torn = bool(data) and not data.endswith(b"\n")
+    old = load_dataset_rows(out)
+    wanted = {r["file_name"]: r for r in plan}
+    keep = {}
+    for row in old:
+        want = wanted.get(row["file_name"])
+        if want is not None:
+            diff = [k for k in PLAN_FIELDS if row.get(k) != want[k]]
+            if diff:
+                k = diff[0]
+                raise ValueError(f"out={out!r} already holds a set made with other settings ({row['file_name']}: "
+                                 f"{k}={row.get(k)!r}, now {want[k]!r}); use a new --out folder or the old settings")
+        if os.path.exists(os.path.join(out, row["file_name"])):
+            keep[row["file_name"]] = row  # a duplicate row keeps the last one
+    if torn or len(keep) != len(old):
+        write_rows_atomic(out, list(keep.values()))
+    return set(keep) & set(wanted)
+
+
+def generate_dataset(cfg: GenerateConfig, pipe=None) -> dict:
+    """Draw every image of the set that ``cfg.out`` does not hold yet. ``pipe``: an already loaded pipeline
+    (else ``cfg.model`` is loaded). Returns {"out", "images", "generated", "seconds"}."""
+    plan = plan_rows(cfg)
+    os.makedirs(cfg.out, exist_ok=True)
+    done = _resume(cfg.out, plan)
+    todo = [r for r in plan if r["file_name"] not in done]
+    t0 = time.time()
+    if todo:
+        if pipe is None:
+            pipe = load_pipeline(cfg.model, device=cfg.device or None)
+        bar = tqdm(total=len(plan), initial=len(plan) - len(todo), unit="img", desc="generate")
+        for i in range(0, len(todo), cfg.batch_size):
+            rows = todo[i:i + cfg.batch_size]
+            images = sample(pipe, [r["prompt"] for r in rows], [r["seed"] for r in rows], cfg.steps, cfg.guidance,
+                            batch_size=cfg.batch_size)
+            for row, image in zip(rows, images):
+                _save_png(image, os.path.join(cfg.out, row["file_name"]))
+            with open(os.path.join(cfg.out, METADATA), "a", encoding="utf-8") as f:  # rows after their PNGs
+                f.write("".join(json.dumps(r) + "\n" for r in rows))
+                f.flush()
+                os.fsync(f.fileno())
+            bar.update(len(rows))
+        bar.close()
+    return {"out": cfg.out, "images": len(plan), "generated": len(todo), "seconds": round(time.time() - t0, 2)}
+
+
+def generate_main(argv=None):
+    cfg = parse_config(GenerateConfig, argv, prog="python -m t2idemo generate",
+                       description="Generate the labelling set: K images per prompt + metadata.jsonl (resumable).")
+    stats = generate_dataset(cfg)
+    print(f"{cfg.out}: {stats['images']} images ({stats['generated']} new, {stats['images'] - stats['generated']} "
+          f"already there) in {stats['seconds']} s")
+    return stats

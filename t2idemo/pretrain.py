@@ -1,0 +1,414 @@
+"""Pre-train the tiny Stable Diffusion stack on the shapes world, piece by piece, as SD was built.
+
+    python -m t2idemo.pretrain --part all                 # tokenizer, CLIP, VAE, UNet -> t2idemo/assets
+    python -m t2idemo.pretrain --part vae --vae-steps 20  # one piece, a few steps (the tests do this)
+
+Pieces, in order (each reads the ones before it from ``--out``):
+1. tokenizer: a CLIP BPE tokenizer whose vocabulary is the world's words (each word is one token).
+2. clip: a tiny ``transformers.CLIPModel`` trained contrastively on renders and captions. Its text tower
+   is the pipeline's text encoder; the whole model is the reward model's backbone (stage 2).
+3. vae: a tiny ``AutoencoderKL``, 32x32x3 <-> 8x8x4 latents (SD: 512x512x3 <-> 64x64x4).
+4. unet: a ``UNet2DConditionModel`` trained on the VAE's latents, conditioned on the frozen text tower.
+
+Noise schedule. With SD's schedule the last training step still keeps sqrt(alpha_bar_T) = 0.068 of the
+signal, so at sampling time the model starts from noise that it believes carries the image's mean; flat
+very dark (night) or very bright (snow) backgrounds then come out grey (Lin et al. 2023, "Common Diffusion
+Noise Schedules and Sample Steps are Flawed"). We use their fix, all of it built into diffusers:
+``rescale_betas_zero_snr=True`` (zero terminal SNR), ``prediction_type="v_prediction"`` (eps is
+meaningless at SNR 0) and ``timestep_spacing="trailing"`` (sampling starts at t = T). Offset noise is
+the cheaper alternative; zero SNR needs no extra hyper-parameter.
+
+Weights are written as safetensors; the UNet and VAE are stored in float16 (half the bytes; they load
+as float32) and the small text models in float32.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import random
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from . import world
+
+ASSETS = os.path.join(os.path.dirname(__file__), "assets")
+TOKEN_LENGTH = 10  # tokens per prompt, BOS and EOS included; the longest prompt needs 7
+
+
+@dataclass
+class PretrainConfig:
+    out: str = ASSETS  # folder that receives tiny-clip/ and tiny-sd/
+    part: str = "all"  # which piece to train: tokenizer | clip | vae | unet | all
+    seed: int = 0  # seeds the renders, the captions and the initial weights
+    n_images: int = 60_000  # renders in the training set (about 15 s per 60k); 1_000 - 200_000
+    # CLIP (contrastive, multi-positive: a caption matches every image that has what it states)
+    clip_steps: int = 1_200  # optimizer steps; 1_000 - 5_000
+    clip_batch: int = 256  # image-caption pairs per step; 64 - 1_024
+    clip_lr: float = 1e-3  # AdamW peak learning rate, cosine decay; 1e-4 - 3e-3
+    clip_p_count: float = 0.5  # probability that a CLIP caption states the count, 0 - 1
+    # VAE (reconstruction MSE + a small KL term)
+    vae_steps: int = 1_200  # optimizer steps; 500 - 5_000
+    vae_batch: int = 32  # images per step; 16 - 256
+    vae_lr: float = 1e-3  # AdamW peak learning rate; 1e-4 - 3e-3
+    vae_kl: float = 1e-3  # weight of the per-element KL term; 1e-6 - 1e-2
+    # UNet (v-prediction on zero-terminal-SNR noise)
+    unet_steps: int = 2_500  # optimizer steps; 1_000 - 20_000
+    unet_batch: int = 128  # latents per step; 32 - 512
+    unet_lr: float = 6e-4  # AdamW peak learning rate, cosine decay; 1e-4 - 1e-3
+    unet_ema: float = 0.999  # EMA decay of the saved weights; 0 (off) - 0.9999
+    p_uncond: float = 0.1  # probability of an empty caption (for classifier-free guidance), 0 - 0.3
+    p_count: float = 0.1  # probability that a UNet caption states the count (LAION-like: rarely), 0 - 1
+    p_color: float = 0.75  # probability that a UNet caption states the colour, 0 - 1
+    p_scene: float = 0.75  # probability that a UNet caption states the scene, 0 - 1
+
+    def __post_init__(self):
+        parts = ("tokenizer", "clip", "vae", "unet", "all")
+        if self.part not in parts:
+            raise ValueError(f"part={self.part!r} is not one of {parts}")
+        for name in ("n_images", "clip_steps", "clip_batch", "vae_steps", "vae_batch", "unet_steps", "unet_batch"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)!r} must be a positive integer")
+        for name in ("p_uncond", "p_count", "p_color", "p_scene", "clip_p_count", "unet_ema"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"{name}={getattr(self, name)!r} must be a probability in [0, 1]")
+
+
+# ----------------------------------------------------------------------------- shared helpers
+def render_dataset(n: int, seed: int):
+    """n random scenes -> (uint8 images (N, 32, 32, 3), list of Scene)."""
+    rng = random.Random(seed)
+    scenes = [world.sample_scene(rng) for _ in range(n)]
+    images = np.stack([np.asarray(world.render(s)) for s in tqdm(scenes, desc="render", leave=False)])
+    return images, scenes
+
+
+def to_tensor(images: np.ndarray) -> torch.Tensor:
+    """uint8 (N, H, W, 3) -> float (N, 3, H, W) in [-1, 1], the range SD's VAE works in."""
+    return torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+
+
+def cosine_lr(step: int, total: int, warmup: int = 100) -> float:
+    if step < warmup:
+        return (step + 1) / warmup
+    return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+
+
+def save_json(obj, path):
+    with open(path, "w") as f:
+        json.dump(obj, f, indent=2)
+
+
+# ----------------------------------------------------------------------------- 1. tokenizer
+def build_tokenizer():
+    """A CLIP BPE tokenizer over the world's words: letters, then merges that spell each word
+    left to right, so every word of the vocabulary is a single token."""
+    from transformers import CLIPTokenizer
+
+    words = ["a", "an", "on"] + list(world.COUNT_WORDS.values()) + list(world.COLORS) + list(world.SCENES)
+    words += list(world.SHAPES) + [world.plural(s) for s in world.SHAPES]
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    letters = "abcdefghijklmnopqrstuvwxyz"
+    for c in letters:
+        vocab[c] = len(vocab)
+    for c in letters:
+        vocab[c + "</w>"] = len(vocab)
+    merges = []
+    for w in sorted(set(words), key=len, reverse=True):
+        pieces = list(w[:-1]) + [w[-1] + "</w>"]
+        cur = pieces[0]
+        for p in pieces[1:]:
+            if (cur, p) not in merges:
+                merges.append((cur, p))
+            cur += p
+            vocab.setdefault(cur, len(vocab))
+    tok = CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=TOKEN_LENGTH)
+    for w in words:  # guard: each word must be exactly one token
+        assert len(tok(w)["input_ids"]) == 3, w
+    return tok
+
+
+# ----------------------------------------------------------------------------- 2. CLIP
+def clip_config(vocab_size: int):
+    from transformers import CLIPConfig
+
+    text = dict(vocab_size=vocab_size, hidden_size=64, intermediate_size=256, num_hidden_layers=3,
+                num_attention_heads=4, max_position_embeddings=TOKEN_LENGTH, bos_token_id=0, eos_token_id=1, pad_token_id=1)
+    vision = dict(image_size=world.IMAGE_SIZE, patch_size=4, hidden_size=64, intermediate_size=256,
+                  num_hidden_layers=3, num_attention_heads=4)
+    return CLIPConfig(text_config=text, vision_config=vision, projection_dim=64)
+
+
+CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]  # OpenAI CLIP's normalisation, kept for parity
+CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
+
+
+def clip_pixels(images: np.ndarray) -> torch.Tensor:
+    """uint8 (N, 32, 32, 3) -> CLIP pixel_values (N, 3, 32, 32), normalised as OpenAI CLIP does."""
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255.0
+    return (x - torch.tensor(CLIP_MEAN)[:, None, None]) / torch.tensor(CLIP_STD)[:, None, None]
+
+
+def scene_codes(scenes) -> torch.Tensor:
+    """(N, 4) integer codes of count, colour, shape and scene, for vectorised caption matching."""
+    return torch.tensor([[sc.count, list(world.COLORS).index(sc.color), world.SHAPES.index(sc.shape),
+                          list(world.SCENES).index(sc.scene)] for sc in scenes])
+
+
+def caption_match(stated: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+    """(B, B) float: does image i have everything caption j states? ``stated`` is (B, 4) like
+    ``scene_codes`` with -1 for "not stated" and count 0 for "more than one" (a bare plural)."""
+    s, c = stated[None, :, :], codes[:, None, :]  # (1, B, 4), (B, 1, 4)
+    ok = (s == c) | (s == -1)
+    ok[..., 0] |= (s[..., 0] == 0) & (c[..., 0] > 1)
+    return ok.all(-1).float()
+
+
+def train_clip(cfg: PretrainConfig, tok, images, scenes):
+    from transformers import CLIPModel
+
+    torch.manual_seed(cfg.seed)
+    rng = random.Random(cfg.seed + 1)
+    model = CLIPModel(clip_config(len(tok.get_vocab())))
+    codes = scene_codes(scenes)  # (N, 4)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.clip_lr, weight_decay=0.05)
+    bar = tqdm(range(cfg.clip_steps), desc="clip")
+    for step in bar:
+        for g in opt.param_groups:
+            g["lr"] = cfg.clip_lr * cosine_lr(step, cfg.clip_steps)
+        idx = rng.sample(range(len(scenes)), cfg.clip_batch)
+        caps, stated = [], codes[idx].clone()  # (B, 4)
+        for k, i in enumerate(idx):  # a random caption per image; remember what it states
+            sc = scenes[i]
+            say_count = rng.random() < cfg.clip_p_count
+            color = sc.color if rng.random() < 0.8 else None
+            scene = sc.scene if rng.random() < 0.8 else None
+            caps.append(world.caption(sc.count, color, sc.shape, scene, state_count=say_count))
+            if not say_count and sc.count > 1:
+                stated[k, 0] = 0  # a bare plural ("circles") states "more than one"; "a circle" states one
+            if color is None:
+                stated[k, 1] = -1
+            if scene is None:
+                stated[k, 3] = -1
+        # multi-positive targets: caption j matches image i if image i has everything caption j states
+        match = caption_match(stated, codes[idx])  # (B, B)
+        ids = tok(caps, padding="max_length", max_length=TOKEN_LENGTH, return_tensors="pt")["input_ids"]  # (B, L)
+        out = model(input_ids=ids, pixel_values=clip_pixels(images[idx]))
+        logits = out.logits_per_image  # (B, B) image i vs caption j, times the learned temperature
+        loss_i = -(F.log_softmax(logits, dim=1) * match / match.sum(1, keepdim=True)).sum(1).mean()
+        loss_t = -(F.log_softmax(logits.T, dim=1) * match.T / match.T.sum(1, keepdim=True)).sum(1).mean()
+        loss = (loss_i + loss_t) / 2
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        bar.set_postfix(loss=f"{loss.item():.3f}")
+    return model
+
+
+# ----------------------------------------------------------------------------- 3. VAE
+def vae_model():
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 3,
+                         up_block_types=("UpDecoderBlock2D",) * 3, block_out_channels=(32, 64, 64),
+                         layers_per_block=1, latent_channels=4, norm_num_groups=16, sample_size=world.IMAGE_SIZE)
+
+
+def train_vae(cfg: PretrainConfig, images):
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed + 2)
+    vae = vae_model()
+    opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr, weight_decay=0.0)
+    bar = tqdm(range(cfg.vae_steps), desc="vae")
+    for step in bar:
+        for g in opt.param_groups:
+            g["lr"] = cfg.vae_lr * cosine_lr(step, cfg.vae_steps)
+        x = to_tensor(images[rng.choice(len(images), cfg.vae_batch, replace=False)])  # (B, 3, 32, 32)
+        post = vae.encode(x).latent_dist  # diagonal Gaussian over (B, 4, 8, 8)
+        recon = vae.decode(post.sample()).sample  # (B, 3, 32, 32)
+        rec = F.mse_loss(recon, x)
+        kl = post.kl().mean() / post.mean[0].numel()  # per latent element
+        loss = rec + cfg.vae_kl * kl
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        bar.set_postfix(mse=f"{rec.item():.4f}", kl=f"{kl.item():.2f}")
+    # SD scales latents to unit variance with a fixed factor stored in the config (0.18215 for SD 1.x)
+    with torch.no_grad():
+        z = vae.encode(to_tensor(images[:2048])).latent_dist.sample()
+    vae.register_to_config(scaling_factor=float(1.0 / z.std()))
+    return vae
+
+
+# ----------------------------------------------------------------------------- 4. UNet
+def unet_model(cross_attention_dim: int):
+    from diffusers import UNet2DConditionModel
+
+    return UNet2DConditionModel(sample_size=world.IMAGE_SIZE // 4, in_channels=4, out_channels=4,
+                                down_block_types=("CrossAttnDownBlock2D",) * 2, up_block_types=("CrossAttnUpBlock2D",) * 2,
+                                block_out_channels=(64, 96), layers_per_block=1, cross_attention_dim=cross_attention_dim,
+                                attention_head_dim=8, norm_num_groups=16)
+
+
+def train_scheduler():
+    """The training noise schedule: SD's scaled-linear betas, rescaled to zero terminal SNR."""
+    from diffusers import DDPMScheduler
+
+    return DDPMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                         prediction_type="v_prediction", rescale_betas_zero_snr=True, timestep_spacing="trailing", clip_sample=False)
+
+
+def sample_scheduler():
+    """The fast sampler the pipeline ships with: DPM-Solver++ (2M) on the same schedule."""
+    from diffusers import DPMSolverMultistepScheduler
+
+    return DPMSolverMultistepScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                                       prediction_type="v_prediction", rescale_betas_zero_snr=True, timestep_spacing="trailing",
+                                       final_sigmas_type="zero")
+
+
+@torch.no_grad()
+def encode_text(text_encoder, tok, captions: list) -> torch.Tensor:
+    """Exactly what StableDiffusionPipeline.encode_prompt does: pad to model_max_length, no mask."""
+    ids = tok(captions, padding="max_length", max_length=tok.model_max_length, truncation=True, return_tensors="pt").input_ids
+    return text_encoder(ids)[0]  # (B, L, D) last hidden state
+
+
+def train_unet(cfg: PretrainConfig, tok, text_encoder, vae, images, scenes):
+    torch.manual_seed(cfg.seed)
+    rng = random.Random(cfg.seed + 3)
+    # cache the VAE posterior of every training image; each step samples from it (as SD does)
+    mean, std = [], []
+    with torch.no_grad():
+        for i in tqdm(range(0, len(images), 512), desc="encode", leave=False):
+            post = vae.encode(to_tensor(images[i:i + 512])).latent_dist
+            mean.append(post.mean)
+            std.append(post.std)
+    mean, std = torch.cat(mean), torch.cat(std)  # (N, 4, 8, 8) each
+    sf = vae.config.scaling_factor
+    unet = unet_model(text_encoder.config.hidden_size)
+    ema = [p.detach().clone() for p in unet.parameters()]
+    noise_scheduler = train_scheduler()
+    acp = noise_scheduler.alphas_cumprod  # (T,) alpha_bar_t
+    opt = torch.optim.AdamW(unet.parameters(), lr=cfg.unet_lr, weight_decay=0.01)
+    cache = {}  # caption -> (L, D) text embedding; the text encoder is frozen
+    bar = tqdm(range(cfg.unet_steps), desc="unet")
+    for step in bar:
+        for g in opt.param_groups:
+            g["lr"] = cfg.unet_lr * cosine_lr(step, cfg.unet_steps, warmup=200)
+        idx = rng.sample(range(len(scenes)), cfg.unet_batch)
+        caps = ["" if rng.random() < cfg.p_uncond else
+                world.random_caption(scenes[i], rng, cfg.p_count, cfg.p_color, cfg.p_scene) for i in idx]
+        for c in set(caps) - cache.keys():
+            cache[c] = encode_text(text_encoder, tok, [c])[0]
+        cond = torch.stack([cache[c] for c in caps])  # (B, L, D)
+        x0 = (mean[idx] + std[idx] * torch.randn_like(std[idx])) * sf  # (B, 4, 8, 8) clean latents
+        noise = torch.randn_like(x0)  # (B, 4, 8, 8) eps
+        t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (len(idx),))  # (B,)
+        a = acp[t].sqrt()[:, None, None, None]  # sqrt(alpha_bar_t)
+        s = (1 - acp[t]).sqrt()[:, None, None, None]  # sqrt(1 - alpha_bar_t)
+        xt = a * x0 + s * noise  # forward process q(x_t | x_0)
+        target = a * noise - s * x0  # v = sqrt(ab) eps - sqrt(1 - ab) x0
+        loss = F.mse_loss(unet(xt, t, cond).sample, target)
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
+        opt.step()
+        with torch.no_grad():
+            d = min(cfg.unet_ema, (1 + step) / (10 + step))  # EMA warm-up
+            for e, p in zip(ema, unet.parameters()):
+                e.mul_(d).add_(p.detach(), alpha=1 - d)
+        bar.set_postfix(loss=f"{loss.item():.4f}")
+    with torch.no_grad():
+        for e, p in zip(ema, unet.parameters()):
+            p.copy_(e)
+    return unet
+
+
+def text_tower(clip):
+    """The CLIP's text tower as a stand-alone CLIPTextModel: SD's text encoder."""
+    from transformers import CLIPTextModel
+
+    te = CLIPTextModel(clip.config.text_config)
+    te.load_state_dict(clip.text_model.state_dict())
+    return te.eval().requires_grad_(False)
+
+
+def save_pipeline(path: str, tok, text_encoder, vae, unet):
+    """Write a StableDiffusionPipeline folder that plain diffusers loads (no safety checker)."""
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline(vae=vae.half(), text_encoder=text_encoder, tokenizer=tok, unet=unet.half(),
+                                   scheduler=sample_scheduler(), safety_checker=None, feature_extractor=None,
+                                   requires_safety_checker=False)
+    pipe.save_pretrained(path, safe_serialization=True)
+    train_scheduler().save_pretrained(os.path.join(path, "train_scheduler"))  # the schedule training uses
+    vae.float()
+    unet.float()
+
+
+# ----------------------------------------------------------------------------- main
+def main(cfg: PretrainConfig):
+    from transformers import CLIPModel, CLIPTokenizer
+
+    torch.manual_seed(cfg.seed)
+    clip_dir, sd_dir = os.path.join(cfg.out, "tiny-clip"), os.path.join(cfg.out, "tiny-sd")
+    os.makedirs(clip_dir, exist_ok=True)
+    times = {}
+    parts = ["tokenizer", "clip", "vae", "unet"] if cfg.part == "all" else [cfg.part]
+    images = scenes = None
+    if set(parts) & {"clip", "vae", "unet"}:
+        images, scenes = render_dataset(cfg.n_images, cfg.seed)
+    for part in parts:
+        t0 = time.time()
+        if part == "tokenizer":
+            build_tokenizer().save_pretrained(clip_dir)
+        elif part == "clip":
+            tok = CLIPTokenizer.from_pretrained(clip_dir)
+            model = train_clip(cfg, tok, images, scenes)
+            model.save_pretrained(clip_dir)
+            save_json({"image_processor_type": "CLIPImageProcessor", "do_resize": True, "size": {"shortest_edge": world.IMAGE_SIZE},
+                       "do_center_crop": True, "crop_size": {"height": world.IMAGE_SIZE, "width": world.IMAGE_SIZE},
+                       "do_normalize": True, "image_mean": CLIP_MEAN, "image_std": CLIP_STD, "resample": 3,
+                       "do_convert_rgb": True, "do_rescale": True, "rescale_factor": 1 / 255},
+                      os.path.join(clip_dir, "preprocessor_config.json"))
+        elif part == "vae":
+            os.makedirs(sd_dir, exist_ok=True)
+            vae = train_vae(cfg, images)
+            vae.half().save_pretrained(os.path.join(sd_dir, "vae"))
+        elif part == "unet":
+            from diffusers import AutoencoderKL
+
+            tok = CLIPTokenizer.from_pretrained(clip_dir)
+            text_encoder = text_tower(CLIPModel.from_pretrained(clip_dir, dtype=torch.float32))
+            vae = AutoencoderKL.from_pretrained(os.path.join(sd_dir, "vae"), torch_dtype=torch.float32)
+            unet = train_unet(cfg, tok, text_encoder, vae, images, scenes)
+            save_pipeline(sd_dir, tok, text_encoder, vae, unet)
+        times[part] = round(time.time() - t0, 1)
+        print(f"{part}: {times[part]} s")
+    return times
+
+
+def parse_args(argv=None) -> PretrainConfig:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    for f in dataclasses.fields(PretrainConfig):
+        p.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=f.default)
+    cfg = PretrainConfig(**vars(p.parse_args(argv)))
+    print("PretrainConfig:", json.dumps(dataclasses.asdict(cfg), indent=2))
+    return cfg
+
+
+def cli(argv=None):
+    return main(parse_args(argv))
+
+
+if __name__ == "__main__":
+    cli()

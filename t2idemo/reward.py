@@ -1,0 +1,740 @@
+"""Stage 2: the reward model r(x, z) in [0, 1], trained on good/bad labels (Lee et al. 2023, Sec. 3.2).
+
+    python -m t2idemo reward train --data data/feedback --run runs/reward       # head.safetensors + reward_config.json
+    python -m t2idemo reward eval  --run runs/reward --eval-data data/heldout    # table with 95% CIs + calibration PNG
+    python -m t2idemo reward study --data data/feedback --eval-data data/heldout  # held-out AUC vs label-flip noise
+
+Model. A frozen ``transformers.CLIPModel`` (the shipped tiny CLIP in the shapes world, or any CLIP such as
+``openai/clip-vit-large-patch14`` at SD scale, as in the paper) embeds the image and the prompt. A small MLP
+reads ``[i, t, i * t]`` (unit-norm image and text embeddings and their product, whose sum is CLIPScore's
+cosine) and ends in a sigmoid. Downstream code calls ``reward_fn(images, prompts) -> scores``.
+
+Loss, per minibatch (the paper's Eq. 1 and 2):
+
+    L = MSE(r(x, z), y)  +  lambda * CE_pc,      y = 1 for "good", 0 for "bad"
+
+``CE_pc`` is the paper's prompt classification: for each GOOD image x with prompt z, draw N - 1 prompts
+that differ from z in exactly one named attribute (count, colour, shape or scene, through
+``world.make_prompt`` with z's category) and ask which of the N prompts is x's:
+``CE(softmax([r(x, z), r(x, z_1), ..., r(x, z_N-1)] / T), 0)``. The paper's softmax is over the rewards
+themselves (T = 1); because r lies in [0, 1], its logits then differ by at most 1, so the term can never
+get below log(1 + (N - 1) / e) and its gradient stays weak. We keep the paper's form and expose T,
+defaulting to T = 0.1, which lets a confident reward win the softmax (see the defaults below).
+Perturbed prompts that name a held-out (unseen) combination are never drawn, so no held-out prompt
+reaches training, not even as a negative.
+
+Defaults, and why (chosen on the validation split of the seen prompts, never on held-out prompts):
+- lambda = 0.5: the auxiliary term is a regulariser; with the MSE it keeps both terms of similar size.
+- N = 4 (three perturbed prompts): every feedback prompt of the shapes world has at least three seen
+  one-attribute swaps, so every good image gets a full set; the paper used a handful as well.
+- T = 0.1: see above; T = 1 reproduces the paper's raw-reward softmax.
+
+Training. CLIP embeddings are computed once (image embeddings per image, text embeddings per distinct
+prompt string, perturbed ones included), so fitting the head takes seconds on a CPU. The validation
+split is by prompt (no prompt has images on both sides); training stops early on the validation loss
+and keeps the best epoch. Weights are safetensors, the config JSON; nothing is ever unpickled.
+
+Evaluation. Accuracy (threshold 0.5; Wilson 95% CI) and ROC-AUC (Mann-Whitney; 95% CI by a paired
+image-level bootstrap) of r against the judge's verdict on held-out (unseen-combination) prompts, next to
+CLIPScore of the same CLIP and the same head trained with lambda = 0. Images of one prompt are correlated,
+so these CIs are somewhat narrower than a prompt-level bootstrap would give.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import json
+import math
+import os
+import random
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from PIL import Image
+from tqdm.auto import tqdm
+
+from . import world
+from .pretrain import CLIP_MEAN, CLIP_STD  # OpenAI CLIP's normalisation, used when a CLIP has no preprocessor_config.json
+
+ASSETS = os.path.join(os.path.dirname(__file__), "assets")
+SHIPPED_CLIP = "tiny-clip"  # the value of RewardConfig.clip that means the CLIP shipped in t2idemo/assets
+HEAD_FILE, CONFIG_FILE = "head.safetensors", "reward_config.json"
+
+
+# ----------------------------------------------------------------------------- config
+@dataclass
+class RewardConfig:
+    # model
+    clip: str = SHIPPED_CLIP  # frozen CLIP: a CLIPModel folder or hub id; "tiny-clip" = the shipped one
+    hidden: int = 256  # width of the head's two hidden layers; 32 - 1_024
+    dropout: float = 0.1  # dropout after each hidden layer; 0 - 0.5
+    # loss
+    lam: float = 0.5  # lambda, weight of the prompt-classification CE; 0 (MSE only) - 2
+    n_prompts: int = 4  # N, candidates per good image: its prompt + N-1 one-attribute swaps; 2 - 6
+    temperature: float = 0.1  # T, the CE's logits are r / T (T = 1: the paper's raw rewards); 0.02 - 1
+    # data
+    data: str = ""  # training dataset folder: metadata.jsonl + PNGs (generate.generate_dataset)
+    labels: str = "metadata"  # where y comes from: "metadata" (the rows' "label" field) | "judge" (noise-free, on the fly)
+    noise: float = 0.0  # probability of flipping each training label (seeded), for the noise study; 0 - 0.5
+    val_frac: float = 0.15  # fraction of distinct training prompts held out for validation / early stopping; 0.05 - 0.5
+    # optimisation
+    batch_size: int = 64  # labelled images per step; 16 - 512
+    lr: float = 1e-3  # AdamW learning rate, constant; 1e-4 - 3e-3
+    weight_decay: float = 1e-2  # AdamW weight decay; 0 - 0.1
+    max_epochs: int = 300  # upper bound on passes over the training split; 10 - 2_000
+    patience: int = 25  # stop after this many epochs without a better validation loss; 5 - 100
+    seed: int = 0  # seeds the split, the label noise, the perturbations and the initial weights
+    device: str = ""  # "cpu", "cuda", ...; "" = cuda when available
+    # output and evaluation
+    run: str = "runs/reward"  # folder: train writes head.safetensors + reward_config.json here, eval reads them
+    eval_data: str = ""  # held-out dataset folder (rows with "unseen": true are evaluated), for eval and study
+    n_boot: int = 2_000  # bootstrap resamples for the AUC CIs; 200 - 10_000
+    plot: str = ""  # calibration PNG written by eval; "" = RUN/calibration.png
+    noise_levels: str = "0,0.1,0.2,0.3"  # comma-separated flip probabilities for the study, each 0 - 0.5
+
+    def __post_init__(self):
+        positive = ("hidden", "batch_size", "max_epochs", "patience")
+        for name in positive:
+            if int(getattr(self, name)) != getattr(self, name) or getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)!r} must be a positive integer")
+        checks = {  # name: (ok, what is allowed)
+            "dropout": (0 <= self.dropout < 1, "a probability in [0, 1)"),
+            "lam": (self.lam >= 0, ">= 0 (0 turns the prompt-classification term off)"),
+            "n_prompts": (2 <= self.n_prompts <= 16, "an integer from 2 to 16 (the true prompt + N-1 swaps)"),
+            "temperature": (self.temperature > 0, "> 0 (1 = the paper's raw-reward softmax)"),
+            "labels": (self.labels in ("metadata", "judge"), "'metadata' or 'judge'"),
+            "noise": (0 <= self.noise <= 0.5, "a flip probability in [0, 0.5]"),
+            "val_frac": (0 < self.val_frac < 1, "a fraction in (0, 1)"),
+            "lr": (self.lr > 0, "> 0"),
+            "weight_decay": (self.weight_decay >= 0, ">= 0"),
+            "n_boot": (self.n_boot >= 100, "an integer >= 100"),
+        }
+        for name, (ok, allowed) in checks.items():
+            if not ok:
+                raise ValueError(f"{name}={getattr(self, name)!r} is not allowed; use {allowed}")
+        for level in self.levels():
+            if not 0 <= level <= 0.5:
+                raise ValueError(f"noise_levels={self.noise_levels!r}: {level} is not a flip probability in [0, 0.5]")
+
+    def levels(self) -> list[float]:
+        try:
+            return [float(x) for x in self.noise_levels.split(",") if x.strip()]
+        except ValueError:
+            raise ValueError(f"noise_levels={self.noise_levels!r} is not a comma-separated list of numbers, "
+                             f"e.g. '0,0.1,0.2,0.3'") from None
+
+
+def resolve_device(device: str) -> str:
+    return device or ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+# ----------------------------------------------------------------------------- the frozen CLIP
+def resolve_clip(path: str) -> str:
+    return os.path.join(ASSETS, "tiny-clip") if path == SHIPPED_CLIP else path
+
+
+def read_preprocess(path: str, image_size: int) -> dict:
+    """Resize / crop / normalise settings from the CLIP's preprocessor_config.json, when it has one.
+    (transformers' CLIPImageProcessor needs torchvision; this does the same with PIL and torch.)"""
+    pp = {}
+    file = os.path.join(path, "preprocessor_config.json")
+    if not os.path.isdir(path):  # a hub id: the file sits in the hub cache next to the weights
+        try:
+            from huggingface_hub import hf_hub_download
+
+            file = hf_hub_download(path, "preprocessor_config.json")
+        except Exception:  # no file on the hub, or offline: fall back to OpenAI's settings
+            file = ""
+    if file and os.path.isfile(file):
+        with open(file) as f:
+            pp = json.load(f)
+    size, crop = pp.get("size", image_size), pp.get("crop_size", image_size)
+    size = size.get("shortest_edge", size.get("height", image_size)) if isinstance(size, dict) else size
+    crop = (crop["height"], crop["width"]) if isinstance(crop, dict) else (crop, crop)
+    return {"size": int(size), "crop": crop, "resample": int(pp.get("resample", 3)),
+            "mean": pp.get("image_mean", CLIP_MEAN), "std": pp.get("image_std", CLIP_STD)}
+
+
+def pixel_values(images: list, pp: dict) -> torch.Tensor:
+    """PIL images -> (N, 3, H, W) CLIP input: resize the short side, centre-crop, scale to [0, 1], normalise."""
+    out = []
+    for im in images:
+        im = im.convert("RGB")
+        w, h = im.size
+        scale = pp["size"] / min(w, h)
+        if (round(w * scale), round(h * scale)) != (w, h):
+            im = im.resize((round(w * scale), round(h * scale)), Image.Resampling(pp["resample"]))
+            w, h = im.size
+        ch, cw = pp["crop"]
+        left, top = (w - cw) // 2, (h - ch) // 2
+        im = im.crop((left, top, left + cw, top + ch))
+        out.append(torch.from_numpy(np.asarray(im, dtype=np.uint8).copy()))
+    x = torch.stack(out).permute(0, 3, 1, 2).float() / 255.0  # (N, 3, H, W)
+    return (x - torch.tensor(pp["mean"])[:, None, None]) / torch.tensor(pp["std"])[:, None, None]
+
+
+class FrozenCLIP(nn.Module):
+    """A transformers CLIPModel with its tokenizer and preprocessing; returns unit-norm embeddings."""
+
+    def __init__(self, path: str = SHIPPED_CLIP, device: str = ""):
+        from transformers import AutoTokenizer, CLIPModel
+
+        super().__init__()
+        self.path = path
+        local = resolve_clip(path)
+        if not os.path.isdir(local) and (local.startswith((".", "/", "~")) or local.count("/") != 1):
+            raise ValueError(f"clip={path!r} is neither an existing CLIPModel folder nor a hub id like 'org/name'")
+        self.model = CLIPModel.from_pretrained(local, dtype=torch.float32).eval().requires_grad_(False)
+        self.model.to(resolve_device(device))
+        self.tokenizer = AutoTokenizer.from_pretrained(local)
+        self.max_length = min(self.tokenizer.model_max_length, self.model.config.text_config.max_position_embeddings)
+        self.pp = read_preprocess(local, self.model.config.vision_config.image_size)
+
+    @property
+    def dim(self) -> int:
+        return self.model.config.projection_dim
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @torch.no_grad()
+    def embed_images(self, images: list, batch_size: int = 256) -> torch.Tensor:
+        """PIL images -> (N, D) unit-norm image embeddings (on the CPU)."""
+        out = []
+        for i in range(0, len(images), batch_size):
+            x = pixel_values(images[i:i + batch_size], self.pp).to(self.device)
+            e = self.model.get_image_features(pixel_values=x)
+            out.append(F.normalize(getattr(e, "pooler_output", e).float(), dim=-1).cpu())
+        return torch.cat(out) if out else torch.zeros(0, self.dim)
+
+    @torch.no_grad()
+    def embed_texts(self, prompts: list, batch_size: int = 256) -> torch.Tensor:
+        """Prompts -> (N, D) unit-norm text embeddings (on the CPU)."""
+        out = []
+        for i in range(0, len(prompts), batch_size):
+            ids = self.tokenizer(list(prompts[i:i + batch_size]), padding="max_length", truncation=True,
+                                 max_length=self.max_length, return_tensors="pt")
+            e = self.model.get_text_features(input_ids=ids["input_ids"].to(self.device),
+                                             attention_mask=ids["attention_mask"].to(self.device))
+            out.append(F.normalize(getattr(e, "pooler_output", e).float(), dim=-1).cpu())
+        return torch.cat(out) if out else torch.zeros(0, self.dim)
+
+
+# ----------------------------------------------------------------------------- the reward model
+class RewardHead(nn.Module):
+    """MLP on [i, t, i * t] -> sigmoid. Inputs are unit-norm (..., D); they are scaled so that each feature
+    has roughly unit size whatever D is (a unit vector's entries are about 1 / sqrt(D))."""
+
+    def __init__(self, dim: int, hidden: int = 256, dropout: float = 0.1):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(3 * dim, hidden), nn.GELU(), nn.Dropout(dropout),
+                                 nn.Linear(hidden, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, 1))
+
+    def forward(self, img: torch.Tensor, txt: torch.Tensor) -> torch.Tensor:
+        d = img.shape[-1]
+        x = torch.cat([img * d ** 0.5, txt * d ** 0.5, img * txt * d], dim=-1)  # (..., 3D)
+        return torch.sigmoid(self.net(x).squeeze(-1))  # (...,) in [0, 1]
+
+
+class RewardModel(nn.Module):
+    """Frozen CLIP + trainable head. ``model(images, prompts)`` returns a (N,) float tensor of rewards."""
+
+    def __init__(self, cfg: RewardConfig, clip: FrozenCLIP | None = None, head: RewardHead | None = None):
+        super().__init__()
+        self.cfg = cfg
+        self.clip = clip or FrozenCLIP(cfg.clip, cfg.device)
+        self.head = head or RewardHead(self.clip.dim, cfg.hidden, cfg.dropout)
+        self.head.to(self.clip.device)
+
+    @torch.no_grad()
+    def forward(self, images: list, prompts: list) -> torch.Tensor:
+        if len(images) != len(prompts):
+            raise ValueError(f"images and prompts differ in length: {len(images)} != {len(prompts)}")
+        img, txt = self.clip.embed_images(images), self.clip.embed_texts(prompts)
+        return self.score(img, txt)
+
+    @torch.no_grad()
+    def score(self, img: torch.Tensor, txt: torch.Tensor) -> torch.Tensor:
+        """Rewards from (N, D) unit-norm embeddings, in eval mode, on the CPU."""
+        self.head.eval()
+        dev = next(self.head.parameters()).device
+        return self.head(img.to(dev), txt.to(dev)).float().cpu()
+
+    def save_pretrained(self, path: str, summary: dict | None = None):
+        from safetensors.torch import save_file
+
+        os.makedirs(path, exist_ok=True)
+        save_file({k: v.detach().cpu().contiguous() for k, v in self.head.state_dict().items()},
+                  os.path.join(path, HEAD_FILE))
+        meta = {"config": dataclasses.asdict(self.cfg), "clip": self.cfg.clip, "embed_dim": self.clip.dim,
+                "training": summary or {}}
+        with open(os.path.join(path, CONFIG_FILE), "w") as f:
+            json.dump(meta, f, indent=2)
+
+    @classmethod
+    def from_pretrained(cls, path: str, clip: str | None = None, device: str | None = None) -> "RewardModel":
+        """Load a folder written by ``save_pretrained``; ``clip`` overrides the CLIP path stored there."""
+        from safetensors.torch import load_file
+
+        file = os.path.join(path, CONFIG_FILE)
+        if not os.path.isfile(file):
+            raise ValueError(f"path={path!r} holds no {CONFIG_FILE}; pass a folder written by reward train")
+        with open(file) as f:
+            meta = json.load(f)
+        known = {f.name for f in dataclasses.fields(RewardConfig)}
+        cfg = RewardConfig(**{k: v for k, v in meta["config"].items() if k in known})
+        cfg = dataclasses.replace(cfg, clip=clip or cfg.clip, device=cfg.device if device is None else device)
+        model = cls(cfg)
+        if model.clip.dim != meta["embed_dim"]:
+            raise ValueError(f"clip={cfg.clip!r} gives {model.clip.dim}-d embeddings but the head in {path!r} "
+                             f"was trained on {meta['embed_dim']}-d ones; use the CLIP it was trained with")
+        model.head.load_state_dict(load_file(os.path.join(path, HEAD_FILE)))
+        return model.eval()
+
+
+def load_reward_fn(path: str, device: str | None = None):
+    """``reward_fn(images: list[PIL.Image], prompts: list[str]) -> torch.Tensor`` of shape (N,), in [0, 1]."""
+    model = RewardModel.from_pretrained(path, device=device)
+
+    def reward_fn(images: list, prompts: list) -> torch.Tensor:
+        return model(images, prompts)
+
+    reward_fn.model = model
+    return reward_fn
+
+
+# ----------------------------------------------------------------------------- data
+def load_rows(folder: str, name: str = "data") -> list[dict]:
+    file = os.path.join(folder, "metadata.jsonl")
+    if not folder or not os.path.isfile(file):
+        raise ValueError(f"{name}={folder!r} has no metadata.jsonl; pass a dataset folder from generate_dataset")
+    with open(file) as f:
+        rows = [json.loads(line) for line in f if line.strip()]
+    if not rows:
+        raise ValueError(f"{name}={folder!r}: metadata.jsonl is empty")
+    return rows
+
+
+def load_images(folder: str, rows: list[dict]) -> list:
+    return [Image.open(os.path.join(folder, r["file_name"])).convert("RGB") for r in rows]
+
+
+def judge_labels(images: list, rows: list[dict]) -> torch.Tensor:
+    """The noise-free verdict (1 good, 0 bad) of the judge for each image against its row's prompt."""
+    from .judge import judge
+
+    return torch.tensor([float(judge(im, r)["good"]) for im, r in zip(images, rows)])
+
+
+def metadata_labels(rows: list[dict]) -> tuple[torch.Tensor, list[int]]:
+    """Labels written by labels.export_labels: "good" -> 1, "bad" -> 0; rows with None are unlabelled."""
+    keep = [i for i, r in enumerate(rows) if r.get("label") in ("good", "bad")]
+    return torch.tensor([float(rows[i]["label"] == "good") for i in keep]), keep
+
+
+def flip_labels(y: torch.Tensor, p: float, seed: int) -> torch.Tensor:
+    """Flip each 0/1 label with probability p (a simulated labeler's noise), reproducibly."""
+    if p == 0:
+        return y.clone()
+    flip = torch.rand(len(y), generator=torch.Generator().manual_seed(seed)) < p
+    return torch.where(flip, 1 - y, y)
+
+
+def perturbations(meta: dict, include_unseen: bool = False) -> list[str]:
+    """Every prompt of the same category that differs from ``meta``'s in exactly one named attribute, in a
+    fixed order. Held-out (unseen) combinations are left out unless ``include_unseen``."""
+    vocab = {"count": world.COUNTS, "color": tuple(world.COLORS), "shape": world.SHAPES, "scene": tuple(world.SCENES)}
+    values = {a: meta.get(a) for a in world.ATTRIBUTES}
+    out = []
+    for a in meta["named"]:
+        for v in vocab[a]:
+            if v != values[a]:
+                p, m = world.make_prompt(meta["category"], **{**values, a: v})
+                if include_unseen or not m["unseen"]:
+                    out.append(p)
+    return out
+
+
+def split_by_prompt(rows: list[dict], val_frac: float, seed: int) -> tuple[list[int], list[int]]:
+    """Row indices (train, val): a seeded random ``val_frac`` of the distinct prompts goes to validation."""
+    prompts = sorted({r["prompt"] for r in rows})
+    if len(prompts) < 2:
+        raise ValueError(f"the training data has {len(prompts)} distinct prompt(s); a split by prompt needs 2 or more")
+    random.Random(seed).shuffle(prompts)
+    val = set(prompts[:min(len(prompts) - 1, max(1, round(val_frac * len(prompts))))])
+    return [i for i, r in enumerate(rows) if r["prompt"] not in val], [i for i, r in enumerate(rows) if r["prompt"] in val]
+
+
+@dataclass
+class Embedded:
+    """A dataset's CLIP embeddings, computed once; everything training and evaluation read."""
+    rows: list  # the dataset's rows, in order
+    img: torch.Tensor  # (N, D) unit-norm image embeddings
+    texts: list  # distinct prompt strings: the rows' prompts, then their perturbations
+    txt: torch.Tensor  # (T, D) unit-norm text embeddings of ``texts``
+    prompt_ids: torch.Tensor  # (N,) index into ``texts`` of each row's prompt
+    cands: torch.Tensor  # (N, K) indices into ``texts`` of each row's perturbations, -1 = none
+
+
+def embed_dataset(clip: FrozenCLIP, images: list, rows: list[dict], perturb: bool = True) -> Embedded:
+    texts = list(dict.fromkeys(r["prompt"] for r in rows))
+    per_row = []
+    for r in rows:
+        ok = perturb and r.get("category") in world.NAMED and world.make_prompt(
+            r["category"], **{a: r.get(a) for a in world.ATTRIBUTES})[0] == r["prompt"]
+        per_row.append(perturbations(r) if ok else [])  # prompts outside the world's grammar: no CE term
+    texts += list(dict.fromkeys(p for ps in per_row for p in ps if p not in set(texts)))
+    index = {p: i for i, p in enumerate(texts)}
+    k = max([len(ps) for ps in per_row] + [1])
+    cands = torch.full((len(rows), k), -1, dtype=torch.long)
+    for i, ps in enumerate(per_row):
+        cands[i, :len(ps)] = torch.tensor([index[p] for p in ps], dtype=torch.long)
+    return Embedded(rows, clip.embed_images(images), texts, clip.embed_texts(texts),
+                    torch.tensor([index[r["prompt"]] for r in rows]), cands)
+
+
+def draw_candidates(emb: Embedded, idx: torch.Tensor, n: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """For rows ``idx``: (B, n) text indices [true prompt, n-1 random perturbations] and a (B, n) validity
+    mask (False where a prompt has fewer than n-1 perturbations)."""
+    cands = emb.cands[idx]  # (B, K)
+    keys = torch.rand(cands.shape, generator=gen).masked_fill(cands < 0, -1.0)  # missing ones sort last
+    pick = cands.gather(1, keys.topk(min(n - 1, cands.shape[1]), dim=1).indices)  # (B, <= n-1)
+    pick = F.pad(pick, (0, n - 1 - pick.shape[1]), value=-1)
+    ids = torch.cat([emb.prompt_ids[idx, None], pick], dim=1)  # (B, n)
+    return ids.clamp(min=0), ids >= 0
+
+
+# ----------------------------------------------------------------------------- loss and training
+def prompt_classification_loss(head: RewardHead, img: torch.Tensor, txt: torch.Tensor, mask: torch.Tensor,
+                               temperature: float) -> torch.Tensor:
+    """CE of picking candidate 0 (the true prompt): img (G, D), txt (G, N, D), mask (G, N) -> scalar."""
+    r = head(img[:, None, :].expand_as(txt), txt)  # (G, N)
+    logits = (r / temperature).masked_fill(~mask, float("-inf"))
+    return F.cross_entropy(logits, torch.zeros(len(r), dtype=torch.long))
+
+
+def reward_loss(cfg: RewardConfig, head: RewardHead, emb: Embedded, y: torch.Tensor, idx: torch.Tensor,
+                gen: torch.Generator) -> tuple[torch.Tensor, dict]:
+    """MSE(r, y) + lambda * CE_pc over the rows ``idx`` (y is indexed like emb.rows)."""
+    img, yb = emb.img[idx], y[idx]
+    mse = F.mse_loss(head(img, emb.txt[emb.prompt_ids[idx]]), yb)
+    ce = torch.zeros(())
+    good = idx[yb > 0.5]
+    if cfg.lam > 0 and len(good):
+        ids, mask = draw_candidates(emb, good, cfg.n_prompts, gen)
+        ce = prompt_classification_loss(head, emb.img[good], emb.txt[ids], mask, cfg.temperature)
+    return mse + cfg.lam * ce, {"mse": mse.item(), "ce": ce.item()}
+
+
+def fit_head(cfg: RewardConfig, emb: Embedded, y: torch.Tensor, progress: bool = True) -> tuple[RewardHead, dict]:
+    """Train a fresh head on cached embeddings with a validation split by prompt and early stopping.
+    Returns the head of the best validation epoch and a summary. Runs on one CPU thread: a head this
+    small gains nothing from more, and on a busy machine extra threads made it 30x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _fit_head(cfg, emb, y, progress)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _fit_head(cfg: RewardConfig, emb: Embedded, y: torch.Tensor, progress: bool) -> tuple[RewardHead, dict]:
+    torch.manual_seed(cfg.seed)
+    t0 = time.time()
+    tr, va = (torch.tensor(ix) for ix in split_by_prompt(emb.rows, cfg.val_frac, cfg.seed))
+    head = RewardHead(emb.img.shape[1], cfg.hidden, cfg.dropout)
+    opt = torch.optim.AdamW(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    gen = torch.Generator().manual_seed(cfg.seed + 1)
+    best, best_state, best_epoch, bad_epochs, best_parts = math.inf, copy.deepcopy(head.state_dict()), 0, 0, {}
+    bar = tqdm(range(cfg.max_epochs), desc="reward head", disable=not progress)
+    for epoch in bar:
+        head.train()
+        for b in tr[torch.randperm(len(tr), generator=gen)].split(cfg.batch_size):
+            loss, parts = reward_loss(cfg, head, emb, y, b, gen)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        head.eval()
+        with torch.no_grad():  # the same perturbations every epoch, so the curve is comparable
+            val, val_parts = reward_loss(cfg, head, emb, y, va, torch.Generator().manual_seed(cfg.seed + 2))
+        if val.item() < best - 1e-5:
+            best, best_state, best_epoch, bad_epochs = val.item(), copy.deepcopy(head.state_dict()), epoch, 0
+            best_parts = val_parts
+        else:
+            bad_epochs += 1
+        bar.set_postfix(train=f"{loss.item():.3f}", val=f"{val.item():.3f}", best=best_epoch)
+        if bad_epochs >= cfg.patience:
+            break
+    head.load_state_dict(best_state)
+    head.eval()
+    with torch.no_grad():
+        r_val = head(emb.img[va], emb.txt[emb.prompt_ids[va]])
+    summary = {"epochs": epoch + 1, "best_epoch": best_epoch + 1, "val_loss": round(best, 4),
+               **{f"val_{k}": round(v, 4) for k, v in best_parts.items()},
+               "val_auc": round(roc_auc(r_val, y[va]), 4) if 0 < y[va].sum() < len(va) else None,
+               "n_train": len(tr), "n_val": len(va), "head_seconds": round(time.time() - t0, 2)}
+    return head, summary
+
+
+def training_set(cfg: RewardConfig, clip: FrozenCLIP) -> tuple[Embedded, torch.Tensor]:
+    """Embed the labelled rows of cfg.data once; labels from cfg.labels with cfg.noise flips applied."""
+    rows = load_rows(cfg.data, "data")
+    images = load_images(cfg.data, rows)
+    if cfg.labels == "judge":
+        y = judge_labels(images, rows)
+    else:
+        y, keep = metadata_labels(rows)
+        if not keep:
+            raise ValueError(f"data={cfg.data!r} has no row labelled 'good' or 'bad'; run labels.export_labels "
+                             f"first, or pass --labels judge")
+        rows, images = [rows[i] for i in keep], [images[i] for i in keep]
+    return embed_dataset(clip, images, rows), flip_labels(y, cfg.noise, cfg.seed)
+
+
+def train(cfg: RewardConfig, save: bool = True) -> RewardModel:
+    """Embed the training set, fit the head, write RUN/head.safetensors + RUN/reward_config.json."""
+    t0 = time.time()
+    model = RewardModel(cfg)
+    emb, y = training_set(cfg, model.clip)
+    t_embed = time.time() - t0
+    print(f"embedded {len(emb.rows)} images and {len(emb.texts)} prompts in {t_embed:.1f} s; "
+          f"{int(y.sum())} good / {len(y) - int(y.sum())} bad")
+    model.head, summary = fit_head(cfg, emb, y)
+    summary["embed_seconds"] = round(t_embed, 2)
+    print("training:", json.dumps(summary))
+    if save:
+        model.save_pretrained(cfg.run, summary)
+        print(f"wrote {os.path.join(cfg.run, HEAD_FILE)} and {CONFIG_FILE}")
+    return model.eval()
+
+
+# ----------------------------------------------------------------------------- metrics
+def roc_auc(scores, labels) -> float:
+    """ROC-AUC as the Mann-Whitney U statistic: P(score of a positive > score of a negative), ties count 1/2."""
+    s, y = np.asarray(scores, dtype=np.float64).ravel(), np.asarray(labels).ravel().astype(bool)
+    n_pos, n_neg = int(y.sum()), int((~y).sum())
+    if len(s) != len(y):
+        raise ValueError(f"scores and labels differ in length: {len(s)} != {len(y)}")
+    if n_pos == 0 or n_neg == 0:
+        raise ValueError(f"ROC-AUC needs both classes; got {n_pos} positives and {n_neg} negatives")
+    _, inv, counts = np.unique(s, return_inverse=True, return_counts=True)
+    ranks = (np.cumsum(counts) - (counts - 1) / 2)[inv]  # 1-based ranks, ties get their average
+    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """Wilson score 95% interval of a proportion k / n."""
+    if n == 0:
+        return (0.0, 1.0)
+    p, d = k / n, 1 + z * z / n
+    c, h = (p + z * z / (2 * n)) / d, z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
+    return (max(0.0, c - h), min(1.0, c + h))
+
+
+def bootstrap_auc(scores: dict, labels, n_boot: int = 2_000, seed: int = 0) -> dict:
+    """Percentile 95% CIs of each method's AUC and of each pairwise difference, from the same image-level
+    resamples (paired). ``scores``: {name: (N,) array}. Returns {name or (a, b): (lo, hi)}."""
+    y = np.asarray(labels).astype(bool)
+    names, rng = list(scores), np.random.default_rng(seed)
+    draws = {n: [] for n in names}
+    for _ in range(n_boot):
+        i = rng.integers(0, len(y), len(y))
+        if y[i].all() or not y[i].any():
+            continue
+        for n in names:
+            draws[n].append(roc_auc(np.asarray(scores[n])[i], y[i]))
+    ci = {n: tuple(np.percentile(draws[n], [2.5, 97.5])) for n in names}
+    for a in names:
+        for b in names:
+            if a != b:
+                ci[(a, b)] = tuple(np.percentile(np.subtract(draws[a], draws[b]), [2.5, 97.5]))
+    return ci
+
+
+def best_threshold(scores, labels) -> float:
+    """The threshold that maximises accuracy of ``score > t`` on a labelled set (for CLIPScore)."""
+    s, y = np.asarray(scores, dtype=np.float64), np.asarray(labels).astype(bool)
+    u = np.unique(s)
+    cuts = np.concatenate([[u[0] - 1], (u[:-1] + u[1:]) / 2, [u[-1] + 1]])
+    acc = [((s > t) == y).mean() for t in cuts]
+    return float(cuts[int(np.argmax(acc))])
+
+
+def calibration(scores, labels, bins: int = 10) -> dict:
+    """Reliability-diagram data for scores in [0, 1]: per equal-width bin, mean score, fraction good and
+    count; and the expected calibration error (count-weighted mean |mean score - fraction good|)."""
+    s, y = np.asarray(scores, dtype=np.float64), np.asarray(labels, dtype=np.float64)
+    b = np.minimum((s * bins).astype(int), bins - 1)
+    n = np.bincount(b, minlength=bins)
+    conf = np.bincount(b, weights=s, minlength=bins) / np.maximum(n, 1)
+    acc = np.bincount(b, weights=y, minlength=bins) / np.maximum(n, 1)
+    return {"count": n, "mean_score": conf, "frac_good": acc, "ece": float((n * np.abs(conf - acc)).sum() / n.sum())}
+
+
+def plot_calibration(curves: dict, path: str):
+    """Reliability diagram of each {name: (scores, labels)} plus a histogram of the scores, to a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax, hx) = plt.subplots(2, 1, figsize=(5, 6.5), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    ax.plot([0, 1], [0, 1], "k:", lw=1, label="perfect calibration")
+    for name, (s, y) in curves.items():
+        c = calibration(s, y)
+        m = c["count"] > 0
+        ax.plot(c["mean_score"][m], c["frac_good"][m], "o-", label=f"{name} (ECE {c['ece']:.3f})")
+        hx.hist(s, bins=20, range=(0, 1), histtype="step", label=name)
+    ax.set(ylabel="fraction judged good", title="Reward calibration on held-out prompts", xlim=(0, 1), ylim=(0, 1))
+    ax.legend(fontsize=8)
+    hx.set(xlabel="predicted reward r(x, z)", ylabel="images")
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+# ----------------------------------------------------------------------------- evaluation
+def heldout_set(cfg: RewardConfig, clip: FrozenCLIP) -> tuple[Embedded, torch.Tensor]:
+    """The unseen-prompt rows of cfg.eval_data, embedded, with the judge's verdicts as the truth."""
+    rows = load_rows(cfg.eval_data, "eval_data")
+    keep = [i for i, r in enumerate(rows) if r.get("unseen", world.is_unseen(r))]
+    if not keep:
+        raise ValueError(f"eval_data={cfg.eval_data!r} has no rows with unseen prompts; generate it from "
+                         f"world.all_prompts(unseen=True)")
+    rows = [rows[i] for i in keep]
+    images = load_images(cfg.eval_data, rows)
+    return embed_dataset(clip, images, rows, perturb=False), judge_labels(images, rows)
+
+
+def metrics(scores, truth, threshold: float, ci: tuple) -> dict:
+    hits = int(((np.asarray(scores) > threshold) == np.asarray(truth).astype(bool)).sum())
+    return {"acc": hits / len(truth), "acc_ci": wilson(hits, len(truth)), "auc": roc_auc(scores, truth), "auc_ci": ci}
+
+
+def evaluate(cfg: RewardConfig, model: RewardModel | None = None, baseline: bool = True, plot: bool = True) -> dict:
+    """Held-out accuracy and AUC of the reward model (``model``, or the one saved in cfg.run), CLIPScore and
+    (``baseline``) a head trained like it with lambda = 0. ``cfg`` is the run's config (as ``reward eval``
+    builds it: the saved one plus command-line options); its data and labels train the baseline."""
+    model = model or RewardModel.from_pretrained(cfg.run, device=cfg.device)
+    test, truth = heldout_set(cfg, model.clip)
+    train_emb, y = training_set(cfg, model.clip)  # for the lambda = 0 head and CLIPScore's threshold
+    overlap = {r["prompt"] for r in test.rows} & {r["prompt"] for r in train_emb.rows}
+    if overlap:
+        print(f"warning: {len(overlap)} held-out prompts also occur in the training data, e.g. {sorted(overlap)[:3]}")
+    pair = (test.img, test.txt[test.prompt_ids])
+    scores = {f"reward model (lambda={model.cfg.lam:g}, N={model.cfg.n_prompts})": model.score(*pair)}
+    clipscore = lambda e: (e.img * e.txt[e.prompt_ids]).sum(-1)  # noqa: E731  cosine of unit vectors
+    thresholds = {"CLIPScore (cosine)": best_threshold(clipscore(train_emb), y)}
+    if baseline:
+        head0, _ = fit_head(dataclasses.replace(cfg, lam=0.0), train_emb, y, progress=False)
+        scores["head with lambda=0 (MSE only)"] = head0.eval()(*pair).detach()
+    scores["CLIPScore (cosine)"] = clipscore(test)
+    cis = bootstrap_auc({k: v.numpy() for k, v in scores.items()}, truth.numpy(), cfg.n_boot, cfg.seed)
+    table = {k: metrics(v.numpy(), truth.numpy(), thresholds.get(k, 0.5), cis[k]) for k, v in scores.items()}
+    first = next(iter(scores))
+    deltas = {k: cis[(first, k)] for k in scores if k != first}
+    out = {"n_images": len(truth), "n_prompts": len(set(test.texts)), "good_rate": float(truth.mean()),
+           "table": table, "delta_auc_ci": deltas, "thresholds": thresholds}
+    if plot:
+        path = cfg.plot or os.path.join(cfg.run, "calibration.png")
+        plot_calibration({k: (v.numpy(), truth.numpy()) for k, v in scores.items() if not k.startswith("CLIPScore")}, path)
+        out["plot"] = path
+    return out
+
+
+def markdown_table(res: dict) -> str:
+    lines = [f"Held-out (unseen) prompts: {res['n_images']} images of {res['n_prompts']} prompts, "
+             f"{res['good_rate']:.1%} judged good. 95% CIs: Wilson (accuracy), paired bootstrap (AUC).", "",
+             "| method | held-out accuracy [95% CI] | ROC-AUC [95% CI] |", "| --- | --- | --- |"]
+    for name, m in res["table"].items():
+        lines.append(f"| {name} | {m['acc']:.3f} [{m['acc_ci'][0]:.3f}, {m['acc_ci'][1]:.3f}] "
+                     f"| {m['auc']:.3f} [{m['auc_ci'][0]:.3f}, {m['auc_ci'][1]:.3f}] |")
+    lines.append("")
+    for name, (lo, hi) in res["delta_auc_ci"].items():
+        lines.append(f"AUC(reward model) - AUC({name}): 95% CI [{lo:+.3f}, {hi:+.3f}]")
+    lines.append(f"CLIPScore accuracy uses the threshold {res['thresholds']['CLIPScore (cosine)']:.3f} that is best "
+                 f"on the training labels; the heads use r > 0.5.")
+    return "\n".join(lines)
+
+
+def noise_study(cfg: RewardConfig) -> list[dict]:
+    """Held-out AUC of the head (cfg.lam, and lambda = 0) trained on labels flipped with each noise level."""
+    clip = FrozenCLIP(cfg.clip, cfg.device)
+    test, truth = heldout_set(cfg, clip)
+    emb, y = training_set(dataclasses.replace(cfg, noise=0.0), clip)
+    pair, results = (test.img, test.txt[test.prompt_ids]), []
+    for level in cfg.levels():
+        y_noisy = flip_labels(y, level, cfg.seed)
+        row = {"noise": level, "flipped": int((y_noisy != y).sum()), "n": len(y)}
+        for key, lam in (("model", cfg.lam), ("lambda0", 0.0)):
+            head, summary = fit_head(dataclasses.replace(cfg, noise=level, lam=lam), emb, y_noisy, progress=False)
+            s = head(*pair).detach().numpy()
+            ci = bootstrap_auc({"r": s}, truth.numpy(), cfg.n_boot, cfg.seed)["r"]
+            row[key] = {**metrics(s, truth.numpy(), 0.5, ci), "head_seconds": summary["head_seconds"]}
+        results.append(row)
+    return results
+
+
+def study_table(cfg: RewardConfig, results: list[dict]) -> str:
+    lines = [f"| flip noise | labels flipped | AUC, lambda={cfg.lam:g} [95% CI] | accuracy, lambda={cfg.lam:g} "
+             f"| AUC, lambda=0 [95% CI] |", "| --- | --- | --- | --- | --- |"]
+    for r in results:
+        a, b = r["model"], r["lambda0"]
+        lines.append(f"| {r['noise']:.0%} | {r['flipped']} / {r['n']} | {a['auc']:.3f} [{a['auc_ci'][0]:.3f}, "
+                     f"{a['auc_ci'][1]:.3f}] | {a['acc']:.3f} | {b['auc']:.3f} [{b['auc_ci'][0]:.3f}, {b['auc_ci'][1]:.3f}] |")
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- CLI
+ACTIONS = ("train", "eval", "study")
+
+
+def parse_args(argv=None) -> tuple[str, RewardConfig]:
+    p = argparse.ArgumentParser(prog="python -m t2idemo reward", description="Stage 2: train and evaluate the reward model.",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("action", choices=ACTIONS, help="train: fit and save the head; eval: held-out table + calibration "
+                   "PNG for --run; study: held-out AUC vs label-flip noise")
+    for f in dataclasses.fields(RewardConfig):
+        p.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=argparse.SUPPRESS,
+                       help=f"default: {f.default!r}")
+    args = vars(p.parse_args(argv))
+    action = args.pop("action")
+    if action == "eval":  # the saved config, with any option given on the command line on top
+        file = os.path.join(args.get("run", RewardConfig.run), CONFIG_FILE)
+        if not os.path.isfile(file):
+            raise ValueError(f"run={args.get('run', RewardConfig.run)!r} holds no {CONFIG_FILE}; run reward train first")
+        with open(file) as f:
+            saved = json.load(f)["config"]
+        args = {**{k: v for k, v in saved.items() if k in {f.name for f in dataclasses.fields(RewardConfig)}}, **args}
+    cfg = RewardConfig(**args)
+    print("RewardConfig:", json.dumps(dataclasses.asdict(cfg), indent=2))
+    for name in ("data",) + (("eval_data",) if action != "train" else ()):
+        if not getattr(cfg, name):
+            raise ValueError(f"{name}='' : reward {action} needs --{name.replace('_', '-')} DIR (a dataset folder)")
+    return action, cfg
+
+
+def reward_main(argv=None):
+    action, cfg = parse_args(argv)
+    if action == "train":
+        model = train(cfg)
+        if cfg.eval_data:
+            print(markdown_table(evaluate(cfg, model)))
+    elif action == "eval":
+        res = evaluate(cfg)
+        print(markdown_table(res))
+        print(f"wrote {res['plot']}")
+    else:
+        print(study_table(cfg, noise_study(cfg)))
+
+
+if __name__ == "__main__":
+    reward_main()

@@ -1,0 +1,75 @@
+import random
+
+import numpy as np
+import pytest
+
+from t2idemo import world
+
+
+def test_prompt_categories_name_the_right_attributes():
+    p, m = world.make_prompt("count", count=2, shape="circle")
+    assert p == "two circles" and m["named"] == ["count", "shape"]
+    p, m = world.make_prompt("color", color="red", shape="square")
+    assert p == "a red square" and m["named"] == ["color", "shape"] and m["count"] == 1
+    p, m = world.make_prompt("background", shape="triangle", scene="snow")
+    assert p == "a triangle on snow" and m["named"] == ["shape", "scene"]
+    p, m = world.make_prompt("combination", count=3, color="purple", shape="circle", scene="grass")
+    assert p == "three purple circles on grass"
+
+
+@pytest.mark.parametrize("prompt, meta", world.all_prompts()[::7])
+def test_parse_prompt_inverts_make_prompt(prompt, meta):
+    parsed = world.parse_prompt(prompt)
+    for key in ("category", "named", "unseen"):
+        assert parsed[key] == meta[key]
+    for a in meta["named"]:
+        assert parsed[a] == meta[a]
+
+
+def test_bad_input_names_argument_and_allowed_values():
+    with pytest.raises(ValueError, match="color='pink'.*red"):
+        world.make_prompt("color", color="pink", shape="circle")
+    with pytest.raises(ValueError, match="count=7"):
+        world.sample_scene(random.Random(0), count=7)
+    with pytest.raises(ValueError, match="category='size'"):
+        world.make_prompt("size", shape="circle")
+    with pytest.raises(ValueError, match="'dog'"):
+        world.parse_prompt("a red dog")
+
+
+def test_unseen_split_is_disjoint_and_covers_every_category():
+    seen = {p for p, _ in world.all_prompts(unseen=False)}
+    unseen = {p for p, _ in world.all_prompts(unseen=True)}
+    assert seen and unseen and not seen & unseen
+    for cat in world.CATEGORIES:
+        assert world.all_prompts(cat, unseen=True), cat
+        assert world.all_prompts(cat, unseen=False), cat
+    rng = random.Random(0)
+    for _ in range(200):
+        _, m = world.random_prompt(rng, unseen=False)
+        assert not m["unseen"]
+
+
+def test_render_is_32px_non_overlapping_and_uses_the_palette():
+    rng = random.Random(1)
+    for _ in range(100):
+        sc = world.sample_scene(rng)
+        assert len(sc.centers) == sc.count
+        for i, a in enumerate(sc.centers):  # bounding boxes keep the gap
+            for b in sc.centers[:i]:
+                assert max(abs(a[0] - b[0]), abs(a[1] - b[1])) >= sc.size + world.GAP
+        x = world.to_array(world.render(sc))[0]
+        assert x.shape == (32, 32, 3)
+        assert tuple(x[0, 0]) == world.SCENES[sc.scene]  # corner pixel is pure scene colour
+        counts = np.unique(x.reshape(-1, 3), axis=0, return_counts=True)
+        colours = {tuple(c) for c in counts[0]}
+        assert world.COLORS[sc.color] in colours  # interior pixels are pure shape colour
+        assert len(colours) > 2  # anti-aliased edges mix the two
+
+
+def test_render_prompt_respects_named_and_implied_attributes():
+    rng = random.Random(2)
+    _, m = world.make_prompt("color", color="blue", shape="triangle")
+    for _ in range(20):
+        _, sc = world.render_prompt(m, rng)
+        assert (sc.color, sc.shape, sc.count) == ("blue", "triangle", 1)
