@@ -50,9 +50,7 @@ class FinetuneConfig:
     steps: int = 400  # optimizer steps; 50 - 5_000
     batch: int = 64  # D_model images per step; 8 - 256
     pre_batch: int = 64  # D_pre images per step; 8 - 256
-    lr: float = 1e-4  # AdamW learning rate (LoRA: 1e-4 - 1e-3, full: 1e-5 - 3e-4)
-    lora: bool = False  # train LoRA adapters (peft) instead of the whole UNet
-    lora_rank: int = 8  # LoRA rank; 4 - 64
+    lr: float = 1e-4  # AdamW learning rate; 1e-5 - 3e-4
     mixed_precision: str = "no"  # accelerate mixed precision: no | fp16 | bf16 (GPU)
     gradient_checkpointing: bool = False  # trade compute for UNet activation memory (SD scale)
     checkpoint_every: int = 200  # steps between checkpoints in OUT/checkpoint; 0 = never
@@ -69,7 +67,7 @@ class FinetuneConfig:
             raise ValueError(f"beta={self.beta!r} must be >= 0")
         if self.mixed_precision not in ("no", "fp16", "bf16"):
             raise ValueError(f"mixed_precision={self.mixed_precision!r} is not one of 'no', 'fp16', 'bf16'")
-        for name in ("steps", "batch", "pre_batch", "lora_rank"):
+        for name in ("steps", "batch", "pre_batch"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)!r} must be a positive integer")
 
@@ -216,12 +214,6 @@ def finetune(cfg: FinetuneConfig, reward_fn=None) -> str:
     lat_model, emb_model = torch.cat(lat_model), torch.cat(emb_model)  # (N, 4, h, w), (N, L, D)
     pre = PretrainStream(cfg.pretrain_data, cfg.seed)
 
-    if cfg.lora:
-        from peft import LoraConfig  # noqa: F401  (import error names the package)
-
-        unet.requires_grad_(False)
-        unet.add_adapter(LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_rank, init_lora_weights="gaussian",
-                                    target_modules=["to_k", "to_q", "to_v", "to_out.0"]))
     if cfg.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
     params = [p for p in unet.parameters() if p.requires_grad]
@@ -265,18 +257,11 @@ def finetune(cfg: FinetuneConfig, reward_fn=None) -> str:
             torch.save(opt.state_dict(), os.path.join(ckpt, "optimizer.pt"))  # tensors only: reloaded with weights_only=True
             json.dump({"step": step + 1, "config": dataclasses.asdict(cfg)}, open(os.path.join(ckpt, "state.json"), "w"))
 
-    # write the tuned pipeline: LoRA weights are merged, so plain diffusers loads the folder
+    # write the tuned pipeline (UNet and VAE stored in float16; they load as float32)
     accelerator.wait_for_everyone()
     unet = accelerator.unwrap_model(unet).eval()
-    if cfg.lora:
-        from peft.utils import get_peft_model_state_dict  # noqa: F401
-
-        unet.fuse_lora() if hasattr(unet, "fuse_lora") else None
-        unet = unet.merge_and_unload() if hasattr(unet, "merge_and_unload") else unet
     if accelerator.is_main_process:
-        pipe.unet = unet
-        keep = {"unet": unet.half() if local else unet, "vae": vae.half() if local else vae}
-        out = StableDiffusionPipeline(vae=keep["vae"], text_encoder=text_encoder, tokenizer=tok, unet=keep["unet"],
+        out = StableDiffusionPipeline(vae=vae.half(), text_encoder=text_encoder, tokenizer=tok, unet=unet.half(),
                                       scheduler=pipe.scheduler, safety_checker=None, feature_extractor=None,
                                       requires_safety_checker=False)
         out.save_pretrained(cfg.out, safe_serialization=True)
