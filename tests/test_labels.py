@@ -18,19 +18,25 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # a labelling session in a child process: it prints each image id only after add() has returned
 CHILD = """
-import sys
+import os, sys, time
 from t2idemo.labels import LabelStore
 store = LabelStore(sys.argv[1])
 labeler, start, n = sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+if len(sys.argv) > 5:  # start line: wait until every writer is up, then click at a brisk human pace
+    while not os.path.exists(sys.argv[5]):
+        time.sleep(0.01)
 for i in range(start, start + n):
     store.add(f"{i:05d}.png", ("good", "bad", "skip")[i % 3], labeler=labeler)
     print(i, flush=True)
+    if len(sys.argv) > 5:
+        time.sleep(0.002)
 """
 
 
-def child(store, labeler, start=0, n=10**6):
+def child(store, labeler, start=0, n=10**6, go=None):
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    return subprocess.Popen([sys.executable, "-c", CHILD, str(store), labeler, str(start), str(n)],
+    extra = [str(go)] if go else []
+    return subprocess.Popen([sys.executable, "-c", CHILD, str(store), labeler, str(start), str(n), *extra],
                             stdout=subprocess.PIPE, text=True, env=env)
 
 
@@ -162,8 +168,11 @@ def test_two_processes_labelling_at_once_lose_nothing(tmp_path):
     path = tmp_path / "labels.sqlite"
     n = 150
     # same images under two names, plus interleaved images under one shared name
-    procs = [child(path, "ana", 0, n), child(path, "ben", 0, n),
-             child(path, "shared", 1000, n), child(path, "shared", 2000, n)]
+    go = tmp_path / "go"
+    procs = [child(path, "ana", 0, n, go), child(path, "ben", 0, n, go),
+             child(path, "shared", 1000, n, go), child(path, "shared", 2000, n, go)]
+    time.sleep(0.5)
+    go.touch()  # all four start clicking together
     outs = [p.communicate(timeout=120)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0, 0, 0]
     assert all(len(o.split()) == n for o in outs)

@@ -93,7 +93,7 @@ def test_prompt_classification_loss_learns_to_prefer_the_true_prompt():
 
 
 def test_raw_reward_softmax_has_the_documented_floor():
-    # with T = 1 and r in [0, 1] the CE cannot go below log(1 + (N - 1) / e): why T defaults to 0.1
+    # with T = 1 (the default) and r in [0, 1] the CE cannot go below log(1 + (N - 1) / e), as documented
     head = reward.RewardHead(8, 16, 0.0)
     img, txt = torch.randn(32, 8), torch.randn(32, 4, 8)
     ce = reward.prompt_classification_loss(head, img, txt, torch.ones(32, 4, dtype=torch.bool), 1.0)
