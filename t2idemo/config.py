@@ -28,8 +28,9 @@ def parse_config(cls, argv=None, prog: str | None = None, description: str | Non
     p = argparse.ArgumentParser(prog=prog, description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     helps = field_help(cls)
     for f in dataclasses.fields(cls):
-        p.add_argument("--" + f.name.replace("_", "-"), dest=f.name, type=type(f.default), default=f.default,
-                       help=helps.get(f.name, " ").replace("%", "%%"))
+        kind = dict(action=argparse.BooleanOptionalAction) if isinstance(f.default, bool) else dict(type=type(f.default))
+        p.add_argument("--" + f.name.replace("_", "-"), dest=f.name, default=f.default,
+                       help=helps.get(f.name, " ").replace("%", "%%"), **kind)
     try:
         cfg = cls(**vars(p.parse_args(argv)))
     except ValueError as e:

@@ -20,7 +20,6 @@ weight 1 / alpha_bar_t, the weight the model was pre-trained with.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import os
@@ -272,16 +271,9 @@ def finetune(cfg: FinetuneConfig, reward_fn=None) -> str:
 
 
 def parse_args(argv=None) -> FinetuneConfig:
-    p = argparse.ArgumentParser(prog="python -m t2idemo finetune", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    for f in dataclasses.fields(FinetuneConfig):
-        if f.type in ("bool", bool):
-            p.add_argument("--" + f.name.replace("_", "-"), action=argparse.BooleanOptionalAction, default=f.default)
-        else:
-            p.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=f.default)
-    cfg = FinetuneConfig(**vars(p.parse_args(argv)))
-    print("FinetuneConfig:", json.dumps(dataclasses.asdict(cfg), indent=2))
-    return cfg
+    from .config import parse_config
+
+    return parse_config(FinetuneConfig, argv, prog="python -m t2idemo finetune", description=__doc__.split("\n\n")[0])
 
 
 def finetune_main(argv=None):

@@ -14,8 +14,6 @@ fsynced) only after that, so a row always points at a complete image; re-running
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
 import json
 import os
 import time
@@ -98,16 +96,13 @@ class SampleConfig:
     seed: int = 0  # seed of the first image; image j of a row uses seed + j
     prompts: str = ""  # '|'-separated prompts; empty: one prompt of each category
 
+    def __post_init__(self):
+        if not 1 <= self.per_prompt <= 64:
+            raise ValueError(f"per_prompt={self.per_prompt!r} is out of range; use 1 to 64")
+
 
 def sample_main(argv=None):
-    p = argparse.ArgumentParser(prog="python -m t2idemo sample", description="Sample a grid from a pipeline.",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    for f in dataclasses.fields(SampleConfig):
-        p.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=f.default)
-    cfg = SampleConfig(**vars(p.parse_args(argv)))
-    print("SampleConfig:", json.dumps(dataclasses.asdict(cfg), indent=2))
-    if not 1 <= cfg.per_prompt <= 64:
-        raise ValueError(f"per_prompt={cfg.per_prompt!r} is out of range; use 1 to 64")
+    cfg = parse_config(SampleConfig, argv, prog="python -m t2idemo sample", description="Sample a grid from a pipeline.")
     prompts = [p.strip() for p in cfg.prompts.split("|") if p.strip()] or [
         "two circles", "a red square", "a triangle on snow", "three purple circles on grass", "a blue circle on night"]
     if os.path.abspath(cfg.model).startswith(ASSETS):  # a shapes-world model: prompts must use its words

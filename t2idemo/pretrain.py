@@ -24,8 +24,6 @@ as float32) and the small text models in float32.
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
 import json
 import math
 import os
@@ -398,12 +396,9 @@ def main(cfg: PretrainConfig):
 
 
 def parse_args(argv=None) -> PretrainConfig:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    for f in dataclasses.fields(PretrainConfig):
-        p.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=f.default)
-    cfg = PretrainConfig(**vars(p.parse_args(argv)))
-    print("PretrainConfig:", json.dumps(dataclasses.asdict(cfg), indent=2))
-    return cfg
+    from .config import parse_config
+
+    return parse_config(PretrainConfig, argv, prog="python -m t2idemo pretrain", description=__doc__.split("\n\n")[0])
 
 
 def cli(argv=None):
