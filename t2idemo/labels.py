@@ -114,19 +114,25 @@ class LabelStore:
     def _open(self, timeout: float) -> None:
         db = self._db
         db.execute(f"PRAGMA busy_timeout = {int(timeout * 1000)}")
-        app_id = db.execute("PRAGMA application_id").fetchone()[0]
-        tables = [r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
-        if app_id != APPLICATION_ID and (app_id != 0 or tables):
-            raise ValueError(f"{self.path} is an SQLite database but not a t2idemo label store (application_id="
-                             f"{app_id:#x}, tables {tables}); pass a new file name or an existing label store")
-        mode = db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        self._check_foreign()  # before touching the file: never switch someone else's database to WAL
+        # switching to WAL needs a moment alone with the file, and SQLite does not wait for it (no busy
+        # handler here) when several processes open a new store at once: retry until the timeout
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                mode = db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+                break
+            except sqlite3.OperationalError as e:
+                if "locked" not in str(e) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.01)
         if mode.lower() != "wal":
             warnings.warn(f"{self.path}: SQLite refused WAL mode here (journal_mode={mode}); labels stay durable "
                           f"but writers wait longer. Put the store on a local disk for WAL.")
         db.execute("PRAGMA synchronous = FULL")  # fsync the log at every commit: durable at every click
-        if app_id == 0:  # a new store (several processes may race here; every statement is idempotent)
-            with self._write():  # (executescript would commit first; run the statements one by one)
-                for statement in SCHEMA.split(";"):
+        with self._write():  # check and create under the write lock: processes opening a new store at once
+            if self._check_foreign() == 0:  # see either an empty file or a finished store, never half of one
+                for statement in SCHEMA.split(";"):  # (executescript would commit first: one by one)
                     if statement.strip():
                         db.execute(statement)
                 db.execute(f"PRAGMA application_id = {APPLICATION_ID}")
@@ -138,6 +144,22 @@ class LabelStore:
         check = db.execute("PRAGMA quick_check").fetchall()
         if check != [("ok",)]:
             raise ValueError(f"{self.path} is damaged: SQLite quick_check says {check[:3]}")
+
+    def _check_foreign(self) -> int:
+        """Raise if the file is some other SQLite database; return its application_id (0: new, empty)."""
+        own = not self._db.in_transaction  # read both in one snapshot, or another process's store half-made
+        if own:
+            self._db.execute("BEGIN")
+        try:
+            app_id = self._db.execute("PRAGMA application_id").fetchone()[0]
+            tables = [r[0] for r in self._db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+        finally:
+            if own:
+                self._db.execute("COMMIT")
+        if app_id != APPLICATION_ID and (app_id != 0 or tables):
+            raise ValueError(f"{self.path} is an SQLite database but not a t2idemo label store (application_id="
+                             f"{app_id:#x}, tables {tables}); pass a new file name or an existing label store")
+        return app_id
 
     # ------------------------------------------------------------------------- plumbing
     @contextmanager

@@ -248,3 +248,27 @@ def test_label_cli(render_dataset, capsys):
     with pytest.raises(SystemExit):
         label_main(["--data", d, "--skip", "-1"])
     assert "skip=-1.0 must be a probability in [0, 1]" in capsys.readouterr().err
+
+
+OPENER = """
+import os, sys, time
+while not os.path.exists(sys.argv[2]):
+    time.sleep(0.001)
+from t2idemo.labels import LabelStore
+LabelStore(sys.argv[1]).add("a.png", "good", labeler=sys.argv[3])
+"""
+
+
+def test_many_processes_creating_one_new_store_at_once(tmp_path):
+    """Eight processes open the same new file at the same instant: all get a working store."""
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    for r in range(3):
+        path, go = tmp_path / f"s{r}.sqlite", tmp_path / f"go{r}"
+        procs = [subprocess.Popen([sys.executable, "-c", OPENER, str(path), str(go), f"u{i}"], env=env,
+                                  stderr=subprocess.PIPE, text=True) for i in range(8)]
+        time.sleep(1.0)
+        go.touch()
+        errs = [p.communicate(timeout=120)[1] for p in procs]
+        assert [p.returncode for p in procs] == [0] * 8, errs
+        with LabelStore(path) as s:
+            assert s.count() == 8
