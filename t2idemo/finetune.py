@@ -34,6 +34,7 @@ from tqdm.auto import tqdm
 
 from . import world
 from .generate import BASE_MODEL
+from .reward import load_images, load_rows
 
 
 @dataclass
@@ -72,22 +73,10 @@ class FinetuneConfig:
 
 
 # ----------------------------------------------------------------------------- data
-def read_rows(folder: str) -> list:
-    path = os.path.join(folder, "metadata.jsonl")
-    if not os.path.isfile(path):
-        raise ValueError(f"data={folder!r} has no metadata.jsonl; make one with `python -m t2idemo generate`")
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
-
-
-def load_images(folder: str, rows: list) -> list:
-    return [Image.open(os.path.join(folder, r["file_name"])).convert("RGB") for r in rows]
-
-
 def model_dataset(cfg: FinetuneConfig, reward_fn=None) -> tuple:
     """D_model: (images, prompts, weights). Skipped and unlabelled feedback images are dropped
     unless a reward model can weight them."""
-    rows = read_rows(cfg.data)
+    rows = load_rows(cfg.data, "data")
     images, prompts, weights = [], [], []
     labelled = [r for r in rows if r.get("label") in ("good", "bad")]
     use = rows if cfg.weight == "reward" else labelled
@@ -100,7 +89,7 @@ def model_dataset(cfg: FinetuneConfig, reward_fn=None) -> tuple:
     prompts += [r["prompt"] for r in use]
     weights += list(w)
     if cfg.unlabelled:
-        urows = read_rows(cfg.unlabelled)
+        urows = load_rows(cfg.unlabelled, "unlabelled")
         uimgs = load_images(cfg.unlabelled, urows)
         images += uimgs
         prompts += [r["prompt"] for r in urows]
@@ -125,7 +114,7 @@ class PretrainStream:
         self.rng = random.Random(seed)
         self.folder = None if source == "world" else source
         if self.folder:
-            self.rows = read_rows(self.folder)
+            self.rows = load_rows(self.folder, "pretrain_data")
 
     def sample(self, n: int) -> tuple:
         if self.folder is None:

@@ -64,6 +64,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from . import world
+from .benchmarks import wilson
 from .pretrain import CLIP_MEAN, CLIP_STD  # OpenAI CLIP's normalisation, used when a CLIP has no preprocessor_config.json
 
 ASSETS = os.path.join(os.path.dirname(__file__), "assets")
@@ -316,11 +317,12 @@ def load_reward_fn(path: str, device: str | None = None):
 
 # ----------------------------------------------------------------------------- data
 def load_rows(folder: str, name: str = "data") -> list[dict]:
-    file = os.path.join(folder, "metadata.jsonl")
-    if not folder or not os.path.isfile(file):
+    """A dataset folder's metadata rows; a clear error naming ``name`` when there are none."""
+    from .generate import load_dataset_rows
+
+    if not folder or not os.path.isfile(os.path.join(folder, "metadata.jsonl")):
         raise ValueError(f"{name}={folder!r} has no metadata.jsonl; pass a dataset folder from generate_dataset")
-    with open(file) as f:
-        rows = [json.loads(line) for line in f if line.strip()]
+    rows = load_dataset_rows(folder)
     if not rows:
         raise ValueError(f"{name}={folder!r}: metadata.jsonl is empty")
     return rows
@@ -531,15 +533,6 @@ def roc_auc(scores, labels) -> float:
     _, inv, counts = np.unique(s, return_inverse=True, return_counts=True)
     ranks = (np.cumsum(counts) - (counts - 1) / 2)[inv]  # 1-based ranks, ties get their average
     return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
-
-
-def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """Wilson score 95% interval of a proportion k / n."""
-    if n == 0:
-        return (0.0, 1.0)
-    p, d = k / n, 1 + z * z / n
-    c, h = (p + z * z / (2 * n)) / d, z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
-    return (max(0.0, c - h), min(1.0, c + h))
 
 
 def bootstrap_auc(scores: dict, labels, n_boot: int = 2_000, seed: int = 0) -> dict:
