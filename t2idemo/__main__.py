@@ -11,6 +11,9 @@ COMMANDS = {
     "generate": ("t2idemo.generate", "generate_main", "generate the labelling set: K images per prompt + metadata"),
     "finetune": ("t2idemo.finetune", "finetune_main", "reward-weighted fine-tuning of a pipeline's UNet (stage 3)"),
     "label": ("t2idemo.labels", "label_main", "label a dataset with the judge as a simulated, noisy rater"),
+    "evaluate": ("t2idemo.evaluate", "evaluate_main", "judge accuracy per category with CIs, FID, best-of-N; a report folder"),
+    "push": ("t2idemo.hub", "main", "push a model folder, reward model, labels and a model card to the Hub"),
+    "run": ("t2idemo.run", "run_main", "the main job: feedback, labels, reward, fine-tune, evaluate (--rounds, --betas)"),
 }
 
 

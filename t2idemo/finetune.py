@@ -14,6 +14,12 @@ model (trained with zero terminal SNR, where eps is not defined at t = T). Since
 eps - eps_theta = sqrt(alpha_bar_t) * (v - v_theta), the v loss is the paper's eps loss with a per-timestep
 weight 1 / alpha_bar_t, the weight the model was pre-trained with.
 
+LoRA (SD scale). With ``lora_rank > 0`` the UNet is frozen (stored in fp16/bf16 under mixed precision) and
+a peft LoRA adapter on its attention projections is trained instead, as in diffusers'
+train_text_to_image_lora.py. OUT then holds the adapter (``pytorch_lora_weights.safetensors``, for
+``pipe.load_lora_weights(OUT)`` on the base model) and the full pipeline with the adapter fused in, so every
+later stage reads OUT like any pipeline folder. The memory plan for a 16 GB GPU is in ``t2idemo/sd.py``.
+
     python -m t2idemo finetune --data runs/feedback --reward runs/reward --out runs/aligned
     accelerate launch -m t2idemo.finetune --data ... # several GPUs / mixed precision
 """
@@ -51,8 +57,15 @@ class FinetuneConfig:
     batch: int = 64  # D_model images per step; 8 - 256
     pre_batch: int = 64  # D_pre images per step; 8 - 256
     lr: float = 1e-4  # AdamW learning rate; 1e-5 - 3e-4
+    p_uncond: float = 0.1  # probability of an empty caption, per image (keeps classifier-free guidance's
+    #                        unconditional branch trained, as in pre-training); 0 - 0.3
+    ema: float = 0.99  # EMA decay of the written weights; 0 (off) - 0.999
     mixed_precision: str = "no"  # accelerate mixed precision: no | fp16 | bf16 (GPU)
     gradient_checkpointing: bool = False  # trade compute for UNet activation memory (SD scale)
+    lora_rank: int = 0  # 0 = train the whole UNet (the tiny model); 4 - 64 = train only a LoRA adapter of this rank (SD: 8)
+    lora_alpha: float = 0.0  # LoRA scale numerator, the update is scaled by alpha / rank; 0 = the rank (scale 1, diffusers' default)
+    use_8bit_adam: bool = False  # bitsandbytes' 8-bit AdamW (CUDA only): optimizer state 2 B/param instead of 8; pays off for full SD fine-tuning
+    encode_batch: int = 256  # images per frozen VAE / text-encoder call when caching D_model; 1 - 1_024 (8 for SD at 512 px on 16 GB)
     checkpoint_every: int = 200  # steps between checkpoints in OUT/checkpoint; 0 = never
     seed: int = 0  # seeds noise, timesteps and batches
 
@@ -65,11 +78,19 @@ class FinetuneConfig:
             raise ValueError(f"unlabelled={self.unlabelled!r} needs a reward model to weight it (reward=...)")
         if self.beta < 0:
             raise ValueError(f"beta={self.beta!r} must be >= 0")
+        if not 0 <= self.p_uncond < 1:
+            raise ValueError(f"p_uncond={self.p_uncond!r} must be a probability in [0, 1)")
+        if not 0 <= self.ema < 1:
+            raise ValueError(f"ema={self.ema!r} must be in [0, 1) (0 turns the EMA off)")
         if self.mixed_precision not in ("no", "fp16", "bf16"):
             raise ValueError(f"mixed_precision={self.mixed_precision!r} is not one of 'no', 'fp16', 'bf16'")
-        for name in ("steps", "batch", "pre_batch"):
+        for name in ("steps", "batch", "pre_batch", "encode_batch"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)!r} must be a positive integer")
+        if int(self.lora_rank) != self.lora_rank or self.lora_rank < 0:
+            raise ValueError(f"lora_rank={self.lora_rank!r} must be an integer >= 0 (0 = full UNet fine-tuning, 4 - 64 = LoRA)")
+        if self.lora_alpha < 0:
+            raise ValueError(f"lora_alpha={self.lora_alpha!r} must be >= 0 (0 = the rank)")
 
 
 # ----------------------------------------------------------------------------- data
@@ -157,6 +178,57 @@ def reward_weighted_loss(unet, noise_scheduler, model_latents, model_emb, weight
     return l_model + beta * l_pre, l_model.detach(), l_pre.detach()
 
 
+# ----------------------------------------------------------------------------- LoRA and the optimizer (SD scale)
+LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")  # the attention projections, as in diffusers' LoRA script
+LORA_FILE = "pytorch_lora_weights.safetensors"  # diffusers' default name: pipe.load_lora_weights(OUT) finds it
+
+
+def add_lora(unet, cfg: FinetuneConfig) -> None:
+    """Freeze ``unet`` and attach a trainable peft LoRA adapter of rank ``cfg.lora_rank`` (B starts at 0, so
+    the model starts as the base model). Under fp16/bf16 mixed precision the frozen weights are stored in
+    that type (half the memory); the adapter stays float32, which fp16 gradient scaling needs."""
+    try:
+        from peft import LoraConfig
+    except ImportError:
+        raise ImportError("lora_rank > 0 needs peft: pip install peft") from None
+    unet.requires_grad_(False)
+    half = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(cfg.mixed_precision)
+    if half is not None:
+        for p in unet.parameters():
+            p.data = p.data.to(half)
+    unet.add_adapter(LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha or cfg.lora_rank,
+                                init_lora_weights="gaussian", target_modules=list(LORA_TARGETS)))
+    for p in unet.parameters():
+        if p.requires_grad:
+            p.data = p.data.float()
+
+
+def save_lora(unet, out: str) -> None:
+    """Write the adapter to OUT/pytorch_lora_weights.safetensors in diffusers' format (rank and alpha in its
+    metadata), then fuse it into ``unet`` and remove the peft layers, leaving a plain UNet2DConditionModel."""
+    from diffusers import StableDiffusionPipeline
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from peft.utils import get_peft_model_state_dict
+
+    layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
+    StableDiffusionPipeline.save_lora_weights(out, unet_lora_layers=layers, weight_name=LORA_FILE,
+                                              unet_lora_adapter_metadata=unet.peft_config["default"].to_dict())
+    unet.fuse_lora()
+    unet.unload_lora()
+
+
+def make_optimizer(params, cfg: FinetuneConfig):
+    """AdamW, or bitsandbytes' 8-bit AdamW when ``cfg.use_8bit_adam`` (imported only then)."""
+    if not cfg.use_8bit_adam:
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=1e-2)
+    try:
+        import bitsandbytes as bnb
+    except ImportError:
+        raise ImportError("use_8bit_adam=True needs bitsandbytes and a CUDA GPU: pip install bitsandbytes; "
+                          "or leave use_8bit_adam off") from None
+    return bnb.optim.AdamW8bit(params, lr=cfg.lr, weight_decay=1e-2)
+
+
 # ----------------------------------------------------------------------------- training
 def finetune(cfg: FinetuneConfig, reward_fn=None) -> str:
     """Fine-tune ``cfg.model`` and write a StableDiffusionPipeline folder to ``cfg.out``."""
@@ -180,6 +252,7 @@ def finetune(cfg: FinetuneConfig, reward_fn=None) -> str:
 
         reward_fn = load_reward_fn(cfg.reward)
     images, prompts, weights = model_dataset(cfg, reward_fn)
+    reward_fn = None  # our reference only: frees the reward CLIP (1.7 GB for ViT-L/14) if it was loaded here
     size = unet.config.sample_size * pipe.vae_scale_factor
     vae.requires_grad_(False).to(accelerator.device)
     text_encoder.requires_grad_(False).to(accelerator.device)
@@ -195,17 +268,19 @@ def finetune(cfg: FinetuneConfig, reward_fn=None) -> str:
 
     # D_model is encoded once: the VAE and text tower are frozen, so latents' means are fixed
     lat_model, emb_model = [], []
-    for i in range(0, len(images), 256):
-        lat, emb = encode(images[i:i + 256], prompts[i:i + 256])
+    for i in range(0, len(images), cfg.encode_batch):
+        lat, emb = encode(images[i:i + cfg.encode_batch], prompts[i:i + cfg.encode_batch])
         lat_model.append(lat.cpu())
         emb_model.append(emb.cpu())
     lat_model, emb_model = torch.cat(lat_model), torch.cat(emb_model)  # (N, 4, h, w), (N, L, D)
     pre = PretrainStream(cfg.pretrain_data, cfg.seed)
 
+    if cfg.lora_rank:
+        add_lora(unet, cfg)  # freezes the UNet: only the adapter trains
     if cfg.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
     params = [p for p in unet.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=1e-2)
+    opt = make_optimizer(params, cfg)
     unet, opt = accelerator.prepare(unet, opt)
 
     # resume from OUT/checkpoint if it is there
@@ -213,6 +288,9 @@ def finetune(cfg: FinetuneConfig, reward_fn=None) -> str:
     start = 0
     if os.path.isfile(os.path.join(ckpt, "state.json")):
         state = json.load(open(os.path.join(ckpt, "state.json")))
+        if state["config"].get("lora_rank", 0) != cfg.lora_rank:
+            raise ValueError(f"out={cfg.out!r} holds a checkpoint trained with lora_rank={state['config'].get('lora_rank', 0)}, "
+                             f"now lora_rank={cfg.lora_rank}; use the same rank or a new out folder")
         trainable = load_file(os.path.join(ckpt, "trainable.safetensors"))
         for n, p in accelerator.unwrap_model(unet).named_parameters():
             if n in trainable:
@@ -220,6 +298,20 @@ def finetune(cfg: FinetuneConfig, reward_fn=None) -> str:
         opt.load_state_dict(torch.load(os.path.join(ckpt, "optimizer.pt"), weights_only=True))
         start = state["step"]
         print(f"resumed from {ckpt} at step {start}")
+
+    # EMA of the trainable weights: what gets written (the base model was trained and saved the same way)
+    ema = [p.detach().clone() for p in params]
+    if start and os.path.isfile(os.path.join(ckpt, "ema.safetensors")):
+        saved = load_file(os.path.join(ckpt, "ema.safetensors"))
+        ema = [saved[str(i)].to(p) for i, p in enumerate(params)]
+    with torch.no_grad():
+        ids = tok([""], padding="max_length", max_length=tok.model_max_length, return_tensors="pt").input_ids
+        null_emb = text_encoder(ids.to(accelerator.device))[0]  # (1, L, D) the empty caption's embedding
+
+    def drop_captions(emb):
+        """Replace each caption by the empty one with probability p_uncond (classifier-free guidance)."""
+        drop = torch.rand(emb.shape[0], generator=gen) < cfg.p_uncond  # (B,)
+        return torch.where(drop[:, None, None].to(emb.device), null_emb.to(emb.dtype), emb)
 
     gen = torch.Generator().manual_seed(cfg.seed + start)
     rng = random.Random(cfg.seed + start)
@@ -231,24 +323,36 @@ def finetune(cfg: FinetuneConfig, reward_fn=None) -> str:
         m_emb = emb_model[idx].to(accelerator.device)  # (B, L, D)
         w = weights[idx].to(accelerator.device)  # (B,) reward weights in [0, 1]
         p_lat, p_emb = encode(*pre.sample(cfg.pre_batch)) if cfg.beta > 0 else (None, None)
+        m_emb = drop_captions(m_emb)
+        p_emb = drop_captions(p_emb) if p_emb is not None else None
         with accelerator.autocast():
             loss, l_model, l_pre = reward_weighted_loss(unet, noise_scheduler, m_lat, m_emb, w, p_lat, p_emb, cfg.beta, gen)
         accelerator.backward(loss)
         accelerator.clip_grad_norm_(params, 1.0)
         opt.step()
         opt.zero_grad()
+        with torch.no_grad():
+            d = min(cfg.ema, (1 + step) / (10 + step))  # EMA with warm-up
+            for e, p in zip(ema, params):
+                e.mul_(d).add_(p.detach(), alpha=1 - d)
         bar.set_postfix(loss=f"{loss.item():.4f}", model=f"{l_model.item():.4f}", pre=f"{l_pre.item():.4f}")
         if cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.steps and accelerator.is_main_process:
             os.makedirs(ckpt, exist_ok=True)
             named = {n: p.detach().cpu().contiguous() for n, p in accelerator.unwrap_model(unet).named_parameters() if p.requires_grad}
             save_file(named, os.path.join(ckpt, "trainable.safetensors"))
+            save_file({str(i): e.cpu().contiguous() for i, e in enumerate(ema)}, os.path.join(ckpt, "ema.safetensors"))
             torch.save(opt.state_dict(), os.path.join(ckpt, "optimizer.pt"))  # tensors only: reloaded with weights_only=True
             json.dump({"step": step + 1, "config": dataclasses.asdict(cfg)}, open(os.path.join(ckpt, "state.json"), "w"))
 
     # write the tuned pipeline (UNet and VAE stored in float16; they load as float32)
     accelerator.wait_for_everyone()
     unet = accelerator.unwrap_model(unet).eval()
+    with torch.no_grad():
+        for e, p in zip(ema, params):
+            p.copy_(e)
     if accelerator.is_main_process:
+        if cfg.lora_rank:
+            save_lora(unet, cfg.out)  # OUT/pytorch_lora_weights.safetensors, then fused into the UNet saved below
         out = StableDiffusionPipeline(vae=vae.half(), text_encoder=text_encoder, tokenizer=tok, unet=unet.half(),
                                       scheduler=pipe.scheduler, safety_checker=None, feature_extractor=None,
                                       requires_safety_checker=False)

@@ -28,6 +28,7 @@ from .config import parse_config
 
 ASSETS = os.path.join(os.path.dirname(__file__), "assets")
 BASE_MODEL = os.path.join(ASSETS, "tiny-sd")  # the shipped base model (a StableDiffusionPipeline folder)
+ALIGNED_MODEL = os.path.join(ASSETS, "tiny-sd-aligned")  # the shipped result of `python -m t2idemo run`
 DEFAULT_STEPS = 15  # DPM-Solver++ steps: the tiny model's default sampler setting
 DEFAULT_GUIDANCE = 5.0  # classifier-free guidance scale at the default setting
 
@@ -124,6 +125,7 @@ METADATA = "metadata.jsonl"  # the metadata file name that the imagefolder loade
 SPLITS = ("seen", "unseen", "all")  # seen: the feedback prompts; unseen: held-out combinations (evaluation)
 MAX_IMAGES = 100_000  # images per set; file names have 5 digits and image i uses seed seed * MAX_IMAGES + i
 PLAN_FIELDS = ("prompt", "seed", "model", "num_inference_steps", "guidance_scale")  # must match to resume
+PROMPT_SETS = ("shapes", "sd")  # the shapes world (t2idemo.world) | the paper's SD-scale prompts (t2idemo.sd)
 
 
 @dataclass
@@ -132,6 +134,7 @@ class GenerateConfig:
     model: str = BASE_MODEL  # StableDiffusionPipeline folder or hub id (the shipped tiny-sd, SD v1.5, ...)
     split: str = "seen"  # world prompts to use: seen (242) | unseen (163) | all (405); ignored if prompts set
     prompts: str = ""  # '|'-separated prompts in the world's grammar, e.g. "two circles|a red square"
+    prompt_set: str = "shapes"  # whose prompts (and --prompts grammar): "shapes" (t2idemo.world) | "sd" (the paper's, t2idemo.sd)
     max_prompts: int = 0  # keep only the first N prompts; 0 keeps all
     per_prompt: int = 4  # K, images per prompt, each with its own seed; 1 - 64
     steps: int = DEFAULT_STEPS  # sampler steps; 5 - 50 (1 - 1000 accepted)
@@ -143,6 +146,8 @@ class GenerateConfig:
     def __post_init__(self):
         if self.split not in SPLITS:
             raise ValueError(f"split={self.split!r} is not one of {SPLITS}")
+        if self.prompt_set not in PROMPT_SETS:
+            raise ValueError(f"prompt_set={self.prompt_set!r} is not one of {PROMPT_SETS}")
         if self.max_prompts < 0:
             raise ValueError(f"max_prompts={self.max_prompts!r} must be >= 0 (0 keeps every prompt)")
         if not 1 <= self.per_prompt <= 64:
@@ -168,11 +173,14 @@ def image_seed(seed: int, index: int) -> int:
 
 def dataset_prompts(cfg: GenerateConfig) -> list:
     """The (prompt, metadata) pairs of a set, in order."""
+    from . import sd
+
+    prompt_set = sd if cfg.prompt_set == "sd" else world  # same functions, same metadata layout
     if cfg.prompts.strip():
         texts = [p.strip() for p in cfg.prompts.split("|") if p.strip()]
-        pairs = [(t, world.parse_prompt(t)) for t in texts]
+        pairs = [(t, prompt_set.parse_prompt(t)) for t in texts]
     else:
-        pairs = world.all_prompts(unseen={"seen": False, "unseen": True, "all": None}[cfg.split])
+        pairs = prompt_set.all_prompts(unseen={"seen": False, "unseen": True, "all": None}[cfg.split])
     return pairs[:cfg.max_prompts] if cfg.max_prompts else pairs
 
 
@@ -186,9 +194,8 @@ def plan_rows(cfg: GenerateConfig) -> list:
     for prompt, meta in pairs:
         for _ in range(cfg.per_prompt):
             i = len(rows)
-            rows.append({"file_name": f"{i:05d}.png", "prompt": prompt, "category": meta["category"],
-                         "named": list(meta["named"]), "count": meta["count"], "color": meta["color"],
-                         "shape": meta["shape"], "scene": meta["scene"], "unseen": bool(meta["unseen"]),
+            rows.append({"file_name": f"{i:05d}.png", "prompt": prompt, **meta,  # category, named, attributes
+                         "named": list(meta["named"]), "unseen": bool(meta["unseen"]),
                          "seed": image_seed(cfg.seed, i), "model": cfg.model, "num_inference_steps": cfg.steps,
                          "guidance_scale": float(cfg.guidance)})
     return rows

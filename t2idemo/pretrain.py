@@ -24,6 +24,7 @@ as float32) and the small text models in float32.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -44,8 +45,8 @@ TOKEN_LENGTH = 10  # tokens per prompt, BOS and EOS included; the longest prompt
 
 @dataclass
 class PretrainConfig:
-    out: str = ASSETS  # folder that receives tiny-clip/ and tiny-sd/
-    part: str = "all"  # which piece to train: tokenizer | clip | vae | unet | all
+    out: str = ASSETS  # folder that receives tiny-clip/, tiny-sd/ and tiny-reward-clip/
+    part: str = "all"  # which piece to train: tokenizer | clip | vae | unet | reward_clip | all
     seed: int = 0  # seeds the renders, the captions and the initial weights
     n_images: int = 60_000  # renders in the training set (about 15 s per 60k); 1_000 - 200_000
     # CLIP (contrastive, multi-positive: a caption matches every image that has what it states)
@@ -53,6 +54,10 @@ class PretrainConfig:
     clip_batch: int = 256  # image-caption pairs per step; 64 - 1_024
     clip_lr: float = 1e-3  # AdamW peak learning rate, cosine decay; 1e-4 - 3e-3
     clip_p_count: float = 0.5  # probability that a CLIP caption states the count, 0 - 1
+    # reward CLIP: the same recipe, a separate model for the reward (as the paper's reward uses its own CLIP)
+    rclip_steps: int = 2_000  # optimizer steps; 1_000 - 5_000
+    rclip_p_count: float = 0.8  # probability that a caption states the count, 0 - 1
+    rclip_p_decoded: float = 0.5  # fraction of renders passed through the VAE (encode, sample, decode), 0 - 1
     # VAE (reconstruction MSE + a small KL term)
     vae_steps: int = 1_200  # optimizer steps; 500 - 5_000
     vae_batch: int = 32  # images per step; 16 - 256
@@ -69,13 +74,13 @@ class PretrainConfig:
     p_scene: float = 0.75  # probability that a UNet caption states the scene, 0 - 1
 
     def __post_init__(self):
-        parts = ("tokenizer", "clip", "vae", "unet", "all")
+        parts = ("tokenizer", "clip", "vae", "unet", "reward_clip", "all")
         if self.part not in parts:
             raise ValueError(f"part={self.part!r} is not one of {parts}")
         for name in ("n_images", "clip_steps", "clip_batch", "vae_steps", "vae_batch", "unet_steps", "unet_batch"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)!r} must be a positive integer")
-        for name in ("p_uncond", "p_count", "p_color", "p_scene", "clip_p_count", "unet_ema"):
+        for name in ("p_uncond", "p_count", "p_color", "p_scene", "clip_p_count", "unet_ema", "rclip_p_count", "rclip_p_decoded"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ValueError(f"{name}={getattr(self, name)!r} must be a probability in [0, 1]")
 
@@ -209,6 +214,29 @@ def train_clip(cfg: PretrainConfig, tok, images, scenes):
         opt.step()
         bar.set_postfix(loss=f"{loss.item():.3f}")
     return model
+
+
+@torch.no_grad()
+def vae_round_trip(vae, images: np.ndarray, frac: float, seed: int) -> np.ndarray:
+    """Pass a random ``frac`` of the images through the VAE (encode, sample, decode): the reward CLIP then
+    also sees the blur and colour drift of decoded images, which every generated image has."""
+    images = images.copy()
+    idx = np.where(np.random.default_rng(seed).random(len(images)) < frac)[0]
+    for s in tqdm(range(0, len(idx), 512), desc="vae round trip", leave=False):
+        b = idx[s:s + 512]
+        y = vae.decode(vae.encode(to_tensor(images[b])).latent_dist.sample()).sample  # (B, 3, 32, 32) in [-1, 1]
+        images[b] = ((y.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
+    return images
+
+
+def save_clip(model, tok, path: str):
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    save_json({"image_processor_type": "CLIPImageProcessor", "do_resize": True, "size": {"shortest_edge": world.IMAGE_SIZE},
+               "do_center_crop": True, "crop_size": {"height": world.IMAGE_SIZE, "width": world.IMAGE_SIZE},
+               "do_normalize": True, "image_mean": CLIP_MEAN, "image_std": CLIP_STD, "resample": 3,
+               "do_convert_rgb": True, "do_rescale": True, "rescale_factor": 1 / 255},
+              os.path.join(path, "preprocessor_config.json"))
 
 
 # ----------------------------------------------------------------------------- 3. VAE
@@ -361,9 +389,9 @@ def main(cfg: PretrainConfig):
     clip_dir, sd_dir = os.path.join(cfg.out, "tiny-clip"), os.path.join(cfg.out, "tiny-sd")
     os.makedirs(clip_dir, exist_ok=True)
     times = {}
-    parts = ["tokenizer", "clip", "vae", "unet"] if cfg.part == "all" else [cfg.part]
+    parts = ["tokenizer", "clip", "vae", "unet", "reward_clip"] if cfg.part == "all" else [cfg.part]
     images = scenes = None
-    if set(parts) & {"clip", "vae", "unet"}:
+    if set(parts) & {"clip", "vae", "unet", "reward_clip"}:
         images, scenes = render_dataset(cfg.n_images, cfg.seed)
     for part in parts:
         t0 = time.time()
@@ -371,13 +399,7 @@ def main(cfg: PretrainConfig):
             build_tokenizer().save_pretrained(clip_dir)
         elif part == "clip":
             tok = CLIPTokenizer.from_pretrained(clip_dir)
-            model = train_clip(cfg, tok, images, scenes)
-            model.save_pretrained(clip_dir)
-            save_json({"image_processor_type": "CLIPImageProcessor", "do_resize": True, "size": {"shortest_edge": world.IMAGE_SIZE},
-                       "do_center_crop": True, "crop_size": {"height": world.IMAGE_SIZE, "width": world.IMAGE_SIZE},
-                       "do_normalize": True, "image_mean": CLIP_MEAN, "image_std": CLIP_STD, "resample": 3,
-                       "do_convert_rgb": True, "do_rescale": True, "rescale_factor": 1 / 255},
-                      os.path.join(clip_dir, "preprocessor_config.json"))
+            save_clip(train_clip(cfg, tok, images, scenes), tok, clip_dir)
         elif part == "vae":
             os.makedirs(sd_dir, exist_ok=True)
             vae = train_vae(cfg, images)
@@ -390,6 +412,14 @@ def main(cfg: PretrainConfig):
             vae = AutoencoderKL.from_pretrained(os.path.join(sd_dir, "vae"), torch_dtype=torch.float32)
             unet = train_unet(cfg, tok, text_encoder, vae, images, scenes)
             save_pipeline(sd_dir, tok, text_encoder, vae, unet)
+        elif part == "reward_clip":
+            from diffusers import AutoencoderKL
+
+            tok = CLIPTokenizer.from_pretrained(clip_dir)
+            vae = AutoencoderKL.from_pretrained(os.path.join(sd_dir, "vae"), torch_dtype=torch.float32).eval()
+            mixed = vae_round_trip(vae, images, cfg.rclip_p_decoded, cfg.seed + 7)
+            rcfg = dataclasses.replace(cfg, clip_steps=cfg.rclip_steps, clip_p_count=cfg.rclip_p_count)
+            save_clip(train_clip(rcfg, tok, mixed, scenes), tok, os.path.join(cfg.out, "tiny-reward-clip"))
         times[part] = round(time.time() - t0, 1)
         print(f"{part}: {times[part]} s")
     return times

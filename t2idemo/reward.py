@@ -5,9 +5,12 @@
     python -m t2idemo reward study --data data/feedback --eval-data data/heldout  # held-out AUC vs label-flip noise
 
 Model. A frozen ``transformers.CLIPModel`` (the shipped tiny CLIP in the shapes world, or any CLIP such as
-``openai/clip-vit-large-patch14`` at SD scale, as in the paper) embeds the image and the prompt. A small MLP
-reads ``[i, t, i * t]`` (unit-norm image and text embeddings and their product, whose sum is CLIPScore's
-cosine) and ends in a sigmoid. Downstream code calls ``reward_fn(images, prompts) -> scores``.
+``openai/clip-vit-large-patch14`` at SD scale, as in the paper) embeds the image and the prompt. In the shapes
+world the default backbone is ``tiny-reward-clip``: the tiny CLIP's recipe, trained also on VAE-decoded renders
+and with counts stated more often, so that it reads generated images (``pretrain --part reward_clip``). The
+head is ``sigmoid(a * cos(i, t) + b + MLP([i, t, i * t]))`` on unit-norm image and text embeddings: the cosine
+skip makes a fresh head a calibrated CLIPScore (the MLP's last layer starts at zero), and the MLP learns the
+corrections the labels ask for. Downstream code calls ``reward_fn(images, prompts) -> scores``.
 
 Loss, per minibatch (the paper's Eq. 1 and 2):
 
@@ -63,12 +66,14 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm.auto import tqdm
 
-from . import world
+from . import sd, world
 from .benchmarks import wilson
 from .pretrain import CLIP_MEAN, CLIP_STD  # OpenAI CLIP's normalisation, used when a CLIP has no preprocessor_config.json
 
 ASSETS = os.path.join(os.path.dirname(__file__), "assets")
 SHIPPED_CLIP = "tiny-clip"  # the value of RewardConfig.clip that means the CLIP shipped in t2idemo/assets
+REWARD_CLIP = "tiny-reward-clip"  # the shipped reward backbone: the same recipe, also trained on VAE-decoded renders
+REWARD_MODEL = os.path.join(ASSETS, "tiny-reward")  # the shipped reward model (head + config; CLIP = tiny-clip)
 HEAD_FILE, CONFIG_FILE = "head.safetensors", "reward_config.json"
 
 
@@ -76,7 +81,7 @@ HEAD_FILE, CONFIG_FILE = "head.safetensors", "reward_config.json"
 @dataclass
 class RewardConfig:
     # model
-    clip: str = SHIPPED_CLIP  # frozen CLIP: a CLIPModel folder or hub id; "tiny-clip" = the shipped one
+    clip: str = REWARD_CLIP  # frozen CLIP: a CLIPModel folder or hub id; "tiny-reward-clip" / "tiny-clip" = shipped ones
     hidden: int = 256  # width of the head's two hidden layers; 32 - 1_024
     dropout: float = 0.1  # dropout after each hidden layer; 0 - 0.5
     # loss
@@ -141,7 +146,8 @@ def resolve_device(device: str) -> str:
 
 # ----------------------------------------------------------------------------- the frozen CLIP
 def resolve_clip(path: str) -> str:
-    return os.path.join(ASSETS, "tiny-clip") if path == SHIPPED_CLIP else path
+    """"tiny-clip" and "tiny-reward-clip" name the CLIPs shipped in t2idemo/assets; anything else is a path or hub id."""
+    return os.path.join(ASSETS, path) if path in (SHIPPED_CLIP, REWARD_CLIP) else path
 
 
 def read_preprocess(path: str, image_size: int) -> dict:
@@ -234,18 +240,27 @@ class FrozenCLIP(nn.Module):
 
 # ----------------------------------------------------------------------------- the reward model
 class RewardHead(nn.Module):
-    """MLP on [i, t, i * t] -> sigmoid. Inputs are unit-norm (..., D); they are scaled so that each feature
-    has roughly unit size whatever D is (a unit vector's entries are about 1 / sqrt(D))."""
+    """sigmoid(a * cos(i, t) + b + MLP([i, t, i * t])). Inputs are unit-norm (..., D), scaled so that each
+    MLP feature has roughly unit size whatever D is (a unit vector's entries are about 1 / sqrt(D)).
+
+    The cosine term is a skip connection: the MLP's last layer starts at zero, so a fresh head is a
+    calibrated CLIPScore, and training learns the corrections the labels ask for (on a small labelled set
+    an MLP started from random weights generalised worse to unseen prompts than CLIPScore itself)."""
 
     def __init__(self, dim: int, hidden: int = 256, dropout: float = 0.1):
         super().__init__()
         self.net = nn.Sequential(nn.Linear(3 * dim, hidden), nn.GELU(), nn.Dropout(dropout),
                                  nn.Linear(hidden, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, 1))
+        nn.init.zeros_(self.net[-1].weight)
+        nn.init.zeros_(self.net[-1].bias)
+        self.cos_scale = nn.Parameter(torch.tensor(10.0))  # a: the cosine's slope
+        self.cos_bias = nn.Parameter(torch.tensor(0.0))  # b
 
     def forward(self, img: torch.Tensor, txt: torch.Tensor) -> torch.Tensor:
         d = img.shape[-1]
+        cos = (img * txt).sum(-1)  # (...,) CLIPScore's cosine
         x = torch.cat([img * d ** 0.5, txt * d ** 0.5, img * txt * d], dim=-1)  # (..., 3D)
-        return torch.sigmoid(self.net(x).squeeze(-1))  # (...,) in [0, 1]
+        return torch.sigmoid(self.cos_scale * cos + self.cos_bias + self.net(x).squeeze(-1))  # (...,) in [0, 1]
 
 
 class RewardModel(nn.Module):
@@ -336,6 +351,9 @@ def judge_labels(images: list, rows: list[dict]) -> torch.Tensor:
     """The noise-free verdict (1 good, 0 bad) of the judge for each image against its row's prompt."""
     from .judge import judge
 
+    if any(sd.is_sd_row(r) for r in rows):
+        raise ValueError("the judge reads only the shapes world; rows of the SD-scale prompt set (t2idemo.sd) need "
+                         "people's labels: export them with labels.export_labels and use labels='metadata'")
     return torch.tensor([float(judge(im, r)["good"]) for im, r in zip(images, rows)])
 
 
@@ -393,6 +411,9 @@ def embed_dataset(clip: FrozenCLIP, images: list, rows: list[dict], perturb: boo
     texts = list(dict.fromkeys(r["prompt"] for r in rows))
     per_row = []
     for r in rows:
+        if sd.is_sd_row(r):  # the paper's SD-scale prompt set swaps attributes in its own vocabulary
+            per_row.append(sd.perturbations(r) if perturb and sd.in_grammar(r) else [])
+            continue
         ok = perturb and r.get("category") in world.NAMED and world.make_prompt(
             r["category"], **{a: r.get(a) for a in world.ATTRIBUTES})[0] == r["prompt"]
         per_row.append(perturbations(r) if ok else [])  # prompts outside the world's grammar: no CE term
@@ -600,13 +621,21 @@ def plot_calibration(curves: dict, path: str):
 
 # ----------------------------------------------------------------------------- evaluation
 def heldout_set(cfg: RewardConfig, clip: FrozenCLIP) -> tuple[Embedded, torch.Tensor]:
-    """The unseen-prompt rows of cfg.eval_data, embedded, with the judge's verdicts as the truth."""
+    """The unseen-prompt rows of cfg.eval_data, embedded, with the judge's verdicts as the truth (people's
+    labels for rows of the SD-scale prompt set, which the judge cannot read)."""
     rows = load_rows(cfg.eval_data, "eval_data")
     keep = [i for i, r in enumerate(rows) if r.get("unseen", world.is_unseen(r))]
     if not keep:
         raise ValueError(f"eval_data={cfg.eval_data!r} has no rows with unseen prompts; generate it from "
                          f"world.all_prompts(unseen=True)")
     rows = [rows[i] for i in keep]
+    if any(sd.is_sd_row(r) for r in rows):  # SD scale: no judge, the truth is people's labels
+        y, labelled = metadata_labels(rows)
+        if not labelled:
+            raise ValueError(f"eval_data={cfg.eval_data!r} has no unseen row labelled 'good' or 'bad'; label it and "
+                             f"run labels.export_labels (the judge reads only the shapes world)")
+        rows = [rows[i] for i in labelled]
+        return embed_dataset(clip, load_images(cfg.eval_data, rows), rows, perturb=False), y
     images = load_images(cfg.eval_data, rows)
     return embed_dataset(clip, images, rows, perturb=False), judge_labels(images, rows)
 

@@ -2,6 +2,7 @@
 import subprocess
 import sys
 
+import pytest
 from PIL import Image
 
 
@@ -29,3 +30,14 @@ def test_unknown_command_and_bad_values_fail_clearly(tmp_path):
 def test_help_lists_the_commands():
     r = run("--help")
     assert r.returncode == 0 and "sample" in r.stdout and "pretrain" in r.stdout
+
+
+@pytest.mark.slow
+def test_main_command_runs_end_to_end_shrunk(tmp_path):
+    """The README's main command, `python -m t2idemo run`, with every size shrunk."""
+    out = tmp_path / "run"
+    r = run("run", "--out", str(out), "--max-prompts", "3", "--per-prompt", "2", "--unlabelled-per-prompt", "0",
+            "--steps", "2", "--n-combination", "4", "--n-single", "1")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "RunConfig" in r.stdout and "| round 1 |" in r.stdout  # the config, then the before/after table
+    assert (out / "report" / "report.md").is_file() and (out / "round1" / "aligned" / "model_index.json").is_file()

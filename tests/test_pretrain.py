@@ -37,11 +37,16 @@ def test_every_part_runs_a_few_steps_and_the_result_loads_in_plain_diffusers(tmp
     out = str(tmp_path)
     for part, extra in [("tokenizer", []), ("clip", ["--clip-steps", "3", "--clip-batch", "16"]),
                         ("vae", ["--vae-steps", "3", "--vae-batch", "8"]),
-                        ("unet", ["--unet-steps", "3", "--unet-batch", "8"])]:
+                        ("unet", ["--unet-steps", "3", "--unet-batch", "8"]),
+                        ("reward_clip", ["--rclip-steps", "2", "--clip-batch", "16"])]:
         r = subprocess.run([sys.executable, "-m", "t2idemo", "pretrain", "--out", out, "--part", part,
                             "--n-images", "64", *extra], capture_output=True, text=True, timeout=300)
         assert r.returncode == 0, r.stderr[-2000:]
         assert "PretrainConfig" in r.stdout and f"{part}:" in r.stdout
+    from transformers import CLIPModel
+
+    assert CLIPModel.from_pretrained(os.path.join(out, "tiny-reward-clip")).config.projection_dim == 64
+    assert os.path.isfile(os.path.join(out, "tiny-reward-clip", "preprocessor_config.json"))
     idx = json.load(open(os.path.join(out, "tiny-sd", "model_index.json")))
     assert idx["unet"] == ["diffusers", "UNet2DConditionModel"] and idx["text_encoder"] == ["transformers", "CLIPTextModel"]
     from diffusers import StableDiffusionPipeline

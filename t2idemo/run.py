@@ -1,0 +1,208 @@
+"""The main job: the paper's whole loop on the shipped base model, then the before/after evaluation.
+
+    python -m t2idemo run                        # one round, default beta: 9 minutes on one CPU core
+    python -m t2idemo run --rounds 2             # generate -> label -> tune, twice (round 2 starts from round 1's model)
+    python -m t2idemo run --betas 0,0.5,1,2      # one fine-tune per beta: the alignment-fidelity trade-off plot
+
+Each round r (folders under OUT/round{r}/):
+  1. feedback:   K images per seen prompt from the current model          -> feedback/ (imagefolder)
+  2. labels:     the judge labels them (a simulated rater, optional noise) -> feedback/labels.sqlite, metadata
+  3. reward:     frozen tiny CLIP + MLP head on every label so far        -> reward/
+  4. unlabelled: more generations, scored by the reward model             -> unlabelled/
+  5. fine-tune:  reward-weighted loss + beta * pre-training loss          -> aligned/ (a diffusers pipeline)
+Then evaluate base and every round's model on unseen prompts (the judge, Wilson CIs, FID) -> OUT/report/.
+
+``--ship`` copies the last aligned model and reward model into t2idemo/assets (what the app starts on).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass
+
+from . import evaluate as ev
+from .finetune import FinetuneConfig, finetune
+from .generate import ALIGNED_MODEL, BASE_MODEL, GenerateConfig, generate_dataset, load_pipeline
+from .labels import export_labels, simulate_labels
+from .reward import REWARD_MODEL, RewardConfig, load_rows
+from .reward import train as train_reward
+
+
+@dataclass
+class RunConfig:
+    out: str = "runs/main"  # run folder; every stage writes a subfolder; re-running resumes generation
+    model: str = BASE_MODEL  # the pre-trained pipeline to align
+    rounds: int = 1  # generate -> label -> tune rounds, each from the previous round's model; 1 - 4
+    max_prompts: int = 0  # use only the first N seen prompts (0 = all 242); small values for tests and demos
+    per_prompt: int = 4  # labelled feedback images per seen prompt (242 prompts); 1 - 16
+    feedback_guidance: float = 2.0  # guidance scale of the feedback and unlabelled images; 1 - 5 (see the README:
+    #                                 tuning on samples drawn at guidance 5 bakes the guidance in)
+    unlabelled_per_prompt: int = 4  # extra generations per seen prompt, weighted by the reward model; 0 - 16
+    flip: float = 0.0  # simulated rater: probability of flipping the judge's verdict; 0 - 0.5
+    skip: float = 0.0  # simulated rater: probability of skipping an image; 0 - 0.5
+    lam: float = 0.5  # reward model: weight of the prompt-classification loss; 0 - 2
+    beta: float = 1.0  # fine-tune: weight of the pre-training loss; 0 - 4
+    betas: str = ""  # comma-separated betas for a trade-off sweep (one fine-tune each, round 1 only); "" = just beta
+    steps: int = 300  # fine-tune optimizer steps per round; 50 - 2_000
+    lr: float = 1e-4  # fine-tune learning rate; 1e-5 - 3e-4
+    weight: str = "reward"  # fine-tune weights: "reward" (paper: r(x, z) for every image) | "label"
+    n_combination: int = 512  # evaluation: unseen combination images per model; >= 500 for the issue's bar
+    n_single: int = 96  # evaluation: unseen images per single-attribute category; 32 - 512
+    best_of: str = ""  # evaluation: best-of-N baselines on the base model, e.g. "4,16" (costs N x sampling)
+    seed: int = 0  # seeds generation, labels, reward model, fine-tune and evaluation
+    ship: bool = False  # copy the final aligned model and reward model into t2idemo/assets
+
+    def __post_init__(self):
+        if not 1 <= self.rounds <= 8:
+            raise ValueError(f"rounds={self.rounds!r} is out of range; use 1 to 8")
+        if not 1 <= self.per_prompt <= 64:
+            raise ValueError(f"per_prompt={self.per_prompt!r} is out of range; use 1 to 64")
+        if not 0 <= self.unlabelled_per_prompt <= 64:
+            raise ValueError(f"unlabelled_per_prompt={self.unlabelled_per_prompt!r} is out of range; use 0 to 64")
+        if self.betas and self.rounds != 1:
+            raise ValueError(f"betas={self.betas!r} sweeps one round; use rounds=1 (got {self.rounds})")
+        for b in self.beta_list():
+            if b < 0:
+                raise ValueError(f"betas={self.betas!r}: every beta must be >= 0")
+        # the stage configs check the rest (flip, lam, steps, ...) when they are built
+
+    def beta_list(self) -> list:
+        try:
+            return [float(b) for b in self.betas.split(",") if b.strip()] or [self.beta]
+        except ValueError:
+            raise ValueError(f"betas={self.betas!r} is not a comma-separated list of numbers, e.g. '0,0.5,1,2'") from None
+
+
+def stage(name: str, t0: float):
+    print(f"\n=== {name}  (t = {time.time() - t0:.0f} s)", flush=True)
+
+
+def run_round(cfg: RunConfig, r: int, model: str, labelled: list, t0: float) -> tuple[str, list, dict]:
+    """One round from ``model``; ``labelled``: feedback folders of earlier rounds (the reward model
+    trains on all of them). Returns (the tuned models {beta: folder}, feedback folders, timings)."""
+    d = os.path.join(cfg.out, f"round{r}")
+    times = {}
+    pipe = load_pipeline(model)
+
+    stage(f"round {r}: 1. feedback images from {model}", t0)
+    s = time.time()
+    fb = os.path.join(d, "feedback")
+    generate_dataset(GenerateConfig(out=fb, model=model, split="seen", max_prompts=cfg.max_prompts, per_prompt=cfg.per_prompt,
+                                    guidance=cfg.feedback_guidance, seed=cfg.seed + 10 * r), pipe)
+    times["generate"] = time.time() - s
+
+    stage(f"round {r}: 2. simulated labels (judge, flip={cfg.flip}, skip={cfg.skip})", t0)
+    s = time.time()
+    print(simulate_labels(fb, flip=cfg.flip, skip=cfg.skip, seed=cfg.seed + r))
+    print(export_labels(fb, labeler="judge"))
+    labelled = labelled + [fb]
+    times["label"] = time.time() - s
+
+    stage(f"round {r}: 3. reward model on {len(labelled)} labelled folder(s)", t0)
+    s = time.time()
+    data = merge_folders(labelled, os.path.join(d, "reward_data")) if len(labelled) > 1 else fb
+    rcfg = RewardConfig(data=data, run=os.path.join(d, "reward"), lam=cfg.lam, seed=cfg.seed)
+    reward_model = train_reward(rcfg)
+    times["reward"] = time.time() - s
+
+    unl = ""
+    if cfg.unlabelled_per_prompt:
+        stage(f"round {r}: 4. unlabelled generations ({cfg.unlabelled_per_prompt} per prompt)", t0)
+        s = time.time()
+        unl = os.path.join(d, "unlabelled")
+        generate_dataset(GenerateConfig(out=unl, model=model, split="seen", max_prompts=cfg.max_prompts,
+                                        per_prompt=cfg.unlabelled_per_prompt, guidance=cfg.feedback_guidance,
+                                        seed=cfg.seed + 10 * r + 5), pipe)
+        times["unlabelled"] = time.time() - s
+
+    tuned = {}
+    for beta in cfg.beta_list():
+        stage(f"round {r}: 5. fine-tune, beta = {beta:g}", t0)
+        s = time.time()
+        out = os.path.join(d, "aligned" if not cfg.betas else f"aligned-beta{beta:g}")
+        fcfg = FinetuneConfig(data=fb, out=out, model=model, reward=rcfg.run, weight=cfg.weight, unlabelled=unl,
+                              beta=beta, steps=cfg.steps, lr=cfg.lr, seed=cfg.seed + r, checkpoint_every=0)
+        finetune(fcfg, reward_fn=reward_model)
+        tuned[beta] = out
+        times[f"finetune_beta{beta:g}"] = time.time() - s
+    return tuned, labelled, times
+
+
+def merge_folders(folders: list, out: str) -> str:
+    """One imagefolder holding the images and rows of several (file names prefixed by their round)."""
+    from .generate import write_rows_atomic
+
+    os.makedirs(out, exist_ok=True)
+    rows = []
+    for k, folder in enumerate(folders):
+        for row in load_rows(folder, "data"):
+            name = f"r{k}_{row['file_name']}"
+            if not os.path.exists(os.path.join(out, name)):
+                shutil.copy(os.path.join(folder, row["file_name"]), os.path.join(out, name))
+            rows.append({**row, "file_name": name})
+    write_rows_atomic(out, rows)
+    return out
+
+
+def run(cfg: RunConfig) -> dict:
+    t0 = time.time()
+    os.makedirs(cfg.out, exist_ok=True)
+    model, labelled, models, timings = cfg.model, [], {"base": cfg.model}, {}
+    for r in range(1, cfg.rounds + 1):
+        tuned, labelled, timings[f"round{r}"] = run_round(cfg, r, model, labelled, t0)
+        for beta, path in tuned.items():
+            models[f"round {r}" if not cfg.betas else f"beta {beta:g}"] = path
+        model = tuned[cfg.beta] if cfg.beta in tuned else list(tuned.values())[-1]
+
+    stage(f"evaluate {len(models)} models on unseen prompts", t0)
+    s = time.time()
+    ecfg = ev.EvalConfig(models=",".join(models.values()), names=",".join(models), split="unseen",
+                         n_combination=cfg.n_combination, n_single=cfg.n_single, seed=cfg.seed,
+                         reward=os.path.join(cfg.out, "round1", "reward") if cfg.best_of else "",
+                         best_of=cfg.best_of, out=os.path.join(cfg.out, "report"))
+    results = ev.evaluate(ecfg)
+    timings["evaluate"] = time.time() - s
+    if cfg.betas:
+        points = [{"beta": b, "results": {"models": {"base": results["models"]["base"],
+                                                      f"beta {b:g}": results["models"][f"beta {b:g}"]}}}
+                  for b in cfg.beta_list()]
+        ev.plot_tradeoff(points, os.path.join(cfg.out, "report", "tradeoff.png"))
+        with open(os.path.join(cfg.out, "report", "report.md"), "a") as f:
+            f.write("\n![alignment-fidelity trade-off over beta](tradeoff.png)\n")
+    timings["total"] = time.time() - t0
+    results["timings_s"] = {k: v if isinstance(v, float) else {a: round(b, 1) for a, b in v.items()} for k, v in timings.items()}
+    results["run_config"] = dataclasses.asdict(cfg)
+    with open(os.path.join(cfg.out, "report", "results.json"), "w") as f:
+        json.dump(results, f, indent=1)
+    print("\n" + ev.markdown_table(results))
+    print(f"\ntotal {timings['total']:.0f} s; report in {os.path.join(cfg.out, 'report')}")
+    if cfg.ship:
+        ship(model, os.path.join(cfg.out, f"round{cfg.rounds}", "reward"))
+    return results
+
+
+def ship(aligned: str, reward: str):
+    """Copy the aligned pipeline (without its checkpoint) and the reward model into the package assets."""
+    for src, dst in ((aligned, ALIGNED_MODEL), (reward, REWARD_MODEL)):
+        if os.path.isdir(dst):
+            shutil.rmtree(dst)
+        shutil.copytree(src, dst, ignore=shutil.ignore_patterns("checkpoint", "*.png"))
+        print(f"shipped {src} -> {dst}")
+
+
+def parse_args(argv=None) -> RunConfig:
+    from .config import parse_config
+
+    return parse_config(RunConfig, argv, prog="python -m t2idemo run", description=__doc__.split("\n\n")[0])
+
+
+def run_main(argv=None):
+    run(parse_args(argv))
+
+
+if __name__ == "__main__":
+    run_main()

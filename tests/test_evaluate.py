@@ -1,0 +1,82 @@
+"""Stage 3 evaluation: the prompt set, the tallies, the FID and a tiny end-to-end report."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from t2idemo import evaluate as ev
+from t2idemo import world
+from t2idemo.generate import BASE_MODEL
+
+
+def test_eval_prompts_split_and_sizes():
+    metas = ev.eval_prompts("unseen", n_combination=20, n_single=6, seed=0)
+    assert len(metas) == 20 + 3 * 6
+    assert all(m["unseen"] and m["split"] == "unseen" for m in metas)
+    assert sum(m["category"] == "combination" for m in metas) == 20
+    # the few unseen count prompts (2) are cycled evenly
+    counts = [m["prompt"] for m in metas if m["category"] == "count"]
+    assert len(set(counts)) == 2 and counts.count(counts[0]) == 3
+    both = ev.eval_prompts("all", 10, 4, seed=0)
+    assert {m["split"] for m in both} == {"seen", "unseen"} and len(both) == 2 * (10 + 12)
+    assert not any(m["unseen"] for m in both if m["split"] == "seen")
+    # fixed order for a seed; another seed shuffles differently
+    assert ev.eval_prompts("unseen", 20, 6, 0) == metas
+    assert [m["prompt"] for m in ev.eval_prompts("unseen", 20, 6, 1)] != [m["prompt"] for m in metas]
+
+
+def test_tally_counts_named_attributes_only():
+    _, m1 = world.make_prompt("combination", count=2, color="red", shape="circle", scene="sky")
+    _, m2 = world.make_prompt("color", count=1, color="blue", shape="square", scene=None)
+    metas = [{**m1, "split": "seen"}, {**m2, "split": "seen"}]
+    verdicts = [{"good": False, "correct": {"count": False, "color": True, "shape": True, "scene": True}},
+                {"good": True, "correct": {"count": True, "color": True, "shape": True, "scene": False}}]
+    t = ev.tally(verdicts, metas)["seen"]
+    assert t["combination"]["good"] == 0 and t["combination"]["attr"]["count"] == (0, 1)
+    assert t["color"]["good"] == 1 and "scene" not in t["color"]["attr"]  # unnamed attributes are not scored
+    r = ev.summarise({"seen": t})["seen"]["combination"]["color"]
+    assert r["p"] == 1.0 and r["lo"] < 1.0 and r["hi"] == 1.0
+
+
+def test_fid_is_zero_on_itself_and_grows_with_a_shift():
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(400, 8)), rng.normal(size=(400, 8))
+    assert ev.fid(a, a) == pytest.approx(0.0, abs=1e-6)
+    near, far = ev.fid(a, b), ev.fid(a, b + 1.0)
+    assert near < 0.5 and far > 7.0  # a unit shift in 8 dimensions adds 8
+
+
+def test_fid_of_renders_is_below_fid_of_noise():
+    metas = ev.eval_prompts("seen", 64, 1, seed=0)[:64]
+    ref = ev.clip_features(ev.renders(metas, 0))
+    same = ev.clip_features(ev.renders(metas, 1))
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    noise = [Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)) for _ in metas]
+    assert ev.fid(same, ref) < ev.fid(ev.clip_features(noise), ref) / 10
+
+
+def test_config_errors_name_the_argument():
+    with pytest.raises(ValueError, match="split='both'"):
+        ev.EvalConfig(split="both")
+    with pytest.raises(ValueError, match="best_of='4,x'"):
+        ev.EvalConfig(best_of="4,x")
+    with pytest.raises(ValueError, match="names="):
+        ev.EvalConfig(models="a,b", names="one")
+
+
+def test_evaluate_writes_a_report(tmp_path):
+    out = tmp_path / "report"
+    cfg = ev.EvalConfig(models=f"{BASE_MODEL},{BASE_MODEL}", names="base,same", n_combination=8, n_single=4,
+                        steps=4, out=str(out))
+    res = ev.evaluate(cfg)
+    for f in ("report.md", "results.json", "bars.png", "samples.png"):
+        assert os.path.getsize(out / f) > 0
+    base, same = res["models"]["base"], res["models"]["same"]
+    assert base["rates"] == same["rates"] and base["fid"] == pytest.approx(same["fid"])  # same model, same seeds
+    assert base["rates"]["unseen"]["combination"]["all"]["n"] == 8
+    assert json.load(open(out / "results.json"))["n_images"] == 8 + 3 * 4
+    assert "| base |" in (out / "report.md").read_text()

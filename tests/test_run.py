@@ -1,0 +1,49 @@
+"""`python -m t2idemo run`: the whole loop, shrunk to a few prompts and steps (slow: about a minute)."""
+
+import json
+import os
+
+import pytest
+
+from t2idemo.run import RunConfig, run
+
+SMALL = dict(max_prompts=4, per_prompt=2, unlabelled_per_prompt=1, steps=3, n_combination=8, n_single=2)
+
+
+def test_config_errors_name_the_argument():
+    with pytest.raises(ValueError, match="rounds=0"):
+        RunConfig(rounds=0)
+    with pytest.raises(ValueError, match="betas='1,x'"):
+        RunConfig(betas="1,x")
+    with pytest.raises(ValueError, match="betas="):
+        RunConfig(betas="0,1", rounds=2)
+
+
+@pytest.mark.slow
+def test_two_rounds_end_to_end(tmp_path):
+    out = tmp_path / "run"
+    res = run(RunConfig(out=str(out), rounds=2, **SMALL))
+    assert list(res["models"]) == ["base", "round 1", "round 2"]
+    for r in (1, 2):
+        d = out / f"round{r}"
+        rows = [json.loads(l) for l in open(d / "feedback" / "metadata.jsonl")]
+        assert len(rows) == 8 and all(row["label"] in ("good", "bad") for row in rows)
+        assert (d / "reward" / "head.safetensors").is_file()
+        assert (d / "aligned" / "model_index.json").is_file()
+    # round 2 starts from round 1's model and its reward model sees both rounds' labels
+    rows2 = [json.loads(l) for l in open(out / "round2" / "feedback" / "metadata.jsonl")]
+    assert rows2[0]["model"] == str(out / "round1" / "aligned")
+    assert json.load(open(out / "round2" / "reward" / "reward_config.json"))["training"]["n_train"] + \
+        json.load(open(out / "round2" / "reward" / "reward_config.json"))["training"]["n_val"] == 16
+    report = (out / "report" / "report.md").read_text()
+    assert "| round 2 |" in report and os.path.getsize(out / "report" / "bars.png") > 0
+    assert res["timings_s"]["total"] > 0
+
+
+@pytest.mark.slow
+def test_beta_sweep_draws_the_trade_off(tmp_path):
+    out = tmp_path / "sweep"
+    res = run(RunConfig(out=str(out), betas="0,1", **SMALL))
+    assert list(res["models"]) == ["base", "beta 0", "beta 1"]
+    assert all("fid" in m for m in res["models"].values())
+    assert os.path.getsize(out / "report" / "tradeoff.png") > 0
