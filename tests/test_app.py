@@ -2,7 +2,8 @@
 
 The browser tests drive Debian's chromium (/usr/bin/chromium) through Playwright, with no browser download;
 they skip, saying why, when either is missing. The app runs as `python app.py` in a subprocess, on the base
-model for both sides (the aligned model is not shipped yet) and a reward model trained here in seconds. Its
+model for both sides and a reward model trained here in seconds (so the tests do not depend on which aligned
+model is shipped); `test_defaults_are_the_shipped_models` checks the shipped defaults. Its
 Share tab pushes to FakeHub (tests/test_hub.py), never to the real Hub.
 """
 
@@ -89,6 +90,17 @@ def test_missing_models_fail_naming_the_flag(tmp_path, reward_dir, monkeypatch):
     with pytest.raises(ValueError, match=r"--aligned '.*tiny-sd-aligned': the default, .* is not shipped yet"):
         t2iapp.AppConfig(aligned=str(tmp_path / "tiny-sd-aligned"), reward=reward_dir)
     t2iapp.AppConfig(aligned=BASE_MODEL, reward=reward_dir)  # a missing default --data is fine: Label says what to do
+
+
+def test_defaults_are_the_shipped_models():
+    """`python app.py` with no flags starts on the shipped base, aligned and reward models."""
+    from t2idemo.reward import load_reward_fn
+
+    cfg = t2iapp.AppConfig()
+    assert os.path.isfile(os.path.join(cfg.aligned, "model_index.json"))
+    scores = load_reward_fn(cfg.reward)([world.render_prompt(world.parse_prompt("two red circles on sky"),
+                                                             random.Random(0))[0]], ["two red circles on sky"])
+    assert scores.shape == (1,) and 0 <= float(scores[0]) <= 1
 
 
 def test_cli_exits_with_the_message(tmp_path):

@@ -175,7 +175,8 @@ def test_push_uploads_model_reward_labels_and_cards(fake_hub, run_dirs, labelled
     files = fake_hub.files("alice/shapes-aligned")
     expected = {k: v for k, v in repo_files(model).items() if not k.startswith("checkpoint/")}
     expected.update({f"reward/{k}": v for k, v in repo_files(reward).items()})
-    expected.update({f"reward/clip/{k}": v for k, v in repo_files(os.path.join(os.path.dirname(hub.__file__), "assets", "tiny-clip")).items()})
+    clip = json.load(open(os.path.join(reward, "reward_config.json")))["clip"]  # the reward model's own CLIP
+    expected.update({f"reward/clip/{k}": v for k, v in repo_files(hub.resolve_clip(clip)).items()})
     assert set(files) == set(expected) | {"README.md"}
     assert all(files[k] == v for k, v in expected.items())  # byte for byte
     card = files["README.md"].decode()
