@@ -29,7 +29,7 @@ def wilson(k: int, n: int, z: float = 1.96) -> tuple:
     d = 1 + z * z / n
     c = (p + z * z / (2 * n)) / d
     h = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
-    return (max(0.0, c - h), min(1.0, c + h))
+    return (max(0.0, min(p, c - h)), min(1.0, max(p, c + h)))  # clamped: float rounding must not put p outside
 
 
 def judge_accuracy(n: int = 2000, seed: int = 0) -> dict:

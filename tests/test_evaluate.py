@@ -80,3 +80,12 @@ def test_evaluate_writes_a_report(tmp_path):
     assert base["rates"]["unseen"]["combination"]["all"]["n"] == 8
     assert json.load(open(out / "results.json"))["n_images"] == 8 + 3 * 4
     assert "| base |" in (out / "report.md").read_text()
+
+
+def test_wilson_interval_always_contains_p():
+    from t2idemo.benchmarks import wilson
+
+    for n in range(1, 701):
+        for k in (0, n // 3, n):
+            lo, hi = wilson(k, n)
+            assert 0.0 <= lo <= k / n <= hi <= 1.0, (k, n, lo, hi)

@@ -1,0 +1,260 @@
+"""The notebooks in notebooks/: committed without outputs, written to one template, and executed top to bottom.
+
+The slow tests execute each notebook with nbclient in a fresh python3 kernel, in notebooks/ (so the Setup cell
+finds the repository as it does for a reader), with T2IDEMO_SMALL=1 (the CI sizes) and T2IDEMO_WORK pointing at a
+temporary folder that the five notebooks share, in order. Each notebook prints ``RESULT key=value ...`` lines;
+the tests read them from the outputs and check the numbers and the files they name.
+"""
+
+import json
+import os
+import re
+import time
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+NB_DIR = os.path.join(ROOT, "notebooks")
+NOTEBOOKS = ["00_quickstart", "01_feedback", "02_reward_model", "03_finetune", "04_evaluate_and_share"]
+HEADINGS = ("What you'll learn", "Setup", "Step 1", "Exercises", "Summary")  # in this order, in every notebook
+STRIP = "clear the outputs before committing: python -m t2idemo.scales strip notebooks/*.ipynb"
+TIMEOUT = 600  # seconds per cell; a small run takes well under a minute per notebook
+
+nbformat = pytest.importorskip("nbformat", reason="pip install nbformat nbclient ipykernel (requirements.txt)")
+
+
+def read(name):
+    return nbformat.read(os.path.join(NB_DIR, name + ".ipynb"), as_version=4)
+
+
+def markdown_headings(nb):
+    return [line.lstrip("#").strip() for c in nb.cells if c.cell_type == "markdown"
+            for line in c.source.splitlines() if line.startswith("#")]
+
+
+# ----------------------------------------------------------------------------- fast: the committed files
+def test_every_notebook_is_there():
+    assert sorted(f[:-6] for f in os.listdir(NB_DIR) if f.endswith(".ipynb")) == NOTEBOOKS
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_outputs_are_stripped(name):
+    nb = read(name)
+    nbformat.validate(nb)
+    for i, cell in enumerate(nb.cells):
+        if cell.cell_type == "code":
+            assert cell.outputs == [] and cell.execution_count is None, f"{name} cell {i}: {STRIP}"
+    assert "widgets" not in nb.metadata, f"{name}: saved widget state; {STRIP}"
+
+
+def test_strip_outputs_clears_an_executed_notebook(tmp_path):
+    from t2idemo import scales
+
+    nb = read(NOTEBOOKS[0])
+    nb.cells[3].outputs = [nbformat.v4.new_output("stream", name="stdout", text="hello\n")]
+    nb.cells[3].execution_count = 7
+    nb.metadata["widgets"] = {"application/vnd.jupyter.widget-state+json": {"state": {}}}
+    path = str(tmp_path / "nb.ipynb")
+    nbformat.write(nb, path)
+    assert scales.main(["strip", path]) == 0
+    clean = nbformat.read(path, as_version=4)
+    assert clean.cells[3].outputs == [] and clean.cells[3].execution_count is None and "widgets" not in clean.metadata
+    assert nbformat.writes(clean) == nbformat.writes(read(NOTEBOOKS[0]))
+    assert not scales.strip_outputs(path)  # already clean: untouched
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_notebook_follows_the_template(name):
+    nb = read(name)
+    assert nb.cells[0].cell_type == "markdown" and nb.cells[0].source.startswith("# "), "a title first"
+    heads = markdown_headings(nb)
+    found = [next((i for i, h in enumerate(heads) if h.startswith(want)), None) for want in HEADINGS]
+    assert None not in found, f"{name}: headings {heads} lack one of {HEADINGS}"
+    assert found == sorted(found), f"{name}: {HEADINGS} must come in this order, got {heads}"
+    steps = [int(m.group(1)) for h in heads for m in [re.match(r"Step (\d+):", h)] if m]
+    assert steps == list(range(1, len(steps) + 1)) and len(steps) >= 3, f"{name}: numbered steps 1, 2, 3, ...: {steps}"
+    code = [c.source for c in nb.cells if c.cell_type == "code"]
+    setup = code[0]
+    assert '"google.colab" in sys.modules' in setup and "REPO_URL" in setup and "enable_custom_widget_manager" in setup
+    assert 'SCALE = "shapes"' in code[1] and "scales.settings(SCALE)" in code[1]
+    assert all(len(c.splitlines()) <= 30 for c in code[1:]), f"{name}: a cell of more than 30 lines pastes too much"
+    assert sum("RESULT" in c or "scales.result(" in c for c in code) >= 1, f"{name}: no RESULT line for the tests"
+
+
+def test_scale_settings_build_valid_stage_configs(monkeypatch, tmp_path, capsys):
+    from t2idemo import evaluate as ev
+    from t2idemo import scales
+
+    monkeypatch.delenv("T2IDEMO_SMALL", raising=False)
+    assert not scales.settings().small and scales.settings().model == scales.BASE_MODEL
+    monkeypatch.setenv("T2IDEMO_SMALL", "1")
+    small, full = scales.settings("shapes"), scales.settings("shapes", small=False)
+    assert small.small and small.feedback_prompts < 242 and small.ft_steps < full.ft_steps
+    assert {f for f in scales.Scale.__dataclass_fields__ if getattr(small, f) != getattr(full, f)} <= \
+        set(scales._SMALL["shapes"]) | {"small"}, "small changes sizes only"
+    sd15 = scales.settings("sd15", small=False)
+    assert (sd15.model, sd15.clip, sd15.lora_rank, sd15.mixed_precision) == (
+        "stable-diffusion-v1-5/stable-diffusion-v1-5", "openai/clip-vit-large-patch14", 8, "fp16")
+    assert (sd15.ft_batch, sd15.pre_batch, sd15.encode_batch) == (4, 4, 8)  # t2idemo/sd.py's 16 GB plan
+    with pytest.raises(ValueError, match="scale='sdxl'"):
+        scales.settings("sdxl")
+    for S in (small, full, sd15, scales.settings("sd15")):
+        P = scales.paths(S, work=str(tmp_path))
+        assert P.feedback.startswith(str(tmp_path)) and (S.name + "-small" in P.work) == S.small
+        scales.feedback_config(S, P.feedback)  # each config's own checks pass
+        scales.reward_config(S, P)
+        scales.finetune_config(S, P)
+        if S.judge:
+            ev.EvalConfig(models=S.model, n_combination=S.n_combination, n_single=S.n_single, steps=S.sample_steps,
+                          best_of=S.best_of, n_best_of=S.n_best_of)
+    assert scales.paths(small, "quickstart", work=str(tmp_path)).work.endswith(os.path.join("shapes-small", "quickstart"))
+    scales.result(auc=0.83123, model="x/y", n=3)
+    assert capsys.readouterr().out.splitlines()[-1] == "RESULT auc=0.8312 model=x/y n=3"
+
+
+# ----------------------------------------------------------------------------- slow: execute them
+def results(nb) -> dict:
+    """{key: value} of every ``RESULT key=value ...`` line the notebook printed (numbers as floats)."""
+    out = {}
+    for cell in nb.cells:
+        for o in cell.get("outputs", []):
+            if o.get("output_type") == "stream" and o.get("name") == "stdout":
+                for line in re.findall(r"^RESULT (.+)$", o["text"], flags=re.M):
+                    for k, v in (kv.split("=", 1) for kv in line.split()):
+                        try:
+                            out[k] = float(v)
+                        except ValueError:
+                            out[k] = v
+    return out
+
+
+def execute(name, work, patch=None, small=True) -> tuple[dict, float]:
+    """Run notebooks/NAME.ipynb top to bottom in a fresh kernel; returns (its RESULT values, seconds).
+    ``patch(nb)`` may edit the cells first (in memory); ``small=False`` runs the full sizes (for timing)."""
+    nbclient = pytest.importorskip("nbclient")
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")}  # never push
+    env.update(T2IDEMO_SMALL="1" if small else "0", T2IDEMO_WORK=str(work), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
+               MPLBACKEND="Agg", PYTHONPATH="")  # PYTHONPATH "": the Setup cell must find the repository itself
+    nb = read(name)
+    if patch:
+        patch(nb)
+    t0 = time.time()
+    nbclient.NotebookClient(nb, timeout=TIMEOUT, kernel_name="python3",
+                            resources={"metadata": {"path": NB_DIR}}).execute(env=env)
+    seconds = time.time() - t0
+    res = results(nb)
+    print(f"{name}: {seconds:.1f} s, {json.dumps(res)}")
+    return res, seconds
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory):
+    """One work folder for the five notebooks, so each reuses what the ones before it made (as a reader would)."""
+    return tmp_path_factory.mktemp("notebooks")
+
+
+def assert_pipeline(path):
+    from diffusers import StableDiffusionPipeline
+
+    assert os.path.isfile(os.path.join(path, "model_index.json")), path
+    pipe = StableDiffusionPipeline.from_pretrained(path, local_files_only=True)
+    assert pipe(["a red square"], num_inference_steps=2).images[0].size == (32, 32)
+
+
+@pytest.mark.slow
+def test_00_quickstart(work):
+    r, _ = execute("00_quickstart", work)
+    assert_pipeline(r["quickstart_tuned_model"])
+    assert 0 <= r["quickstart_base_combination"] <= 1 and 0 <= r["quickstart_tuned_combination"] <= 1
+
+
+@pytest.mark.slow
+def test_01_feedback(work):
+    r, _ = execute("01_feedback", work)
+    assert r["feedback_images"] == r["labelled"] == r["good"] + r["bad"] > 0
+    assert 0 < r["good"] < r["feedback_images"], "the reward model needs both good and bad images"
+    assert 0 < r["kappa_judge_noisy"] < 1  # a rater with 20% flips agrees with the judge, imperfectly
+
+
+@pytest.mark.slow
+def test_02_reward_model(work):
+    r, _ = execute("02_reward_model", work)
+    assert r["heldout_images"] > 0
+    assert r["reward_auc"] > 0.5, f"the reward model ranks held-out images no better than chance: {r}"
+    assert r["noise_levels"] == 2 and 0 <= r["noise_auc_max_flip"] <= 1
+
+
+@pytest.mark.slow
+def test_03_finetune(work):
+    r, _ = execute("03_finetune", work)
+    assert_pipeline(r["finetune_model"])
+    assert os.path.isfile(os.path.join(r["finetune_model"], "finetune.json"))
+    assert r["finetune_steps"] > 0 and 0 <= r["reward_base"] <= 1 and 0 <= r["reward_tuned"] <= 1
+
+
+@pytest.mark.slow
+def test_04_evaluate_and_share(work):
+    r, _ = execute("04_evaluate_and_share", work)
+    assert r["eval_models"] >= 3  # base, tuned and base best-of-N (and the shipped aligned model when there is one)
+    assert 0 <= r["combination_base"] <= 1 and 0 <= r["combination_tuned"] <= 1
+    assert r["tradeoff_points"] >= 2 and os.path.getsize(r["tradeoff_plot"]) > 0
+    assert r["push"] == "dry-run" and r["push_files"] > 0
+
+
+# ----------------------------------------------------------------------------- slow: the sd15 branches, dry
+# SCALE = "sd15" needs SD v1.5 and a GPU. Its cells (people label in the widget, LoRA fine-tuning, D_pre drawn from
+# the base model, people's labels instead of the judge in the evaluation) run here on tiny random stand-ins with
+# SD v1.5's classes (t2idemo.sd.build_tiny_sd / build_tiny_clip), with a Labeler that clicks by itself. The numbers
+# mean nothing; the point is that every sd15 cell runs.
+AUTO_LABELER = """import random
+from t2idemo import labeling
+_init = labeling.Labeler.__init__
+def _clicks_by_itself(self, *args, **kwargs):  # test only: a person who clicks Good, Bad, Good, Skip at random
+    _init(self, *args, **kwargs)
+    rng = random.Random(0)
+    while self.index is not None:
+        self.click(rng.choice(["good", "bad", "good", "skip"]))
+labeling.Labeler.__init__ = _clicks_by_itself
+"""
+
+
+@pytest.fixture(scope="module")
+def tiny_sd(tmp_path_factory):
+    from t2idemo import sd
+
+    d = tmp_path_factory.mktemp("tiny")
+    return sd.build_tiny_sd(str(d / "tiny-sd")), sd.build_tiny_clip(str(d / "tiny-clip"))
+
+
+@pytest.fixture(scope="module")
+def sd_work(tmp_path_factory):
+    return tmp_path_factory.mktemp("notebooks-sd15")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_sd15_cells_run_on_tiny_stand_ins(name, tiny_sd, sd_work):
+    model, clip = tiny_sd
+
+    def to_sd15(nb):
+        cell = [c for c in nb.cells if c.cell_type == "code"][1]
+        assert 'SCALE = "shapes"' in cell.source and "S = scales.settings(SCALE)" in cell.source
+        cell.source = AUTO_LABELER + cell.source.replace('SCALE = "shapes"', 'SCALE = "sd15"').replace(
+            "S = scales.settings(SCALE)", f"S = scales.settings(SCALE).replace(model={model!r}, clip={clip!r}, "
+            "mixed_precision='no', sample_steps=2, ft_steps=2)")  # fp16 autocast needs a GPU
+
+    r, _ = execute(name, sd_work, patch=to_sd15)
+    assert r, f"{name} printed no RESULT line"
+    for key in ("quickstart_tuned_model", "finetune_model"):
+        if key in r:  # LoRA at SD scale: the adapter next to the fused pipeline
+            assert os.path.isfile(os.path.join(r[key], "pytorch_lora_weights.safetensors"))
+
+
+if __name__ == "__main__":  # time the notebooks: python tests/test_notebooks.py [--full] [NAME ...]
+    import sys
+    import tempfile
+
+    args = sys.argv[1:]
+    with tempfile.TemporaryDirectory() as tmp:
+        for nb_name in [a for a in args if a != "--full"] or NOTEBOOKS:
+            execute(nb_name, tmp, small="--full" not in args)
