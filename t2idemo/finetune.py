@@ -51,12 +51,15 @@ class FinetuneConfig:
     reward: str = ""  # reward model folder; empty: weights come from the labels
     weight: str = "reward"  # "reward": w = r(x, z) for every image (paper); "label": good=1/bad=0 where labelled
     unlabelled: str = ""  # folder of extra generations (no labels), weighted by the reward model
+    top_k: int = 0  # 0 = the paper (every image, weight w); k > 0 = keep only each prompt's k highest-weight images,
+    #                 at weight 1 (filtered fine-tuning, as in RAFT: beyond the paper, see the README); 1 - 8
     pretrain_data: str = "world"  # "world": fresh renders; or an imagefolder (metadata.jsonl with "prompt")
     beta: float = 1.0  # weight of the pre-training term; 0 - 4 (0 = no regulariser)
     steps: int = 400  # optimizer steps; 50 - 5_000
     batch: int = 64  # D_model images per step; 8 - 256
     pre_batch: int = 64  # D_pre images per step; 8 - 256
     lr: float = 1e-4  # AdamW learning rate; 1e-5 - 3e-4
+    t_low: float = 0.0  # reward-weighted term only: draw its timesteps from [t_low * T, T); 0 = all (paper) - 0.8
     p_uncond: float = 0.1  # probability of an empty caption, per image (keeps classifier-free guidance's
     #                        unconditional branch trained, as in pre-training); 0 - 0.3
     ema: float = 0.99  # EMA decay of the written weights; 0 (off) - 0.999
@@ -76,10 +79,14 @@ class FinetuneConfig:
             raise ValueError("weight='reward' needs reward=<reward model folder>; or use weight='label'")
         if self.unlabelled and not self.reward:
             raise ValueError(f"unlabelled={self.unlabelled!r} needs a reward model to weight it (reward=...)")
+        if int(self.top_k) != self.top_k or self.top_k < 0:
+            raise ValueError(f"top_k={self.top_k!r} must be an integer >= 0 (0 = weight every image by w, the paper)")
         if self.beta < 0:
             raise ValueError(f"beta={self.beta!r} must be >= 0")
         if not 0 <= self.p_uncond < 1:
             raise ValueError(f"p_uncond={self.p_uncond!r} must be a probability in [0, 1)")
+        if not 0 <= self.t_low < 1:
+            raise ValueError(f"t_low={self.t_low!r} must be a fraction of the timesteps in [0, 1) (0 = all, the paper)")
         if not 0 <= self.ema < 1:
             raise ValueError(f"ema={self.ema!r} must be in [0, 1) (0 turns the EMA off)")
         if self.mixed_precision not in ("no", "fp16", "bf16"):
@@ -117,7 +124,21 @@ def model_dataset(cfg: FinetuneConfig, reward_fn=None) -> tuple:
         weights += list(reward_scores(reward_fn, uimgs, [r["prompt"] for r in urows]))
     if not images:
         raise ValueError(f"data={cfg.data!r} has no usable images (weight={cfg.weight!r} needs labels good/bad)")
+    if cfg.top_k:
+        keep = top_k_rows(prompts, weights, cfg.top_k)
+        images, prompts, weights = [images[i] for i in keep], [prompts[i] for i in keep], [1.0] * len(keep)
     return images, prompts, torch.tensor(weights, dtype=torch.float32)
+
+
+def top_k_rows(prompts: list, weights: list, k: int) -> list:
+    """Indices of each prompt's k highest-weight images (ties: the earlier row), zero weights never kept.
+    Keeping them at weight 1 instead of weighting every image by w matters here: with w in [0, 1] most of
+    each batch carries little weight, and the beta term dominates the gradient (README, Stage 3)."""
+    by_prompt = {}
+    for i, (p, w) in enumerate(zip(prompts, weights)):
+        if w > 0:
+            by_prompt.setdefault(p, []).append(i)
+    return sorted(i for rows in by_prompt.values() for i in sorted(rows, key=lambda i: -weights[i])[:k])
 
 
 @torch.no_grad()
@@ -152,12 +173,12 @@ def pixels(images, size: int) -> torch.Tensor:
 
 
 # ----------------------------------------------------------------------------- the loss, written out
-def denoising_loss(unet, noise_scheduler, latents, text_emb, generator=None) -> torch.Tensor:
-    """Per-example denoising loss (B,): noise the latents to a random t, predict, compare."""
+def denoising_loss(unet, noise_scheduler, latents, text_emb, generator=None, t_low: float = 0.0) -> torch.Tensor:
+    """Per-example denoising loss (B,): noise the latents to a random t in [t_low * T, T), predict, compare."""
     B = latents.shape[0]
     noise = torch.randn(latents.shape, generator=generator, device="cpu").to(latents)  # (B, 4, h, w) eps
     T = noise_scheduler.config.num_train_timesteps
-    t = torch.randint(0, T, (B,), generator=generator, device="cpu").to(latents.device)  # (B,) timesteps
+    t = torch.randint(int(t_low * T), T, (B,), generator=generator, device="cpu").to(latents.device)  # (B,) timesteps
     x_t = noise_scheduler.add_noise(latents, noise, t)  # (B, 4, h, w) sqrt(ab) x0 + sqrt(1 - ab) eps
     if noise_scheduler.config.prediction_type == "epsilon":
         target = noise  # SD v1.5: predict eps
@@ -168,9 +189,9 @@ def denoising_loss(unet, noise_scheduler, latents, text_emb, generator=None) -> 
 
 
 def reward_weighted_loss(unet, noise_scheduler, model_latents, model_emb, weights, pre_latents, pre_emb, beta,
-                         generator=None) -> tuple:
+                         generator=None, t_low: float = 0.0) -> tuple:
     """Lee et al. eq. 2: E_model[w * loss] + beta * E_pre[loss]. Returns (total, model term, pre term)."""
-    l_model = denoising_loss(unet, noise_scheduler, model_latents, model_emb, generator)  # (B,)
+    l_model = denoising_loss(unet, noise_scheduler, model_latents, model_emb, generator, t_low)  # (B,)
     l_model = (weights * l_model).mean()  # reward-weighted: a bad image (w ~ 0) teaches nothing
     if beta == 0:
         return l_model, l_model.detach(), torch.zeros(())
@@ -326,7 +347,8 @@ def finetune(cfg: FinetuneConfig, reward_fn=None) -> str:
         m_emb = drop_captions(m_emb)
         p_emb = drop_captions(p_emb) if p_emb is not None else None
         with accelerator.autocast():
-            loss, l_model, l_pre = reward_weighted_loss(unet, noise_scheduler, m_lat, m_emb, w, p_lat, p_emb, cfg.beta, gen)
+            loss, l_model, l_pre = reward_weighted_loss(unet, noise_scheduler, m_lat, m_emb, w, p_lat, p_emb, cfg.beta, gen,
+                                                        cfg.t_low)
         accelerator.backward(loss)
         accelerator.clip_grad_norm_(params, 1.0)
         opt.step()

@@ -9,6 +9,7 @@ Each round r (folders under OUT/round{r}/):
   2. labels:     the judge labels them (a simulated rater, optional noise) -> feedback/labels.sqlite, metadata
   3. reward:     frozen tiny CLIP + MLP head on every label so far        -> reward/
   4. unlabelled: more generations, scored by the reward model             -> unlabelled/
+     (of the seen prompts; ``--unlabelled-split all`` adds the unseen ones, which no one labelled)
   5. fine-tune:  reward-weighted loss + beta * pre-training loss          -> aligned/ (a diffusers pipeline)
 Then evaluate base and every round's model on unseen prompts (the judge, Wilson CIs, FID) -> OUT/report/.
 
@@ -41,7 +42,10 @@ class RunConfig:
     per_prompt: int = 4  # labelled feedback images per seen prompt (242 prompts); 1 - 16
     feedback_guidance: float = 2.0  # guidance scale of the feedback and unlabelled images; 1 - 5 (see the README:
     #                                 tuning on samples drawn at guidance 5 bakes the guidance in)
-    unlabelled_per_prompt: int = 4  # extra generations per seen prompt, weighted by the reward model; 0 - 16
+    unlabelled_per_prompt: int = 4  # extra generations per prompt, weighted by the reward model; 0 - 16
+    unlabelled_split: str = "seen"  # prompts of the unlabelled generations: "seen" (the feedback prompts) | "all"
+    #                                 (also the unseen ones: no person labelled them, the reward model scores them)
+    top_k: int = 0  # fine-tune: 0 = weight every image by r (paper); k = keep each prompt's k best at weight 1; 0 - 8
     flip: float = 0.0  # simulated rater: probability of flipping the judge's verdict; 0 - 0.5
     skip: float = 0.0  # simulated rater: probability of skipping an image; 0 - 0.5
     lam: float = 0.5  # reward model: weight of the prompt-classification loss; 0 - 2
@@ -63,6 +67,8 @@ class RunConfig:
             raise ValueError(f"per_prompt={self.per_prompt!r} is out of range; use 1 to 64")
         if not 0 <= self.unlabelled_per_prompt <= 64:
             raise ValueError(f"unlabelled_per_prompt={self.unlabelled_per_prompt!r} is out of range; use 0 to 64")
+        if self.unlabelled_split not in ("seen", "all"):
+            raise ValueError(f"unlabelled_split={self.unlabelled_split!r} is not allowed; use 'seen' or 'all'")
         if self.betas and self.rounds != 1:
             raise ValueError(f"betas={self.betas!r} sweeps one round; use rounds=1 (got {self.rounds})")
         for b in self.beta_list():
@@ -114,7 +120,7 @@ def run_round(cfg: RunConfig, r: int, model: str, labelled: list, t0: float) -> 
         stage(f"round {r}: 4. unlabelled generations ({cfg.unlabelled_per_prompt} per prompt)", t0)
         s = time.time()
         unl = os.path.join(d, "unlabelled")
-        generate_dataset(GenerateConfig(out=unl, model=model, split="seen", max_prompts=cfg.max_prompts,
+        generate_dataset(GenerateConfig(out=unl, model=model, split=cfg.unlabelled_split, max_prompts=cfg.max_prompts,
                                         per_prompt=cfg.unlabelled_per_prompt, guidance=cfg.feedback_guidance,
                                         seed=cfg.seed + 10 * r + 5), pipe)
         times["unlabelled"] = time.time() - s
@@ -125,7 +131,8 @@ def run_round(cfg: RunConfig, r: int, model: str, labelled: list, t0: float) -> 
         s = time.time()
         out = os.path.join(d, "aligned" if not cfg.betas else f"aligned-beta{beta:g}")
         fcfg = FinetuneConfig(data=fb, out=out, model=model, reward=rcfg.run, weight=cfg.weight, unlabelled=unl,
-                              beta=beta, steps=cfg.steps, lr=cfg.lr, seed=cfg.seed + r, checkpoint_every=0)
+                              beta=beta, steps=cfg.steps, lr=cfg.lr, top_k=cfg.top_k, seed=cfg.seed + r,
+                              checkpoint_every=0)
         finetune(fcfg, reward_fn=reward_model)
         tuned[beta] = out
         times[f"finetune_beta{beta:g}"] = time.time() - s

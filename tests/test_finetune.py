@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from t2idemo.finetune import FinetuneConfig, finetune, reward_weighted_loss
+from t2idemo.finetune import FinetuneConfig, denoising_loss, finetune, reward_weighted_loss, top_k_rows
 from t2idemo.labels import export_labels, simulate_labels
 
 
@@ -13,6 +13,36 @@ def test_config_rejects_bad_values():
         FinetuneConfig(weight="reward", reward="")
     with pytest.raises(ValueError, match="beta=-1"):
         FinetuneConfig(weight="label", beta=-1)
+    with pytest.raises(ValueError, match="t_low=1.0"):
+        FinetuneConfig(weight="label", t_low=1.0)
+    with pytest.raises(ValueError, match="top_k=-1"):
+        FinetuneConfig(weight="label", top_k=-1)
+
+
+def test_top_k_keeps_each_prompts_best_and_never_a_zero_weight():
+    prompts = ["a", "a", "a", "b", "b", "c"]
+    weights = [0.2, 0.9, 0.5, 0.0, 0.7, 0.0]
+    assert top_k_rows(prompts, weights, 1) == [1, 4]  # "c" has only a zero weight: nothing of it is kept
+    assert top_k_rows(prompts, weights, 2) == [1, 2, 4]
+    assert top_k_rows(prompts, weights, 8) == [0, 1, 2, 4]
+
+
+def test_t_low_draws_only_high_noise_timesteps():
+    from diffusers import DDPMScheduler
+
+    seen = []
+
+    class Spy(torch.nn.Module):  # records the timesteps the loss asks the UNet about
+        def forward(self, x, t, emb):
+            seen.append(t.clone())
+            return type("Out", (), {"sample": torch.zeros_like(x)})()
+
+    sched = DDPMScheduler(prediction_type="v_prediction")
+    lat, emb = torch.randn(256, 4, 2, 2), torch.randn(256, 3, 8)
+    denoising_loss(Spy(), sched, lat, emb, torch.Generator().manual_seed(0), t_low=0.5)
+    denoising_loss(Spy(), sched, lat, emb, torch.Generator().manual_seed(0))
+    assert seen[0].min() >= 500 and seen[0].max() < 1000
+    assert seen[1].min() < 500  # the default draws from every timestep
 
 
 def test_zero_weight_images_teach_nothing():

@@ -1,4 +1,5 @@
 """The reward model: loss terms, training, save/load, metrics and the CLI, on a random tiny CLIP and crisp renders."""
+import dataclasses
 import json
 import math
 import os
@@ -108,9 +109,16 @@ def test_training_loss_has_both_terms(clip_dir, data, tmp_path):
     head = reward.RewardHead(clip.dim, 32, 0.0)
     idx = torch.arange(len(y))
     total, parts = reward.reward_loss(cfg, head, emb, y, idx, torch.Generator().manual_seed(0))
-    assert parts["ce"] > 0 and total.item() == pytest.approx(parts["mse"] + cfg.lam * parts["ce"], rel=1e-5)
+    assert parts["ce"] > 0 and parts["penalty"] == 0  # a fresh head's MLP term starts at zero
+    assert total.item() == pytest.approx(parts["mse"] + cfg.lam * parts["ce"], rel=1e-5)
     _, parts0 = reward.reward_loss(reward.RewardConfig(lam=0.0), head, emb, y, idx, torch.Generator())
     assert parts0["ce"] == 0
+    torch.nn.init.normal_(head.net[-1].weight)  # a head that has moved away from the calibrated cosine
+    total, parts = reward.reward_loss(cfg, head, emb, y, idx, torch.Generator().manual_seed(0))
+    assert parts["penalty"] > 0
+    assert total.item() == pytest.approx(parts["mse"] + cfg.lam * parts["ce"] + cfg.mlp_penalty * parts["penalty"], rel=1e-5)
+    off = dataclasses.replace(cfg, mlp_penalty=0.0)
+    assert reward.reward_loss(off, head, emb, y, idx, torch.Generator().manual_seed(0))[0].item() < total.item()
 
 
 def test_split_by_prompt_keeps_every_prompt_on_one_side():
@@ -155,6 +163,7 @@ def test_train_save_load_round_trip_gives_identical_scores(clip_dir, data, tmp_p
 
 def test_bad_arguments_raise_value_errors_that_name_them(clip_dir, data, tmp_path):
     for kw, name in [({"lam": -1.0}, "lam=-1.0"), ({"n_prompts": 1}, "n_prompts=1"), ({"temperature": 0.0}, "temperature=0.0"),
+                     ({"mlp_penalty": -0.1}, "mlp_penalty=-0.1"),
                      ({"labels": "human"}, "labels='human'"), ({"noise": 0.7}, "noise=0.7"),
                      ({"noise_levels": "0,x"}, "noise_levels='0,x'"), ({"val_frac": 1.0}, "val_frac=1.0"),
                      ({"hidden": 0}, "hidden=0")]:

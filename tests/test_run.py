@@ -17,6 +17,20 @@ def test_config_errors_name_the_argument():
         RunConfig(betas="1,x")
     with pytest.raises(ValueError, match="betas="):
         RunConfig(betas="0,1", rounds=2)
+    with pytest.raises(ValueError, match="unlabelled_split='unseen'"):
+        RunConfig(unlabelled_split="unseen")
+
+
+@pytest.mark.slow
+def test_top_k_on_every_prompt(tmp_path):
+    out = tmp_path / "run"
+    run(RunConfig(out=str(out), top_k=1, unlabelled_split="all", **{**SMALL, "n_combination": 2, "n_single": 1}))
+    unl = [json.loads(l) for l in open(out / "round1" / "unlabelled" / "metadata.jsonl")]
+    fb = [json.loads(l) for l in open(out / "round1" / "feedback" / "metadata.jsonl")]
+    prompts = {r["prompt"] for r in unl + fb}
+    tuned = json.load(open(out / "round1" / "aligned" / "finetune.json"))
+    assert tuned["config"]["top_k"] == 1 and tuned["mean_weight"] == 1.0
+    assert 0 < tuned["n_model"] <= len(prompts)  # one image per prompt at most, each at weight 1
 
 
 @pytest.mark.slow
