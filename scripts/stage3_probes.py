@@ -14,11 +14,10 @@ import argparse
 import json
 import os
 import random
-from collections import defaultdict
 
 from t2idemo import evaluate as ev
 from t2idemo import world
-from t2idemo.finetune import FinetuneConfig, finetune, reward_scores
+from t2idemo.finetune import FinetuneConfig, finetune, reward_scores, top_k_rows
 from t2idemo.generate import GenerateConfig, generate_dataset, write_rows_atomic
 from t2idemo.judge import judge
 from t2idemo.reward import load_images, load_reward_fn, load_rows
@@ -50,11 +49,8 @@ def top_k_folder(src: str, reward: str, out: str, k: int = 2) -> str:
     """Rows of ``src`` that are among their prompt's k highest rewards, labelled good (the rest left out)."""
     rows = load_rows(src, "data")
     images = load_images(src, rows)
-    scores = reward_scores(load_reward_fn(reward), images, [r["prompt"] for r in rows])
-    by_prompt = defaultdict(list)
-    for i, r in enumerate(rows):
-        by_prompt[r["prompt"]].append(i)
-    keep = sorted(i for ix in by_prompt.values() for i in sorted(ix, key=lambda i: -scores[i])[:k])
+    prompts = [r["prompt"] for r in rows]
+    keep = top_k_rows(prompts, reward_scores(load_reward_fn(reward), images, prompts), k)  # what finetune --top-k keeps
     right = sum(judge(images[i], rows[i])["good"] for i in keep)
     print(f"top-{k}: {len(keep)} of {len(rows)} images, {right / len(keep):.1%} right by the judge")
     os.makedirs(out, exist_ok=True)
