@@ -1,6 +1,7 @@
 """The main job: the paper's whole loop on the shipped base model, then the before/after evaluation.
 
-    python -m t2idemo run                        # one round, default beta: 9 minutes on one CPU core
+    python -m t2idemo run                        # one round, default beta: the paper's soft weights w = r(x, z)
+    python -m t2idemo run --top-k 2 --unlabelled-split all   # each prompt's 2 best images only (RAFT-like, README)
     python -m t2idemo run --rounds 2             # generate -> label -> tune, twice (round 2 starts from round 1's model)
     python -m t2idemo run --betas 0,0.5,1,2      # one fine-tune per beta: the alignment-fidelity trade-off plot
 
@@ -9,7 +10,7 @@ Each round r (folders under OUT/round{r}/):
   2. labels:     the judge labels them (a simulated rater, optional noise) -> feedback/labels.sqlite, metadata
   3. reward:     frozen tiny CLIP + MLP head on every label so far        -> reward/
   4. unlabelled: more generations, scored by the reward model             -> unlabelled/
-     (of the seen prompts; ``--unlabelled-split all`` adds the unseen ones, which no one labelled)
+     (of the seen prompts; ``--unlabelled-split unseen|all`` draws them from the prompts no one labelled)
   5. fine-tune:  reward-weighted loss + beta * pre-training loss          -> aligned/ (a diffusers pipeline)
 Then evaluate base and every round's model on unseen prompts (the judge, Wilson CIs, FID) -> OUT/report/.
 
@@ -42,9 +43,11 @@ class RunConfig:
     per_prompt: int = 4  # labelled feedback images per seen prompt (242 prompts); 1 - 16
     feedback_guidance: float = 2.0  # guidance scale of the feedback and unlabelled images; 1 - 5 (see the README:
     #                                 tuning on samples drawn at guidance 5 bakes the guidance in)
+    feedback_steps: int = 15  # sampler steps of the feedback and unlabelled images; 8 - 50 (8 draws 1.8x faster and is
+    #                           judged right as often, but a model tuned on 8-step images lost its gain: README)
     unlabelled_per_prompt: int = 4  # extra generations per prompt, weighted by the reward model; 0 - 16
-    unlabelled_split: str = "seen"  # prompts of the unlabelled generations: "seen" (the feedback prompts) | "all"
-    #                                 (also the unseen ones: no person labelled them, the reward model scores them)
+    unlabelled_split: str = "seen"  # prompts of the unlabelled generations: "seen" (the feedback prompts) | "unseen" (the
+    #                                 163 prompts no one labels; the reward model scores them) | "all" (both)
     top_k: int = 0  # fine-tune: 0 = weight every image by r (paper); k = keep each prompt's k best at weight 1; 0 - 8
     flip: float = 0.0  # simulated rater: probability of flipping the judge's verdict; 0 - 0.5
     skip: float = 0.0  # simulated rater: probability of skipping an image; 0 - 0.5
@@ -52,7 +55,10 @@ class RunConfig:
     beta: float = 1.0  # fine-tune: weight of the pre-training loss; 0 - 4
     betas: str = ""  # comma-separated betas for a trade-off sweep (one fine-tune each, round 1 only); "" = just beta
     steps: int = 300  # fine-tune optimizer steps per round; 50 - 2_000
-    lr: float = 1e-4  # fine-tune learning rate; 1e-5 - 3e-4
+    lr: float = 1e-4  # fine-tune learning rate; 1e-5 - 1e-3 (1e-3 drifts colours at p_uncond 0.1: README, finding 7)
+    p_uncond: float = 0.1  # fine-tune: caption dropout, as in pre-training; 0.1 - 0.5 (0.3 keeps the unconditional
+    #                        branch in step at lr 1e-3, so that guidance does not amplify a drift: README, finding 7)
+    pre_batch: int = 64  # fine-tune: D_pre (pre-training) images per step; 16 - 128 (the beta term's weight is beta alone)
     weight: str = "reward"  # fine-tune weights: "reward" (paper: r(x, z) for every image) | "label"
     n_combination: int = 512  # evaluation: unseen combination images per model; >= 500 for the issue's bar
     n_single: int = 96  # evaluation: unseen images per single-attribute category; 32 - 512
@@ -67,8 +73,8 @@ class RunConfig:
             raise ValueError(f"per_prompt={self.per_prompt!r} is out of range; use 1 to 64")
         if not 0 <= self.unlabelled_per_prompt <= 64:
             raise ValueError(f"unlabelled_per_prompt={self.unlabelled_per_prompt!r} is out of range; use 0 to 64")
-        if self.unlabelled_split not in ("seen", "all"):
-            raise ValueError(f"unlabelled_split={self.unlabelled_split!r} is not allowed; use 'seen' or 'all'")
+        if self.unlabelled_split not in ("unseen", "seen", "all"):
+            raise ValueError(f"unlabelled_split={self.unlabelled_split!r} is not allowed; use 'unseen', 'seen' or 'all'")
         if self.betas and self.rounds != 1:
             raise ValueError(f"betas={self.betas!r} sweeps one round; use rounds=1 (got {self.rounds})")
         for b in self.beta_list():
@@ -98,7 +104,7 @@ def run_round(cfg: RunConfig, r: int, model: str, labelled: list, t0: float) -> 
     s = time.time()
     fb = os.path.join(d, "feedback")
     generate_dataset(GenerateConfig(out=fb, model=model, split="seen", max_prompts=cfg.max_prompts, per_prompt=cfg.per_prompt,
-                                    guidance=cfg.feedback_guidance, seed=cfg.seed + 10 * r), pipe)
+                                    steps=cfg.feedback_steps, guidance=cfg.feedback_guidance, seed=cfg.seed + 10 * r), pipe)
     times["generate"] = time.time() - s
 
     stage(f"round {r}: 2. simulated labels (judge, flip={cfg.flip}, skip={cfg.skip})", t0)
@@ -121,7 +127,7 @@ def run_round(cfg: RunConfig, r: int, model: str, labelled: list, t0: float) -> 
         s = time.time()
         unl = os.path.join(d, "unlabelled")
         generate_dataset(GenerateConfig(out=unl, model=model, split=cfg.unlabelled_split, max_prompts=cfg.max_prompts,
-                                        per_prompt=cfg.unlabelled_per_prompt, guidance=cfg.feedback_guidance,
+                                        per_prompt=cfg.unlabelled_per_prompt, steps=cfg.feedback_steps, guidance=cfg.feedback_guidance,
                                         seed=cfg.seed + 10 * r + 5), pipe)
         times["unlabelled"] = time.time() - s
 
@@ -131,7 +137,7 @@ def run_round(cfg: RunConfig, r: int, model: str, labelled: list, t0: float) -> 
         s = time.time()
         out = os.path.join(d, "aligned" if not cfg.betas else f"aligned-beta{beta:g}")
         fcfg = FinetuneConfig(data=fb, out=out, model=model, reward=rcfg.run, weight=cfg.weight, unlabelled=unl,
-                              beta=beta, steps=cfg.steps, lr=cfg.lr, top_k=cfg.top_k, seed=cfg.seed + r,
+                              beta=beta, steps=cfg.steps, lr=cfg.lr, p_uncond=cfg.p_uncond, pre_batch=cfg.pre_batch, top_k=cfg.top_k, seed=cfg.seed + r,
                               checkpoint_every=0)
         finetune(fcfg, reward_fn=reward_model)
         tuned[beta] = out

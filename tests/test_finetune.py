@@ -75,3 +75,25 @@ def test_finetune_checkpoints_resumes_and_loads_in_diffusers(render_dataset, tmp
     pipe = StableDiffusionPipeline.from_pretrained(out, local_files_only=True)
     assert pipe.unet.dtype == torch.float32
     assert pipe(["a red square"], num_inference_steps=2).images[0].size == (32, 32)
+
+
+def test_pre_pool_draws_d_pre_once_and_a_folder_without_repeats(render_dataset, tmp_path, monkeypatch):
+    """pre_pool > 0: D_pre is drawn (and VAE-encoded) once, no larger than the steps can use; 0: every step."""
+    from t2idemo import finetune as ft
+
+    folder, rows = render_dataset
+    simulate_labels(folder, seed=0)
+    export_labels(folder, labeler="judge")
+    drawn = []
+    real = ft.PretrainStream.sample
+    monkeypatch.setattr(ft.PretrainStream, "sample", lambda self, n: (drawn.append(n), real(self, n))[1])
+    cfg = dict(data=folder, weight="label", batch=4, pre_batch=4, steps=3, checkpoint_every=0)
+    finetune(FinetuneConfig(out=str(tmp_path / "pool"), pre_pool=4096, **cfg))
+    assert drawn == [12]  # once, steps * pre_batch images
+    drawn.clear()
+    finetune(FinetuneConfig(out=str(tmp_path / "fresh"), pre_pool=0, **cfg))
+    assert drawn == [4, 4, 4]
+    pool_imgs, pool_caps = ft.PretrainStream(folder, seed=0).pool(100)  # a folder: each row at most once
+    assert len(pool_imgs) == len(rows) and sorted(pool_caps) == sorted(r["prompt"] for r in rows)
+    with pytest.raises(ValueError, match="pre_pool=-1"):
+        FinetuneConfig(weight="label", pre_pool=-1)

@@ -17,8 +17,8 @@ def test_config_errors_name_the_argument():
         RunConfig(betas="1,x")
     with pytest.raises(ValueError, match="betas="):
         RunConfig(betas="0,1", rounds=2)
-    with pytest.raises(ValueError, match="unlabelled_split='unseen'"):
-        RunConfig(unlabelled_split="unseen")
+    with pytest.raises(ValueError, match="unlabelled_split='nowhere'"):
+        RunConfig(unlabelled_split="nowhere")
 
 
 @pytest.mark.slow
