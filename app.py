@@ -109,13 +109,16 @@ def check_prompt(prompt) -> tuple[str, dict]:
 
 
 def example_prompts() -> list[tuple[str, str]]:
-    """(prompt, label) pairs: a seen and an unseen (held-out) prompt of every category."""
+    """(prompt, label) triples per category: a typical prompt (what the base model's LAION-like data shows most), an
+    atypical one the feedback covers (seen), and an atypical one held out of it (unseen)."""
     out = []
     for category in world.CATEGORIES:
-        for unseen in (False, True):
-            pairs = world.all_prompts(category, unseen=unseen)
-            prompt = pairs[len(pairs) // 3][0]
-            out.append((prompt, f"{category}{' · unseen' if unseen else ''}: {prompt}"))
+        typical = world.typical_prompts(category)
+        atypical = [pm for pm in world.all_prompts(category, unseen=False) if not world.is_typical(pm[1])]
+        unseen = world.all_prompts(category, unseen=True)
+        for (prompt, _), kind in ((typical[-1], "typical"), (atypical[len(atypical) // 3], "atypical"),
+                                  (unseen[len(unseen) // 3], "atypical · unseen")):
+            out.append((prompt, f"{category} · {kind}: {prompt}"))
     return out
 
 
@@ -168,8 +171,9 @@ class App:
             galleries.append([(big(im, 4), f"seed {s} · {caption(v, meta, r)}")
                               for im, s, v, r in zip(drawn, seeds, verdicts, scores)])
             rows.append(f"| {side} | {sum(v['good'] for v in verdicts)} / {n} | {sum(scores) / n:.2f} |")
-        note = ("**unseen**: it names a combination held out of the feedback data" if meta["unseen"]
-                else "seen: its combinations occur in the feedback data")
+        kind = "typical" if world.is_typical(meta) else "atypical"
+        note = (f"{kind}, **unseen**: it names a combination held out of the feedback data" if meta["unseen"]
+                else f"{kind}, seen: its combinations occur in the feedback data")
         summary = "\n".join([f"**{prompt}** ({meta['category']} prompt; {note})", "",
                              "| model | judged good | mean reward |", "| --- | --- | --- |", *rows, "",
                              f"seeds {seeds[0]}-{seeds[-1]}, {steps} steps, guidance {guidance:g}; "
@@ -301,7 +305,7 @@ def build(app: App):
                                    info=f"per model, {LIMITS['images'][0]} to {LIMITS['images'][1]}")
             examples = example_prompts()
             gr.Examples([[p] for p, _ in examples], inputs=[prompt], example_labels=[label for _, label in examples],
-                        label="examples by category (unseen = names a combination held out of the feedback data)")
+                        label="examples by category (typical = what the base model's data shows most; unseen = held out of the feedback data)")
             with gr.Row(equal_height=True):
                 base = gr.Gallery(label="base model", columns=4, format="png", object_fit="contain", height="auto",
                                   elem_id="base-gallery", interactive=False)

@@ -1,4 +1,4 @@
-"""Probes of why reward-weighted fine-tuning does not move the tiny model (README, Stage 3, finding 5).
+"""Probes of why reward-weighted fine-tuning does not move the tiny model (docs/findings.md, section 2, finding 5).
 
 Each probe fine-tunes the base model on one D_model for the same budget (1,000 steps, lr 3e-4, beta 1;
 about 17 minutes on one CPU core) and evaluates it on the unseen prompts at guidance 5 (the default) and 2:

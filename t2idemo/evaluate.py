@@ -3,8 +3,9 @@ often than the base, and what does it cost in image fidelity?
 
     python -m t2idemo evaluate --models t2idemo/assets/tiny-sd,runs/aligned --out runs/report
 
-For each model, on a fixed prompt set drawn from the seen and/or unseen split, at fixed seeds (image i of
-every model starts from the same noise):
+For each model, on a fixed prompt set of one or more splits (``--split unseen,seen``: the held-out and the
+feedback prompts, as the paper evaluated both; ``typical``: what the base's LAION-like data shows most, a
+sanity check), at fixed seeds (image i of every model starts from the same noise):
 
 * **alignment**: the judge's verdict per image. For each category (count, color, background,
   combination) we report the share of images with every named attribute right, and, per attribute, the
@@ -38,7 +39,7 @@ from .benchmarks import wilson
 from .generate import ALIGNED_MODEL, BASE_MODEL, DEFAULT_GUIDANCE, DEFAULT_STEPS, load_pipeline, make_grid, sample
 from .judge import judge
 
-SPLITS = ("unseen", "seen", "all")
+SPLITS = ("unseen", "seen", "typical")  # held-out prompts | feedback prompts | the prior's typical prompts (world.is_typical)
 REPORTED = ("count", "color", "scene", "shape")  # attributes reported per category ("scene" = background)
 
 
@@ -46,7 +47,8 @@ REPORTED = ("count", "color", "scene", "shape")  # attributes reported per categ
 class EvalConfig:
     models: str = f"{BASE_MODEL},{ALIGNED_MODEL}"  # comma-separated pipeline folders (the first is the baseline)
     names: str = ""  # comma-separated display names; empty: "base", then each folder's name
-    split: str = "unseen"  # prompt split: unseen (the paper's held-out prompts) | seen | all
+    split: str = "unseen"  # prompt splits, comma-separated: unseen (the paper's held-out prompts) | seen (the feedback
+    #                        prompts) | typical (what the LAION-like prior shows most); "all" = unseen,seen
     n_combination: int = 512  # combination-prompt images per model and split; >= 500 for a +-4 pt CI
     n_single: int = 96  # images per model and split for each single-attribute category; 32 - 512
     steps: int = DEFAULT_STEPS  # sampler steps; 5 - 50
@@ -59,8 +61,8 @@ class EvalConfig:
     out: str = "runs/report"  # report folder
 
     def __post_init__(self):
-        if self.split not in SPLITS:
-            raise ValueError(f"split={self.split!r} is not allowed; use one of {SPLITS}")
+        if not self.split_list() or any(sp not in SPLITS for sp in self.split_list()):
+            raise ValueError(f"split={self.split!r} is not allowed; use one or more of {SPLITS}, comma-separated, or 'all'")
         if not self.model_list():
             raise ValueError("models is empty; give at least one pipeline folder")
         for name in ("n_combination", "n_single", "steps", "n_best_of"):
@@ -71,6 +73,9 @@ class EvalConfig:
         for n in self.best_of_list():
             if n < 2:
                 raise ValueError(f"best_of={self.best_of!r}: every N must be >= 2")
+
+    def split_list(self) -> list:
+        return split_list(self.split)
 
     def model_list(self) -> list:
         return [m.strip() for m in self.models.split(",") if m.strip()]
@@ -89,14 +94,23 @@ class EvalConfig:
 
 
 # ----------------------------------------------------------------------------- prompts
+def split_list(split: str) -> list:
+    """"unseen,seen" -> ["unseen", "seen"]; "all" is "unseen,seen"."""
+    out = []
+    for sp in split.split(","):
+        out += ["unseen", "seen"] if sp.strip() == "all" else [sp.strip()] if sp.strip() else []
+    return list(dict.fromkeys(out))
+
+
 def eval_prompts(split: str, n_combination: int, n_single: int, seed: int = 0) -> list[dict]:
-    """The evaluation prompt set: for each category, its prompts of the split in a fixed shuffled order,
-    cycled until the category has its number of images. Returns metadata dicts (``prompt`` included)."""
+    """The evaluation prompt set: for each split and category, its prompts in a fixed shuffled order, cycled
+    until the category has its number of images (the 3 typical prompts of a category get ``n_single`` each).
+    Returns metadata dicts (``prompt`` and ``split`` included)."""
     metas = []
-    for cat in world.CATEGORIES:
-        n = n_combination if cat == "combination" else n_single
-        for sp in (("unseen", "seen") if split == "all" else (split,)):
-            pool = world.all_prompts(cat, unseen=(sp == "unseen"))
+    for sp in split_list(split):
+        for cat in world.CATEGORIES:
+            n = n_combination if cat == "combination" and sp != "typical" else n_single
+            pool = world.typical_prompts(cat) if sp == "typical" else world.all_prompts(cat, unseen=(sp == "unseen"))
             random.Random(f"{seed}-{cat}-{sp}").shuffle(pool)
             metas += [{**pool[i % len(pool)][1], "prompt": pool[i % len(pool)][0], "split": sp} for i in range(n)]
     return metas
@@ -188,7 +202,8 @@ def evaluate(cfg: EvalConfig, pipes: dict | None = None, reward_fn=None) -> dict
     """Evaluate every model in ``cfg.models``; write the report folder; return the results dict.
     ``pipes`` ({path: pipeline}) reuses pipelines already loaded."""
     metas = eval_prompts(cfg.split, cfg.n_combination, cfg.n_single, cfg.seed)
-    combo = [i for i, m in enumerate(metas) if m["category"] == "combination"]
+    first = cfg.split_list()[0]  # FID, best-of-N and the sample grid use the first split's combination prompts
+    combo = [i for i, m in enumerate(metas) if m["category"] == "combination" and m["split"] == first]
     results = {"config": {k: getattr(cfg, k) for k in cfg.__dataclass_fields__}, "n_images": len(metas), "models": {}}
     ref_feats = None
     if cfg.fid:

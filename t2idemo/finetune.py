@@ -5,9 +5,9 @@
 
 D_model is the labelled feedback images plus (optionally) unlabelled generations, each weighted by the
 reward model's w = r(x, z) in [0, 1] (the paper), or by the human label where one exists (an option).
-D_pre is fresh renders of the world with LAION-like captions (the analogue of the paper's pre-training
-data); at SD scale, an imagefolder you supply. beta keeps the model close to its pre-training
-distribution: beta = 0 chases the reward and pays in image fidelity.
+D_pre is fresh renders of the prior the base model learnt from (its ``prior.json``; for the LAION-like base,
+typical colours and scenes and counts rarely stated: the analogue of the paper's pre-training data); at SD
+scale, an imagefolder you supply. beta keeps the model close to its pre-training distribution: beta = 0 chases the reward and pays in image fidelity.
 
 Prediction type. The loss is written for the target the UNet predicts: eps for SD v1.5, v for the tiny
 model (trained with zero terminal SNR, where eps is not defined at t = T). Since
@@ -52,8 +52,10 @@ class FinetuneConfig:
     weight: str = "reward"  # "reward": w = r(x, z) for every image (paper); "label": good=1/bad=0 where labelled
     unlabelled: str = ""  # folder of extra generations (no labels), weighted by the reward model
     top_k: int = 0  # 0 = the paper (every image, weight w); k > 0 = keep only each prompt's k highest-weight images,
-    #                 at weight 1 (filtered fine-tuning, as in RAFT: beyond the paper, see the README); 1 - 8
-    pretrain_data: str = "world"  # "world": fresh renders; or an imagefolder (metadata.jsonl with "prompt")
+    #                 at weight 1 (filtered fine-tuning, as in RAFT: beyond the paper, see docs/findings.md); 1 - 8
+    pretrain_data: str = "world"  # "world": fresh renders of the prior the base learnt from (its prior.json; the
+    #                               LAION-like prior for a new base, "uniform" for the first shipped one); or an imagefolder
+    #                               (metadata.jsonl with "prompt")
     pre_pool: int = 0  # 0 = draw and VAE-encode a fresh D_pre batch every step; n > 0 = draw and encode n images once
     #                    (a fixed pre-training set, as the paper's LAION subset), about a fifth faster per step; 0 - 65_536
     beta: float = 1.0  # weight of the pre-training term; 0 - 4 (0 = no regulariser)
@@ -154,18 +156,20 @@ def reward_scores(reward_fn, images, prompts, batch: int = 256) -> list:
 
 
 class PretrainStream:
-    """D_pre: an endless stream of (images, captions). The world's fresh renders, or an imagefolder."""
+    """D_pre: an endless stream of (images, captions). Fresh renders of the prior the base model was pre-trained
+    on (``world.PRIORS[prior]``; for the LAION-like base this is the paper's LAION term), or an imagefolder."""
 
-    def __init__(self, source: str, seed: int):
+    def __init__(self, source: str, seed: int, prior: str = "laion"):
         self.rng = random.Random(seed)
         self.folder = None if source == "world" else source
+        self.prior = world.get_prior(prior)
         if self.folder:
             self.rows = load_rows(self.folder, "pretrain_data")
 
     def sample(self, n: int) -> tuple:
         if self.folder is None:
-            scenes = [world.sample_scene(self.rng) for _ in range(n)]
-            return [world.render(s) for s in scenes], [world.random_caption(s, self.rng) for s in scenes]
+            scenes = [self.prior.sample_scene(self.rng) for _ in range(n)]
+            return [world.render(s) for s in scenes], [self.prior.caption(s, self.rng) for s in scenes]
         rows = [self.rows[self.rng.randrange(len(self.rows))] for _ in range(n)]
         return load_images(self.folder, rows), [r.get("prompt") or r.get("text", "") for r in rows]
 
@@ -308,7 +312,8 @@ def finetune(cfg: FinetuneConfig, reward_fn=None) -> str:
         return torch.cat(lats), torch.cat(embs)  # (N, 4, h, w), (N, L, D)
 
     lat_model, emb_model = encode_all(images, prompts)
-    pre = PretrainStream(cfg.pretrain_data, cfg.seed)
+    prior = world.read_prior(cfg.model) if os.path.isdir(cfg.model) else "laion"  # what the base learnt from
+    pre = PretrainStream(cfg.pretrain_data, cfg.seed, prior)
     if cfg.beta > 0 and cfg.pre_pool:  # a fixed D_pre, encoded once: the per-step VAE pass was a fifth of a step
         lat_pre, emb_pre = encode_all(*pre.pool(min(cfg.pre_pool, cfg.steps * cfg.pre_batch)))  # (P, 4, h, w), (P, L, D)
 
@@ -401,6 +406,7 @@ def finetune(cfg: FinetuneConfig, reward_fn=None) -> str:
                                       requires_safety_checker=False)
         out.save_pretrained(cfg.out, safe_serialization=True)
         noise_scheduler.save_pretrained(os.path.join(cfg.out, "train_scheduler"))
+        world.write_prior(cfg.out, prior)  # a later round's D_pre draws from the same prior
         json.dump({"config": dataclasses.asdict(cfg), "n_model": len(weights), "mean_weight": float(weights.mean())},
                   open(os.path.join(cfg.out, "finetune.json"), "w"), indent=2)
     return cfg.out

@@ -63,15 +63,17 @@ class PretrainConfig:
     vae_batch: int = 32  # images per step; 16 - 256
     vae_lr: float = 1e-3  # AdamW peak learning rate; 1e-4 - 3e-3
     vae_kl: float = 1e-3  # weight of the per-element KL term; 1e-6 - 1e-2
+    vae_decoder_steps: int = 1_000  # then the decoder alone, on the posterior means (as Stability's ft-MSE decoder for
+    #                                  SD): small squares stop decoding as circles; 0 (off) - 5_000
     # UNet (v-prediction on zero-terminal-SNR noise)
     unet_steps: int = 2_500  # optimizer steps; 1_000 - 20_000
     unet_batch: int = 128  # latents per step; 32 - 512
     unet_lr: float = 6e-4  # AdamW peak learning rate, cosine decay; 1e-4 - 1e-3
     unet_ema: float = 0.999  # EMA decay of the saved weights; 0 (off) - 0.9999
     p_uncond: float = 0.1  # probability of an empty caption (for classifier-free guidance), 0 - 0.3
-    p_count: float = 0.1  # probability that a UNet caption states the count (LAION-like: rarely), 0 - 1
-    p_color: float = 0.75  # probability that a UNet caption states the colour, 0 - 1
-    p_scene: float = 0.75  # probability that a UNet caption states the scene, 0 - 1
+    prior: str = "laion"  # what the UNet learns from (world.PRIORS): "laion" (typical colours and scenes, counts rarely
+    #                       stated: the next base) | "balanced" (every pair, every attribute often stated: the reference)
+    #                       | "uniform" (every pair, counts rarely stated: the first, shipped base's data)
 
     def __post_init__(self):
         parts = ("tokenizer", "clip", "vae", "unet", "reward_clip", "all")
@@ -80,16 +82,19 @@ class PretrainConfig:
         for name in ("n_images", "clip_steps", "clip_batch", "vae_steps", "vae_batch", "unet_steps", "unet_batch"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)!r} must be a positive integer")
-        for name in ("p_uncond", "p_count", "p_color", "p_scene", "clip_p_count", "unet_ema", "rclip_p_count", "rclip_p_decoded"):
+        if self.vae_decoder_steps < 0:
+            raise ValueError(f"vae_decoder_steps={self.vae_decoder_steps!r} must be >= 0 (0 keeps the decoder as trained)")
+        world.get_prior(self.prior)  # a ValueError naming the prior if it is unknown
+        for name in ("p_uncond", "clip_p_count", "unet_ema", "rclip_p_count", "rclip_p_decoded"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ValueError(f"{name}={getattr(self, name)!r} must be a probability in [0, 1]")
 
 
 # ----------------------------------------------------------------------------- shared helpers
-def render_dataset(n: int, seed: int):
-    """n random scenes -> (uint8 images (N, 32, 32, 3), list of Scene)."""
+def render_dataset(n: int, seed: int, prior: world.Prior | None = None):
+    """n random scenes (uniform over the world, or drawn from ``prior``) -> (uint8 images (N, 32, 32, 3), list of Scene)."""
     rng = random.Random(seed)
-    scenes = [world.sample_scene(rng) for _ in range(n)]
+    scenes = [prior.sample_scene(rng) if prior else world.sample_scene(rng) for _ in range(n)]
     images = np.stack([np.asarray(world.render(s)) for s in tqdm(scenes, desc="render", leave=False)])
     return images, scenes
 
@@ -271,6 +276,30 @@ def train_vae(cfg: PretrainConfig, images):
     with torch.no_grad():
         z = vae.encode(to_tensor(images[:2048])).latent_dist.sample()
     vae.register_to_config(scaling_factor=float(1.0 / z.std()))
+    return finetune_decoder(cfg, vae, images)
+
+
+def finetune_decoder(cfg: PretrainConfig, vae, images):
+    """Fine-tune the decoder alone on the posterior means, the encoder (and so the latent space) frozen.
+    Trained on noisy posterior samples (std about 0.37 at KL weight 1e-3), the decoder learns to blur: an
+    8-pixel square came back round 23% of the time. On the means it renders corners again."""
+    if not cfg.vae_decoder_steps:
+        return vae
+    rng = np.random.default_rng(cfg.seed + 4)
+    params = list(vae.decoder.parameters()) + list(vae.post_quant_conv.parameters())
+    opt = torch.optim.AdamW(params, lr=cfg.vae_lr / 3, weight_decay=0.0)
+    bar = tqdm(range(cfg.vae_decoder_steps), desc="vae decoder")
+    for step in bar:
+        for g in opt.param_groups:
+            g["lr"] = cfg.vae_lr / 3 * cosine_lr(step, cfg.vae_decoder_steps)
+        x = to_tensor(images[rng.choice(len(images), cfg.vae_batch, replace=False)])  # (B, 3, 32, 32)
+        with torch.no_grad():
+            z = vae.encode(x).latent_dist.mean  # (B, 4, 8, 8) the frozen encoder's posterior mean
+        loss = F.mse_loss(vae.decode(z).sample, x)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        bar.set_postfix(mse=f"{loss.item():.4f}")
     return vae
 
 
@@ -309,7 +338,9 @@ def encode_text(text_encoder, tok, captions: list) -> torch.Tensor:
 
 
 def train_unet(cfg: PretrainConfig, tok, text_encoder, vae, images, scenes):
+    """Train the UNet on (images, scenes), drawn from ``cfg.prior``, whose captions it also draws."""
     torch.manual_seed(cfg.seed)
+    prior = world.get_prior(cfg.prior)
     rng = random.Random(cfg.seed + 3)
     # cache the VAE posterior of every training image; each step samples from it (as SD does)
     mean, std = [], []
@@ -331,8 +362,7 @@ def train_unet(cfg: PretrainConfig, tok, text_encoder, vae, images, scenes):
         for g in opt.param_groups:
             g["lr"] = cfg.unet_lr * cosine_lr(step, cfg.unet_steps, warmup=200)
         idx = rng.sample(range(len(scenes)), cfg.unet_batch)
-        caps = ["" if rng.random() < cfg.p_uncond else
-                world.random_caption(scenes[i], rng, cfg.p_count, cfg.p_color, cfg.p_scene) for i in idx]
+        caps = ["" if rng.random() < cfg.p_uncond else prior.caption(scenes[i], rng) for i in idx]
         for c in set(caps) - cache.keys():
             cache[c] = encode_text(text_encoder, tok, [c])[0]
         cond = torch.stack([cache[c] for c in caps])  # (B, L, D)
@@ -368,8 +398,9 @@ def text_tower(clip):
     return te.eval().requires_grad_(False)
 
 
-def save_pipeline(path: str, tok, text_encoder, vae, unet):
-    """Write a StableDiffusionPipeline folder that plain diffusers loads (no safety checker)."""
+def save_pipeline(path: str, tok, text_encoder, vae, unet, prior: str):
+    """Write a StableDiffusionPipeline folder that plain diffusers loads (no safety checker), with a record of
+    the prior its UNet learnt from (the fine-tune's D_pre draws from it)."""
     from diffusers import StableDiffusionPipeline
 
     pipe = StableDiffusionPipeline(vae=vae.half(), text_encoder=text_encoder, tokenizer=tok, unet=unet.half(),
@@ -377,6 +408,7 @@ def save_pipeline(path: str, tok, text_encoder, vae, unet):
                                    requires_safety_checker=False)
     pipe.save_pretrained(path, safe_serialization=True)
     train_scheduler().save_pretrained(os.path.join(path, "train_scheduler"))  # the schedule training uses
+    world.write_prior(path, prior)
     vae.float()
     unet.float()
 
@@ -391,7 +423,7 @@ def main(cfg: PretrainConfig):
     times = {}
     parts = ["tokenizer", "clip", "vae", "unet", "reward_clip"] if cfg.part == "all" else [cfg.part]
     images = scenes = None
-    if set(parts) & {"clip", "vae", "unet", "reward_clip"}:
+    if set(parts) & {"clip", "vae", "reward_clip"}:  # uniform renders: the encoders are not where the blind spots live (README)
         images, scenes = render_dataset(cfg.n_images, cfg.seed)
     for part in parts:
         t0 = time.time()
@@ -410,8 +442,8 @@ def main(cfg: PretrainConfig):
             tok = CLIPTokenizer.from_pretrained(clip_dir)
             text_encoder = text_tower(CLIPModel.from_pretrained(clip_dir, dtype=torch.float32))
             vae = AutoencoderKL.from_pretrained(os.path.join(sd_dir, "vae"), torch_dtype=torch.float32)
-            unet = train_unet(cfg, tok, text_encoder, vae, images, scenes)
-            save_pipeline(sd_dir, tok, text_encoder, vae, unet)
+            unet = train_unet(cfg, tok, text_encoder, vae, *render_dataset(cfg.n_images, cfg.seed, world.get_prior(cfg.prior)))
+            save_pipeline(sd_dir, tok, text_encoder, vae, unet, cfg.prior)
         elif part == "reward_clip":
             from diffusers import AutoencoderKL
 

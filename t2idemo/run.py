@@ -1,7 +1,7 @@
 """The main job: the paper's whole loop on the shipped base model, then the before/after evaluation.
 
     python -m t2idemo run                        # one round, default beta: the paper's soft weights w = r(x, z)
-    python -m t2idemo run --top-k 2 --unlabelled-split all   # each prompt's 2 best images only (RAFT-like, README)
+    python -m t2idemo run --top-k 2 --unlabelled-split all   # each prompt's 2 best images only (RAFT-like, docs/findings.md)
     python -m t2idemo run --rounds 2             # generate -> label -> tune, twice (round 2 starts from round 1's model)
     python -m t2idemo run --betas 0,0.5,1,2      # one fine-tune per beta: the alignment-fidelity trade-off plot
 
@@ -12,7 +12,7 @@ Each round r (folders under OUT/round{r}/):
   4. unlabelled: more generations, scored by the reward model             -> unlabelled/
      (of the seen prompts; ``--unlabelled-split unseen|all`` draws them from the prompts no one labelled)
   5. fine-tune:  reward-weighted loss + beta * pre-training loss          -> aligned/ (a diffusers pipeline)
-Then evaluate base and every round's model on unseen prompts (the judge, Wilson CIs, FID) -> OUT/report/.
+Then evaluate base and every round's model on unseen and seen prompts (the judge, Wilson CIs, FID) -> OUT/report/.
 
 ``--ship`` copies the last aligned model and reward model into t2idemo/assets (what the app starts on).
 """
@@ -44,7 +44,7 @@ class RunConfig:
     feedback_guidance: float = 2.0  # guidance scale of the feedback and unlabelled images; 1 - 5 (see the README:
     #                                 tuning on samples drawn at guidance 5 bakes the guidance in)
     feedback_steps: int = 15  # sampler steps of the feedback and unlabelled images; 8 - 50 (8 draws 1.8x faster and is
-    #                           judged right as often, but a model tuned on 8-step images lost its gain: README)
+    #                           judged right as often, but a model tuned on 8-step images lost its gain: docs/findings.md)
     unlabelled_per_prompt: int = 4  # extra generations per prompt, weighted by the reward model; 0 - 16
     unlabelled_split: str = "seen"  # prompts of the unlabelled generations: "seen" (the feedback prompts) | "unseen" (the
     #                                 163 prompts no one labels; the reward model scores them) | "all" (both)
@@ -55,13 +55,17 @@ class RunConfig:
     beta: float = 1.0  # fine-tune: weight of the pre-training loss; 0 - 4
     betas: str = ""  # comma-separated betas for a trade-off sweep (one fine-tune each, round 1 only); "" = just beta
     steps: int = 300  # fine-tune optimizer steps per round; 50 - 2_000
-    lr: float = 1e-4  # fine-tune learning rate; 1e-5 - 1e-3 (1e-3 drifts colours at p_uncond 0.1: README, finding 7)
+    lr: float = 1e-4  # fine-tune learning rate; 1e-5 - 1e-3 (1e-3 drifts colours at p_uncond 0.1: docs/findings.md, finding 7)
     p_uncond: float = 0.1  # fine-tune: caption dropout, as in pre-training; 0.1 - 0.5 (0.3 keeps the unconditional
-    #                        branch in step at lr 1e-3, so that guidance does not amplify a drift: README, finding 7)
+    #                        branch in step at lr 1e-3, so that guidance does not amplify a drift: docs/findings.md, finding 7)
     pre_batch: int = 64  # fine-tune: D_pre (pre-training) images per step; 16 - 128 (the beta term's weight is beta alone)
+    pre_pool: int = 0  # fine-tune: 0 = fresh D_pre renders every step; n = n renders encoded once (faster); 0 - 65_536
+    ema: float = 0.99  # fine-tune: EMA decay of the written weights; 0 (off) - 0.999
     weight: str = "reward"  # fine-tune weights: "reward" (paper: r(x, z) for every image) | "label"
-    n_combination: int = 512  # evaluation: unseen combination images per model; >= 500 for the issue's bar
-    n_single: int = 96  # evaluation: unseen images per single-attribute category; 32 - 512
+    eval_split: str = "unseen,seen"  # evaluation: prompt splits, comma-separated: unseen | seen | typical (the paper
+    #                                  evaluated seen and unseen prompts; typical = what the LAION-like prior shows most)
+    n_combination: int = 512  # evaluation: combination images per model and split; >= 500 for the issue's bar
+    n_single: int = 96  # evaluation: images per model, split and single-attribute category; 32 - 512
     best_of: str = ""  # evaluation: best-of-N baselines on the base model, e.g. "4,16" (costs N x sampling)
     seed: int = 0  # seeds generation, labels, reward model, fine-tune and evaluation
     ship: bool = False  # copy the final aligned model and reward model into t2idemo/assets
@@ -80,6 +84,7 @@ class RunConfig:
         for b in self.beta_list():
             if b < 0:
                 raise ValueError(f"betas={self.betas!r}: every beta must be >= 0")
+        ev.EvalConfig(split=self.eval_split)  # a ValueError naming the split if it is unknown
         # the stage configs check the rest (flip, lam, steps, ...) when they are built
 
     def beta_list(self) -> list:
@@ -137,7 +142,8 @@ def run_round(cfg: RunConfig, r: int, model: str, labelled: list, t0: float) -> 
         s = time.time()
         out = os.path.join(d, "aligned" if not cfg.betas else f"aligned-beta{beta:g}")
         fcfg = FinetuneConfig(data=fb, out=out, model=model, reward=rcfg.run, weight=cfg.weight, unlabelled=unl,
-                              beta=beta, steps=cfg.steps, lr=cfg.lr, p_uncond=cfg.p_uncond, pre_batch=cfg.pre_batch, top_k=cfg.top_k, seed=cfg.seed + r,
+                              beta=beta, steps=cfg.steps, lr=cfg.lr, p_uncond=cfg.p_uncond, pre_batch=cfg.pre_batch, pre_pool=cfg.pre_pool, ema=cfg.ema,
+                              top_k=cfg.top_k, seed=cfg.seed + r,
                               checkpoint_every=0)
         finetune(fcfg, reward_fn=reward_model)
         tuned[beta] = out
@@ -171,9 +177,9 @@ def run(cfg: RunConfig) -> dict:
             models[f"round {r}" if not cfg.betas else f"beta {beta:g}"] = path
         model = tuned[cfg.beta] if cfg.beta in tuned else list(tuned.values())[-1]
 
-    stage(f"evaluate {len(models)} models on unseen prompts", t0)
+    stage(f"evaluate {len(models)} models on {cfg.eval_split} prompts", t0)
     s = time.time()
-    ecfg = ev.EvalConfig(models=",".join(models.values()), names=",".join(models), split="unseen",
+    ecfg = ev.EvalConfig(models=",".join(models.values()), names=",".join(models), split=cfg.eval_split,
                          n_combination=cfg.n_combination, n_single=cfg.n_single, seed=cfg.seed,
                          reward=os.path.join(cfg.out, "round1", "reward") if cfg.best_of else "",
                          best_of=cfg.best_of, out=os.path.join(cfg.out, "report"))
@@ -183,7 +189,7 @@ def run(cfg: RunConfig) -> dict:
         points = [{"beta": b, "results": {"models": {"base": results["models"]["base"],
                                                       f"beta {b:g}": results["models"][f"beta {b:g}"]}}}
                   for b in cfg.beta_list()]
-        ev.plot_tradeoff(points, os.path.join(cfg.out, "report", "tradeoff.png"))
+        ev.plot_tradeoff(points, os.path.join(cfg.out, "report", "tradeoff.png"), split=ev.split_list(cfg.eval_split)[0])
         with open(os.path.join(cfg.out, "report", "report.md"), "a") as f:
             f.write("\n![alignment-fidelity trade-off over beta](tradeoff.png)\n")
     timings["total"] = time.time() - t0

@@ -19,6 +19,8 @@ base from ``(cx - s/2, cy + s/2)`` to ``(cx + s/2, cy + s/2)``. The judge uses t
 
 from __future__ import annotations
 
+import json
+import os
 import random
 from dataclasses import dataclass
 
@@ -269,10 +271,88 @@ def render_prompt(meta: dict, rng: random.Random) -> tuple[Image.Image, Scene]:
 
 
 def random_caption(sc: Scene, rng: random.Random, p_count=0.1, p_color=0.75, p_scene=0.75) -> str:
-    """A LAION-like caption for a rendered scene: each attribute is stated with its own probability,
-    counts rarely (that is how SD-like models end up weak at counting). The shape is always stated."""
+    """A caption for a rendered scene: each attribute is stated with its own probability (the shape always)."""
     return caption(sc.count, sc.color if rng.random() < p_color else None, sc.shape,
                    sc.scene if rng.random() < p_scene else None, state_count=rng.random() < p_count)
+
+
+# ----------------------------------------------------------------------------- what a base model learns from
+# Stable Diffusion fails the paper's prompts for reasons that live in LAION: most dogs there are brown and on
+# grass, a green dog or a dog on the moon is rare, and captions seldom say how many dogs there are. The shapes
+# world's base model learns from a prior with the same kind of statistics: each shape has a typical colour and
+# a typical scene (the sun is a yellow circle in the sky), and captions rarely state the count. Every held-out
+# (unseen) pair and triple above is atypical, so the unseen prompts are the rare compositions SD gets wrong.
+TYPICAL_COLOR = {"circle": "yellow", "square": "blue", "triangle": "green"}
+TYPICAL_SCENE = {"circle": "sky", "square": "snow", "triangle": "grass"}
+
+
+@dataclass(frozen=True)
+class Prior:
+    """A distribution of captioned scenes, the data a model pre-trains on. Shapes and counts are uniform."""
+    p_typical_color: float  # probability that a shape has its typical colour (else uniform over all 6); 0 - 1
+    p_typical_scene: float  # probability that a shape stands on its typical scene (else uniform over all 5); 0 - 1
+    p_count: float  # probability that a caption states the count ("three circles"); 0 - 1
+    p_color: float  # probability that a caption states the colour; 0 - 1
+    p_scene: float  # probability that a caption states the scene; 0 - 1
+
+    def sample_scene(self, rng: random.Random) -> Scene:
+        shape = rng.choice(SHAPES)
+        color = TYPICAL_COLOR[shape] if rng.random() < self.p_typical_color else rng.choice(list(COLORS))
+        scene = TYPICAL_SCENE[shape] if rng.random() < self.p_typical_scene else rng.choice(list(SCENES))
+        return sample_scene(rng, count=rng.choice(COUNTS), color=color, shape=shape, scene=scene)
+
+    def caption(self, sc: Scene, rng: random.Random) -> str:
+        return random_caption(sc, rng, self.p_count, self.p_color, self.p_scene)
+
+
+PRIORS = {
+    # LAION-like: what the base UNet learns from, and the fine-tune's pre-training term D_pre (the paper's LAION term)
+    "laion": Prior(p_typical_color=0.8, p_typical_scene=0.8, p_count=0.1, p_color=0.75, p_scene=0.75),
+    # every pair equally likely, every attribute often stated: the "fully taught" reference (measured, not shipped)
+    "balanced": Prior(p_typical_color=0.0, p_typical_scene=0.0, p_count=0.75, p_color=0.75, p_scene=0.75),
+    # every pair equally likely, counts rarely stated: what the first base (shipped until the LAION-like one) learnt from
+    "uniform": Prior(p_typical_color=0.0, p_typical_scene=0.0, p_count=0.1, p_color=0.75, p_scene=0.75),
+}
+
+
+def get_prior(name: str) -> Prior:
+    if name not in PRIORS:
+        raise ValueError(f"prior={name!r} is not one of {tuple(PRIORS)}")
+    return PRIORS[name]
+
+
+PRIOR_FILE = "prior.json"  # in a pipeline folder: the name of the prior its UNet was pre-trained on
+
+
+def write_prior(pipeline_dir: str, name: str) -> None:
+    get_prior(name)
+    with open(os.path.join(pipeline_dir, PRIOR_FILE), "w") as f:
+        json.dump({"prior": name}, f)
+
+
+def read_prior(pipeline_dir: str) -> str:
+    """The prior a pipeline's UNet learnt from; "uniform" for a folder without a record (the first base)."""
+    path = os.path.join(pipeline_dir, PRIOR_FILE)
+    if not os.path.isfile(path):
+        return "uniform"
+    with open(path) as f:
+        name = json.load(f)["prior"]
+    get_prior(name)  # a ValueError naming it if the record is unknown
+    return name
+
+
+def is_typical(meta: dict) -> bool:
+    """True if a prompt asks only for what the LAION-like prior shows most: the shape's typical colour and scene,
+    and one shape if it states a count. A sane base model draws these right (the README's base-model table)."""
+    named, sh = set(meta["named"]), meta.get("shape")
+    return (("color" not in named or meta.get("color") == TYPICAL_COLOR[sh])
+            and ("scene" not in named or meta.get("scene") == TYPICAL_SCENE[sh])
+            and ("count" not in named or meta.get("count") == 1))
+
+
+def typical_prompts(category: str | None = None) -> list[tuple[str, dict]]:
+    """The world's typical prompts (``is_typical``), in a fixed order: three per category."""
+    return [(p, m) for p, m in all_prompts(category) if is_typical(m)]
 
 
 def to_array(images) -> np.ndarray:

@@ -128,12 +128,13 @@ def test_compare_rejects_bad_input_naming_the_argument(the_app, args, message):
         the_app.compare(*args)
 
 
-def test_examples_cover_every_category_seen_and_unseen():
+def test_examples_cover_every_category_typical_atypical_and_unseen():
     examples = t2iapp.example_prompts()
-    assert len(examples) == 2 * len(world.CATEGORIES)
+    assert len(examples) == 3 * len(world.CATEGORIES)
     for prompt, label in examples:
         meta = world.parse_prompt(prompt)
         assert label.startswith(meta["category"]) and ("unseen" in label) == meta["unseen"]
+        assert (" typical" in label) == world.is_typical(meta) and ("atypical" in label) == (not world.is_typical(meta))
 
 
 # ----------------------------------------------------------------------------- handlers, in-process

@@ -22,6 +22,10 @@ def test_eval_prompts_split_and_sizes():
     both = ev.eval_prompts("all", 10, 4, seed=0)
     assert {m["split"] for m in both} == {"seen", "unseen"} and len(both) == 2 * (10 + 12)
     assert not any(m["unseen"] for m in both if m["split"] == "seen")
+    # adding a split leaves the first split's prompts (and so its seeds) where they were
+    assert ev.eval_prompts("unseen,seen,typical", 20, 6, 0)[:len(metas)] == metas
+    typical = [m for m in ev.eval_prompts("typical", 20, 6, 0)]
+    assert len(typical) == 4 * 6 and all(world.is_typical(m) and m["split"] == "typical" for m in typical)
     # fixed order for a seed; another seed shuffles differently
     assert ev.eval_prompts("unseen", 20, 6, 0) == metas
     assert [m["prompt"] for m in ev.eval_prompts("unseen", 20, 6, 1)] != [m["prompt"] for m in metas]

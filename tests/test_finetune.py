@@ -80,16 +80,20 @@ def test_finetune_checkpoints_resumes_and_loads_in_diffusers(render_dataset, tmp
 def test_pre_pool_draws_d_pre_once_and_a_folder_without_repeats(render_dataset, tmp_path, monkeypatch):
     """pre_pool > 0: D_pre is drawn (and VAE-encoded) once, no larger than the steps can use; 0: every step."""
     from t2idemo import finetune as ft
+    from t2idemo import world
 
     folder, rows = render_dataset
     simulate_labels(folder, seed=0)
     export_labels(folder, labeler="judge")
     drawn = []
     real = ft.PretrainStream.sample
-    monkeypatch.setattr(ft.PretrainStream, "sample", lambda self, n: (drawn.append(n), real(self, n))[1])
+    priors = []
+    monkeypatch.setattr(ft.PretrainStream, "sample", lambda self, n: (drawn.append(n), priors.append(self.prior), real(self, n))[2])
     cfg = dict(data=folder, weight="label", batch=4, pre_batch=4, steps=3, checkpoint_every=0)
     finetune(FinetuneConfig(out=str(tmp_path / "pool"), pre_pool=4096, **cfg))
     assert drawn == [12]  # once, steps * pre_batch images
+    assert priors == [world.PRIORS["uniform"]]  # the shipped base has no prior.json: it learnt from the uniform world
+    assert world.read_prior(str(tmp_path / "pool")) == "uniform"  # D_pre = the shipped base's own prior, carried on
     drawn.clear()
     finetune(FinetuneConfig(out=str(tmp_path / "fresh"), pre_pool=0, **cfg))
     assert drawn == [4, 4, 4]

@@ -29,8 +29,10 @@ def test_caption_match_handles_unstated_and_plural_counts():
 def test_config_rejects_bad_values():
     with pytest.raises(ValueError, match="part='x'"):
         pretrain.PretrainConfig(part="x")
-    with pytest.raises(ValueError, match="p_count=1.5"):
-        pretrain.PretrainConfig(p_count=1.5)
+    with pytest.raises(ValueError, match="clip_p_count=1.5"):
+        pretrain.PretrainConfig(clip_p_count=1.5)
+    with pytest.raises(ValueError, match="prior='lion'.*laion"):
+        pretrain.PretrainConfig(prior="lion")
 
 
 def test_every_part_runs_a_few_steps_and_the_result_loads_in_plain_diffusers(tmp_path):

@@ -19,6 +19,8 @@ def test_config_errors_name_the_argument():
         RunConfig(betas="0,1", rounds=2)
     with pytest.raises(ValueError, match="unlabelled_split='nowhere'"):
         RunConfig(unlabelled_split="nowhere")
+    with pytest.raises(ValueError, match="split='unseen,nowhere'"):
+        RunConfig(eval_split="unseen,nowhere")
 
 
 @pytest.mark.slow
@@ -50,6 +52,8 @@ def test_two_rounds_end_to_end(tmp_path):
     assert json.load(open(out / "round2" / "reward" / "reward_config.json"))["training"]["n_train"] + \
         json.load(open(out / "round2" / "reward" / "reward_config.json"))["training"]["n_val"] == 16
     report = (out / "report" / "report.md").read_text()
+    assert "**unseen prompts**" in report and "**seen prompts**" in report  # the paper evaluated both
+    assert set(res["models"]["round 2"]["rates"]) == {"unseen", "seen"}
     assert "| round 2 |" in report and os.path.getsize(out / "report" / "bars.png") > 0
     assert res["timings_s"]["total"] > 0
 

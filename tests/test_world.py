@@ -73,3 +73,36 @@ def test_render_prompt_respects_named_and_implied_attributes():
     for _ in range(20):
         _, sc = world.render_prompt(m, rng)
         assert (sc.color, sc.shape, sc.count) == ("blue", "triangle", 1)
+
+
+def test_every_unseen_prompt_is_atypical_and_typical_prompts_are_seen():
+    for _, m in world.all_prompts(unseen=True):
+        assert not world.is_typical(m), m
+    typical = world.typical_prompts()
+    assert {m["category"] for _, m in typical} == set(world.CATEGORIES)
+    assert all(not m["unseen"] for _, m in typical)
+    assert "one yellow circle on sky" in [p for p, _ in typical]
+
+
+def test_the_laion_prior_is_biased_and_rarely_states_counts():
+    rng = random.Random(0)
+    laion, balanced = world.get_prior("laion"), world.get_prior("balanced")
+    scenes = [laion.sample_scene(rng) for _ in range(3000)]
+    typical = np.mean([s.color == world.TYPICAL_COLOR[s.shape] for s in scenes])
+    assert 0.78 < typical < 0.88  # 0.8 + 0.2 / 6
+    assert 0.78 < np.mean([s.scene == world.TYPICAL_SCENE[s.shape] for s in scenes]) < 0.89
+    assert 0.2 < np.mean([s.count == 1 for s in scenes]) < 0.3  # counts stay uniform
+    counted = [laion.caption(s, rng).split()[0] in ("two", "three", "four", "one") for s in scenes]
+    assert 0.06 < np.mean(counted) < 0.14
+    uniform = [balanced.sample_scene(rng) for _ in range(3000)]
+    assert np.mean([s.color == world.TYPICAL_COLOR[s.shape] for s in uniform]) < 0.22
+    with pytest.raises(ValueError, match="prior='web'.*laion"):
+        world.get_prior("web")
+
+
+def test_prior_record_round_trips_and_defaults_to_the_first_base(tmp_path):
+    assert world.read_prior(str(tmp_path)) == "uniform"  # a pipeline without a record: the first shipped base
+    world.write_prior(str(tmp_path), "laion")
+    assert world.read_prior(str(tmp_path)) == "laion"
+    with pytest.raises(ValueError, match="prior='lion'"):
+        world.write_prior(str(tmp_path), "lion")
