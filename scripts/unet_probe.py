@@ -1,6 +1,6 @@
 """Probe what limits the base UNet: train one on a prior and an architecture, then judge it (docs/findings.md, section 1).
 
-Trains a UNet with `pretrain`'s recipe (v-prediction, zero terminal SNR, AdamW + cosine, EMA 0.999) on the
+Trains a UNet with `pretrain.train_unet` (v-prediction, zero terminal SNR, AdamW + cosine, EMA 0.999) on the
 latents of the shipped VAE (or ``--vae``), conditioned on the shipped text encoder, then judges 512 unseen
 combination images, 96 per other unseen category and 64 per category of typical prompts at the guidance scales given:
 
@@ -15,17 +15,14 @@ Writes the EMA UNet to OUT/unet and one JSON line per evaluation to OUT/probe.js
 """
 import argparse
 import collections
-import copy
 import dataclasses
 import json
 import os
-import random
 import sys
 import time
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from t2idemo import pretrain, world  # noqa: E402
@@ -82,51 +79,16 @@ def judge_unet(pipe, guidance: float, steps: int = 15, seed: int = 0, typical: b
     return {k: (round(float(v), 3) if isinstance(v, (float, np.floating)) else v) for k, v in res.items()}
 
 
-def train(prior: world.Prior, arch: dict, steps: int, parts, batch: int = 128, lr: float = 6e-4, n_images: int = 60_000,
-          seed: int = 0, p_uncond: float = 0.1, ema_decay: float = 0.999, warmup: int = 200):
-    """pretrain.train_unet's loop, on ``prior``'s scenes and captions. Returns the EMA UNet."""
-    tok, te, vae = parts.tokenizer, parts.text_encoder, parts.vae
-    rng = random.Random(seed)
+def train(prior: world.Prior, arch: dict, steps: int, parts, lr: float = 6e-4, n_images: int = 60_000, seed: int = 0):
+    """``pretrain.train_unet`` on ``prior``'s scenes and captions, with the architecture overrides. Returns the EMA UNet."""
+    cfg = pretrain.PretrainConfig(part="unet", seed=seed, n_images=n_images, unet_steps=steps, unet_lr=lr)
     images, scenes = pretrain.render_dataset(n_images, seed, prior)
-    with torch.no_grad():  # posterior mean and std of every image, encoded once
-        posts = [vae.encode(pretrain.to_tensor(images[i:i + 512])).latent_dist for i in range(0, n_images, 512)]
-    mean, std = torch.cat([p.mean for p in posts]), torch.cat([p.std for p in posts])  # (N, 4, 8, 8) each
     torch.manual_seed(seed)
-    unet = make_unet(arch, te.config.hidden_size)
-    params = list(unet.parameters())
-    print(f"UNet {sum(p.numel() for p in params) / 1e6:.2f} M parameters", flush=True)
-    ema = [p.detach().clone() for p in params]
-    acp = pretrain.train_scheduler().alphas_cumprod
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
-    cache, t0 = {}, time.time()
-    for step in range(steps):
-        for g in opt.param_groups:
-            g["lr"] = lr * pretrain.cosine_lr(step, steps, warmup=warmup)
-        idx = rng.sample(range(n_images), batch)
-        caps = ["" if rng.random() < p_uncond else prior.caption(scenes[i], rng) for i in idx]
-        for c in set(caps) - cache.keys():
-            cache[c] = pretrain.encode_text(te, tok, [c])[0]
-        cond = torch.stack([cache[c] for c in caps])  # (B, L, D)
-        x0 = (mean[idx] + std[idx] * torch.randn_like(std[idx])) * vae.config.scaling_factor  # (B, 4, 8, 8)
-        noise = torch.randn_like(x0)
-        t = torch.randint(0, 1000, (batch,))
-        a, s = acp[t].sqrt()[:, None, None, None], (1 - acp[t]).sqrt()[:, None, None, None]
-        loss = F.mse_loss(unet(a * x0 + s * noise, t, cond).sample, a * noise - s * x0)  # v-prediction
-        opt.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        with torch.no_grad():
-            d = min(ema_decay, (1 + step) / (10 + step))
-            for e, p in zip(ema, params):
-                e.mul_(d).add_(p.detach(), alpha=1 - d)
-        if (step + 1) % 250 == 0:
-            print(f"step {step + 1} loss {loss.item():.4f} {time.time() - t0:.0f} s", flush=True)
-    out = copy.deepcopy(unet).eval()
-    with torch.no_grad():
-        for e, p in zip(ema, out.parameters()):
-            p.copy_(e)
-    return out, time.time() - t0
+    unet = make_unet(arch, parts.text_encoder.config.hidden_size)
+    print(f"UNet {sum(p.numel() for p in unet.parameters()) / 1e6:.2f} M parameters", flush=True)
+    t0 = time.time()
+    unet = pretrain.train_unet(cfg, parts.tokenizer, parts.text_encoder, parts.vae, images, scenes, prior=prior, unet=unet)
+    return unet.eval(), time.time() - t0
 
 
 def main(argv=None):

@@ -337,10 +337,11 @@ def encode_text(text_encoder, tok, captions: list) -> torch.Tensor:
     return text_encoder(ids)[0]  # (B, L, D) last hidden state
 
 
-def train_unet(cfg: PretrainConfig, tok, text_encoder, vae, images, scenes):
-    """Train the UNet on (images, scenes), drawn from ``cfg.prior``, whose captions it also draws."""
+def train_unet(cfg: PretrainConfig, tok, text_encoder, vae, images, scenes, prior: world.Prior | None = None, unet=None):
+    """Train the UNet on (images, scenes), drawn from ``cfg.prior``, whose captions it also draws. ``prior`` and
+    ``unet`` replace ``cfg.prior`` and a fresh ``unet_model`` (scripts/unet_probe.py tries variants of both)."""
     torch.manual_seed(cfg.seed)
-    prior = world.get_prior(cfg.prior)
+    prior = prior or world.get_prior(cfg.prior)
     rng = random.Random(cfg.seed + 3)
     # cache the VAE posterior of every training image; each step samples from it (as SD does)
     mean, std = [], []
@@ -351,7 +352,7 @@ def train_unet(cfg: PretrainConfig, tok, text_encoder, vae, images, scenes):
             std.append(post.std)
     mean, std = torch.cat(mean), torch.cat(std)  # (N, 4, 8, 8) each
     sf = vae.config.scaling_factor
-    unet = unet_model(text_encoder.config.hidden_size)
+    unet = unet or unet_model(text_encoder.config.hidden_size)
     ema = [p.detach().clone() for p in unet.parameters()]
     noise_scheduler = train_scheduler()
     acp = noise_scheduler.alphas_cumprod  # (T,) alpha_bar_t
