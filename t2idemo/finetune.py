@@ -4,9 +4,10 @@
          + beta * E_{(x,z) in D_pre}[ ||eps - eps_theta(x_t, t, z)||^2 ]
 
 D_model is the labelled feedback images plus (optionally) unlabelled generations, each weighted by the
-reward model's w = r(x, z) in [0, 1] (the paper), or by the human label where one exists (an option).
+reward model's w = r(x, z) in [0, 1] (the paper), or by the human label where one exists (an option);
+``min_reward`` and ``top_k`` filter it (each prompt's k best images the reward model calls good, at weight 1).
 D_pre is fresh renders of the prior the base model learnt from (its ``prior.json``; for the LAION-like base,
-typical colours and scenes and counts rarely stated: the analogue of the paper's pre-training data); at SD
+typical colours and scenes, the scene often unstated: the analogue of the paper's pre-training data); at SD
 scale, an imagefolder you supply. beta keeps the model close to its pre-training distribution: beta = 0 chases the reward and pays in image fidelity.
 
 Prediction type. The loss is written for the target the UNet predicts: eps for SD v1.5, v for the tiny
@@ -53,6 +54,9 @@ class FinetuneConfig:
     unlabelled: str = ""  # folder of extra generations (no labels), weighted by the reward model
     top_k: int = 0  # 0 = the paper (every image, weight w); k > 0 = keep only each prompt's k highest-weight images,
     #                 at weight 1 (filtered fine-tuning, as in RAFT: beyond the paper, see docs/findings.md); 1 - 8
+    min_reward: float = 0.0  # drop D_model images whose weight is below this (0 = keep all, the paper; 0.5 = the reward
+    #                          model's pseudo-label "good"); applied before top_k, so a prompt with no good image adds
+    #                          nothing instead of its least bad ones; 0 - 1
     pretrain_data: str = "world"  # "world": fresh renders of the prior the base learnt from (its prior.json; the
     #                               LAION-like prior for a new base, "uniform" for the first shipped one); or an imagefolder
     #                               (metadata.jsonl with "prompt")
@@ -62,13 +66,16 @@ class FinetuneConfig:
     steps: int = 400  # optimizer steps; 50 - 5_000
     batch: int = 64  # D_model images per step; 8 - 256
     pre_batch: int = 64  # D_pre images per step; 8 - 256
-    lr: float = 1e-4  # AdamW learning rate; 1e-5 - 3e-4
+    lr: float = 1e-4  # AdamW learning rate; 1e-5 - 1e-3
     t_low: float = 0.0  # reward-weighted term only: draw its timesteps from [t_low * T, T); 0 = all (paper) - 0.8
     p_uncond: float = 0.1  # probability of an empty caption, per image (keeps classifier-free guidance's
     #                        unconditional branch trained, as in pre-training); 0 - 0.3
     ema: float = 0.99  # EMA decay of the written weights; 0 (off) - 0.999
     mixed_precision: str = "no"  # accelerate mixed precision: no | fp16 | bf16 (GPU)
     gradient_checkpointing: bool = False  # trade compute for UNet activation memory (SD scale)
+    train: str = "all"  # which UNet weights learn: "all" | "cross_attention" (the text-to-image attention, attn2, and the
+    #                    text embedding added to the timestep's: where a prompt's words meet the image; the convolutions
+    #                    that draw shapes stay as pre-trained). Ignored with lora_rank > 0
     lora_rank: int = 0  # 0 = train the whole UNet (the tiny model); 4 - 64 = train only a LoRA adapter of this rank (SD: 8)
     lora_alpha: float = 0.0  # LoRA scale numerator, the update is scaled by alpha / rank; 0 = the rank (scale 1, diffusers' default)
     use_8bit_adam: bool = False  # bitsandbytes' 8-bit AdamW (CUDA only): optimizer state 2 B/param instead of 8; pays off for full SD fine-tuning
@@ -85,6 +92,8 @@ class FinetuneConfig:
             raise ValueError(f"unlabelled={self.unlabelled!r} needs a reward model to weight it (reward=...)")
         if int(self.top_k) != self.top_k or self.top_k < 0:
             raise ValueError(f"top_k={self.top_k!r} must be an integer >= 0 (0 = weight every image by w, the paper)")
+        if not 0 <= self.min_reward <= 1:
+            raise ValueError(f"min_reward={self.min_reward!r} must be a reward in [0, 1] (0 keeps every image)")
         if self.beta < 0:
             raise ValueError(f"beta={self.beta!r} must be >= 0")
         if not 0 <= self.p_uncond < 1:
@@ -102,6 +111,8 @@ class FinetuneConfig:
                 raise ValueError(f"{name}={getattr(self, name)!r} must be a positive integer")
         if int(self.lora_rank) != self.lora_rank or self.lora_rank < 0:
             raise ValueError(f"lora_rank={self.lora_rank!r} must be an integer >= 0 (0 = full UNet fine-tuning, 4 - 64 = LoRA)")
+        if self.train not in ("all", "cross_attention"):
+            raise ValueError(f"train={self.train!r} is not allowed; use 'all' or 'cross_attention'")
         if self.lora_alpha < 0:
             raise ValueError(f"lora_alpha={self.lora_alpha!r} must be >= 0 (0 = the rank)")
 
@@ -130,10 +141,22 @@ def model_dataset(cfg: FinetuneConfig, reward_fn=None) -> tuple:
         weights += list(reward_scores(reward_fn, uimgs, [r["prompt"] for r in urows]))
     if not images:
         raise ValueError(f"data={cfg.data!r} has no usable images (weight={cfg.weight!r} needs labels good/bad)")
-    if cfg.top_k:
-        keep = top_k_rows(prompts, weights, cfg.top_k)
-        images, prompts, weights = [images[i] for i in keep], [prompts[i] for i in keep], [1.0] * len(keep)
+    keep = select_rows(prompts, weights, cfg.min_reward, cfg.top_k)
+    if not keep:
+        raise ValueError(f"min_reward={cfg.min_reward!r} (with top_k={cfg.top_k}) keeps no D_model image: the highest "
+                         f"weight is {max(weights):.3f}; lower min_reward, or use 0 to keep every image")
+    images, prompts = [images[i] for i in keep], [prompts[i] for i in keep]
+    weights = [1.0] * len(keep) if cfg.top_k else [weights[i] for i in keep]
     return images, prompts, torch.tensor(weights, dtype=torch.float32)
+
+
+def select_rows(prompts: list, weights: list, min_reward: float = 0.0, top_k: int = 0) -> list:
+    """Indices of the D_model rows kept: weight >= min_reward (when > 0), then each prompt's top_k (when > 0)."""
+    keep = [i for i, w in enumerate(weights) if w >= min_reward] if min_reward else list(range(len(weights)))
+    if top_k:
+        sub = top_k_rows([prompts[i] for i in keep], [weights[i] for i in keep], top_k)
+        keep = [keep[j] for j in sub]
+    return keep
 
 
 def top_k_rows(prompts: list, weights: list, k: int) -> list:
@@ -239,6 +262,17 @@ def add_lora(unet, cfg: FinetuneConfig) -> None:
             p.data = p.data.float()
 
 
+def freeze_all_but_cross_attention(unet) -> None:
+    """Train only where the prompt enters the UNet: every cross-attention block (attn2: queries from the image,
+    keys and values from the text) and, if the UNet has one, the text embedding added to the timestep embedding."""
+    unet.requires_grad_(False)
+    for name, p in unet.named_parameters():
+        if ".attn2." in name or name.startswith("add_embedding."):
+            p.requires_grad_(True)
+    if not any(p.requires_grad for p in unet.parameters()):
+        raise ValueError("train='cross_attention': this UNet has no cross-attention (attn2) layers; use train='all'")
+
+
 def save_lora(unet, out: str) -> None:
     """Write the adapter to OUT/pytorch_lora_weights.safetensors in diffusers' format (rank and alpha in its
     metadata), then fuse it into ``unet`` and remove the peft layers, leaving a plain UNet2DConditionModel."""
@@ -319,6 +353,8 @@ def finetune(cfg: FinetuneConfig, reward_fn=None) -> str:
 
     if cfg.lora_rank:
         add_lora(unet, cfg)  # freezes the UNet: only the adapter trains
+    elif cfg.train == "cross_attention":
+        freeze_all_but_cross_attention(unet)
     if cfg.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
     params = [p for p in unet.parameters() if p.requires_grad]

@@ -71,9 +71,9 @@ class PretrainConfig:
     unet_lr: float = 6e-4  # AdamW peak learning rate, cosine decay; 1e-4 - 1e-3
     unet_ema: float = 0.999  # EMA decay of the saved weights; 0 (off) - 0.9999
     p_uncond: float = 0.1  # probability of an empty caption (for classifier-free guidance), 0 - 0.3
-    prior: str = "laion"  # what the UNet learns from (world.PRIORS): "laion" (typical colours and scenes, counts rarely
-    #                       stated: the next base) | "balanced" (every pair, every attribute often stated: the reference)
-    #                       | "uniform" (every pair, counts rarely stated: the first, shipped base's data)
+    prior: str = "laion"  # what the UNet learns from (world.PRIORS): "laion" (typical colours and scenes, the scene
+    #                       often unstated: the shipped base) | "balanced" (every pair, every attribute often stated: the
+    #                       reference) | "uniform" (every pair, counts rarely stated: the first base, until commit 04a6051)
 
     def __post_init__(self):
         parts = ("tokenizer", "clip", "vae", "unet", "reward_clip", "all")
@@ -310,7 +310,10 @@ def unet_model(cross_attention_dim: int):
     return UNet2DConditionModel(sample_size=world.IMAGE_SIZE // 4, in_channels=4, out_channels=4,
                                 down_block_types=("CrossAttnDownBlock2D",) * 2, up_block_types=("CrossAttnUpBlock2D",) * 2,
                                 block_out_channels=(64, 96), layers_per_block=1, cross_attention_dim=cross_attention_dim,
-                                attention_head_dim=8, norm_num_groups=16)
+                                attention_head_dim=8, norm_num_groups=16,
+                                # the text's pooled embedding is added to the timestep embedding, so every block sees the
+                                # whole prompt (diffusers' "text" addition embedding; docs/findings.md, section 1.1)
+                                addition_embed_type="text", addition_embed_type_num_heads=4)
 
 
 def train_scheduler():

@@ -1,7 +1,8 @@
 """The main job: the paper's whole loop on the shipped base model, then the before/after evaluation.
 
-    python -m t2idemo run                        # one round, default beta: the paper's soft weights w = r(x, z)
-    python -m t2idemo run --top-k 2 --unlabelled-split all   # each prompt's 2 best images only (RAFT-like, docs/findings.md)
+    python -m t2idemo run                        # one round: each prompt's 2 best good images (filtered, the default)
+    python -m t2idemo run --recipe paper         # the paper's soft weights: every image weighted by w = r(x, z)
+    python -m t2idemo run --ship                 # the run that made the shipped aligned model and reward head
     python -m t2idemo run --rounds 2             # generate -> label -> tune, twice (round 2 starts from round 1's model)
     python -m t2idemo run --betas 0,0.5,1,2      # one fine-tune per beta: the alignment-fidelity trade-off plot
 
@@ -10,7 +11,7 @@ Each round r (folders under OUT/round{r}/):
   2. labels:     the judge labels them (a simulated rater, optional noise) -> feedback/labels.sqlite, metadata
   3. reward:     frozen tiny CLIP + MLP head on every label so far        -> reward/
   4. unlabelled: more generations, scored by the reward model             -> unlabelled/
-     (of the seen prompts; ``--unlabelled-split unseen|all`` draws them from the prompts no one labelled)
+     (of every prompt: ``--unlabelled-split seen`` draws them only from the labelled ones)
   5. fine-tune:  reward-weighted loss + beta * pre-training loss          -> aligned/ (a diffusers pipeline)
 Then evaluate base and every round's model on unseen and seen prompts (the judge, Wilson CIs, FID) -> OUT/report/.
 
@@ -34,6 +35,10 @@ from .reward import REWARD_MODEL, RewardConfig, load_rows
 from .reward import train as train_reward
 
 
+# What each recipe fixes (the filtered recipe uses the top_k, min_reward and weight fields as given).
+RECIPES = {"filtered": {}, "paper": {"top_k": 0, "min_reward": 0.0, "weight": "reward"}}
+
+
 @dataclass
 class RunConfig:
     out: str = "runs/main"  # run folder; every stage writes a subfolder; re-running resumes generation
@@ -43,25 +48,30 @@ class RunConfig:
     per_prompt: int = 4  # labelled feedback images per seen prompt (242 prompts); 1 - 16
     feedback_guidance: float = 2.0  # guidance scale of the feedback and unlabelled images; 1 - 5 (see the README:
     #                                 tuning on samples drawn at guidance 5 bakes the guidance in)
-    feedback_steps: int = 15  # sampler steps of the feedback and unlabelled images; 8 - 50 (8 draws 1.8x faster and is
-    #                           judged right as often, but a model tuned on 8-step images lost its gain: docs/findings.md)
-    unlabelled_per_prompt: int = 4  # extra generations per prompt, weighted by the reward model; 0 - 16
-    unlabelled_split: str = "seen"  # prompts of the unlabelled generations: "seen" (the feedback prompts) | "unseen" (the
+    feedback_steps: int = 10  # sampler steps of the feedback and unlabelled images; 8 - 50 (10 is judged right as often
+    #                           as 15 and draws 1.5x faster: docs/findings.md)
+    unlabelled_per_prompt: int = 8  # extra generations per prompt, pseudo-labelled by the reward model; 0 - 16
+    unlabelled_split: str = "all"  # prompts of the unlabelled generations: "seen" (the feedback prompts) | "unseen" (the
     #                                 163 prompts no one labels; the reward model scores them) | "all" (both)
-    top_k: int = 0  # fine-tune: 0 = weight every image by r (paper); k = keep each prompt's k best at weight 1; 0 - 8
+    recipe: str = "filtered"  # fine-tune data: "filtered" = each prompt's top_k images that are good (labelled good, or
+    #                           r >= min_reward), at weight 1 (the default: it moves the model most, docs/findings.md) | "paper" =
+    #                           every image weighted by r(x, z), as Lee et al. (sets top_k 0, min_reward 0, weight "reward")
+    top_k: int = 2  # filtered recipe: images kept per prompt (RAFT-like); 0 = all; 0 - 8
+    min_reward: float = 0.5  # filtered recipe: an unlabelled image counts as good when r(x, z) >= this; 0 - 1
     flip: float = 0.0  # simulated rater: probability of flipping the judge's verdict; 0 - 0.5
     skip: float = 0.0  # simulated rater: probability of skipping an image; 0 - 0.5
     lam: float = 0.5  # reward model: weight of the prompt-classification loss; 0 - 2
-    beta: float = 1.0  # fine-tune: weight of the pre-training loss; 0 - 4
+    beta: float = 1.0  # fine-tune: weight of the pre-training loss; 0 - 4 (1 as the paper; 0 loses count prompts: README)
     betas: str = ""  # comma-separated betas for a trade-off sweep (one fine-tune each, round 1 only); "" = just beta
-    steps: int = 300  # fine-tune optimizer steps per round; 50 - 2_000
-    lr: float = 1e-4  # fine-tune learning rate; 1e-5 - 1e-3 (1e-3 drifts colours at p_uncond 0.1: docs/findings.md, finding 7)
-    p_uncond: float = 0.1  # fine-tune: caption dropout, as in pre-training; 0.1 - 0.5 (0.3 keeps the unconditional
+    steps: int = 400  # fine-tune optimizer steps per round; 50 - 2_000 (800 made count worse: docs/findings.md)
+    lr: float = 5e-4  # fine-tune learning rate; 1e-5 - 1e-3 (1e-3 drifts colours at p_uncond 0.1: docs/findings.md)
+    p_uncond: float = 0.3  # fine-tune: caption dropout, as in pre-training; 0.1 - 0.5 (0.3 keeps the unconditional
     #                        branch in step at lr 1e-3, so that guidance does not amplify a drift: docs/findings.md, finding 7)
     pre_batch: int = 64  # fine-tune: D_pre (pre-training) images per step; 16 - 128 (the beta term's weight is beta alone)
-    pre_pool: int = 0  # fine-tune: 0 = fresh D_pre renders every step; n = n renders encoded once (faster); 0 - 65_536
+    pre_pool: int = 4096  # fine-tune: 0 = fresh D_pre renders every step; n = n renders encoded once (faster); 0 - 65_536
     ema: float = 0.99  # fine-tune: EMA decay of the written weights; 0 (off) - 0.999
-    weight: str = "reward"  # fine-tune weights: "reward" (paper: r(x, z) for every image) | "label"
+    weight: str = "label"  # weights of the labelled feedback images: "label" (good 1, bad 0) | "reward" (r(x, z), the paper);
+    #                        unlabelled images are always weighted by the reward model
     eval_split: str = "unseen,seen"  # evaluation: prompt splits, comma-separated: unseen | seen | typical (the paper
     #                                  evaluated seen and unseen prompts; typical = what the LAION-like prior shows most)
     n_combination: int = 512  # evaluation: combination images per model and split; >= 500 for the issue's bar
@@ -71,6 +81,12 @@ class RunConfig:
     ship: bool = False  # copy the final aligned model and reward model into t2idemo/assets
 
     def __post_init__(self):
+        if self.recipe not in RECIPES:
+            raise ValueError(f"recipe={self.recipe!r} is not allowed; use one of {tuple(RECIPES)}")
+        for name, value in RECIPES[self.recipe].items():  # "paper" fixes how D_model is weighted
+            setattr(self, name, value)
+        if not 0 <= self.min_reward <= 1:
+            raise ValueError(f"min_reward={self.min_reward!r} must be a reward in [0, 1] (0 keeps every image)")
         if not 1 <= self.rounds <= 8:
             raise ValueError(f"rounds={self.rounds!r} is out of range; use 1 to 8")
         if not 1 <= self.per_prompt <= 64:
@@ -143,7 +159,7 @@ def run_round(cfg: RunConfig, r: int, model: str, labelled: list, t0: float) -> 
         out = os.path.join(d, "aligned" if not cfg.betas else f"aligned-beta{beta:g}")
         fcfg = FinetuneConfig(data=fb, out=out, model=model, reward=rcfg.run, weight=cfg.weight, unlabelled=unl,
                               beta=beta, steps=cfg.steps, lr=cfg.lr, p_uncond=cfg.p_uncond, pre_batch=cfg.pre_batch, pre_pool=cfg.pre_pool, ema=cfg.ema,
-                              top_k=cfg.top_k, seed=cfg.seed + r,
+                              top_k=cfg.top_k, min_reward=cfg.min_reward, seed=cfg.seed + r,
                               checkpoint_every=0)
         finetune(fcfg, reward_fn=reward_model)
         tuned[beta] = out
@@ -197,11 +213,26 @@ def run(cfg: RunConfig) -> dict:
     results["run_config"] = dataclasses.asdict(cfg)
     with open(os.path.join(cfg.out, "report", "results.json"), "w") as f:
         json.dump(results, f, indent=1)
-    print("\n" + ev.markdown_table(results))
+    results["recipe"] = recipe_line(cfg)
+    with open(os.path.join(cfg.out, "report", "report.md"), "a") as f:
+        f.write(f"\n{results['recipe']}\n")
+    print("\n" + ev.markdown_table(results) + "\n" + results["recipe"])
     print(f"\ntotal {timings['total']:.0f} s; report in {os.path.join(cfg.out, 'report')}")
     if cfg.ship:
         ship(model, os.path.join(cfg.out, f"round{cfg.rounds}", "reward"))
     return results
+
+
+def recipe_line(cfg: RunConfig) -> str:
+    """One line naming the fine-tune recipe, for the printed report."""
+    if cfg.recipe == "paper":
+        data = "every image weighted by the reward model's r(x, z) (the paper's recipe)"
+    else:
+        good = "labelled good" if cfg.weight == "label" else f"r >= {cfg.min_reward:g} when labelled too"
+        data = (f"filtered: each prompt's {cfg.top_k or 'all'} best images that are good ({good}; unlabelled: "
+                f"r(x, z) >= {cfg.min_reward:g}) at weight 1 (`--recipe paper`: every image weighted by r)")
+    return (f"Fine-tune recipe: {data}; beta {cfg.beta_list() if cfg.betas else cfg.beta}, {cfg.steps} steps at lr "
+            f"{cfg.lr:g}, {cfg.rounds} round(s).")
 
 
 def ship(aligned: str, reward: str):

@@ -24,7 +24,7 @@ import dataclasses
 import os
 from dataclasses import dataclass
 
-from .generate import BASE_MODEL
+from .generate import BASE_MODEL, DEFAULT_GUIDANCE
 from .reward import RewardConfig
 
 SCALES = ("shapes", "sd15")
@@ -90,7 +90,7 @@ _FULL = {
     "shapes": dict(
         model=BASE_MODEL, clip=RewardConfig.clip, prompt_set="shapes", rater="judge",  # the library's reward backbone
         feedback_prompts=0, per_prompt=2, heldout_prompts=0, heldout_per_prompt=2,
-        sample_steps=15, guidance=5.0, gen_batch=64,
+        sample_steps=15, guidance=DEFAULT_GUIDANCE, gen_batch=64,
         noise_levels="0,0.1,0.2,0.3", n_boot=1000,
         unlabelled_per_prompt=2, pretrain_data="world", pretrain_prompts=0,
         ft_steps=120, ft_batch=32, pre_batch=32, encode_batch=256, lr=1e-4,

@@ -92,8 +92,8 @@ def test_pre_pool_draws_d_pre_once_and_a_folder_without_repeats(render_dataset, 
     cfg = dict(data=folder, weight="label", batch=4, pre_batch=4, steps=3, checkpoint_every=0)
     finetune(FinetuneConfig(out=str(tmp_path / "pool"), pre_pool=4096, **cfg))
     assert drawn == [12]  # once, steps * pre_batch images
-    assert priors == [world.PRIORS["uniform"]]  # the shipped base has no prior.json: it learnt from the uniform world
-    assert world.read_prior(str(tmp_path / "pool")) == "uniform"  # D_pre = the shipped base's own prior, carried on
+    assert priors == [world.PRIORS["laion"]]  # the shipped base's prior.json: it learnt from the LAION-like prior
+    assert world.read_prior(str(tmp_path / "pool")) == "laion"  # D_pre = the shipped base's own prior, carried on
     drawn.clear()
     finetune(FinetuneConfig(out=str(tmp_path / "fresh"), pre_pool=0, **cfg))
     assert drawn == [4, 4, 4]
@@ -101,3 +101,38 @@ def test_pre_pool_draws_d_pre_once_and_a_folder_without_repeats(render_dataset, 
     assert len(pool_imgs) == len(rows) and sorted(pool_caps) == sorted(r["prompt"] for r in rows)
     with pytest.raises(ValueError, match="pre_pool=-1"):
         FinetuneConfig(weight="label", pre_pool=-1)
+
+
+def test_cross_attention_mode_changes_only_attn2_and_the_text_embedding(render_dataset, tmp_path):
+    """train='cross_attention': the convolutions that draw shapes are the base's, bit for bit; attn2 moved."""
+    from diffusers import UNet2DConditionModel
+
+    from t2idemo.generate import BASE_MODEL
+
+    folder, _ = render_dataset
+    simulate_labels(folder, seed=0)
+    export_labels(folder, labeler="judge")
+    out = str(tmp_path / "xattn")
+    finetune(FinetuneConfig(data=folder, out=out, weight="label", batch=4, pre_batch=4, steps=3, lr=1e-3,
+                            train="cross_attention", ema=0, checkpoint_every=0))
+    base = dict(UNet2DConditionModel.from_pretrained(BASE_MODEL, subfolder="unet").named_parameters())
+    tuned = dict(UNet2DConditionModel.from_pretrained(out, subfolder="unet").named_parameters())
+    moved = {n for n, p in tuned.items() if not torch.equal(p, base[n])}
+    assert moved and all(".attn2." in n or n.startswith("add_embedding.") for n in moved)
+    assert any(".attn2.to_k." in n for n in moved)
+    with pytest.raises(ValueError, match="train='convs'"):
+        FinetuneConfig(weight="label", train="convs")
+
+
+def test_min_reward_drops_low_weights_before_top_k():
+    """A prompt whose images all score below min_reward adds nothing (not its least bad images)."""
+    from t2idemo.finetune import select_rows
+
+    prompts = ["a", "a", "a", "b", "b"]
+    weights = [0.9, 0.6, 0.4, 0.3, 0.2]
+    assert select_rows(prompts, weights) == [0, 1, 2, 3, 4]
+    assert select_rows(prompts, weights, top_k=1) == [0, 3]  # without a floor "b" keeps a bad image
+    assert select_rows(prompts, weights, min_reward=0.5, top_k=1) == [0]
+    assert select_rows(prompts, weights, min_reward=0.5) == [0, 1]
+    with pytest.raises(ValueError, match="min_reward=2"):
+        FinetuneConfig(weight="label", min_reward=2)

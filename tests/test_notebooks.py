@@ -166,6 +166,7 @@ def test_00_quickstart(work):
     r, _ = execute("00_quickstart", work)
     assert_pipeline(r["quickstart_tuned_model"])
     assert 0 <= r["quickstart_base_combination"] <= 1 and 0 <= r["quickstart_tuned_combination"] <= 1
+    assert 0 <= r["quickstart_shipped_combination"] <= 1  # the shipped aligned model, evaluated next to the loop
 
 
 @pytest.mark.slow

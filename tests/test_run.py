@@ -21,6 +21,20 @@ def test_config_errors_name_the_argument():
         RunConfig(unlabelled_split="nowhere")
     with pytest.raises(ValueError, match="split='unseen,nowhere'"):
         RunConfig(eval_split="unseen,nowhere")
+    with pytest.raises(ValueError, match="recipe='rlhf'.*'paper'"):
+        RunConfig(recipe="rlhf")
+    with pytest.raises(ValueError, match="min_reward=-0.1"):
+        RunConfig(min_reward=-0.1)
+
+
+def test_the_paper_recipe_is_one_flag_away():
+    """The default filters D_model; --recipe paper weights every image by r (and the report says which)."""
+    from t2idemo.run import parse_args, recipe_line
+
+    default, paper = RunConfig(), parse_args(["--recipe", "paper"])
+    assert (default.top_k, default.min_reward, default.weight) == (2, 0.5, "label")
+    assert (paper.top_k, paper.min_reward, paper.weight) == (0, 0.0, "reward")
+    assert "filtered" in recipe_line(default) and "paper's recipe" in recipe_line(paper)
 
 
 @pytest.mark.slow
@@ -55,6 +69,7 @@ def test_two_rounds_end_to_end(tmp_path):
     assert "**unseen prompts**" in report and "**seen prompts**" in report  # the paper evaluated both
     assert set(res["models"]["round 2"]["rates"]) == {"unseen", "seen"}
     assert "| round 2 |" in report and os.path.getsize(out / "report" / "bars.png") > 0
+    assert "Fine-tune recipe: filtered" in report and res["recipe"] in report
     assert res["timings_s"]["total"] > 0
 
 

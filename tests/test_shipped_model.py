@@ -33,11 +33,19 @@ def test_shipped_weights_are_small():
 
 
 @pytest.mark.slow
-def test_base_model_meets_the_quality_bar():
-    """Issue 2's bar on >= 500 images at the default sampler settings (takes about a minute)."""
-    from t2idemo.benchmarks import base_quality
+def test_base_model_is_sane_on_typical_prompts_and_fails_atypical_ones():
+    """The shipped base at the default sampler: typical prompts right, unseen (atypical) combinations often wrong in
+    all three attributes (the README's table, at full size, has the figures; about a minute here)."""
+    from t2idemo.evaluate import eval_prompts, evaluate_model, EvalConfig, summarise
+    from t2idemo.generate import load_pipeline
 
-    r = base_quality(n_per_category=150, seed=0)
-    assert r["single"]["scene"] >= 0.80, r
-    assert r["single"]["color"] >= 0.60, r
-    assert 0.15 <= r["combination_all"] <= 0.70, r
+    cfg = EvalConfig(models=BASE_MODEL, split="typical,unseen", n_combination=256, n_single=64, fid=False)
+    metas = eval_prompts(cfg.split, cfg.n_combination, cfg.n_single, cfg.seed)
+    _, t = evaluate_model(load_pipeline(BASE_MODEL), metas, cfg)
+    rates = summarise(t)
+    typical = sum(c["all"]["k"] for c in rates["typical"].values()) / sum(c["all"]["n"] for c in rates["typical"].values())
+    combo = rates["unseen"]["combination"]
+    assert typical >= 0.85, rates["typical"]
+    assert 0.15 <= combo["all"]["p"] <= 0.55, combo
+    for a in ("count", "color", "scene"):
+        assert combo[a]["p"] <= 0.95, (a, combo)
