@@ -229,8 +229,10 @@ def recipe_line(cfg: RunConfig) -> str:
         data = "every image weighted by the reward model's r(x, z) (the paper's recipe)"
     else:
         good = "labelled good" if cfg.weight == "label" else f"r >= {cfg.min_reward:g} when labelled too"
-        data = (f"filtered: each prompt's {cfg.top_k or 'all'} best images that are good ({good}; unlabelled: "
-                f"r(x, z) >= {cfg.min_reward:g}) at weight 1 (`--recipe paper`: every image weighted by r)")
+        kept = f"each prompt's {cfg.top_k} best images that are good" if cfg.top_k else "every good image"
+        weight = "at weight 1" if cfg.top_k else "weighted by r (labelled: the label)"
+        data = (f"filtered: {kept} ({good}; unlabelled: r(x, z) >= {cfg.min_reward:g}), {weight} "
+                f"(`--recipe paper`: every image weighted by r)")
     return (f"Fine-tune recipe: {data}; beta {cfg.beta_list() if cfg.betas else cfg.beta}, {cfg.steps} steps at lr "
             f"{cfg.lr:g}, {cfg.rounds} round(s).")
 
