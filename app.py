@@ -1,21 +1,26 @@
-"""The t2idemo app (Gradio): compare the base and aligned models, label images, share a run on the Hub.
+"""The t2idemo app (Gradio): the paper's whole loop in a browser tab. Label, train, tune, compare, share.
 
-    python app.py                                        # shipped base, aligned and reward models, 127.0.0.1:7860
+    python app.py                                        # shipped models; visitors' work under runs/app; 127.0.0.1:7860
     python app.py --aligned runs/aligned --reward runs/reward --data data/feedback --port 7861
     python app.py --benchmark 5                          # time Compare (4 + 4 images, defaults) 5 times, then exit
+    python app.py --benchmark 5 --benchmark-tune         # ... while a fine-tune runs in the background
 
 Tabs:
-  Compare  a prompt, seed, steps, guidance and number of images; the base and aligned models draw from the same
-           seeds side by side, each image captioned with the judge's verdict and the reward model's score.
-  Label    the label store of the notebooks (DATA/labels.sqlite, ``t2idemo.labels``): each person types a name and
-           clicks Good / Bad / Skip / Undo; every click is on disk before the next image shows, and several people
-           (browser tabs, notebooks, processes) can label at once.
-  Share    pushes the aligned model, the reward model, the labels dataset and a generated model card to the Hub
-           (``t2idemo.hub.push``). The token is used for that push only: never saved, printed or logged.
+  Compare  a prompt, seed, steps, guidance and number of images; the base and aligned models (and, once you made one
+           in Train, your model) draw from the same seeds side by side, each image captioned with the judge's
+           verdict and the reward model's score.
+  Label    draw a batch of images of seen prompts from the base model (or label --data), then each person types a
+           name and clicks Good / Bad / Skip / Undo; every click is on disk before the next image shows, and several
+           people can label at once (``t2idemo.labels``). "How did I do?" scores you against the judge (Cohen's kappa).
+  Train    the reward model on everyone's labels (seconds), then a short fine-tune with the main job's recipe
+           (``t2idemo.loop``), one job at a time, cancellable. The model is yours: only your session sees it.
+  Share    pushes your model (or, with --share-shipped, the app's aligned one), its reward model, the labels (labeler
+           names only with consent) and a model card to the Hub (``t2idemo.hub.push``). The token is used for that push
+           only: never saved, printed or logged.
 
 Handlers only check their inputs and call the library; a ValueError (bad input) becomes a gr.Error in the page
-and the app keeps serving. On a Hugging Face Space (see the README's front matter) it listens where the Space says
-(GRADIO_SERVER_NAME, GRADIO_SERVER_PORT). Needs ``pip install gradio``.
+and the app keeps serving. The page never shows a server path. On a Hugging Face Space (see the README's front
+matter) it listens where the Space says (GRADIO_SERVER_NAME, GRADIO_SERVER_PORT). Needs ``pip install gradio``.
 """
 
 from __future__ import annotations
@@ -23,6 +28,8 @@ from __future__ import annotations
 import functools
 import math
 import os
+import secrets
+import shutil
 import sqlite3
 import statistics
 import threading
@@ -35,13 +42,17 @@ from t2idemo import world
 from t2idemo.config import parse_config
 from t2idemo.generate import ALIGNED_MODEL, BASE_MODEL, DEFAULT_GUIDANCE, DEFAULT_STEPS, load_dataset_rows
 from t2idemo.labels import LABELS, MAJORITY, LabelStore, default_store_path
+from t2idemo.loop import LoopConfig
 from t2idemo.reward import CONFIG_FILE as REWARD_CONFIG_FILE
 from t2idemo.reward import REWARD_MODEL
 
 DEFAULT_DATA = "data/feedback"  # the labelling set of `python -m t2idemo generate`
-LIMITS = {"seed": (0, 2 ** 31 - 1), "steps": (1, 100), "images": (1, 16), "guidance": (0.0, 20.0)}
+LIMITS = {"seed": (0, 2 ** 31 - 1), "steps": (1, 100), "images": (1, 16), "guidance": (0.0, 20.0),
+          "batch": (1, 64), "tune_steps": (1, 200)}  # what a visitor may ask for (a public Space's caps)
+MAX_PROMPT = 200  # characters: the world's longest prompt is 35
+MAX_MODELS = 4  # visitors' models kept loaded at once (about 10 MB each); an older one reloads when used
 BENCH_PROMPT = "three purple circles on grass"
-CSS = "#base-gallery img, #aligned-gallery img, #label-image img {image-rendering: pixelated;}"
+CSS = "#base-gallery img, #aligned-gallery img, #mine-gallery img, #label-image img {image-rendering: pixelated;}"
 MODEL_FLAGS = {  # flag: (the file that marks its folder, what the folder is, an example of a good value)
     "base": ("model_index.json", "a StableDiffusionPipeline folder", "--base t2idemo/assets/tiny-sd"),
     "aligned": ("model_index.json", "a StableDiffusionPipeline folder",
@@ -56,12 +67,20 @@ class AppConfig:
     base: str = BASE_MODEL  # base StableDiffusionPipeline folder: the left column of Compare
     aligned: str = ALIGNED_MODEL  # aligned pipeline folder: the right column of Compare, pushed by Share
     reward: str = REWARD_MODEL  # reward model folder (reward_config.json + head) that scores every image
-    data: str = DEFAULT_DATA  # dataset folder to label (PNGs + metadata.jsonl); its labels.sqlite is the store
+    data: str = DEFAULT_DATA  # dataset folder to label (PNGs + metadata.jsonl); its labels.sqlite is the store. If the
+    #                           default is absent, the app labels WORKDIR/labelling, which its Draw button fills
+    workdir: str = "runs/app"  # where the app keeps what visitors make: drawn images, reward models, tuned models
+    share_shipped: bool = False  # Share may push the app's own aligned model when a visitor made none (the owner's
+    #                              choice: off on a public Space, where visitors push only what they made)
+    batch_images: int = 24  # Label: default images per Draw (a visitor may ask for 1 - 64)
+    tune_steps: int = 60  # Train: default fine-tune steps (a visitor may ask for 1 - 200)
+    unlabelled_per_prompt: int = 4  # Train: extra generations per labelled prompt, scored by the reward model; 0 - 16
     host: str = os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1")  # interface to serve on; 0.0.0.0 = every one
     port: int = int(os.environ.get("GRADIO_SERVER_PORT", "7860"))  # TCP port; 1 - 65535
     share: bool = False  # also open a public *.gradio.live link (needs the internet)
     threads: int = 1  # torch CPU threads; 0 = torch's default (one per core); 1 was fastest on 2 busy cores
     benchmark: int = 0  # > 0: time this many Compare calls at default settings, print the figures and exit
+    benchmark_tune: bool = False  # with --benchmark: time them while a fine-tune (label, reward, tune) runs
 
     def __post_init__(self):
         defaults = {"base": BASE_MODEL, "aligned": ALIGNED_MODEL, "reward": REWARD_MODEL}
@@ -79,6 +98,8 @@ class AppConfig:
             raise ValueError(f"--threads {self.threads} must be >= 0 (0 = one per core)")
         if self.benchmark < 0:
             raise ValueError(f"--benchmark {self.benchmark} must be >= 0 (0 serves the app)")
+        LoopConfig(model=self.base, batch_images=self.batch_images, tune_steps=self.tune_steps,
+                   unlabelled_per_prompt=self.unlabelled_per_prompt)  # a ValueError naming a bad one
 
 
 # ----------------------------------------------------------------------------- input checks (no Gradio needed)
@@ -102,7 +123,10 @@ def check_number(name: str, value, integer: bool = True):
 
 def check_prompt(prompt) -> tuple[str, dict]:
     """(prompt, metadata) of a prompt in the world's words; a ValueError naming the bad word otherwise."""
-    prompt = " ".join((prompt or "").split())
+    prompt = " ".join(str(prompt or "").split())
+    if len(prompt) > MAX_PROMPT:
+        raise ValueError(f"prompt is {len(prompt)} characters long; use at most {MAX_PROMPT} (the world's prompts are "
+                         f"short, e.g. 'three purple circles on grass')")
     if not prompt:
         raise ValueError("prompt is empty; type a prompt in the shapes world's words, e.g. 'three purple circles on grass'")
     return prompt, world.parse_prompt(prompt)
@@ -135,7 +159,8 @@ def caption(verdict: dict, meta: dict, score: float) -> str:
 
 # ----------------------------------------------------------------------------- the app's state and handlers
 class App:
-    """The loaded models and label store, and one method per UI action (inputs in, UI values out)."""
+    """The loaded models, the label store and the visitors' models, and one method per UI action (inputs in, UI
+    values out). ``state`` is one visitor's session: {"sid", "labeler", "index", "reward", "mine"}."""
 
     def __init__(self, cfg: AppConfig):
         import torch
@@ -149,13 +174,34 @@ class App:
         self.pipes = {"base": load_pipeline(cfg.base), "aligned": load_pipeline(cfg.aligned)}
         self.reward_fn = load_reward_fn(cfg.reward)
         self.sampling = threading.Lock()  # a pipeline's scheduler keeps per-call state: one sampling call at a time
-        self.rows = load_dataset_rows(cfg.data) if os.path.isdir(cfg.data) else []
-        self.store = LabelStore(default_store_path(cfg.data)) if self.rows else None
+        given = os.path.isfile(os.path.join(cfg.data, "metadata.jsonl"))
+        self.label_dir = cfg.data if given else os.path.join(cfg.workdir, "labelling")  # drawn by the Draw button
+        os.makedirs(self.label_dir, exist_ok=True)
+        self.rows = load_dataset_rows(self.label_dir)
+        self.store = LabelStore(default_store_path(self.label_dir))
+        self.job = threading.Lock()  # one reward training or fine-tune at a time, app-wide
+        self.job_sid = None  # the session whose job runs
+        self.cancel_flag = threading.Event()
+        self.mine = {}  # session id -> (model folder, loaded pipeline): each visitor's own model
         self.compare(BENCH_PROMPT, 0, 2, DEFAULT_GUIDANCE, 1)  # warm-up, so the first visitor waits no longer
 
+    @staticmethod
+    def session(state: dict | None) -> dict:
+        """The visitor's session, given a random id on first use (gr.State starts every visitor at the same value)."""
+        state = dict(state or {})
+        state.setdefault("labeler", None)
+        state.setdefault("index", None)
+        if not state.get("sid"):
+            state["sid"] = secrets.token_hex(8)
+        return state
+
+    def _session_dir(self, state: dict) -> str:
+        return os.path.join(self.cfg.workdir, "sessions", state["sid"])
+
     # ------------------------------------------------------------------------- Compare
-    def compare(self, prompt, seed, steps, guidance, images):
-        """-> (base gallery, aligned gallery, summary markdown). Both models draw from seeds seed .. seed+n-1."""
+    def compare(self, prompt, seed, steps, guidance, images, state=None):
+        """-> (base gallery, aligned gallery, your-model gallery, summary markdown). Every model draws from seeds
+        seed .. seed+n-1; the third gallery is empty until this session has tuned a model."""
         from t2idemo.generate import sample
         from t2idemo.judge import judge
 
@@ -163,7 +209,11 @@ class App:
         seed, steps, n = check_number("seed", seed), check_number("steps", steps), check_number("images", images)
         guidance = check_number("guidance", guidance, integer=False)
         t0, seeds, galleries, rows = time.perf_counter(), list(range(seed, seed + n)), [], []
-        for side, pipe in self.pipes.items():
+        sides = list(self.pipes.items())
+        mine = self._my_model(state)
+        if mine:
+            sides.append(("yours", mine))
+        for side, pipe in sides:  # every column scored by the app's reward model, so the scores compare
             with self.sampling:
                 drawn = sample(pipe, [prompt] * n, seeds, steps, guidance, batch_size=n)
             scores = self.reward_fn(drawn, [prompt] * n).tolist()
@@ -177,14 +227,27 @@ class App:
         summary = "\n".join([f"**{prompt}** ({meta['category']} prompt; {note})", "",
                              "| model | judged good | mean reward |", "| --- | --- | --- |", *rows, "",
                              f"seeds {seeds[0]}-{seeds[-1]}, {steps} steps, guidance {guidance:g}; "
-                             f"{time.perf_counter() - t0:.2f} s"])
-        return galleries[0], galleries[1], summary
+                             f"{time.perf_counter() - t0:.2f} s"
+                             + ("" if mine else " · train your own model in the Train tab to add a third column")])
+        return galleries[0], galleries[1], galleries[2] if mine else [], summary
+
+    def _my_model(self, state):
+        """The pipeline of this session's tuned model, loaded on first use; None if it has none."""
+        from t2idemo.generate import load_pipeline
+
+        if not state or not state.get("mine") or not os.path.isfile(os.path.join(state["mine"], "model_index.json")):
+            return None
+        sid = state["sid"]
+        if sid not in self.mine or self.mine[sid][0] != state["mine"]:
+            while len(self.mine) >= MAX_MODELS:
+                self.mine.pop(next(iter(self.mine)))  # the oldest loaded one; it reloads from disk when used again
+            self.mine[sid] = (state["mine"], load_pipeline(state["mine"]))
+        return self.mine[sid][1]
 
     # ------------------------------------------------------------------------- Label
     def _require_dataset(self):
-        if self.store is None:
-            raise ValueError(f"there is no dataset to label at {self.cfg.data!r}; make one with `python -m t2idemo "
-                             f"generate --out {self.cfg.data}` and restart the app (or pass --data DIR)")
+        if not self.rows:
+            raise ValueError("there are no images to label yet; press 'Draw images to label' first")
 
     def _next_unlabelled(self, labeler: str, start: int) -> int | None:
         """The first row at or after ``start`` (wrapping round) that ``labeler`` has not labelled."""
@@ -197,28 +260,50 @@ class App:
 
     def label_view(self, state: dict, status: str = ""):
         """-> (image, prompt markdown, progress markdown, status markdown, state)."""
+        state = self.session(state)
         who, i = state["labeler"], state["index"]
         names = {r["file_name"] for r in self.rows}
         counts = {name: len(names & labels.keys()) for name, labels in self.store.labels().items()}
         progress = (f"**{counts.get(who, 0)} / {len(self.rows)}** labelled by {who} · everyone: "
                     + (", ".join(f"{name} {c}" for name, c in sorted(counts.items())) or "no labels yet"))
+        if who is None:
+            return None, "", f"{len(self.rows)} images to label; type your name and press Start", status, state
         if i is None:
             return None, f"### All {len(self.rows)} images are labelled. Thank you!", progress, status, state
         row = self.rows[i]
-        with Image.open(os.path.join(self.cfg.data, row["file_name"])) as im:
+        with Image.open(os.path.join(self.label_dir, row["file_name"])) as im:
             image = big(im.convert("RGB"), 8)
         mine = self.store.get(row["file_name"], who)
         text = f"### {row['prompt']}\n{row['file_name']}" + (f" · your label: **{mine}**" if mine else "")
         return image, text, progress, status, state
 
-    def label_start(self, name):
+    def label_draw(self, n, state=None):
+        """Draw ``n`` more images of seen prompts from the base model into the labelling set."""
+        from t2idemo.loop import draw_labelling_batch
+
+        n = check_number("batch", n)
+        if self.label_dir == self.cfg.data:
+            raise ValueError("this app labels the dataset its owner passed with --data; it draws no new images")
+        state = self.session(state)
+        cfg = LoopConfig(model=self.cfg.base, batch_images=n)
+        with self.sampling:  # one writer of the labelling set, and the base pipeline is not thread-safe
+            new = draw_labelling_batch(self.pipes["base"], self.label_dir, cfg, model_name="base")
+            self.rows = load_dataset_rows(self.label_dir)
+        if state["labeler"] and state["index"] is None:  # someone who had finished gets the new ones
+            state["index"] = self._next_unlabelled(state["labeler"], 0)
+        return self.label_view(state, f"drew {len(new)} new images (batch {new[0]['batch']}); "
+                                      f"{len(self.rows)} in the labelling set")
+
+    def label_start(self, name, state=None):
         self._require_dataset()
         name = (name or "").strip()
         if not name:
             raise ValueError("name is empty; type the name your labels are stored under, e.g. 'ana'")
         if name == MAJORITY:
             raise ValueError(f"name={name!r} is reserved for the majority vote; pick another name")
-        state = {"labeler": name, "index": self._next_unlabelled(name, 0)}
+        if len(name) > 64:
+            raise ValueError(f"name is {len(name)} characters long; use at most 64")
+        state = {**self.session(state), "labeler": name, "index": self._next_unlabelled(name, 0)}
         return self.label_view(state, f"labelling as **{name}**")
 
     def label_click(self, label: str, state: dict):
@@ -245,18 +330,117 @@ class App:
         index = next((i for i, r in enumerate(self.rows) if r["file_name"] == image_id), state["index"])
         return self.label_view({**state, "index": index}, f"took back your last label, on {image_id}")
 
-    # ------------------------------------------------------------------------- Share
-    def share(self, repo_id, token, private, with_reward, with_labels):
-        """Push to the Hub -> result markdown. The token goes to t2idemo.hub.push and nowhere else."""
-        from t2idemo.hub import PushConfig, push
+    def label_score(self, state: dict) -> str:
+        """'How did I do?': this labeler against the judge, the world's ground truth."""
+        from t2idemo.loop import judge_agreement
 
-        cfg = PushConfig(repo_id=(repo_id or "").strip(), model=self.cfg.aligned, private=bool(private),
-                         reward=self.cfg.reward if with_reward else "", data=self.cfg.data if with_labels else "")
+        if not state or not state.get("labeler"):
+            raise ValueError("type your name and press Start, label some images, then ask how you did")
+        ag = judge_agreement(self.label_dir, state["labeler"])
+        if not ag["n"]:
+            return "You have not labelled any image good or bad yet."
+        kappa = "undefined (you or the judge used one label only)" if math.isnan(ag["kappa"]) else f"{ag['kappa']:.2f}"
+        return (f"**You and the judge agree on {ag['percent']:.0f}% of your {ag['n']} good/bad labels** (Cohen's kappa "
+                f"{kappa}; 1 = always, 0 = as often as chance). You said good where the judge saw a mistake on "
+                f"{len(ag['you_good_judge_bad'])}, bad where it saw none on {len(ag['you_bad_judge_good'])}. "
+                "The paper's reward model assumes people label consistently: this is how consistently you did.")
+
+    # ------------------------------------------------------------------------- Train
+    def _run_job(self, state: dict, what: str, fn):
+        """Run ``fn()`` as the app's one job; another visitor gets a clear message instead of a second job."""
+        if not self.job.acquire(blocking=False):
+            who = "your own" if self.job_sid == state["sid"] else "another visitor's"
+            raise ValueError(f"{who} job is running (one reward training or fine-tune at a time on this machine); "
+                             f"try again when it finishes")
+        self.job_sid = state["sid"]
+        self.cancel_flag.clear()
+        try:
+            return fn()
+        finally:
+            self.job_sid = None
+            self.job.release()
+
+    def train_reward(self, state=None):
+        """Train the reward model on everyone's labels so far -> (markdown, state)."""
+        from t2idemo.loop import train_reward_on_labels
+
+        state = self.session(state)
+        self._require_dataset()
+        t0 = time.perf_counter()
+        out = os.path.join(self._session_dir(state), "reward")
+        res = self._run_job(state, "reward", lambda: train_reward_on_labels(
+            self.label_dir, out, LoopConfig(model=self.cfg.base), lock=self.sampling))
+        state = {**state, "reward": out, "mine": None}
+        acc = "n/a" if res["val_accuracy"] is None else f"{res['val_accuracy']:.0f}%"
+        auc = "n/a (one class only)" if res["val_auc"] is None else f"{res['val_auc']:.2f}"
+        return (f"**Reward model trained** on the majority vote of everyone's labels ({res['good']} good, {res['bad']} "
+                f"bad) in {time.perf_counter() - t0:.1f} s. On the prompts held out of its training ({res['n_val']} "
+                f"images): accuracy {acc}, AUC {auc}. Now fine-tune with it."), state
+
+    def tune(self, steps, state=None):
+        """A short fine-tune of the base model with the main job's recipe on the labels -> (markdown, state)."""
+        from t2idemo.finetune import Cancelled
+        from t2idemo.loop import tune_on_labels
+
+        state = self.session(state)
+        steps = check_number("tune_steps", steps)
+        if not state.get("reward"):
+            raise ValueError("train the reward model first (button 1): the fine-tune weights images with it")
+        cfg = LoopConfig(model=self.cfg.base, tune_steps=steps, unlabelled_per_prompt=self.cfg.unlabelled_per_prompt)
+        out = os.path.join(self._session_dir(state), "tune")
+        t0 = time.perf_counter()
+
+        def job():
+            from t2idemo.generate import load_pipeline
+
+            if os.path.isdir(out):
+                shutil.rmtree(out)  # the last tune of this session: replaced
+            try:
+                return tune_on_labels(self.label_dir, state["reward"], out, cfg, pipe=load_pipeline(self.cfg.base),
+                                      should_stop=self.cancel_flag.is_set)
+            except Cancelled:
+                return None
+
+        model = self._run_job(state, "tune", job)
+        self.mine.pop(state["sid"], None)  # a re-tune replaced the folder: load it afresh
+        if model is None:
+            return "Fine-tune **cancelled**; nothing changed.", {**state, "mine": None}
+        return (f"**Your model is ready** ({steps} steps with the main job's recipe, {time.perf_counter() - t0:.0f} s). "
+                "Compare now draws it in a third column; only you see it. Share can push it."), {**state, "mine": model}
+
+    def cancel(self, state=None) -> str:
+        state = self.session(state)
+        if self.job_sid is None:
+            return "Nothing is running."
+        if self.job_sid != state["sid"]:
+            raise ValueError("the job that is running is another visitor's; you can cancel only your own")
+        self.cancel_flag.set()
+        return "Cancelling at the next step..."
+
+    # ------------------------------------------------------------------------- Share
+    def share(self, repo_id, token, private, with_reward, with_labels, with_names=False, state=None):
+        """Push to the Hub -> result markdown. The token goes to t2idemo.hub.push and nowhere else."""
+        from t2idemo.hub import PushConfig, check_repo_id, check_token, push
+
+        state = self.session(state)
+        check_repo_id((repo_id or "").strip())
+        check_token(token)
+        if state.get("mine"):
+            model, reward, whose = state["mine"], state["reward"], "your model"
+        elif self.cfg.share_shipped:
+            model, reward, whose = self.cfg.aligned, self.cfg.reward, "the app's aligned model"
+        else:
+            raise ValueError("you have no model to share yet: label some images, then train and fine-tune in the "
+                             "Train tab")
+        cfg = PushConfig(repo_id=(repo_id or "").strip(), model=model, private=bool(private),
+                         reward=reward if with_reward else "", labeler_names=bool(with_names),
+                         data=self.label_dir if with_labels and self.rows else "")
         out = push(cfg, token)
-        lines = [f"Pushed the model, its card{' and the reward model' if cfg.reward else ''}: "
+        lines = [f"Pushed {whose}, its card{' and the reward model' if cfg.reward else ''}: "
                  f"[{cfg.repo_id}]({out['model']}) ({out['files']['model']} files)."]
         if out["dataset"]:
-            lines.append(f"Pushed the labels dataset: [{cfg.repo_id}]({out['dataset']}) ({out['files']['dataset']} files).")
+            lines.append(f"Pushed the labels dataset{'' if with_names else ' (labeler names replaced)'}: "
+                         f"[{cfg.repo_id}]({out['dataset']}) ({out['files']['dataset']} files).")
         return "\n\n".join(lines)
 
 
@@ -285,14 +469,16 @@ def ui_errors(fn, gr):
 
 
 def build(app: App):
-    """The three tabs, wired to ``app``'s methods."""
+    """The four tabs, wired to ``app``'s methods. One gr.State holds the visitor's session."""
     gr = _gradio()
     with gr.Blocks(title="t2idemo", analytics_enabled=False) as demo:
         gr.Markdown("# t2idemo: aligning a text-to-image model with human feedback\nThe shapes world of "
-                    "Lee et al. 2023: base model vs aligned model, the judge's verdict and the reward model's score.")
+                    "Lee et al. 2023. Be the human in the loop: **Label** images, **Train** a reward model and tune "
+                    "the model on your labels, **Compare** it with the base and the shipped aligned model, **Share** it.")
+        session = gr.State({})
         with gr.Tab("Compare"):
             with gr.Row():
-                prompt = gr.Textbox(label="prompt", value=BENCH_PROMPT, elem_id="prompt", scale=3,
+                prompt = gr.Textbox(label="prompt", value=BENCH_PROMPT, elem_id="prompt", scale=3, max_length=MAX_PROMPT,
                                     info="counts one-four, colours, circle/square/triangle, 'on' sky/sand/grass/night/snow")
                 generate = gr.Button("Generate", variant="primary", elem_id="generate", scale=1)
             with gr.Row():
@@ -307,26 +493,30 @@ def build(app: App):
             gr.Examples([[p] for p, _ in examples], inputs=[prompt], example_labels=[label for _, label in examples],
                         label="examples by category (typical = what the base model's data shows most; unseen = held out of the feedback data)")
             with gr.Row(equal_height=True):
-                base = gr.Gallery(label="base model", columns=4, format="png", object_fit="contain", height="auto",
-                                  elem_id="base-gallery", interactive=False)
-                aligned = gr.Gallery(label="aligned model", columns=4, format="png", object_fit="contain",
-                                     height="auto", elem_id="aligned-gallery", interactive=False)
+                galleries = [gr.Gallery(label=label, columns=4, format="png", object_fit="contain", height="auto",
+                                        elem_id=f"{side}-gallery", interactive=False)
+                             for side, label in (("base", "base model"), ("aligned", "aligned model (shipped)"),
+                                                 ("mine", "your model (Train tab)"))]
             summary = gr.Markdown(elem_id="summary")
             go = ui_errors(app.compare, gr)
             for trigger in (generate.click, prompt.submit):
-                trigger(go, [prompt, seed, steps, guidance, images], [base, aligned, summary],
+                trigger(go, [prompt, seed, steps, guidance, images, session], [*galleries, summary],
                         concurrency_limit=1, concurrency_id="models")
 
         with gr.Tab("Label"):
-            if app.store is None:
-                gr.Markdown(f"No dataset to label at `{app.cfg.data}`. Make one with `python -m t2idemo generate "
-                            f"--out {app.cfg.data}` and restart the app (or pass `--data DIR`).")
+            if app.label_dir == app.cfg.data:
+                gr.Markdown(f"Labelling the app's dataset ({len(app.rows)} images). Is the image right for its prompt? "
+                            "Every click is saved at once.")
             else:
-                gr.Markdown(f"Labelling `{app.cfg.data}` ({len(app.rows)} images) into `{app.store.path}`, the "
-                            "store the notebooks use. Is the image right for its prompt? Every click is saved at once.")
-            state = gr.State({"labeler": None, "index": None})
+                gr.Markdown("Draw images of the feedback prompts from the base model, then label them: is the image "
+                            "right for its prompt? Every click is saved at once; several people can label at once, "
+                            "each under their own name.")
+                with gr.Row():
+                    batch = gr.Number(label="images to draw", value=app.cfg.batch_images, precision=0, elem_id="label-n",
+                                      info=f"{LIMITS['batch'][0]} to {LIMITS['batch'][1]}")
+                    draw = gr.Button("Draw images to label", elem_id="label-draw")
             with gr.Row():
-                name = gr.Textbox(label="your name", elem_id="labeler-name", scale=3)
+                name = gr.Textbox(label="your name", elem_id="labeler-name", scale=3, max_length=64)
                 start = gr.Button("Start", elem_id="label-start", scale=1)
             progress = gr.Markdown(elem_id="label-progress")
             image = gr.Image(type="pil", label="image", interactive=False, height=256, width=256, elem_id="label-image")
@@ -337,31 +527,65 @@ def build(app: App):
                            for label in LABELS}
                 undo = gr.Button("Undo", elem_id="label-undo")
             status = gr.Markdown(elem_id="label-status")
-            view = [image, text, progress, status, state]
+            with gr.Row():
+                score = gr.Button("How did I do? (you vs the judge)", elem_id="label-score")
+            score_md = gr.Markdown(elem_id="label-score-result")
+            view = [image, text, progress, status, session]
             kw = dict(concurrency_limit=8, concurrency_id="labels")
+            if app.label_dir != app.cfg.data:
+                draw.click(ui_errors(app.label_draw, gr), [batch, session], view, concurrency_limit=1,
+                           concurrency_id="models")
             for trigger in (start.click, name.submit):
-                trigger(ui_errors(app.label_start, gr), [name], view, **kw)
+                trigger(ui_errors(app.label_start, gr), [name, session], view, **kw)
             for label, button in buttons.items():
-                button.click(ui_errors(functools.partial(app.label_click, label), gr), [state], view, **kw)
-            undo.click(ui_errors(app.label_undo, gr), [state], view, **kw)
+                button.click(ui_errors(functools.partial(app.label_click, label), gr), [session], view, **kw)
+            undo.click(ui_errors(app.label_undo, gr), [session], view, **kw)
+            score.click(ui_errors(app.label_score, gr), [session], [score_md], **kw)
+
+        with gr.Tab("Train"):
+            gr.Markdown("The paper's steps 2 and 3 on the labels so far. **1.** The reward model learns from the "
+                        "majority vote of everyone's labels (seconds). **2.** The base model is fine-tuned with the "
+                        "main job's recipe: the labelled images and more images of the same prompts scored by your "
+                        "reward model, each prompt's best good ones, plus the pre-training term. Your model then "
+                        "shows as a third column in Compare, for you only. One job runs at a time on this machine.")
+            train = gr.Button("1. Train the reward model", elem_id="train-reward")
+            reward_md = gr.Markdown(elem_id="train-reward-result")
+            with gr.Row():
+                tune_steps = gr.Number(label="fine-tune steps", value=app.cfg.tune_steps, precision=0,
+                                       elem_id="tune-steps", info=f"{LIMITS['tune_steps'][0]} to {LIMITS['tune_steps'][1]}")
+                tune = gr.Button("2. Fine-tune", variant="primary", elem_id="tune")
+                cancel = gr.Button("Cancel", variant="stop", elem_id="tune-cancel")
+            tune_md = gr.Markdown(elem_id="tune-result")
+
+            def with_progress(fn):
+                def handler(*args, progress=gr.Progress(track_tqdm=True)):
+                    return fn(*args)
+                return handler
+
+            kw = dict(concurrency_limit=2, concurrency_id="jobs")  # the second gets the 'a job is running' message
+            train.click(ui_errors(with_progress(app.train_reward), gr), [session], [reward_md, session], **kw)
+            tune.click(ui_errors(with_progress(app.tune), gr), [tune_steps, session], [tune_md, session], **kw)
+            cancel.click(ui_errors(app.cancel, gr), [session], [tune_md], concurrency_limit=None)
 
         with gr.Tab("Share"):
-            gr.Markdown(f"Push the aligned model (`{app.cfg.aligned}`) with a generated model card, the reward model "
-                        f"(`{app.cfg.reward}`) and the labels dataset (`{app.cfg.data}`, labeler names included) to "
-                        "the Hugging Face Hub. The token is used for this push only: it is not saved or logged.")
+            gr.Markdown("Push **your model** (made in the Train tab)" + (", or the app's aligned model if you made none,"
+                        if app.cfg.share_shipped else "") + " with a model card that records how it was made, its "
+                        "reward model and the labels to the Hugging Face Hub. Labeler names go only if you tick the "
+                        "box (everyone who labelled agreed); otherwise they are replaced by 'labeler 1', 'labeler 2', "
+                        "... The token is used for this push only: it is not saved or logged.")
             with gr.Row():
-                repo = gr.Textbox(label="repo id", placeholder="owner/name", elem_id="share-repo")
+                repo = gr.Textbox(label="repo id", placeholder="owner/name", elem_id="share-repo", max_length=200)
                 token = gr.Textbox(label="token", type="password", placeholder="hf_... (write access)",
-                                   elem_id="share-token")
+                                   elem_id="share-token", max_length=400)
             with gr.Row():
                 private = gr.Checkbox(label="private", value=False)
                 with_reward = gr.Checkbox(label="reward model", value=True)
-                with_labels = gr.Checkbox(label="labels dataset", value=app.store is not None and
-                                          os.path.isfile(default_store_path(app.cfg.data)), elem_id="share-labels")
+                with_labels = gr.Checkbox(label="labels dataset", value=True, elem_id="share-labels")
+                with_names = gr.Checkbox(label="labeler names (everyone agreed)", value=False, elem_id="share-names")
             push = gr.Button("Push to the Hub", variant="primary", elem_id="share-push")
             result = gr.Markdown(elem_id="share-result")
-            push.click(ui_errors(app.share, gr), [repo, token, private, with_reward, with_labels], [result],
-                       concurrency_limit=1, concurrency_id="share")
+            push.click(ui_errors(app.share, gr), [repo, token, private, with_reward, with_labels, with_names, session],
+                       [result], concurrency_limit=1, concurrency_id="share")
     return demo
 
 
@@ -375,15 +599,43 @@ def benchmark(app: App, runs: int) -> list[float]:
     return times
 
 
+def benchmark_during_tune(app: App, runs: int) -> tuple[list[float], float]:
+    """Compare's seconds while one visitor's fine-tune runs: draw a labelling batch, label it with the judge, train
+    the reward model, start a fine-tune in a thread, then time ``runs`` Compare calls. Returns (times, the
+    fine-tune's seconds)."""
+    from t2idemo.labels import simulate_labels
+
+    state = app.session({})
+    app.label_draw(app.cfg.batch_images, state)
+    simulate_labels(app.label_dir, labeler="benchmark")
+    _, state = app.train_reward(state)
+    t0, done = time.perf_counter(), {}
+    thread = threading.Thread(target=lambda: done.update(result=app.tune(app.cfg.tune_steps, state),
+                                                         seconds=time.perf_counter() - t0))
+    thread.start()
+    while app.job_sid is None and thread.is_alive():
+        time.sleep(0.05)
+    times = benchmark(app, runs)
+    if "seconds" in done:
+        print("warning: the fine-tune ended before the last Compare call; raise --tune-steps")
+    thread.join()
+    return times, done["seconds"]
+
+
 def main(argv=None):
-    cfg = parse_config(AppConfig, argv, prog="python app.py", description="The t2idemo app: Compare, Label, Share.")
+    cfg = parse_config(AppConfig, argv, prog="python app.py",
+                       description="The t2idemo app: Compare, Label, Train, Share.")
     app = App(cfg)
     if cfg.benchmark:
         import torch
 
-        times = benchmark(app, cfg.benchmark)
+        if cfg.benchmark_tune:
+            times, tune_s = benchmark_during_tune(app, cfg.benchmark)
+            during = f" during a {cfg.tune_steps}-step fine-tune (which took {tune_s:.0f} s)"
+        else:
+            times, during = benchmark(app, cfg.benchmark), ""
         print(f"Compare, 4 base + 4 aligned images, {DEFAULT_STEPS} steps, guidance {DEFAULT_GUIDANCE}, "
-              f"{torch.get_num_threads()} torch threads: " + ", ".join(f"{t:.2f}" for t in times)
+              f"{torch.get_num_threads()} torch threads{during}: " + ", ".join(f"{t:.2f}" for t in times)
               + f" s; median {statistics.median(times):.2f} s")
         return times
     build(app).launch(server_name=cfg.host, server_port=cfg.port, share=cfg.share, css=CSS)

@@ -57,6 +57,11 @@ class FinetuneConfig:
     min_reward: float = 0.0  # drop D_model images whose weight is below this (0 = keep all, the paper; 0.5 = the reward
     #                          model's pseudo-label "good"); applied before top_k, so a prompt with no good image adds
     #                          nothing instead of its least bad ones; 0 - 1
+    balance: str = "none"  # how a D_model batch is drawn: "none" = uniformly over the kept images | "category" = each
+    #                        prompt category (count, colour, background, combination) equally often, then an image of
+    #                        it: the few count prompts are not drowned by the many combinations | "sqrt" = a category
+    #                        in proportion to the square root of its size (between the two); rows with no category
+    #                        form one group
     pretrain_data: str = "world"  # "world": fresh renders of the prior the base learnt from (its prior.json; the
     #                               LAION-like prior for a new base, "uniform" for the first shipped one); or an imagefolder
     #                               (metadata.jsonl with "prompt")
@@ -111,6 +116,8 @@ class FinetuneConfig:
                 raise ValueError(f"{name}={getattr(self, name)!r} must be a positive integer")
         if int(self.lora_rank) != self.lora_rank or self.lora_rank < 0:
             raise ValueError(f"lora_rank={self.lora_rank!r} must be an integer >= 0 (0 = full UNet fine-tuning, 4 - 64 = LoRA)")
+        if self.balance not in ("none", "category", "sqrt"):
+            raise ValueError(f"balance={self.balance!r} is not allowed; use 'none', 'category' or 'sqrt'")
         if self.train not in ("all", "cross_attention"):
             raise ValueError(f"train={self.train!r} is not allowed; use 'all' or 'cross_attention'")
         if self.lora_alpha < 0:
@@ -119,10 +126,10 @@ class FinetuneConfig:
 
 # ----------------------------------------------------------------------------- data
 def model_dataset(cfg: FinetuneConfig, reward_fn=None) -> tuple:
-    """D_model: (images, prompts, weights). Skipped and unlabelled feedback images are dropped
+    """D_model: (images, prompts, weights, categories). Skipped and unlabelled feedback images are dropped
     unless a reward model can weight them."""
     rows = load_rows(cfg.data, "data")
-    images, prompts, weights = [], [], []
+    images, prompts, weights, categories = [], [], [], []
     labelled = [r for r in rows if r.get("label") in ("good", "bad")]
     use = rows if cfg.weight == "reward" else labelled
     imgs = load_images(cfg.data, use)
@@ -132,12 +139,14 @@ def model_dataset(cfg: FinetuneConfig, reward_fn=None) -> tuple:
         w = [1.0 if r["label"] == "good" else 0.0 for r in use]
     images += imgs
     prompts += [r["prompt"] for r in use]
+    categories += [r.get("category", "") for r in use]
     weights += list(w)
     if cfg.unlabelled:
         urows = load_rows(cfg.unlabelled, "unlabelled")
         uimgs = load_images(cfg.unlabelled, urows)
         images += uimgs
         prompts += [r["prompt"] for r in urows]
+        categories += [r.get("category", "") for r in urows]
         weights += list(reward_scores(reward_fn, uimgs, [r["prompt"] for r in urows]))
     if not images:
         raise ValueError(f"data={cfg.data!r} has no usable images (weight={cfg.weight!r} needs labels good/bad)")
@@ -145,9 +154,24 @@ def model_dataset(cfg: FinetuneConfig, reward_fn=None) -> tuple:
     if not keep:
         raise ValueError(f"min_reward={cfg.min_reward!r} (with top_k={cfg.top_k}) keeps no D_model image: the highest "
                          f"weight is {max(weights):.3f}; lower min_reward, or use 0 to keep every image")
-    images, prompts = [images[i] for i in keep], [prompts[i] for i in keep]
+    images, prompts, categories = [images[i] for i in keep], [prompts[i] for i in keep], [categories[i] for i in keep]
     weights = [1.0] * len(keep) if cfg.top_k else [weights[i] for i in keep]
-    return images, prompts, torch.tensor(weights, dtype=torch.float32)
+    return images, prompts, torch.tensor(weights, dtype=torch.float32), categories
+
+
+def batch_sampler(categories: list, balance: str, rng: random.Random):
+    """A function n -> n row indices of D_model: uniform over rows, or a category drawn uniformly
+    (balance="category") or in proportion to the square root of its size ("sqrt"), then a row of it."""
+    if balance == "none":
+        return lambda n: [rng.randrange(len(categories)) for _ in range(n)]
+    groups = {}
+    for i, c in enumerate(categories):
+        groups.setdefault(c, []).append(i)
+    groups = [groups[c] for c in sorted(groups)]
+    if balance == "category":
+        return lambda n: [g[rng.randrange(len(g))] for g in (groups[rng.randrange(len(groups))] for _ in range(n))]
+    share = [len(g) ** 0.5 for g in groups]  # unnormalised category weights
+    return lambda n: [g[rng.randrange(len(g))] for g in rng.choices(groups, weights=share, k=n)]
 
 
 def select_rows(prompts: list, weights: list, min_reward: float = 0.0, top_k: int = 0) -> list:
@@ -300,8 +324,14 @@ def make_optimizer(params, cfg: FinetuneConfig):
 
 
 # ----------------------------------------------------------------------------- training
-def finetune(cfg: FinetuneConfig, reward_fn=None) -> str:
-    """Fine-tune ``cfg.model`` and write a StableDiffusionPipeline folder to ``cfg.out``."""
+class Cancelled(RuntimeError):
+    """``should_stop`` said stop: the fine-tune ended early and wrote nothing."""
+
+
+def finetune(cfg: FinetuneConfig, reward_fn=None, should_stop=None) -> str:
+    """Fine-tune ``cfg.model`` and write a StableDiffusionPipeline folder to ``cfg.out``.
+    ``should_stop``: a function checked before every step (the app's Cancel button); when it returns True the
+    fine-tune raises ``Cancelled`` and writes no pipeline."""
     from accelerate import Accelerator
     from diffusers import DDPMScheduler, StableDiffusionPipeline
     from safetensors.torch import load_file, save_file
@@ -321,7 +351,7 @@ def finetune(cfg: FinetuneConfig, reward_fn=None) -> str:
         from .reward import load_reward_fn
 
         reward_fn = load_reward_fn(cfg.reward)
-    images, prompts, weights = model_dataset(cfg, reward_fn)
+    images, prompts, weights, categories = model_dataset(cfg, reward_fn)
     reward_fn = None  # our reference only: frees the reward CLIP (1.7 GB for ViT-L/14) if it was loaded here
     size = unet.config.sample_size * pipe.vae_scale_factor
     vae.requires_grad_(False).to(accelerator.device)
@@ -393,10 +423,14 @@ def finetune(cfg: FinetuneConfig, reward_fn=None) -> str:
 
     gen = torch.Generator().manual_seed(cfg.seed + start)
     rng = random.Random(cfg.seed + start)
+    draw = batch_sampler(categories, cfg.balance, rng)  # n -> n indices of D_model rows
     unet.train()
     bar = tqdm(range(start, cfg.steps), desc="finetune", initial=start, total=cfg.steps, disable=not accelerator.is_main_process)
     for step in bar:
-        idx = [rng.randrange(len(weights)) for _ in range(cfg.batch)]
+        if should_stop is not None and should_stop():
+            bar.close()
+            raise Cancelled(f"fine-tune cancelled at step {step} of {cfg.steps}; nothing was written to {cfg.out}")
+        idx = draw(cfg.batch)  # (B,) rows of D_model
         m_lat = lat_model[idx].to(accelerator.device)  # (B, 4, h, w)
         m_emb = emb_model[idx].to(accelerator.device)  # (B, L, D)
         w = weights[idx].to(accelerator.device)  # (B,) reward weights in [0, 1]

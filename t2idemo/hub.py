@@ -50,6 +50,7 @@ class PushConfig:
     reward: str = REWARD_MODEL  # reward model folder (reward_config.json + head); "" pushes none
     data: str = ""  # dataset folder whose labels.sqlite is exported as the labels dataset; "" pushes none
     private: bool = False  # create the repos private (an existing repo keeps its visibility)
+    labeler_names: bool = True  # push the labelers' names with their labels; False replaces them by 'labeler 1', ...
     endpoint: str = ""  # Hub URL; "" = huggingface_hub's default (HF_ENDPOINT, else https://huggingface.co)
     token_env: str = "HF_TOKEN"  # CLI only: the environment variable holding the token (never the token itself)
 
@@ -124,13 +125,23 @@ def link_tree(src: str, dst: str) -> int:
     return n
 
 
-def label_stats(data_dir: str) -> dict:
-    """What the label store of ``data_dir`` holds: images, per-labeler counts, pairwise agreement, majority."""
+def pseudonyms(labelers) -> dict:
+    """{name: 'labeler k'} in sorted order: what the Hub gets when labelers did not agree to be named."""
+    return {who: f"labeler {k}" for k, who in enumerate(sorted(labelers), 1)}
+
+
+def label_stats(data_dir: str, names: bool = True) -> dict:
+    """What the label store of ``data_dir`` holds: images, per-labeler counts, pairwise agreement, majority.
+    ``names=False`` replaces each labeler's name by a pseudonym."""
     rows = load_dataset_rows(data_dir)
     with LabelStore(default_store_path(data_dir)) as store:
         per = store.labels()
         majority = store.majority()
         pairs = [(a, b, store.agreement(a, b)) for i, a in enumerate(sorted(per)) for b in sorted(per)[i + 1:]]
+    if not names:
+        alias = pseudonyms(per)
+        per = {alias[who]: labels for who, labels in per.items()}
+        pairs = [(alias[a], alias[b], ag) for a, b, ag in pairs]
     names = {r["file_name"] for r in rows}
     return {"images": len(rows),
             "labelled": len(names & {i for labels in per.values() for i in labels}),
@@ -140,9 +151,10 @@ def label_stats(data_dir: str) -> dict:
             "agreement": [{"a": a, "b": b, **ag} for a, b, ag in pairs]}
 
 
-def stage_dataset(data_dir: str, out: str) -> dict:
+def stage_dataset(data_dir: str, out: str, names: bool = True) -> dict:
     """Write the labels dataset into ``out``: data/ (images + metadata.jsonl with the majority "label") and
-    labels/labels.jsonl (every labeler's current label). The source dataset is left untouched."""
+    labels/labels.jsonl (every labeler's current label; ``names=False``: under pseudonyms). The source dataset is
+    left untouched."""
     rows = load_dataset_rows(data_dir)
     if not rows:
         raise ValueError(f"data={data_dir!r} has no metadata.jsonl rows; generate the dataset first")
@@ -155,8 +167,9 @@ def stage_dataset(data_dir: str, out: str) -> dict:
     export_labels(os.path.join(out, "data"), store_path, MAJORITY)  # the same export the notebooks use
     os.makedirs(os.path.join(out, "labels"))
     with LabelStore(store_path) as store, open(os.path.join(out, "labels", "labels.jsonl"), "w", encoding="utf-8") as f:
-        f.writelines(json.dumps(r) + "\n" for r in store.records())
-    return label_stats(data_dir)
+        records, alias = store.records(), pseudonyms(store.labelers())
+        f.writelines(json.dumps(r if names else {**r, "labeler": alias[r["labeler"]]}) + "\n" for r in records)
+    return label_stats(data_dir, names)
 
 
 # ----------------------------------------------------------------------------- cards
@@ -221,7 +234,9 @@ def model_card(repo_id: str, model_dir: str, reward_dir: str = "", stats: dict |
         lines += ["## Fine-tuning", "",
                   "Reward-weighted loss (the paper's eq. 2), settings of `python -m t2idemo finetune`:", "",
                   "| setting | value |", "| --- | --- |"]
-        lines += [f"| {k} | {v} |" for k, v in cfg.items() if k in ("model", "weight", "beta", "steps", "batch", "lr", "seed")]
+        shown = ("weight", "top_k", "min_reward", "beta", "steps", "batch", "lr", "seed")
+        lines += [f"| base model | {os.path.basename(os.path.normpath(cfg.get('model', '')))} |"]  # a name, no local path
+        lines += [f"| {k} | {v} |" for k, v in cfg.items() if k in shown]
         lines += [f"| images weighted | {finetune.get('n_model')} (mean weight {finetune.get('mean_weight', 0):.3f}) |", ""]
     if reward:
         cfg, training = reward.get("config", {}), reward.get("training", {})
@@ -292,7 +307,7 @@ def push(cfg: PushConfig, token: str, log=print) -> dict:
         with tempfile.TemporaryDirectory(prefix="t2idemo-push-") as tmp:
             stats = None
             if cfg.data:
-                stats = stage_dataset(cfg.data, os.path.join(tmp, "dataset"))
+                stats = stage_dataset(cfg.data, os.path.join(tmp, "dataset"), cfg.labeler_names)
                 n = sum(len(f) for _, _, f in os.walk(os.path.join(tmp, "dataset")))
                 with open(os.path.join(tmp, "dataset", "README.md"), "w", encoding="utf-8") as f:
                     f.write(dataset_card(cfg.repo_id, stats, cfg.repo_id))

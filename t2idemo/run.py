@@ -58,6 +58,8 @@ class RunConfig:
     #                           every image weighted by r(x, z), as Lee et al. (sets top_k 0, min_reward 0, weight "reward")
     top_k: int = 2  # filtered recipe: images kept per prompt (RAFT-like); 0 = all; 0 - 8
     min_reward: float = 0.5  # filtered recipe: an unlabelled image counts as good when r(x, z) >= this; 0 - 1
+    balance: str = "none"  # fine-tune: D_model batches "none" (uniform over images) | "category" (each prompt category
+    #                        equally often: the 12 count prompts get a quarter of each batch, not 3%) | "sqrt" (between)
     flip: float = 0.0  # simulated rater: probability of flipping the judge's verdict; 0 - 0.5
     skip: float = 0.0  # simulated rater: probability of skipping an image; 0 - 0.5
     lam: float = 0.5  # reward model: weight of the prompt-classification loss; 0 - 2
@@ -157,14 +159,20 @@ def run_round(cfg: RunConfig, r: int, model: str, labelled: list, t0: float) -> 
         stage(f"round {r}: 5. fine-tune, beta = {beta:g}", t0)
         s = time.time()
         out = os.path.join(d, "aligned" if not cfg.betas else f"aligned-beta{beta:g}")
-        fcfg = FinetuneConfig(data=fb, out=out, model=model, reward=rcfg.run, weight=cfg.weight, unlabelled=unl,
-                              beta=beta, steps=cfg.steps, lr=cfg.lr, p_uncond=cfg.p_uncond, pre_batch=cfg.pre_batch, pre_pool=cfg.pre_pool, ema=cfg.ema,
-                              top_k=cfg.top_k, min_reward=cfg.min_reward, seed=cfg.seed + r,
-                              checkpoint_every=0)
-        finetune(fcfg, reward_fn=reward_model)
+        finetune(finetune_config(cfg, data=fb, out=out, model=model, reward=rcfg.run, unlabelled=unl, beta=beta,
+                                 seed=cfg.seed + r), reward_fn=reward_model)
         tuned[beta] = out
         times[f"finetune_beta{beta:g}"] = time.time() - s
     return tuned, labelled, times
+
+
+def finetune_config(cfg: RunConfig, data: str, out: str, model: str, reward: str, unlabelled: str, beta: float,
+                    seed: int) -> FinetuneConfig:
+    """The main job's fine-tune (its recipe, steps, lr, ...) on these folders; the app's short tune uses it too."""
+    return FinetuneConfig(data=data, out=out, model=model, reward=reward, weight=cfg.weight, unlabelled=unlabelled,
+                          beta=beta, steps=cfg.steps, lr=cfg.lr, p_uncond=cfg.p_uncond, pre_batch=cfg.pre_batch,
+                          pre_pool=cfg.pre_pool, ema=cfg.ema, top_k=cfg.top_k, min_reward=cfg.min_reward,
+                          balance=cfg.balance, seed=seed, checkpoint_every=0)
 
 
 def merge_folders(folders: list, out: str) -> str:

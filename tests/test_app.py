@@ -19,6 +19,7 @@ import time
 import urllib.request
 
 import numpy as np
+from PIL import Image
 import pytest
 
 import app as t2iapp
@@ -68,9 +69,17 @@ def data_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def the_app(reward_dir, data_dir):
-    """The app's handlers in this process (base model on both sides)."""
-    return t2iapp.App(t2iapp.AppConfig(aligned=BASE_MODEL, reward=reward_dir, data=data_dir))
+def the_app(reward_dir, data_dir, tmp_path_factory):
+    """The app's handlers in this process (base model on both sides), labelling ``data_dir``."""
+    return t2iapp.App(t2iapp.AppConfig(aligned=BASE_MODEL, reward=reward_dir, data=data_dir, share_shipped=True,
+                                       workdir=str(tmp_path_factory.mktemp("work"))))
+
+
+@pytest.fixture(scope="module")
+def drawing_app(reward_dir, tmp_path_factory):
+    """The app as on a Space: no --data, so it labels what its Draw button draws; small tunes."""
+    return t2iapp.App(t2iapp.AppConfig(aligned=BASE_MODEL, reward=reward_dir, workdir=str(tmp_path_factory.mktemp("space")),
+                                       tune_steps=3, unlabelled_per_prompt=1))
 
 
 # ----------------------------------------------------------------------------- config and input checks
@@ -122,6 +131,8 @@ def test_cli_exits_with_the_message(tmp_path):
     (("two circles", -1, 15, 5.0, 4), r"seed=-1 is out of range"),
     (("two circles", 0, 15, 25.0, 4), r"guidance=25.0 is out of range; use a number from 0.0 to 20.0"),
     (("two circles", 0, 15, 5.0, 0), r"images=0 is out of range; use an integer from 1 to 16"),
+    (("two circles " * 1000, 0, 15, 5.0, 4), r"prompt is 11999 characters long; use at most 200"),
+    (("zwei rote kreise ✓", 0, 15, 5.0, 4), r"word 'zwei' is not in the shapes world's vocabulary"),
 ])
 def test_compare_rejects_bad_input_naming_the_argument(the_app, args, message):
     with pytest.raises(ValueError, match=message):
@@ -139,7 +150,8 @@ def test_examples_cover_every_category_typical_atypical_and_unseen():
 
 # ----------------------------------------------------------------------------- handlers, in-process
 def test_compare_draws_both_models_from_the_same_seeds(the_app):
-    base, aligned, summary = the_app.compare("  three  purple circles on grass ", 7, 6, 5.0, 3)
+    base, aligned, mine, summary = the_app.compare("  three  purple circles on grass ", 7, 6, 5.0, 3)
+    assert mine == [] and "train your own model in the Train tab" in summary
     assert len(base) == len(aligned) == 3
     for (b, b_cap), (a, a_cap), seed in zip(base, aligned, (7, 8, 9)):
         assert b.size == (128, 128) and re.fullmatch(rf"seed {seed} · (✓ good|✗ .+) · r [01]\.\d\d", b_cap)
@@ -169,7 +181,7 @@ def test_label_handlers_share_the_notebooks_store(the_app, data_dir):
     with pytest.raises(ValueError, match="press Start"):
         the_app.label_click("good", {"labeler": None, "index": None})
     *_, state = the_app.label_start("zoe")
-    assert state == {"labeler": "zoe", "index": 0}
+    assert state["labeler"] == "zoe" and state["index"] == 0 and len(state["sid"]) == 16
     *_, state = the_app.label_click("good", state)
     *_, state = the_app.label_click("bad", state)
     image, text, progress, status, state = the_app.label_undo(state)
@@ -201,11 +213,120 @@ def test_share_pushes_to_the_hub(the_app, monkeypatch):
         server.close()
 
 
-def test_build_wires_three_tabs_and_a_password_field(the_app):
+def test_label_draws_its_own_images_and_scores_you_against_the_judge(drawing_app):
+    """With no --data the Label tab draws a batch of seen prompts itself; 'How did I do?' is you vs the judge."""
+    from t2idemo.judge import judge
+    from t2idemo.loop import judge_agreement
+
+    app = drawing_app
+    with pytest.raises(ValueError, match="no images to label yet; press 'Draw images to label'"):
+        app.label_start("ana", {})
+    with pytest.raises(ValueError, match="batch=0 is out of range; use an integer from 1 to 64"):
+        app.label_draw(0, {})
+    *_, status, state = app.label_draw(6, {})
+    assert "drew 6 new images (batch 1)" in status and len(app.rows) == 6
+    assert all(not r["unseen"] for r in app.rows) and "/" not in app.rows[0]["model"]  # seen prompts; no server path
+    *_, state = app.label_start("ana", state)
+    truth = []
+    for k, row in enumerate(app.rows):  # ana calls everything good but the last image
+        with Image.open(os.path.join(app.label_dir, row["file_name"])) as im:
+            truth.append("good" if judge(im.convert("RGB"), row)["good"] else "bad")
+        *_, state = app.label_click("good" if k < 5 else "bad", state)
+    agreed = sum(t == ("good" if k < 5 else "bad") for k, t in enumerate(truth))
+    assert judge_agreement(app.label_dir, "ana")["n"] == 6
+    assert round(judge_agreement(app.label_dir, "ana")["percent"]) == round(100 * agreed / 6)
+    assert f"agree on {100 * agreed / 6:.0f}% of your 6 good/bad labels" in app.label_score(state)
+    *_, status, state = app.label_draw(2, state)  # ana had finished: she is moved to the new images
+    assert len(app.rows) == 8 and state["index"] == 6
+
+
+def test_train_and_tune_add_your_model_for_you_only(drawing_app, monkeypatch):
+    """Train: the reward model on the labels, a short fine-tune, then a third Compare column in this session only."""
+    from t2idemo.labels import simulate_labels
+
+    app = drawing_app
+    state = app.session({})
+    if len(app.rows) < 16:
+        app.label_draw(16 - len(app.rows), state)
+    simulate_labels(app.label_dir, labeler="judge")
+    names = [r["file_name"] for r in app.rows]
+    for who in ("kim", "lee"):  # two people who call every other image good: the majority has both labels
+        app.store.add_many([(n, "good" if k % 2 else "bad") for k, n in enumerate(names)], who)
+    with pytest.raises(ValueError, match="train the reward model first"):
+        app.tune(3, state)
+    with pytest.raises(ValueError, match="tune_steps=500 is out of range; use an integer from 1 to 200"):
+        app.tune(500, state)
+    app.job.acquire()  # another visitor's job is running
+    app.job_sid = "someone-else"
+    try:
+        with pytest.raises(ValueError, match="another visitor's job is running"):
+            app.train_reward(state)
+        with pytest.raises(ValueError, match="another visitor's; you can cancel only your own"):
+            app.cancel(state)
+    finally:
+        app.job_sid = None
+        app.job.release()
+    text, state = app.train_reward(state)
+    assert re.search(r"Reward model trained.*accuracy (\d+%|n/a), AUC", text)
+    assert app.cancel(state) == "Nothing is running."
+    text, state = app.tune(2, state)
+    assert "Your model is ready" in text and os.path.isfile(os.path.join(state["mine"], "model_index.json"))
+    base, aligned, mine, summary = app.compare("two red circles on sky", 0, 4, 3.0, 2, state)
+    assert len(mine) == 2 and "| yours |" in summary
+    *_, other, _ = app.compare("two red circles on sky", 0, 4, 3.0, 2, app.session({}))
+    assert other == []  # another visitor does not see it
+    for text in (text, summary):
+        assert app.cfg.workdir not in text and os.path.dirname(t2iapp.__file__) not in text
+
+
+def test_cancel_stops_the_fine_tune_and_keeps_nothing(drawing_app, monkeypatch):
+    import t2idemo.finetune as ft
+
+    app, calls = drawing_app, []
+    state = app.session({})
+    app.label_draw(4, state)
+    _, state = app.train_reward(state)
+    real = ft.finetune
+
+    def cancel_at_once(cfg, reward_fn=None, should_stop=None):  # the visitor presses Cancel as the tune starts
+        calls.append(app.cancel(state))
+        return real(cfg, reward_fn, should_stop)
+
+    monkeypatch.setattr(ft, "finetune", cancel_at_once)
+    text, state = app.tune(3, state)
+    assert calls == ["Cancelling at the next step..."] and "cancelled" in text and state["mine"] is None
+
+
+def test_share_pushes_your_model_and_names_only_with_consent(drawing_app, monkeypatch):
+    from huggingface_hub import constants
+
+    app = drawing_app
+    with pytest.raises(ValueError, match="no model to share yet"):
+        app.share("dan/mine", TOKEN, False, True, True, False, app.session({}))
+    state = app.session({})
+    _, state = app.train_reward(state)
+    _, state = app.tune(1, state)
+    server = FakeHub()
+    try:
+        monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+        monkeypatch.setattr(constants, "ENDPOINT", server.url)
+        text = app.share("dan/mine", TOKEN, False, True, True, False, state)
+        assert "Pushed your model" in text and "labeler names replaced" in text and app.cfg.workdir not in text
+        labels = server.files("dan/mine", "dataset")["labels/labels.jsonl"].decode()
+        assert "labeler 1" in labels and '"ana"' not in labels and '"kim"' not in labels
+        card = server.files("dan/mine")["README.md"].decode()
+        assert "| top_k | 2 |" in card and "| base model | tiny-sd |" in card and app.cfg.workdir not in card
+        app.share("dan/named", TOKEN, False, True, True, True, state)
+        assert '"kim"' in server.files("dan/named", "dataset")["labels/labels.jsonl"].decode()
+    finally:
+        server.close()
+
+
+def test_build_wires_four_tabs_and_a_password_field(the_app):
     import gradio as gr
 
     blocks = list(t2iapp.build(the_app).blocks.values())
-    assert [b.label for b in blocks if isinstance(b, gr.Tab)] == ["Compare", "Label", "Share"]
+    assert [b.label for b in blocks if isinstance(b, gr.Tab)] == ["Compare", "Label", "Train", "Share"]
     by_id = {b.elem_id: b for b in blocks if getattr(b, "elem_id", None)}
     assert {"prompt", "generate", "base-gallery", "aligned-gallery", "label-good", "label-undo", "share-repo"} <= set(by_id)
     assert by_id["share-token"].type == "password"
@@ -226,17 +347,19 @@ def hub_server():
 
 
 @pytest.fixture(scope="module")
-def server(reward_dir, data_dir, hub_server, tmp_path_factory):
-    """`python app.py` on a free port; its Share tab talks to FakeHub. Yields (url, log file, gradio temp dir)."""
+def server(reward_dir, hub_server, tmp_path_factory):
+    """`python app.py` on a free port as on a Space (no --data: it draws what visitors label; short tunes); its Share
+    tab talks to FakeHub. Yields (url, log file, gradio temp dir, workdir)."""
     root = tmp_path_factory.mktemp("server")
-    log, tmp = root / "app.log", root / "gradio"
+    log, tmp, work = root / "app.log", root / "gradio", root / "work"
     env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
     env.update(HF_ENDPOINT=hub_server.url, GRADIO_TEMP_DIR=str(tmp), GRADIO_ANALYTICS_ENABLED="False",
                PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")  # any stray Hub call goes to FakeHub, not the internet
     port = free_port()
     with open(log, "w") as out:
         proc = subprocess.Popen([sys.executable, "app.py", "--aligned", BASE_MODEL, "--reward", reward_dir,
-                                 "--data", data_dir, "--port", str(port)], stdout=out, stderr=subprocess.STDOUT,
+                                 "--workdir", str(work), "--tune-steps", "2", "--unlabelled-per-prompt", "1",
+                                 "--port", str(port)], stdout=out, stderr=subprocess.STDOUT,
                                 env=env, cwd=os.path.dirname(t2iapp.__file__))
     url = f"http://127.0.0.1:{port}/"
     deadline = time.time() + 180
@@ -251,7 +374,7 @@ def server(reward_dir, data_dir, hub_server, tmp_path_factory):
                 proc.kill()
                 pytest.fail(f"app.py did not serve {url} within 180 s:\n{log.read_text()[-3000:]}")
             time.sleep(0.5)
-    yield url, log, tmp
+    yield url, log, tmp, str(work)
     proc.terminate()
     proc.wait(timeout=30)
 
@@ -329,13 +452,25 @@ def test_bad_input_shows_an_error_and_the_app_keeps_serving(page):
     field(page, "share-repo").fill("erin/shapes")
     page.click("#share-push")
     expect_error(page, "token is empty")
+    field(page, "share-token").fill(TOKEN)
+    page.click("#share-push")
+    expect_error(page, "no model to share yet")
     page.get_by_role("tab", name="Compare").click()
     generate(page, "a blue circle", images=2)  # still serving
     expect(page.locator("#base-gallery img")).to_have_count(2)
     expect(page.locator("#aligned-gallery img")).to_have_count(2)
 
 
-def label(page, name, labels, done):
+def draw(page, n, total):
+    from playwright.sync_api import expect
+
+    page.get_by_role("tab", name="Label").click()
+    field(page, "label-n").fill(str(n))
+    page.click("#label-draw")
+    expect(page.locator("#label-status")).to_contain_text(f"{total} in the labelling set")
+
+
+def label(page, name, labels, done, total=8):
     from playwright.sync_api import expect
 
     page.get_by_role("tab", name="Label").click()
@@ -345,17 +480,19 @@ def label(page, name, labels, done):
     for lab in labels:
         page.click(f"#label-{lab}")
         expect(page.locator("#label-status")).to_contain_text(f"saved {lab}")
-    expect(page.locator("#label-progress")).to_contain_text(f"{done} / 8 labelled by {name}")
+    expect(page.locator("#label-progress")).to_contain_text(f"{done} / {total} labelled by {name}")
 
 
 @browser_test
-def test_two_people_label_at_once_into_the_store(browser, server, data_dir):
+def test_two_people_label_at_once_into_the_store(browser, server):
+    data_dir = os.path.join(server[3], "labelling")
     pages = []
     for _ in range(2):
         p = browser.new_context().new_page()
         p.set_default_timeout(60_000)
         p.goto(server[0])
         pages.append(p)
+    draw(pages[0], 8, total=8)
     label(pages[0], "ana", ["good"], done=1)
     label(pages[1], "ben", ["bad"], done=1)  # both sessions open at once, each with its own name and place
     label(pages[0], "ana", ["bad", "skip"], done=3)  # Start again resumes at ana's first unlabelled image
@@ -368,19 +505,45 @@ def test_two_people_label_at_once_into_the_store(browser, server, data_dir):
 
 
 @browser_test
-def test_share_pushes_from_the_page_and_never_logs_the_token(page, server, hub_server):
+def test_label_train_tune_compare_and_push_without_a_shell(page, server, hub_server):
+    """Issue 17's path on a fresh app: draw and label 20 images, how did I do, train, tune, a third column, push."""
     from playwright.sync_api import expect
 
+    t0 = time.time()
+    rows = len(t2iapp.load_dataset_rows(os.path.join(server[3], "labelling")))
+    draw(page, 20, total=rows + 20)
+    labels = ["good", "bad"] * 10
+    label(page, "gus", [], done=0, total=rows + 20)
+    for lab in labels:
+        page.click(f"#label-{lab}")
+        expect(page.locator("#label-status")).to_contain_text(f"saved {lab}")
+    expect(page.locator("#label-progress")).to_contain_text(f"20 / {rows + 20} labelled by gus")
+    page.click("#label-score")
+    expect(page.locator("#label-score-result")).to_contain_text("You and the judge agree on")
+    page.get_by_role("tab", name="Train").click()
+    page.click("#train-reward")
+    expect(page.locator("#train-reward-result")).to_contain_text("Reward model trained", timeout=180_000)
+    field(page, "tune-steps").fill("2")
+    page.click("#tune")
+    expect(page.locator("#tune-result")).to_contain_text("Your model is ready", timeout=300_000)
+    page.get_by_role("tab", name="Compare").click()
+    generate(page, "two green circles on sand", images=2)
+    expect(page.locator("#mine-gallery img")).to_have_count(2)
+    expect(page.locator("#summary")).to_contain_text("yours")
     page.get_by_role("tab", name="Share").click()
-    field(page, "share-repo").fill("frank/shapes-aligned")
+    field(page, "share-repo").fill("frank/my-shapes")
     field(page, "share-token").fill(TOKEN)
     page.click("#share-push")
-    expect(page.locator("#share-result")).to_contain_text("Pushed the model", timeout=120_000)
-    files = hub_server.files("frank/shapes-aligned")
-    assert "model_index.json" in files and "reward/head.safetensors" in files and "README.md" in files
-    assert "data/metadata.jsonl" in hub_server.files("frank/shapes-aligned", "dataset")
-    assert TOKEN not in page.content()
-    _, log, tmp = server
+    expect(page.locator("#share-result")).to_contain_text("Pushed your model", timeout=120_000)
+    print(f"label 20, train, tune 2 steps, compare, push in the browser: {time.time() - t0:.1f} s")
+    files = hub_server.files("frank/my-shapes")
+    assert "model_index.json" in files and "reward/head.safetensors" in files and "finetune.json" in files
+    assert "labeler 1" in hub_server.files("frank/my-shapes", "dataset")["labels/labels.jsonl"].decode()
+    content = page.content()
+    assert TOKEN not in content
+    for path in (server[3], os.path.dirname(os.path.abspath(t2iapp.__file__))):  # no server path in the page
+        assert path not in content
+    _, log, tmp, _ = server
     time.sleep(0.5)
     assert TOKEN not in log.read_text()
     for root, _, names in os.walk(tmp):

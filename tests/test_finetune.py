@@ -136,3 +136,38 @@ def test_min_reward_drops_low_weights_before_top_k():
     assert select_rows(prompts, weights, min_reward=0.5) == [0, 1]
     with pytest.raises(ValueError, match="min_reward=2"):
         FinetuneConfig(weight="label", min_reward=2)
+
+
+def test_category_balance_draws_each_category_equally_often():
+    """balance='category': 2 count rows among 98 combination rows still make about half of every batch."""
+    import random
+
+    from t2idemo.finetune import batch_sampler
+
+    categories = ["count"] * 2 + ["combination"] * 98
+    uniform = batch_sampler(categories, "none", random.Random(0))(4000)
+    balanced = batch_sampler(categories, "category", random.Random(0))(4000)
+    assert sum(i < 2 for i in uniform) / 4000 < 0.05
+    assert 0.45 < sum(i < 2 for i in balanced) / 4000 < 0.55
+    assert set(balanced) == set(range(100))  # every row is still drawn
+    between = batch_sampler(categories, "sqrt", random.Random(0))(4000)  # sqrt(2) : sqrt(98), about 1 : 7
+    assert 0.09 < sum(i < 2 for i in between) / 4000 < 0.16
+    with pytest.raises(ValueError, match="balance='x'"):
+        FinetuneConfig(weight="label", balance="x")
+
+
+def test_should_stop_cancels_before_anything_is_written(render_dataset, tmp_path):
+    """The app's Cancel button: the fine-tune stops at the next step and leaves no pipeline behind."""
+    import os
+
+    from t2idemo.finetune import Cancelled
+
+    folder, _ = render_dataset
+    simulate_labels(folder, seed=0)
+    export_labels(folder, labeler="judge")
+    steps = []
+    out = str(tmp_path / "aligned")
+    with pytest.raises(Cancelled, match="cancelled at step 2 of 5"):
+        finetune(FinetuneConfig(data=folder, out=out, weight="label", batch=4, pre_batch=4, steps=5, checkpoint_every=0),
+                 should_stop=lambda: steps.append(1) or len(steps) > 2)
+    assert not os.path.exists(os.path.join(out, "model_index.json"))

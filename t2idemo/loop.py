@@ -1,0 +1,164 @@
+"""The paper's loop at the size of a browser tab: what the app's Label and Train tabs call.
+
+    from t2idemo import loop
+    from t2idemo.generate import load_pipeline
+
+    folder, cfg = "runs/app/labelling", loop.LoopConfig()
+    loop.draw_labelling_batch(load_pipeline(), folder, cfg)          # 24 images of seen prompts, appended
+    # ... people label them (the app's Label tab, the notebook Labeler, `python -m t2idemo label`) ...
+    loop.judge_agreement(folder, "ana")                              # ana against the judge: agreement, kappa
+    loop.train_reward_on_labels(folder, "runs/app/reward", cfg)      # seconds: held-out accuracy and AUC
+    loop.tune_on_labels(folder, "runs/app/reward", "runs/app/mine", cfg)  # the main job's recipe, short
+
+Every step is the main job's (``python -m t2idemo run``), at a size that takes seconds to a minute or two on two
+CPU cores: the labelling images are drawn like its feedback images (seen prompts, its sampler settings), the
+reward model is the same head on the same frozen CLIP, trained on the majority vote of everyone's labels, and
+the fine-tune is ``run.finetune_config`` (the filtered recipe, beta, lr) with fewer steps and smaller batches.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import random
+from dataclasses import dataclass
+
+from . import world
+from .generate import BASE_MODEL, GenerateConfig, _save_png, generate_dataset, image_seed, load_dataset_rows, sample, write_rows_atomic
+from .labels import LabelStore, agreement_stats, default_store_path, export_labels
+from .run import RunConfig, finetune_config
+
+RUN = RunConfig()  # the main job's defaults: the loop below takes its sampler settings and recipe from them
+
+
+@dataclass
+class LoopConfig:
+    model: str = BASE_MODEL  # the pipeline that draws the labelling images and is tuned
+    batch_images: int = 24  # images per labelling batch; 1 - 64
+    sample_steps: int = RUN.feedback_steps  # sampler steps of the labelling and unlabelled images; 8 - 50
+    guidance: float = RUN.feedback_guidance  # their guidance scale; 1 - 5
+    unlabelled_per_prompt: int = 4  # extra generations per labelled prompt, pseudo-labelled by the reward model; 0 - 16
+    tune_steps: int = 60  # fine-tune optimiser steps; 1 - 400 (the main job: 400 at batch 64)
+    tune_batch: int = 16  # D_model and D_pre images per fine-tune step; 4 - 64
+    reward_epochs: int = 100  # at most this many passes of the reward head over the labels; 10 - 300
+    seed: int = 0  # seeds the prompts, the images, the reward model and the fine-tune
+
+    def __post_init__(self):
+        for name, lo, hi in (("batch_images", 1, 64), ("sample_steps", 1, 100), ("unlabelled_per_prompt", 0, 16),
+                             ("tune_steps", 1, 400), ("tune_batch", 4, 64), ("reward_epochs", 10, 300)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or int(value) != value or not lo <= value <= hi:
+                raise ValueError(f"{name}={value!r} is out of range; use an integer from {lo} to {hi}")
+        if not 1 <= self.guidance <= 12:
+            raise ValueError(f"guidance={self.guidance!r} is out of range; use 1 to 12")
+        if self.seed < 0:
+            raise ValueError(f"seed={self.seed!r} must be >= 0")
+
+
+# ----------------------------------------------------------------------------- 1. a batch to label
+def draw_labelling_batch(pipe, folder: str, cfg: LoopConfig, model_name: str = "") -> list[dict]:
+    """Append ``cfg.batch_images`` images of random seen prompts, drawn by ``pipe``, to the imagefolder ``folder``
+    (created if needed). Batch b's images are b{b:03d}_{i:03d}.png. Returns the new rows. Not safe against a
+    second writer of the same folder at the same moment: the app calls it under its sampling lock."""
+    os.makedirs(folder, exist_ok=True)
+    rows = load_dataset_rows(folder)
+    b = 1 + max((int(r.get("batch", 0)) for r in rows), default=0)
+    rng = random.Random(f"{cfg.seed}:{b}")
+    pairs = world.all_prompts(unseen=False)  # the feedback prompts; the unseen ones stay held out
+    chosen = [rng.choice(pairs) for _ in range(cfg.batch_images)]
+    seeds = [image_seed(cfg.seed + b, i) for i in range(cfg.batch_images)]
+    images = sample(pipe, [p for p, _ in chosen], seeds, cfg.sample_steps, cfg.guidance, batch_size=cfg.batch_images)
+    new = []
+    for i, ((prompt, meta), s, image) in enumerate(zip(chosen, seeds, images)):
+        name = f"b{b:03d}_{i:03d}.png"
+        _save_png(image, os.path.join(folder, name))  # complete or absent, never half-written
+        new.append({"file_name": name, "prompt": prompt, **meta, "named": list(meta["named"]),
+                    "unseen": bool(meta["unseen"]), "seed": s, "batch": b, "model": model_name,
+                    "num_inference_steps": cfg.sample_steps, "guidance_scale": float(cfg.guidance)})
+    write_rows_atomic(folder, rows + new)  # the rows appear only once every PNG is on disk
+    return new
+
+
+# ----------------------------------------------------------------------------- 2. you against the judge
+def judge_agreement(folder: str, labeler: str) -> dict:
+    """How often ``labeler``'s good/bad labels in ``folder`` match the judge's verdict (skips left out).
+    Returns labels.agreement_stats ({"n", "percent", "kappa"}) plus "you_good_judge_bad" and
+    "you_bad_judge_good": the file names where the two disagree."""
+    from PIL import Image
+
+    from .judge import judge
+
+    rows = {r["file_name"]: r for r in load_dataset_rows(folder)}
+    with LabelStore(default_store_path(folder)) as store:
+        mine = {i: v for i, v in store.labels(labeler).items() if v in ("good", "bad") and i in rows}
+    pairs, disagree = [], {"you_good_judge_bad": [], "you_bad_judge_good": []}
+    for image_id in sorted(mine):
+        with Image.open(os.path.join(folder, image_id)) as im:
+            truth = "good" if judge(im.convert("RGB"), rows[image_id])["good"] else "bad"
+        pairs.append((mine[image_id], truth))
+        if mine[image_id] != truth:
+            disagree[f"you_{mine[image_id]}_judge_{truth}"].append(image_id)
+    return {**agreement_stats(pairs), **disagree}
+
+
+# ----------------------------------------------------------------------------- 3. the reward model
+def train_reward_on_labels(folder: str, out: str, cfg: LoopConfig, lock=None) -> dict:
+    """Export the majority vote of everyone's labels into ``folder``'s metadata, train the reward model on them
+    (the main job's head and CLIP) into ``out``, and return {"good", "bad", "val_accuracy", "val_auc", "n_val"}:
+    accuracy (r >= 0.5 means good) and AUC on the prompts held out of its training. ``lock``: held while the
+    metadata is rewritten, if another thread may append to it (the app's Draw button)."""
+    from contextlib import nullcontext
+
+    from .reward import RewardConfig, load_images, load_rows, split_by_prompt
+    from .reward import train as train_reward
+
+    with lock or nullcontext():
+        counts = export_labels(folder)  # label = the majority vote; ties, skips and unlabelled images get None
+    if counts["good"] < 2 or counts["bad"] < 2:
+        raise ValueError(f"the reward model needs at least 2 good and 2 bad labels; there are {counts['good']} good "
+                         f"and {counts['bad']} bad so far: label more images")
+    rcfg = RewardConfig(data=folder, run=out, lam=RUN.lam, seed=cfg.seed, max_epochs=cfg.reward_epochs, patience=10,
+                        val_frac=0.25)
+    model = train_reward(rcfg)
+    rows = [r for r in load_rows(folder) if r.get("label") in ("good", "bad")]
+    _, val = split_by_prompt(rows, rcfg.val_frac, rcfg.seed)  # the prompts its early stopping held out
+    rows = [rows[i] for i in val]
+    scores = model(load_images(folder, rows), [r["prompt"] for r in rows]).tolist() if rows else []
+    right = [(s >= 0.5) == (r["label"] == "good") for s, r in zip(scores, rows)]
+    summary = _read_summary(out)
+    return {"good": counts["good"], "bad": counts["bad"], "n_val": len(rows),
+            "val_accuracy": 100.0 * sum(right) / len(right) if right else None, "val_auc": summary.get("val_auc")}
+
+
+def _read_summary(reward_dir: str) -> dict:
+    import json
+
+    from .reward import CONFIG_FILE
+
+    with open(os.path.join(reward_dir, CONFIG_FILE)) as f:
+        return json.load(f).get("training", {})
+
+
+# ----------------------------------------------------------------------------- 4. the fine-tune
+def tune_on_labels(folder: str, reward: str, out: str, cfg: LoopConfig, pipe=None, should_stop=None) -> str:
+    """The main job's steps 4 and 5 at app size: ``cfg.unlabelled_per_prompt`` more images of every labelled prompt,
+    scored by the reward model in ``reward``, then the main job's fine-tune (``run.finetune_config``: its recipe,
+    beta, lr) for ``cfg.tune_steps`` steps of ``cfg.tune_batch`` images. Writes the pipeline to OUT/model and
+    returns that folder. ``should_stop`` cancels it (finetune.Cancelled)."""
+    from .finetune import finetune
+
+    rows = [r for r in load_dataset_rows(folder) if r.get("label") in ("good", "bad")]
+    if not rows:
+        raise ValueError(f"no labelled images in the labelling set yet; label some and train the reward model first")
+    unlabelled = ""
+    if cfg.unlabelled_per_prompt:
+        prompts = sorted({r["prompt"] for r in rows})
+        unlabelled = os.path.join(out, "unlabelled")
+        generate_dataset(GenerateConfig(out=unlabelled, model=cfg.model, prompts="|".join(prompts),
+                                        per_prompt=cfg.unlabelled_per_prompt, steps=cfg.sample_steps,
+                                        guidance=cfg.guidance, seed=cfg.seed + 5), pipe)
+    fcfg = finetune_config(RUN, data=folder, out=os.path.join(out, "model"), model=cfg.model, reward=reward,
+                           unlabelled=unlabelled, beta=RUN.beta, seed=cfg.seed)
+    fcfg = dataclasses.replace(fcfg, steps=cfg.tune_steps, batch=cfg.tune_batch, pre_batch=cfg.tune_batch,
+                               pre_pool=min(RUN.pre_pool, cfg.tune_steps * cfg.tune_batch))
+    return finetune(fcfg, should_stop=should_stop)
