@@ -26,6 +26,7 @@ matter) it listens where the Space says (GRADIO_SERVER_NAME, GRADIO_SERVER_PORT)
 from __future__ import annotations
 
 import functools
+import json
 import math
 import os
 import secrets
@@ -75,6 +76,7 @@ class AppConfig:
     batch_images: int = 24  # Label: default images per Draw (a visitor may ask for 1 - 64)
     tune_steps: int = 60  # Train: default fine-tune steps (a visitor may ask for 1 - 200)
     unlabelled_per_prompt: int = 4  # Train: extra generations per labelled prompt, scored by the reward model; 0 - 16
+    eval_images: int = 64  # Train: after a fine-tune, unseen combination images per model, base vs yours; 0 - 512
     host: str = os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1")  # interface to serve on; 0.0.0.0 = every one
     port: int = int(os.environ.get("GRADIO_SERVER_PORT", "7860"))  # TCP port; 1 - 65535
     share: bool = False  # also open a public *.gradio.live link (needs the internet)
@@ -99,7 +101,7 @@ class AppConfig:
         if self.benchmark < 0:
             raise ValueError(f"--benchmark {self.benchmark} must be >= 0 (0 serves the app)")
         LoopConfig(model=self.base, batch_images=self.batch_images, tune_steps=self.tune_steps,
-                   unlabelled_per_prompt=self.unlabelled_per_prompt)  # a ValueError naming a bad one
+                   unlabelled_per_prompt=self.unlabelled_per_prompt, eval_images=self.eval_images)  # names a bad one
 
 
 # ----------------------------------------------------------------------------- input checks (no Gradio needed)
@@ -386,27 +388,41 @@ class App:
         steps = check_number("tune_steps", steps)
         if not state.get("reward"):
             raise ValueError("train the reward model first (button 1): the fine-tune weights images with it")
-        cfg = LoopConfig(model=self.cfg.base, tune_steps=steps, unlabelled_per_prompt=self.cfg.unlabelled_per_prompt)
+        cfg = LoopConfig(model=self.cfg.base, tune_steps=steps, unlabelled_per_prompt=self.cfg.unlabelled_per_prompt,
+                         eval_images=self.cfg.eval_images)
         out = os.path.join(self._session_dir(state), "tune")
         t0 = time.perf_counter()
 
         def job():
             from t2idemo.generate import load_pipeline
+            from t2idemo.loop import quick_eval
 
             if os.path.isdir(out):
                 shutil.rmtree(out)  # the last tune of this session: replaced
+            base = load_pipeline(self.cfg.base)  # the job's own copy: Compare keeps sampling meanwhile
             try:
-                return tune_on_labels(self.label_dir, state["reward"], out, cfg, pipe=load_pipeline(self.cfg.base),
-                                      should_stop=self.cancel_flag.is_set)
+                model = tune_on_labels(self.label_dir, state["reward"], out, cfg, pipe=base,
+                                       should_stop=self.cancel_flag.is_set)
             except Cancelled:
-                return None
+                return None, {}
+            scores = quick_eval({"base": base, "yours": load_pipeline(model)}, cfg) if cfg.eval_images else {}
+            with open(os.path.join(model, "eval.json"), "w") as f:  # the model card reports it
+                json.dump({"unseen_combinations_all_right": scores}, f, indent=1)
+            return model, scores
 
-        model = self._run_job(state, "tune", job)
+        model, scores = self._run_job(state, "tune", job)
         self.mine.pop(state["sid"], None)  # a re-tune replaced the folder: load it afresh
         if model is None:
             return "Fine-tune **cancelled**; nothing changed.", {**state, "mine": None}
-        return (f"**Your model is ready** ({steps} steps with the main job's recipe, {time.perf_counter() - t0:.0f} s). "
-                "Compare now draws it in a third column; only you see it. Share can push it."), {**state, "mine": model}
+        judged = ""
+        if scores:
+            b, y = scores["base"], scores["yours"]
+            judged = (f" The judge on {b['n']} unseen combination prompts (fixed seeds): base {100 * b['p']:.0f}% all right "
+                      f"[{100 * b['lo']:.0f}, {100 * b['hi']:.0f}], yours {100 * y['p']:.0f}% [{100 * y['lo']:.0f}, "
+                      f"{100 * y['hi']:.0f}] (Wilson 95% CIs; a short session's few labels move little).")
+        return (f"**Your model is ready** ({steps} steps with the main job's recipe, {time.perf_counter() - t0:.0f} s)."
+                + judged + " Compare now draws it in a third column; only you see it. Share can push it."), \
+            {**state, "mine": model}
 
     def cancel(self, state=None) -> str:
         state = self.session(state)

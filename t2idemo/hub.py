@@ -252,6 +252,15 @@ def model_card(repo_id: str, model_dir: str, reward_dir: str = "", stats: dict |
                   + (', clip=f"{path}/reward/clip")' if _local_clip(clip) else ")"),
                   'scores = reward(images, ["three purple circles on grass"] * len(images))  # PIL images -> (N,)',
                   "```", ""]
+    scores = _read_json(os.path.join(model_dir, "eval.json")).get("unseen_combinations_all_right", {})
+    if scores:
+        lines += ["## Evaluation", "",
+                  "The shapes world's judge on combination prompts held out of the feedback (unseen), one image per "
+                  "prompt at fixed seeds, default sampler; all four named attributes right, [Wilson 95% CI]:", "",
+                  "| model | all right |", "| --- | --- |"]
+        lines += [f"| {name} | {100 * r['p']:.1f}% [{100 * r['lo']:.1f}, {100 * r['hi']:.1f}] of {r['n']} |"
+                  for name, r in scores.items()]
+        lines += [""]
     lines += _labels_section(stats or {}, dataset_id)
     lines += ["## Limitations", "",
               "It draws 32x32 shapes-world images and nothing else; it is a teaching model, not a general one.", ""]

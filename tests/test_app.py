@@ -79,7 +79,7 @@ def the_app(reward_dir, data_dir, tmp_path_factory):
 def drawing_app(reward_dir, tmp_path_factory):
     """The app as on a Space: no --data, so it labels what its Draw button draws; small tunes."""
     return t2iapp.App(t2iapp.AppConfig(aligned=BASE_MODEL, reward=reward_dir, workdir=str(tmp_path_factory.mktemp("space")),
-                                       tune_steps=3, unlabelled_per_prompt=1))
+                                       tune_steps=3, unlabelled_per_prompt=1, eval_images=8))
 
 
 # ----------------------------------------------------------------------------- config and input checks
@@ -271,6 +271,7 @@ def test_train_and_tune_add_your_model_for_you_only(drawing_app, monkeypatch):
     assert app.cancel(state) == "Nothing is running."
     text, state = app.tune(2, state)
     assert "Your model is ready" in text and os.path.isfile(os.path.join(state["mine"], "model_index.json"))
+    assert re.search(r"on 8 unseen combination prompts \(fixed seeds\): base \d+% all right \[\d+, \d+\], yours", text)
     base, aligned, mine, summary = app.compare("two red circles on sky", 0, 4, 3.0, 2, state)
     assert len(mine) == 2 and "| yours |" in summary
     *_, other, _ = app.compare("two red circles on sky", 0, 4, 3.0, 2, app.session({}))
@@ -316,6 +317,7 @@ def test_share_pushes_your_model_and_names_only_with_consent(drawing_app, monkey
         assert "labeler 1" in labels and '"ana"' not in labels and '"kim"' not in labels
         card = server.files("dan/mine")["README.md"].decode()
         assert "| top_k | 2 |" in card and "| base model | tiny-sd |" in card and app.cfg.workdir not in card
+        assert re.search(r"\| yours \| \d+\.\d% \[[\d.]+, [\d.]+\] of 8 \|", card) and "## Feedback labels" in card
         app.share("dan/named", TOKEN, False, True, True, True, state)
         assert '"kim"' in server.files("dan/named", "dataset")["labels/labels.jsonl"].decode()
     finally:
@@ -359,6 +361,7 @@ def server(reward_dir, hub_server, tmp_path_factory):
     with open(log, "w") as out:
         proc = subprocess.Popen([sys.executable, "app.py", "--aligned", BASE_MODEL, "--reward", reward_dir,
                                  "--workdir", str(work), "--tune-steps", "2", "--unlabelled-per-prompt", "1",
+                                 "--eval-images", "8",
                                  "--port", str(port)], stdout=out, stderr=subprocess.STDOUT,
                                 env=env, cwd=os.path.dirname(t2iapp.__file__))
     url = f"http://127.0.0.1:{port}/"
