@@ -1,6 +1,8 @@
-"""Command line: ``python -m t2idemo <command> [options]``; ``--help`` after a command lists its options."""
+"""Command line: ``python -m t2idemo <command> [options]``; ``--help`` after a command lists its options.
+Bad input stops a command with one line naming it (T2IDEMO_TRACEBACK=1 shows the traceback instead)."""
 
 import importlib
+import os
 import sys
 
 # command -> (module, function taking argv); each module keeps its own argparse
@@ -27,7 +29,13 @@ def main(argv=None):
             return 2
         return 0
     module, func, _ = COMMANDS[argv[0]]
-    getattr(importlib.import_module(module), func)(argv[1:])
+    try:
+        getattr(importlib.import_module(module), func)(argv[1:])
+    except ValueError as e:  # bad input found past argparse (a folder without data, ...): one line, no traceback
+        if os.environ.get("T2IDEMO_TRACEBACK"):
+            raise
+        print(f"python -m t2idemo {argv[0]}: error: {e}", file=sys.stderr)
+        return 2
     return 0
 
 

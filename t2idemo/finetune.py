@@ -40,6 +40,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from . import world
+from .dpo import dpo_loss
 from .generate import BASE_MODEL
 from .reward import load_images, load_rows
 
@@ -57,6 +58,10 @@ class FinetuneConfig:
     min_reward: float = 0.0  # drop D_model images whose weight is below this (0 = keep all, the paper; 0.5 = the reward
     #                          model's pseudo-label "good"); applied before top_k, so a prompt with no good image adds
     #                          nothing instead of its least bad ones; 0 - 1
+    method: str = "reward"  # "reward" = Lee et al.: the reward-weighted loss + beta * D_pre | "dpo" = Diffusion-DPO
+    #                        (t2idemo.dpo): pairs of a prompt's good and bad images against the frozen base, no D_pre;
+    #                        a step of `batch` pairs trains on 2 * batch latents (weight, beta and pre_* unused)
+    dpo_beta: float = 2000.0  # Diffusion-DPO's beta: how hard a pair's loss gap is pushed (SD: 2500 - 5000); 100 - 20_000
     balance: str = "none"  # how a D_model batch is drawn: "none" = uniformly over the kept images | "category" = each
     #                        prompt category (count, colour, background, combination) equally often, then an image of
     #                        it: the few count prompts are not drowned by the many combinations | "sqrt" = a category
@@ -116,6 +121,10 @@ class FinetuneConfig:
                 raise ValueError(f"{name}={getattr(self, name)!r} must be a positive integer")
         if int(self.lora_rank) != self.lora_rank or self.lora_rank < 0:
             raise ValueError(f"lora_rank={self.lora_rank!r} must be an integer >= 0 (0 = full UNet fine-tuning, 4 - 64 = LoRA)")
+        if self.method not in ("reward", "dpo"):
+            raise ValueError(f"method={self.method!r} is not allowed; use 'reward' (Lee et al.) or 'dpo' (Diffusion-DPO)")
+        if self.dpo_beta <= 0:
+            raise ValueError(f"dpo_beta={self.dpo_beta!r} must be > 0 (Diffusion-DPO uses 2500 - 5000 for SD)")
         if self.balance not in ("none", "category", "sqrt"):
             raise ValueError(f"balance={self.balance!r} is not allowed; use 'none', 'category' or 'sqrt'")
         if self.train not in ("all", "cross_attention"):
@@ -125,9 +134,9 @@ class FinetuneConfig:
 
 
 # ----------------------------------------------------------------------------- data
-def model_dataset(cfg: FinetuneConfig, reward_fn=None) -> tuple:
-    """D_model: (images, prompts, weights, categories). Skipped and unlabelled feedback images are dropped
-    unless a reward model can weight them."""
+def model_rows(cfg: FinetuneConfig, reward_fn=None) -> tuple:
+    """Every D_model candidate: (images, prompts, weights, categories), weights as lists. Skipped and unlabelled
+    feedback images are dropped unless a reward model can weight them."""
     rows = load_rows(cfg.data, "data")
     images, prompts, weights, categories = [], [], [], []
     labelled = [r for r in rows if r.get("label") in ("good", "bad")]
@@ -150,6 +159,12 @@ def model_dataset(cfg: FinetuneConfig, reward_fn=None) -> tuple:
         weights += list(reward_scores(reward_fn, uimgs, [r["prompt"] for r in urows]))
     if not images:
         raise ValueError(f"data={cfg.data!r} has no usable images (weight={cfg.weight!r} needs labels good/bad)")
+    return images, prompts, weights, categories
+
+
+def model_dataset(cfg: FinetuneConfig, reward_fn=None) -> tuple:
+    """D_model: (images, prompts, weights (N,), categories), filtered by ``min_reward`` and ``top_k``."""
+    images, prompts, weights, categories = model_rows(cfg, reward_fn)
     keep = select_rows(prompts, weights, cfg.min_reward, cfg.top_k)
     if not keep:
         raise ValueError(f"min_reward={cfg.min_reward!r} (with top_k={cfg.top_k}) keeps no D_model image: the highest "
@@ -351,7 +366,18 @@ def finetune(cfg: FinetuneConfig, reward_fn=None, should_stop=None) -> str:
         from .reward import load_reward_fn
 
         reward_fn = load_reward_fn(cfg.reward)
-    images, prompts, weights, categories = model_dataset(cfg, reward_fn)
+    if cfg.method == "dpo":  # pairs of a prompt's good and bad images; every image is encoded once
+        from .dpo import preference_pairs
+
+        images, prompts, raw, categories = model_rows(cfg, reward_fn)
+        pairs = preference_pairs(prompts, raw, cfg.min_reward or 0.5, cfg.top_k or 2)
+        if not pairs:
+            raise ValueError(f"method='dpo' found no prompt with both a good and a bad image in data={cfg.data!r} "
+                             f"(and unlabelled={cfg.unlabelled!r}); label more images, or use method='reward'")
+        winners, losers = torch.tensor([w for w, _ in pairs]), torch.tensor([l for _, l in pairs])  # (P,), (P,)
+        weights, categories = torch.ones(len(pairs)), [categories[w] for w, _ in pairs]
+    else:
+        images, prompts, weights, categories = model_dataset(cfg, reward_fn)
     reward_fn = None  # our reference only: frees the reward CLIP (1.7 GB for ViT-L/14) if it was loaded here
     size = unet.config.sample_size * pipe.vae_scale_factor
     vae.requires_grad_(False).to(accelerator.device)
@@ -378,9 +404,15 @@ def finetune(cfg: FinetuneConfig, reward_fn=None, should_stop=None) -> str:
     lat_model, emb_model = encode_all(images, prompts)
     prior = world.read_prior(cfg.model) if os.path.isdir(cfg.model) else "laion"  # what the base learnt from
     pre = PretrainStream(cfg.pretrain_data, cfg.seed, prior)
-    if cfg.beta > 0 and cfg.pre_pool:  # a fixed D_pre, encoded once: the per-step VAE pass was a fifth of a step
+    use_pre = cfg.method == "reward" and cfg.beta > 0  # Diffusion-DPO's reference takes D_pre's place
+    if use_pre and cfg.pre_pool:  # a fixed D_pre, encoded once: the per-step VAE pass was a fifth of a step
         lat_pre, emb_pre = encode_all(*pre.pool(min(cfg.pre_pool, cfg.steps * cfg.pre_batch)))  # (P, 4, h, w), (P, L, D)
 
+    ref_unet = None
+    if cfg.method == "dpo":  # the frozen reference: the model as it starts
+        import copy
+
+        ref_unet = copy.deepcopy(unet).requires_grad_(False).eval().to(accelerator.device)
     if cfg.lora_rank:
         add_lora(unet, cfg)  # freezes the UNet: only the adapter trains
     elif cfg.train == "cross_attention":
@@ -430,21 +462,28 @@ def finetune(cfg: FinetuneConfig, reward_fn=None, should_stop=None) -> str:
         if should_stop is not None and should_stop():
             bar.close()
             raise Cancelled(f"fine-tune cancelled at step {step} of {cfg.steps}; nothing was written to {cfg.out}")
-        idx = draw(cfg.batch)  # (B,) rows of D_model
-        m_lat = lat_model[idx].to(accelerator.device)  # (B, 4, h, w)
-        m_emb = emb_model[idx].to(accelerator.device)  # (B, L, D)
-        w = weights[idx].to(accelerator.device)  # (B,) reward weights in [0, 1]
-        p_lat, p_emb = None, None  # D_pre batch (P, 4, h, w), (P, L, D)
-        if cfg.beta > 0 and cfg.pre_pool:
-            pidx = [rng.randrange(len(lat_pre)) for _ in range(cfg.pre_batch)]
-            p_lat, p_emb = lat_pre[pidx].to(accelerator.device), emb_pre[pidx].to(accelerator.device)
-        elif cfg.beta > 0:
-            p_lat, p_emb = encode(*pre.sample(cfg.pre_batch))
-        m_emb = drop_captions(m_emb)
-        p_emb = drop_captions(p_emb) if p_emb is not None else None
-        with accelerator.autocast():
-            loss, l_model, l_pre = reward_weighted_loss(unet, noise_scheduler, m_lat, m_emb, w, p_lat, p_emb, cfg.beta, gen,
-                                                        cfg.t_low)
+        idx = draw(cfg.batch)  # (B,) rows of D_model (pairs, for DPO)
+        if cfg.method == "dpo":
+            win, lose = winners[idx], losers[idx]  # (B,), (B,) rows of the encoded images
+            with accelerator.autocast():
+                loss, l_model = dpo_loss(unet, ref_unet, noise_scheduler, lat_model[win].to(accelerator.device),
+                                         lat_model[lose].to(accelerator.device), emb_model[win].to(accelerator.device),
+                                         cfg.dpo_beta, gen)
+        else:
+            m_lat = lat_model[idx].to(accelerator.device)  # (B, 4, h, w)
+            m_emb = emb_model[idx].to(accelerator.device)  # (B, L, D)
+            w = weights[idx].to(accelerator.device)  # (B,) reward weights in [0, 1]
+            p_lat, p_emb = None, None  # D_pre batch (P, 4, h, w), (P, L, D)
+            if use_pre and cfg.pre_pool:
+                pidx = [rng.randrange(len(lat_pre)) for _ in range(cfg.pre_batch)]
+                p_lat, p_emb = lat_pre[pidx].to(accelerator.device), emb_pre[pidx].to(accelerator.device)
+            elif use_pre:
+                p_lat, p_emb = encode(*pre.sample(cfg.pre_batch))
+            m_emb = drop_captions(m_emb)
+            p_emb = drop_captions(p_emb) if p_emb is not None else None
+            with accelerator.autocast():
+                loss, l_model, l_pre = reward_weighted_loss(unet, noise_scheduler, m_lat, m_emb, w, p_lat, p_emb,
+                                                            cfg.beta if use_pre else 0.0, gen, cfg.t_low)
         accelerator.backward(loss)
         accelerator.clip_grad_norm_(params, 1.0)
         opt.step()
@@ -453,7 +492,10 @@ def finetune(cfg: FinetuneConfig, reward_fn=None, should_stop=None) -> str:
             d = min(cfg.ema, (1 + step) / (10 + step))  # EMA with warm-up
             for e, p in zip(ema, params):
                 e.mul_(d).add_(p.detach(), alpha=1 - d)
-        bar.set_postfix(loss=f"{loss.item():.4f}", model=f"{l_model.item():.4f}", pre=f"{l_pre.item():.4f}")
+        if cfg.method == "dpo":
+            bar.set_postfix(loss=f"{loss.item():.4f}", implicit_acc=f"{l_model.item():.2f}")
+        else:
+            bar.set_postfix(loss=f"{loss.item():.4f}", model=f"{l_model.item():.4f}", pre=f"{l_pre.item():.4f}")
         if cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.steps and accelerator.is_main_process:
             os.makedirs(ckpt, exist_ok=True)
             named = {n: p.detach().cpu().contiguous() for n, p in accelerator.unwrap_model(unet).named_parameters() if p.requires_grad}

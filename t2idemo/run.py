@@ -58,6 +58,12 @@ class RunConfig:
     #                           every image weighted by r(x, z), as Lee et al. (sets top_k 0, min_reward 0, weight "reward")
     top_k: int = 2  # filtered recipe: images kept per prompt (RAFT-like); 0 = all; 0 - 8
     min_reward: float = 0.5  # filtered recipe: an unlabelled image counts as good when r(x, z) >= this; 0 - 1
+    method: str = "reward"  # fine-tune loss: "reward" (Lee et al.: reward-weighted likelihood + beta * D_pre, the recipe
+    #                        above) | "dpo" (Diffusion-DPO: each prompt's top_k good images against its worst bad ones,
+    #                        good = labelled good or r >= min_reward; the frozen base as reference; same UNet passes)
+    dpo_beta: float = 2000.0  # fine-tune, method "dpo": Diffusion-DPO's beta; 100 - 20_000
+    dpo_lr: float = 2e-5  # fine-tune, method "dpo": its learning rate (`lr` is the reward recipe's); 1e-6 - 1e-4 (5e-4
+    #                       collapsed the model: docs/findings.md, section 3)
     balance: str = "none"  # fine-tune: D_model batches "none" (uniform over images) | "category" (each prompt category
     #                        equally often: the 12 count prompts get a quarter of each batch, not 3%) | "sqrt" (between)
     flip: float = 0.0  # simulated rater: probability of flipping the judge's verdict; 0 - 0.5
@@ -170,9 +176,9 @@ def finetune_config(cfg: RunConfig, data: str, out: str, model: str, reward: str
                     seed: int) -> FinetuneConfig:
     """The main job's fine-tune (its recipe, steps, lr, ...) on these folders; the app's short tune uses it too."""
     return FinetuneConfig(data=data, out=out, model=model, reward=reward, weight=cfg.weight, unlabelled=unlabelled,
-                          beta=beta, steps=cfg.steps, lr=cfg.lr, p_uncond=cfg.p_uncond, pre_batch=cfg.pre_batch,
+                          beta=beta, steps=cfg.steps, lr=cfg.dpo_lr if cfg.method == "dpo" else cfg.lr, p_uncond=cfg.p_uncond, pre_batch=cfg.pre_batch,
                           pre_pool=cfg.pre_pool, ema=cfg.ema, top_k=cfg.top_k, min_reward=cfg.min_reward,
-                          balance=cfg.balance, seed=seed, checkpoint_every=0)
+                          balance=cfg.balance, method=cfg.method, dpo_beta=cfg.dpo_beta, seed=seed, checkpoint_every=0)
 
 
 def merge_folders(folders: list, out: str) -> str:
@@ -233,6 +239,11 @@ def run(cfg: RunConfig) -> dict:
 
 def recipe_line(cfg: RunConfig) -> str:
     """One line naming the fine-tune recipe, for the printed report."""
+    if cfg.method == "dpo":
+        data = (f"Diffusion-DPO (`--method dpo`, beta_dpo {cfg.dpo_beta:g}): each prompt's {cfg.top_k or 2} best good "
+                f"images against its worst bad ones (good: labelled good, or r(x, z) >= {cfg.min_reward or 0.5:g}), the "
+                f"base as reference, no D_pre term")
+        return f"Fine-tune recipe: {data}; {cfg.steps} steps of {FinetuneConfig.batch} pairs at lr {cfg.dpo_lr:g}, {cfg.rounds} round(s)."
     if cfg.recipe == "paper":
         data = "every image weighted by the reward model's r(x, z) (the paper's recipe)"
     else:

@@ -27,6 +27,16 @@ def test_unknown_command_and_bad_values_fail_clearly(tmp_path):
     assert r.returncode != 0 and "'dog'" in r.stderr
 
 
+@pytest.mark.parametrize("command, args, message", [
+    ("finetune", ["--data", "nowhere", "--weight", "label"], "data='nowhere' has no metadata.jsonl"),
+    ("evaluate", ["--models", "nowhere"], "nowhere"),
+])
+def test_bad_input_found_late_is_one_line_without_a_traceback(tmp_path, command, args, message):
+    r = run(command, *args)
+    assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr
+    assert f"python -m t2idemo {command}: error:" in r.stderr
+
+
 def test_help_lists_the_commands():
     r = run("--help")
     assert r.returncode == 0 and "sample" in r.stdout and "pretrain" in r.stdout

@@ -171,3 +171,59 @@ def test_should_stop_cancels_before_anything_is_written(render_dataset, tmp_path
         finetune(FinetuneConfig(data=folder, out=out, weight="label", batch=4, pre_batch=4, steps=5, checkpoint_every=0),
                  should_stop=lambda: steps.append(1) or len(steps) > 2)
     assert not os.path.exists(os.path.join(out, "model_index.json"))
+
+
+def test_preference_pairs_meet_a_prompts_best_good_with_its_worst_bad():
+    from t2idemo.dpo import preference_pairs
+
+    prompts = ["a", "a", "a", "a", "b", "b", "c"]
+    weights = [0.9, 0.2, 0.6, 0.0, 0.8, 0.7, 0.1]
+    assert preference_pairs(prompts, weights, 0.5, k=1) == [(0, 3)]  # "b" has no bad image, "c" no good one
+    assert preference_pairs(prompts, weights, 0.5, k=2) == [(0, 3), (2, 1)]
+
+
+def test_dpo_loss_starts_at_log2_and_training_ranks_winners_up(render_dataset, tmp_path):
+    """At theta = reference the loss is log 2 exactly; a few steps on one batch of pairs push it below."""
+    import copy
+    import math
+
+    from diffusers import DDPMScheduler, UNet2DConditionModel
+
+    from t2idemo.dpo import dpo_loss
+    from t2idemo.generate import BASE_MODEL
+
+    unet = UNet2DConditionModel.from_pretrained(BASE_MODEL, subfolder="unet", torch_dtype=torch.float32)
+    sched = DDPMScheduler.from_pretrained(BASE_MODEL, subfolder="train_scheduler")
+    ref = copy.deepcopy(unet).requires_grad_(False)
+    g = torch.Generator().manual_seed(0)
+    size = unet.config.sample_size
+    lat_w, lat_l = torch.randn(4, 4, size, size, generator=g), torch.randn(4, 4, size, size, generator=g)
+    emb = torch.randn(4, 8, unet.config.cross_attention_dim, generator=g)
+    loss0, _ = dpo_loss(unet, ref, sched, lat_w, lat_l, emb, 2000.0, torch.Generator().manual_seed(1))
+    assert abs(loss0.item() - math.log(2)) < 1e-6
+    opt = torch.optim.AdamW(unet.parameters(), lr=1e-3)
+    for _ in range(5):
+        loss, _ = dpo_loss(unet, ref, sched, lat_w, lat_l, emb, 2000.0, torch.Generator().manual_seed(1))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    after, acc = dpo_loss(unet, ref, sched, lat_w, lat_l, emb, 2000.0, torch.Generator().manual_seed(1))
+    assert after.item() < 0.5 * math.log(2) and acc.item() > 0.5
+
+
+def test_finetune_method_dpo_writes_a_pipeline(render_dataset, tmp_path):
+    import json
+    import os
+
+    from t2idemo.labels import LabelStore, default_store_path
+
+    folder, rows = render_dataset
+    with LabelStore(default_store_path(folder)) as store:  # each prompt: its first image good, its second bad
+        store.add_many([(r["file_name"], "good" if k % 2 == 0 else "bad") for k, r in enumerate(rows)], "me")
+    export_labels(folder, labeler="me")
+    out = str(tmp_path / "dpo")
+    finetune(FinetuneConfig(data=folder, out=out, weight="label", method="dpo", batch=4, steps=2, checkpoint_every=0))
+    info = json.load(open(os.path.join(out, "finetune.json")))
+    assert info["config"]["method"] == "dpo" and info["n_model"] == 3  # one pair per prompt
+    with pytest.raises(ValueError, match="method='x' is not allowed"):
+        FinetuneConfig(weight="label", method="x")

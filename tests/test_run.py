@@ -37,6 +37,17 @@ def test_the_paper_recipe_is_one_flag_away():
     assert "filtered" in recipe_line(default) and "paper's recipe" in recipe_line(paper)
 
 
+def test_dpo_is_one_flag_away_with_its_own_learning_rate(tmp_path):
+    """--method dpo fine-tunes with Diffusion-DPO at dpo_lr (the reward recipe's lr collapsed it), and says so."""
+    from t2idemo.run import finetune_config, parse_args, recipe_line
+
+    dpo = parse_args(["--method", "dpo"])
+    fcfg = finetune_config(dpo, data="d", out="o", model="m", reward="r", unlabelled="", beta=1.0, seed=0)
+    assert (fcfg.method, fcfg.lr, fcfg.dpo_beta) == ("dpo", dpo.dpo_lr, 2000.0) and dpo.dpo_lr != dpo.lr
+    assert "Diffusion-DPO" in recipe_line(dpo) and f"lr {dpo.dpo_lr:g}" in recipe_line(dpo)
+    assert finetune_config(RunConfig(), "d", "o", "m", "r", "", 1.0, 0).method == "reward"
+
+
 @pytest.mark.slow
 def test_top_k_on_every_prompt(tmp_path):
     out = tmp_path / "run"
