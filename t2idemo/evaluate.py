@@ -118,12 +118,16 @@ def eval_prompts(split: str, n_combination: int, n_single: int, seed: int = 0) -
 
 # ----------------------------------------------------------------------------- alignment
 def tally(verdicts: list[dict], metas: list[dict]) -> dict:
-    """{split: {category: {"n", "good", "attr": {a: (k, n)}}}} counts of right answers."""
+    """{split: {category: {"n", "good", "attr": {a: (k, n)}, "three_as_four": (k, n)}}} counts of right answers,
+    and of prompts asking for three shapes drawn with four (what a four-for-three rater teaches)."""
     out = {}
     for v, m in zip(verdicts, metas):
         c = out.setdefault(m["split"], {}).setdefault(m["category"], {"n": 0, "good": 0, "attr": {}})
         c["n"] += 1
         c["good"] += bool(v["good"])
+        if "count" in m["named"] and m["count"] == 3:
+            k, n = c.get("three_as_four", (0, 0))
+            c["three_as_four"] = (k + (v["pred"]["count"] == 4), n + 1)
         for a in m["named"]:
             k, n = c["attr"].get(a, (0, 0))
             c["attr"][a] = (k + bool(v["correct"][a]), n + 1)
@@ -194,7 +198,8 @@ def evaluate_model(pipe, metas: list[dict], cfg: EvalConfig) -> tuple[list, dict
 
 def summarise(t: dict) -> dict:
     """Counts -> rates with Wilson intervals: {split: {category: {"all": rate, attribute: rate}}}."""
-    return {sp: {cat: {"all": rate(c["good"], c["n"]), **{a: rate(*kn) for a, kn in c["attr"].items()}}
+    return {sp: {cat: {"all": rate(c["good"], c["n"]), **{a: rate(*kn) for a, kn in c["attr"].items()},
+                       **({"three_as_four": rate(*c["three_as_four"])} if "three_as_four" in c else {})}
                  for cat, c in cats.items()} for sp, cats in t.items()}
 
 

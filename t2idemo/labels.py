@@ -332,10 +332,23 @@ def export_labels(dataset_dir: str, store_path: str | None = None, labeler: str 
 
 
 # ----------------------------------------------------------------------------- the simulated labeler
+BIASES = {  # systematically biased simulated raters: name -> what the rater gets wrong, every time
+    "": "none",
+    "four-for-three": "calls an image good when the prompt asks for three shapes and it shows four, all else right",
+}
+
+
+def biased_verdict(verdict: dict, meta: dict, bias: str) -> bool:
+    """The rater's good/bad for a judge ``verdict`` on a prompt ``meta``, with the systematic ``bias`` (BIASES)."""
+    if bias == "four-for-three" and "count" in meta["named"] and meta.get("count") == 3 and verdict["pred"]["count"] == 4:
+        return all(verdict["correct"][a] for a in meta["named"] if a != "count")
+    return verdict["good"]
+
+
 def simulate_labels(dataset_dir: str, store_path: str | None = None, labeler: str = "judge", flip: float = 0.0,
-                    skip: float = 0.0, seed: int = 0, chunk: int = 64) -> dict:
+                    skip: float = 0.0, seed: int = 0, chunk: int = 64, bias: str = "") -> dict:
     """Label the dataset with ``judge.judge`` as a rater: skip an image with probability ``skip``, else
-    flip the judge's verdict with probability ``flip``. Each image's draws come from its own
+    flip the judge's verdict with probability ``flip``; ``bias`` (BIASES) bends the verdict first. Each image's draws come from its own
     random.Random(f"{seed}:{file_name}"), so a re-run repeats every decision. Images this labeler has
     already labelled are left alone (resumable); clicks are committed ``chunk`` at a time.
     Returns {"good", "bad", "skip", "flipped", "already"} counts."""
@@ -345,6 +358,8 @@ def simulate_labels(dataset_dir: str, store_path: str | None = None, labeler: st
     from .generate import load_dataset_rows
     from .judge import judge
 
+    if bias not in BIASES:
+        raise ValueError(f"bias={bias!r} is not allowed; use one of {tuple(BIASES)}")
     for name, p in (("flip", flip), ("skip", skip)):
         if not 0.0 <= p <= 1.0:
             raise ValueError(f"{name}={p!r} must be a probability in [0, 1]")
@@ -363,7 +378,7 @@ def simulate_labels(dataset_dir: str, store_path: str | None = None, labeler: st
                 label = "skip"
             else:
                 with Image.open(os.path.join(dataset_dir, row["file_name"])) as im:
-                    good = judge(im.convert("RGB"), row)["good"]
+                    good = biased_verdict(judge(im.convert("RGB"), row), row, bias)
                 if rng.random() < flip:
                     good = not good
                     counts["flipped"] += 1
@@ -386,9 +401,12 @@ class LabelConfig:
     flip: float = 0.0  # probability of flipping the judge's good/bad verdict, 0 - 1 (0.1 - 0.3 is a noisy rater)
     skip: float = 0.0  # probability of skipping an image, 0 - 1
     seed: int = 0  # seeds the flips and skips (each image draws from its own seed:file_name stream)
+    bias: str = ""  # a systematic error: "" (none) | "four-for-three" (four shapes pass for three)
     export: str = ""  # then write labels into metadata.jsonl: "" (no), "majority" or a labeler name
 
     def __post_init__(self):
+        if self.bias not in BIASES:
+            raise ValueError(f"bias={self.bias!r} is not allowed; use one of {tuple(BIASES)}")
         for name in ("flip", "skip"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name}={getattr(self, name)!r} must be a probability in [0, 1]")
@@ -403,7 +421,7 @@ def label_main(argv=None):
     cfg = parse_config(LabelConfig, argv, prog="python -m t2idemo label",
                        description="Label a dataset with the judge as a simulated (optionally noisy) rater.")
     store_path = cfg.store or default_store_path(cfg.data)
-    counts = simulate_labels(cfg.data, store_path, cfg.labeler, cfg.flip, cfg.skip, cfg.seed)
+    counts = simulate_labels(cfg.data, store_path, cfg.labeler, cfg.flip, cfg.skip, cfg.seed, bias=cfg.bias)
     print(f"{cfg.labeler}: {counts['good']} good, {counts['bad']} bad, {counts['skip']} skipped, "
           f"{counts['flipped']} flipped, {counts['already']} already labelled -> {store_path}")
     with LabelStore(store_path) as store:

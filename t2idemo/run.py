@@ -68,6 +68,7 @@ class RunConfig:
     #                        equally often: the 12 count prompts get a quarter of each batch, not 3%) | "sqrt" (between)
     flip: float = 0.0  # simulated rater: probability of flipping the judge's verdict; 0 - 0.5
     skip: float = 0.0  # simulated rater: probability of skipping an image; 0 - 0.5
+    rater_bias: str = ""  # simulated rater: a systematic error, "" (none) | "four-for-three" (labels.BIASES)
     lam: float = 0.5  # reward model: weight of the prompt-classification loss; 0 - 2
     beta: float = 1.0  # fine-tune: weight of the pre-training loss; 0 - 4 (1 as the paper; 0 loses count prompts: README)
     betas: str = ""  # comma-separated betas for a trade-off sweep (one fine-tune each, round 1 only); "" = just beta
@@ -136,9 +137,9 @@ def run_round(cfg: RunConfig, r: int, model: str, labelled: list, t0: float) -> 
                                     steps=cfg.feedback_steps, guidance=cfg.feedback_guidance, seed=cfg.seed + 10 * r), pipe)
     times["generate"] = time.time() - s
 
-    stage(f"round {r}: 2. simulated labels (judge, flip={cfg.flip}, skip={cfg.skip})", t0)
+    stage(f"round {r}: 2. simulated labels (judge, flip={cfg.flip}, skip={cfg.skip}, bias={cfg.rater_bias or 'none'})", t0)
     s = time.time()
-    print(simulate_labels(fb, flip=cfg.flip, skip=cfg.skip, seed=cfg.seed + r))
+    print(simulate_labels(fb, flip=cfg.flip, skip=cfg.skip, seed=cfg.seed + r, bias=cfg.rater_bias))
     print(export_labels(fb, labeler="judge"))
     labelled = labelled + [fb]
     times["label"] = time.time() - s

@@ -44,6 +44,16 @@ def test_tally_counts_named_attributes_only():
     assert r["p"] == 1.0 and r["lo"] < 1.0 and r["hi"] == 1.0
 
 
+def test_tally_counts_three_drawn_as_four():
+    metas = [{**world.make_prompt("combination", count=c, color="red", shape="circle", scene="sky")[1], "split": "unseen"}
+             for c in (3, 3, 3, 2)]
+    verdicts = [{"good": False, "pred": {"count": n}, "correct": {"count": n == c, "color": True, "shape": True, "scene": True}}
+                for n, c in ((4, 3), (3, 3), (2, 3), (4, 2))]
+    t = ev.tally(verdicts, metas)["unseen"]["combination"]
+    assert t["three_as_four"] == (1, 3)  # asked for three: one drawn as four; the two asked as two is not counted
+    assert ev.summarise({"unseen": {"combination": t}})["unseen"]["combination"]["three_as_four"]["k"] == 1
+
+
 def test_fid_is_zero_on_itself_and_grows_with_a_shift():
     rng = np.random.default_rng(0)
     a, b = rng.normal(size=(400, 8)), rng.normal(size=(400, 8))

@@ -272,3 +272,21 @@ def test_many_processes_creating_one_new_store_at_once(tmp_path):
         assert [p.returncode for p in procs] == [0] * 8, errs
         with LabelStore(path) as s:
             assert s.count() == 8
+
+
+def test_four_for_three_rater_passes_four_shapes_for_three_and_nothing_else():
+    from t2idemo.labels import biased_verdict, simulate_labels
+
+    meta = {"named": ["count", "color", "shape", "scene"], "count": 3, "color": "red", "shape": "circle", "scene": "sky"}
+    right = {"count": True, "color": True, "shape": True, "scene": True}
+    four = {"good": False, "pred": {"count": 4}, "correct": {**right, "count": False}}
+    assert biased_verdict(four, meta, "four-for-three") is True and biased_verdict(four, meta, "") is False
+    wrong_colour = {"good": False, "pred": {"count": 4}, "correct": {**right, "count": False, "color": False}}
+    assert biased_verdict(wrong_colour, meta, "four-for-three") is False
+    two = {"good": False, "pred": {"count": 2}, "correct": {**right, "count": False}}
+    assert biased_verdict(two, meta, "four-for-three") is False
+    asks_two = {**meta, "count": 2}
+    assert biased_verdict({"good": False, "pred": {"count": 4}, "correct": {**right, "count": False}}, asks_two,
+                          "four-for-three") is False
+    with pytest.raises(ValueError, match="bias='lazy' is not allowed"):
+        simulate_labels("nowhere", bias="lazy")
