@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import random
 import time
@@ -19,17 +18,7 @@ import time
 from . import world
 from .generate import BASE_MODEL, DEFAULT_GUIDANCE, DEFAULT_STEPS, load_pipeline, sample
 from .judge import analyse, judge
-
-
-def wilson(k: int, n: int, z: float = 1.96) -> tuple:
-    """Wilson score 95% interval of a proportion k/n."""
-    if n == 0:
-        return (0.0, 1.0)
-    p = k / n
-    d = 1 + z * z / n
-    c = (p + z * z / (2 * n)) / d
-    h = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
-    return (max(0.0, min(p, c - h)), min(1.0, max(p, c + h)))  # clamped: float rounding must not put p outside
+from .stats import wilson  # noqa: F401  (re-exported: benchmarks.wilson was its home)
 
 
 def judge_accuracy(n: int = 2000, seed: int = 0) -> dict:

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from . import world
-from .benchmarks import wilson
+from .stats import wilson
 from .generate import ALIGNED_MODEL, BASE_MODEL, DEFAULT_GUIDANCE, DEFAULT_STEPS, load_pipeline, make_grid, sample
 from .judge import judge
 

@@ -72,7 +72,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from . import sd, world
-from .benchmarks import wilson
+from .stats import bootstrap_auc, roc_auc, wilson  # noqa: F401  (reward.roc_auc and bootstrap_auc stay importable)
 from .pretrain import CLIP_MEAN, CLIP_STD  # OpenAI CLIP's normalisation, used when a CLIP has no preprocessor_config.json
 
 ASSETS = os.path.join(os.path.dirname(__file__), "assets")
@@ -569,39 +569,6 @@ def train(cfg: RewardConfig, save: bool = True) -> RewardModel:
 
 
 # ----------------------------------------------------------------------------- metrics
-def roc_auc(scores, labels) -> float:
-    """ROC-AUC as the Mann-Whitney U statistic: P(score of a positive > score of a negative), ties count 1/2."""
-    s, y = np.asarray(scores, dtype=np.float64).ravel(), np.asarray(labels).ravel().astype(bool)
-    n_pos, n_neg = int(y.sum()), int((~y).sum())
-    if len(s) != len(y):
-        raise ValueError(f"scores and labels differ in length: {len(s)} != {len(y)}")
-    if n_pos == 0 or n_neg == 0:
-        raise ValueError(f"ROC-AUC needs both classes; got {n_pos} positives and {n_neg} negatives")
-    _, inv, counts = np.unique(s, return_inverse=True, return_counts=True)
-    ranks = (np.cumsum(counts) - (counts - 1) / 2)[inv]  # 1-based ranks, ties get their average
-    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
-
-
-def bootstrap_auc(scores: dict, labels, n_boot: int = 2_000, seed: int = 0) -> dict:
-    """Percentile 95% CIs of each method's AUC and of each pairwise difference, from the same image-level
-    resamples (paired). ``scores``: {name: (N,) array}. Returns {name or (a, b): (lo, hi)}."""
-    y = np.asarray(labels).astype(bool)
-    names, rng = list(scores), np.random.default_rng(seed)
-    draws = {n: [] for n in names}
-    for _ in range(n_boot):
-        i = rng.integers(0, len(y), len(y))
-        if y[i].all() or not y[i].any():
-            continue
-        for n in names:
-            draws[n].append(roc_auc(np.asarray(scores[n])[i], y[i]))
-    ci = {n: tuple(np.percentile(draws[n], [2.5, 97.5])) for n in names}
-    for a in names:
-        for b in names:
-            if a != b:
-                ci[(a, b)] = tuple(np.percentile(np.subtract(draws[a], draws[b]), [2.5, 97.5]))
-    return ci
-
-
 def best_threshold(scores, labels) -> float:
     """The threshold that maximises accuracy of ``score > t`` on a labelled set (for CLIPScore)."""
     s, y = np.asarray(scores, dtype=np.float64), np.asarray(labels).astype(bool)

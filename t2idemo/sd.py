@@ -321,7 +321,7 @@ def summary(data: str, reward: str = "", device: str = "") -> dict:
     Wilson 95% CI (people's labels, written by ``labels.export_labels``), and the mean reward r(x, z) when
     ``reward`` (a reward-model folder) is given. Compare a base and an aligned model by running it on the
     sets each drew from the same prompts and seeds. Returns {category or "all": {...}}."""
-    from .benchmarks import wilson
+    from .stats import wilson
     from .reward import load_images, load_reward_fn, load_rows
 
     rows = load_rows(data, "data")

@@ -1,0 +1,54 @@
+"""Statistics every stage uses: Wilson intervals for rates, ROC-AUC and its bootstrap CIs.
+
+At the bottom of the package: it imports nothing of t2idemo, so every stage can import it.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+
+def wilson(k: int, n: int, z: float = 1.96) -> tuple:
+    """Wilson score 95% interval of a proportion k/n."""
+    if n == 0:
+        return (0.0, 1.0)
+    p = k / n
+    d = 1 + z * z / n
+    c = (p + z * z / (2 * n)) / d
+    h = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
+    return (max(0.0, min(p, c - h)), min(1.0, max(p, c + h)))  # clamped: float rounding must not put p outside
+
+
+def roc_auc(scores, labels) -> float:
+    """ROC-AUC as the Mann-Whitney U statistic: P(score of a positive > score of a negative), ties count 1/2."""
+    s, y = np.asarray(scores, dtype=np.float64).ravel(), np.asarray(labels).ravel().astype(bool)
+    n_pos, n_neg = int(y.sum()), int((~y).sum())
+    if len(s) != len(y):
+        raise ValueError(f"scores and labels differ in length: {len(s)} != {len(y)}")
+    if n_pos == 0 or n_neg == 0:
+        raise ValueError(f"ROC-AUC needs both classes; got {n_pos} positives and {n_neg} negatives")
+    _, inv, counts = np.unique(s, return_inverse=True, return_counts=True)
+    ranks = (np.cumsum(counts) - (counts - 1) / 2)[inv]  # 1-based ranks, ties get their average
+    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def bootstrap_auc(scores: dict, labels, n_boot: int = 2_000, seed: int = 0) -> dict:
+    """Percentile 95% CIs of each method's AUC and of each pairwise difference, from the same image-level
+    resamples (paired). ``scores``: {name: (N,) array}. Returns {name or (a, b): (lo, hi)}."""
+    y = np.asarray(labels).astype(bool)
+    names, rng = list(scores), np.random.default_rng(seed)
+    draws = {n: [] for n in names}
+    for _ in range(n_boot):
+        i = rng.integers(0, len(y), len(y))
+        if y[i].all() or not y[i].any():
+            continue
+        for n in names:
+            draws[n].append(roc_auc(np.asarray(scores[n])[i], y[i]))
+    ci = {n: tuple(np.percentile(draws[n], [2.5, 97.5])) for n in names}
+    for a in names:
+        for b in names:
+            if a != b:
+                ci[(a, b)] = tuple(np.percentile(np.subtract(draws[a], draws[b]), [2.5, 97.5]))
+    return ci
