@@ -348,7 +348,7 @@ class App:
                 "The paper's reward model assumes people label consistently: this is how consistently you did.")
 
     # ------------------------------------------------------------------------- Train
-    def _run_job(self, state: dict, what: str, fn):
+    def _run_job(self, state: dict, fn):
         """Run ``fn()`` as the app's one job; another visitor gets a clear message instead of a second job."""
         if not self.job.acquire(blocking=False):
             who = "your own" if self.job_sid == state["sid"] else "another visitor's"
@@ -370,7 +370,7 @@ class App:
         self._require_dataset()
         t0 = time.perf_counter()
         out = os.path.join(self._session_dir(state), "reward")
-        res = self._run_job(state, "reward", lambda: train_reward_on_labels(
+        res = self._run_job(state, lambda: train_reward_on_labels(
             self.label_dir, out, LoopConfig(model=self.cfg.base), lock=self.sampling))
         state = {**state, "reward": out, "mine": None}
         acc = "n/a" if res["val_accuracy"] is None else f"{res['val_accuracy']:.0f}%"
@@ -410,7 +410,7 @@ class App:
                 json.dump({"unseen_combinations_all_right": scores}, f, indent=1)
             return model, scores
 
-        model, scores = self._run_job(state, "tune", job)
+        model, scores = self._run_job(state, job)
         self.mine.pop(state["sid"], None)  # a re-tune replaced the folder: load it afresh
         if model is None:
             return "Fine-tune **cancelled**; nothing changed.", {**state, "mine": None}

@@ -40,7 +40,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from . import world
-from .dpo import dpo_loss
+from .dpo import dpo_loss, preference_pairs
 from .generate import BASE_MODEL
 from .reward import load_images, load_rows
 
@@ -367,8 +367,6 @@ def finetune(cfg: FinetuneConfig, reward_fn=None, should_stop=None) -> str:
 
         reward_fn = load_reward_fn(cfg.reward)
     if cfg.method == "dpo":  # pairs of a prompt's good and bad images; every image is encoded once
-        from .dpo import preference_pairs
-
         images, prompts, raw, categories = model_rows(cfg, reward_fn)
         pairs = preference_pairs(prompts, raw, cfg.min_reward or 0.5, cfg.top_k or 2)
         if not pairs:

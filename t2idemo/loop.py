@@ -20,6 +20,7 @@ the fine-tune is ``run.finetune_config`` (the filtered recipe, beta, lr) with fe
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import random
 from dataclasses import dataclass
@@ -134,8 +135,7 @@ def train_reward_on_labels(folder: str, out: str, cfg: LoopConfig, lock=None) ->
 
 
 def _read_summary(reward_dir: str) -> dict:
-    import json
-
+    """The training summary ``reward.train`` saved next to the head (its val_auc, epochs, ...)."""
     from .reward import CONFIG_FILE
 
     with open(os.path.join(reward_dir, CONFIG_FILE)) as f:
@@ -152,7 +152,7 @@ def tune_on_labels(folder: str, reward: str, out: str, cfg: LoopConfig, pipe=Non
 
     rows = [r for r in load_dataset_rows(folder) if r.get("label") in ("good", "bad")]
     if not rows:
-        raise ValueError(f"no labelled images in the labelling set yet; label some and train the reward model first")
+        raise ValueError("no labelled images in the labelling set yet; label some and train the reward model first")
     unlabelled = ""
     if cfg.unlabelled_per_prompt:
         prompts = sorted({r["prompt"] for r in rows})
