@@ -16,6 +16,7 @@ COMMANDS = {
     "evaluate": ("t2idemo.evaluate", "evaluate_main", "judge accuracy per category with CIs, FID, best-of-N; a report folder"),
     "push": ("t2idemo.hub", "main", "push a model folder, reward model, labels and a model card to the Hub"),
     "run": ("t2idemo.run", "run_main", "the main job: feedback, labels, reward, fine-tune, evaluate (--rounds, --betas)"),
+    "overopt": ("t2idemo.overopt", "overopt_main", "reward over-optimisation: proxy vs judge through a long fine-tune"),
 }
 
 

@@ -91,6 +91,8 @@ class FinetuneConfig:
     use_8bit_adam: bool = False  # bitsandbytes' 8-bit AdamW (CUDA only): optimizer state 2 B/param instead of 8; pays off for full SD fine-tuning
     encode_batch: int = 256  # images per frozen VAE / text-encoder call when caching D_model; 1 - 1_024 (8 for SD at 512 px on 16 GB)
     checkpoint_every: int = 200  # steps between checkpoints in OUT/checkpoint; 0 = never
+    save_at: str = ""  # comma-separated steps after which the EMA weights are also written as a pipeline folder
+    #                   OUT/step{n} (the checkpoints of an over-optimisation curve, t2idemo.overopt); "" = none
     seed: int = 0  # seeds noise, timesteps and batches
 
     def __post_init__(self):
@@ -131,6 +133,15 @@ class FinetuneConfig:
             raise ValueError(f"train={self.train!r} is not allowed; use 'all' or 'cross_attention'")
         if self.lora_alpha < 0:
             raise ValueError(f"lora_alpha={self.lora_alpha!r} must be >= 0 (0 = the rank)")
+        bad = [n for n in self.save_at_list() if not 1 <= n <= self.steps]
+        if bad:
+            raise ValueError(f"save_at={self.save_at!r}: steps {bad} are outside 1 - steps ({self.steps})")
+
+    def save_at_list(self) -> list:
+        try:
+            return sorted({int(n) for n in self.save_at.split(",") if n.strip()})
+        except ValueError:
+            raise ValueError(f"save_at={self.save_at!r} is not a comma-separated list of steps, e.g. '100,200,400'") from None
 
 
 # ----------------------------------------------------------------------------- data
@@ -454,6 +465,7 @@ def finetune(cfg: FinetuneConfig, reward_fn=None, should_stop=None) -> str:
     gen = torch.Generator().manual_seed(cfg.seed + start)
     rng = random.Random(cfg.seed + start)
     draw = batch_sampler(categories, cfg.balance, rng)  # n -> n indices of D_model rows
+    save_at = set(cfg.save_at_list())
     unet.train()
     bar = tqdm(range(start, cfg.steps), desc="finetune", initial=start, total=cfg.steps, disable=not accelerator.is_main_process)
     for step in bar:
@@ -501,8 +513,10 @@ def finetune(cfg: FinetuneConfig, reward_fn=None, should_stop=None) -> str:
             save_file({str(i): e.cpu().contiguous() for i, e in enumerate(ema)}, os.path.join(ckpt, "ema.safetensors"))
             torch.save(opt.state_dict(), os.path.join(ckpt, "optimizer.pt"))  # tensors only: reloaded with weights_only=True
             json.dump({"step": step + 1, "config": dataclasses.asdict(cfg)}, open(os.path.join(ckpt, "state.json"), "w"))
+        if step + 1 in save_at and accelerator.is_main_process:  # a pipeline of the EMA weights so far
+            save_snapshot(cfg.out, step + 1, pipe, vae, accelerator.unwrap_model(unet), ema, noise_scheduler, prior)
 
-    # write the tuned pipeline (UNet and VAE stored in float16; they load as float32)
+    # write the tuned pipeline: the EMA weights
     accelerator.wait_for_everyone()
     unet = accelerator.unwrap_model(unet).eval()
     with torch.no_grad():
@@ -511,15 +525,42 @@ def finetune(cfg: FinetuneConfig, reward_fn=None, should_stop=None) -> str:
     if accelerator.is_main_process:
         if cfg.lora_rank:
             save_lora(unet, cfg.out)  # OUT/pytorch_lora_weights.safetensors, then fused into the UNet saved below
-        out = StableDiffusionPipeline(vae=vae.half(), text_encoder=text_encoder, tokenizer=tok, unet=unet.half(),
-                                      scheduler=pipe.scheduler, safety_checker=None, feature_extractor=None,
-                                      requires_safety_checker=False)
-        out.save_pretrained(cfg.out, safe_serialization=True)
-        noise_scheduler.save_pretrained(os.path.join(cfg.out, "train_scheduler"))
-        world.write_prior(cfg.out, prior)  # a later round's D_pre draws from the same prior
+        write_pipeline(cfg.out, pipe, vae, unet, noise_scheduler, prior)
         json.dump({"config": dataclasses.asdict(cfg), "n_model": len(weights), "mean_weight": float(weights.mean())},
                   open(os.path.join(cfg.out, "finetune.json"), "w"), indent=2)
     return cfg.out
+
+
+def write_pipeline(out: str, pipe, vae, unet, noise_scheduler, prior: str) -> None:
+    """Save a StableDiffusionPipeline folder (UNet and VAE stored in float16; they load as float32), its training
+    scheduler and the prior it learnt from (a later round's D_pre draws from the same prior). ``vae`` and ``unet``
+    are cast to float16 in place (no copy: the SD-scale UNet is 1.7 GB)."""
+    from diffusers import StableDiffusionPipeline
+
+    half = StableDiffusionPipeline(vae=vae.half(), text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer,
+                                   unet=unet.half(), scheduler=pipe.scheduler, safety_checker=None,
+                                   feature_extractor=None, requires_safety_checker=False)
+    half.save_pretrained(out, safe_serialization=True)
+    noise_scheduler.save_pretrained(os.path.join(out, "train_scheduler"))
+    world.write_prior(out, prior)
+
+
+def save_snapshot(out: str, step: int, pipe, vae, unet, ema, noise_scheduler, prior: str) -> str:
+    """Write the EMA weights at ``step`` as the pipeline OUT/step{step}, on copies: training goes on untouched."""
+    import copy
+
+    snap = copy.deepcopy(unet).eval()  # same parameter order as ``unet``, so ``ema`` maps onto its trainable ones
+    trainable = [p for p in snap.parameters() if p.requires_grad]
+    assert len(trainable) == len(ema), "the snapshot's trainable parameters differ from the optimiser's"
+    with torch.no_grad():
+        for e, p in zip(ema, trainable):
+            p.copy_(e)
+    if getattr(snap, "peft_config", None):  # LoRA: fuse the adapter, as the final write does
+        snap.fuse_lora()
+        snap.unload_lora()
+    path = os.path.join(out, f"step{step}")
+    write_pipeline(path, pipe, copy.deepcopy(vae), snap, noise_scheduler, prior)
+    return path
 
 
 def parse_args(argv=None) -> FinetuneConfig:

@@ -227,3 +227,25 @@ def test_finetune_method_dpo_writes_a_pipeline(render_dataset, tmp_path):
     assert info["config"]["method"] == "dpo" and info["n_model"] == 3  # one pair per prompt
     with pytest.raises(ValueError, match="method='x' is not allowed"):
         FinetuneConfig(weight="label", method="x")
+
+
+def test_save_at_snapshots_are_the_shorter_fine_tunes(render_dataset, tmp_path):
+    """A snapshot at step k of a long fine-tune is the model a k-step fine-tune writes (same seed), and training goes
+    on untouched by it: the over-optimisation curve's checkpoints are honest."""
+    from safetensors.torch import load_file
+
+    folder, _ = render_dataset
+    simulate_labels(folder, seed=0)
+    export_labels(folder, labeler="judge")
+    cfg = dict(data=folder, weight="label", batch=4, pre_batch=4, lr=1e-3, checkpoint_every=0)
+    finetune(FinetuneConfig(out=str(tmp_path / "long"), steps=4, save_at="2", **cfg))
+    finetune(FinetuneConfig(out=str(tmp_path / "short"), steps=2, **cfg))
+    finetune(FinetuneConfig(out=str(tmp_path / "plain"), steps=4, **cfg))
+    unet = lambda d: load_file(str(tmp_path / d / "unet" / "diffusion_pytorch_model.safetensors"))
+    snap, short, long, plain = unet("long/step2"), unet("short"), unet("long"), unet("plain")
+    assert all(torch.equal(snap[k], short[k]) for k in snap)
+    assert all(torch.equal(long[k], plain[k]) for k in long)  # writing the snapshot changed nothing
+    assert any(not torch.equal(snap[k], long[k]) for k in snap)
+    for bad in ("0", "5", "two"):
+        with pytest.raises(ValueError, match="save_at"):
+            FinetuneConfig(weight="label", steps=4, save_at=bad)
