@@ -41,7 +41,8 @@ from PIL import Image
 
 from t2idemo import world
 from t2idemo.config import parse_config
-from t2idemo.generate import ALIGNED_MODEL, BASE_MODEL, DEFAULT_GUIDANCE, DEFAULT_STEPS, load_dataset_rows
+from t2idemo.generate import ALIGNED_MODEL, BASE_MODEL, DEFAULT_GUIDANCE, DEFAULT_STEPS
+from t2idemo.data import load_dataset_rows
 from t2idemo.labels import LABELS, MAJORITY, LabelStore, default_store_path
 from t2idemo.loop import LoopConfig
 from t2idemo.reward import CONFIG_FILE as REWARD_CONFIG_FILE

@@ -23,7 +23,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from t2idemo import generate  # noqa: E402
+from t2idemo import data, generate  # noqa: E402
 from t2idemo.labels import LabelStore  # noqa: E402
 
 CHILD = """
@@ -130,11 +130,11 @@ def bench_generate_kills(model: str, kills: int, tmp: str) -> None:
         os.kill(p.pid, signal.SIGKILL)
         p.wait()
         pngs = {f for f in os.listdir(out) if f.endswith(".png") and not f.startswith(".")}
-        rows = generate.load_dataset_rows(out)
+        rows = data.load_dataset_rows(out)
         lost_rows += sum(r["file_name"] not in pngs for r in rows)  # a row whose image is missing
         orphans += len(pngs - {r["file_name"] for r in rows})  # images drawn but not yet recorded
         stats = generate.generate_dataset(generate.GenerateConfig(out=out, model=model, max_prompts=32, batch_size=16))
-        assert len(generate.load_dataset_rows(out)) == stats["images"]
+        assert len(data.load_dataset_rows(out)) == stats["images"]
     print(f"generate kill: {kills} SIGKILLs: {lost_rows} rows without an image; {orphans} finished PNGs of "
           f"unrecorded batches redrawn on resume (a kill costs at most the batch in flight); every resume completed")
 

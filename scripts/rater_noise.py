@@ -18,9 +18,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 def held_out_auc(runs: list) -> dict:
     from PIL import Image
 
-    from t2idemo.generate import load_dataset_rows
+    from t2idemo.data import load_dataset_rows
     from t2idemo.judge import judge
-    from t2idemo.reward import bootstrap_auc, load_reward_fn, roc_auc
+    from t2idemo.reward import load_reward_fn
+    from t2idemo.stats import bootstrap_auc, roc_auc
 
     unl = os.path.join(runs[0], "round1", "unlabelled")
     rows = [r for r in load_dataset_rows(unl) if r["unseen"]]

@@ -11,7 +11,7 @@ import statistics
 
 import torch
 
-from t2idemo import reward
+from t2idemo import reward, reward_train, stats
 
 
 def main():
@@ -25,22 +25,22 @@ def main():
     ap.add_argument("--no-calibrate", action="store_true", help="start from a = 10, b = 0 instead of the fitted a, b")
     args = ap.parse_args()
     if args.no_calibrate:
-        reward.calibrate_cosine = lambda *a, **k: None
+        reward_train.calibrate_cosine = lambda *a, **k: None
     cfg = reward.RewardConfig(data=args.data, eval_data=args.eval_data, clip=args.clip, device="cpu")
     clip = reward.FrozenCLIP(cfg.clip, "cpu")
-    emb, y = reward.training_set(cfg, clip)
-    test, truth = reward.heldout_set(cfg, clip)
+    emb, y = reward_train.training_set(cfg, clip)
+    test, truth = reward_train.heldout_set(cfg, clip)
     cos = (test.img * test.txt[test.prompt_ids]).sum(-1)
-    print(f"CLIPScore held-out AUC {reward.roc_auc(cos, truth):.3f} ({len(truth)} images)")
+    print(f"CLIPScore held-out AUC {stats.roc_auc(cos, truth):.3f} ({len(truth)} images)")
     for rho in [float(r) for r in args.rhos.split(",")]:
         for lam in [float(v) for v in args.lams.split(",")]:
             aucs, accs = [], []
             for seed in range(args.seeds):
                 c = dataclasses.replace(cfg, seed=seed, lam=lam, mlp_penalty=rho)
-                head, _ = reward.fit_head(c, emb, y, progress=False)
+                head, _ = reward_train.fit_head(c, emb, y, progress=False)
                 with torch.no_grad():
                     r = head(test.img, test.txt[test.prompt_ids])
-                aucs.append(reward.roc_auc(r, truth))
+                aucs.append(stats.roc_auc(r, truth))
                 accs.append(float(((r > 0.5).float() == truth).float().mean()))
             print(f"rho {rho:g} lambda {lam:g}: AUC mean {statistics.mean(aucs):.3f} "
                   f"({min(aucs):.3f}-{max(aucs):.3f}), accuracy {statistics.mean(accs):.3f}", flush=True)

@@ -17,10 +17,13 @@ import random
 
 from t2idemo import evaluate as ev
 from t2idemo import world
-from t2idemo.finetune import FinetuneConfig, finetune, reward_scores, top_k_rows
-from t2idemo.generate import GenerateConfig, generate_dataset, write_rows_atomic
+from t2idemo.finetune import FinetuneConfig, finetune
+from t2idemo.finetune_data import reward_scores, top_k_rows
+from t2idemo.generate import GenerateConfig, generate_dataset
+from t2idemo.data import write_rows_atomic
 from t2idemo.judge import judge
-from t2idemo.reward import load_images, load_reward_fn, load_rows
+from t2idemo.reward import load_reward_fn
+from t2idemo.data import load_images, load_rows
 from t2idemo.run import merge_folders
 
 

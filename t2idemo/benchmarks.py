@@ -18,7 +18,7 @@ import time
 from . import world
 from .generate import BASE_MODEL, DEFAULT_GUIDANCE, DEFAULT_STEPS, load_pipeline, sample
 from .judge import analyse, judge
-from .stats import wilson  # noqa: F401  (re-exported: benchmarks.wilson was its home)
+from .stats import wilson
 
 
 def judge_accuracy(n: int = 2000, seed: int = 0) -> dict:

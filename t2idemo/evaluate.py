@@ -2,6 +2,7 @@
 often than the base, and what does it cost in image fidelity?
 
     python -m t2idemo evaluate --models t2idemo/assets/tiny-sd,runs/aligned --out runs/report
+    python -m t2idemo evaluate summary --data DIR --reward RUN    # SD scale: people's labels, per category
 
 For each model, on a fixed prompt set of one or more splits (``--split unseen,seen``: the held-out and the
 feedback prompts, as the paper evaluated both; ``typical``: what the base's LAION-like data shows most, a
@@ -35,9 +36,11 @@ import numpy as np
 import torch
 
 from . import world
+from .data import load_images, load_rows
 from .stats import wilson
 from .generate import ALIGNED_MODEL, BASE_MODEL, DEFAULT_GUIDANCE, DEFAULT_STEPS, load_pipeline, make_grid, sample
 from .judge import judge
+from .sd import CATEGORIES as SD_CATEGORIES
 
 SPLITS = ("unseen", "seen", "typical")  # held-out prompts | feedback prompts | the prior's typical prompts (world.is_typical)
 REPORTED = ("count", "color", "scene", "shape")  # attributes reported per category ("scene" = background)
@@ -238,6 +241,55 @@ def evaluate(cfg: EvalConfig, pipes: dict | None = None, reward_fn=None) -> dict
     return results
 
 
+# ----------------------------------------------------------------------------- evaluation at SD scale
+def summary(data: str, reward: str = "", device: str = "") -> dict:
+    """Per category of a generated, labelled set: images, labelled images, the fraction labelled good with a
+    Wilson 95% CI (people's labels, written by ``labels.export_labels``), and the mean reward r(x, z) when
+    ``reward`` (a reward-model folder) is given. Compare a base and an aligned model by running it on the
+    sets each drew from the same prompts and seeds. Returns {category or "all": {...}}."""
+    from .reward import load_reward_fn
+
+    rows = load_rows(data, "data")
+    scores = [None] * len(rows)
+    if reward:
+        reward_fn = load_reward_fn(reward, device=device or None)
+        for i in range(0, len(rows), 64):
+            chunk = rows[i:i + 64]
+            scores[i:i + 64] = [float(s) for s in reward_fn(load_images(data, chunk), [r["prompt"] for r in chunk])]
+    out = {}
+    for cat in list(SD_CATEGORIES) + ["all"]:
+        idx = [i for i, r in enumerate(rows) if cat == "all" or r.get("category") == cat]
+        if not idx:
+            continue
+        labelled = [i for i in idx if rows[i].get("label") in ("good", "bad")]
+        good = sum(rows[i]["label"] == "good" for i in labelled)
+        out[cat] = {"images": len(idx), "labelled": len(labelled), "good": good,
+                    "good_rate": good / len(labelled) if labelled else None,
+                    "good_ci": wilson(good, len(labelled)) if labelled else None,
+                    "mean_reward": sum(scores[i] for i in idx) / len(idx) if reward else None}
+    return out
+
+
+def summary_table(res: dict) -> str:
+    lines = ["| category | images | labelled | good [95% CI] | mean reward |", "| --- | --- | --- | --- | --- |"]
+    for cat, s in res.items():
+        good = "-" if s["good_rate"] is None else f"{s['good_rate']:.1%} [{s['good_ci'][0]:.1%}, {s['good_ci'][1]:.1%}]"
+        r = "-" if s["mean_reward"] is None else f"{s['mean_reward']:.3f}"
+        lines.append(f"| {cat} | {s['images']} | {s['labelled']} | {good} | {r} |")
+    return "\n".join(lines)
+
+
+@dataclass
+class SummaryConfig:
+    data: str = ""  # a generated set (metadata.jsonl + PNGs), labelled with labels.export_labels for the good rate
+    reward: str = ""  # reward-model folder (reward train --run); empty: no mean reward
+    device: str = ""  # "cpu", "cuda", ...; "" = cuda when available
+
+    def __post_init__(self):
+        if not self.data:
+            raise ValueError("data='' is not allowed; pass the folder of a generated set")
+
+
 # ----------------------------------------------------------------------------- report
 def fmt(r: dict) -> str:
     return f"{100 * r['p']:.1f} [{100 * r['lo']:.1f}, {100 * r['hi']:.1f}]"
@@ -350,6 +402,15 @@ def parse_args(argv=None) -> EvalConfig:
 
 
 def evaluate_main(argv=None):
+    import sys
+
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] == "summary":  # SD scale: people's labels and the reward model, per category
+        from .config import parse_config
+
+        scfg = parse_config(SummaryConfig, argv[1:], prog="python -m t2idemo evaluate summary")
+        print(summary_table(summary(scfg.data, scfg.reward, scfg.device)))
+        return
     cfg = parse_args(argv)
     res = evaluate(cfg)
     print(markdown_table(res))

@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 
 from . import world
 from .config import parse_config
+from .data import METADATA, load_dataset_rows, save_png, write_rows_atomic
 
 ASSETS = os.path.join(os.path.dirname(__file__), "assets")
 BASE_MODEL = os.path.join(ASSETS, "tiny-sd")  # the shipped base model (a StableDiffusionPipeline folder)
@@ -121,7 +122,6 @@ def sample_main(argv=None):
 
 
 # ----------------------------------------------------------------------------- Stage 1: the labelling set
-METADATA = "metadata.jsonl"  # the metadata file name that the imagefolder loader looks for
 SPLITS = ("seen", "unseen", "all")  # seen: the feedback prompts; unseen: held-out combinations (evaluation)
 MAX_IMAGES = 100_000  # images per set; file names have 5 digits and image i uses seed seed * MAX_IMAGES + i
 PLAN_FIELDS = ("prompt", "seed", "model", "num_inference_steps", "guidance_scale")  # must match to resume
@@ -201,51 +201,6 @@ def plan_rows(cfg: GenerateConfig) -> list:
     return rows
 
 
-def load_dataset_rows(data_dir: str) -> list:
-    """The rows of ``data_dir/metadata.jsonl`` in file order ([] when there is none yet).
-
-    A last line without its newline is a write cut short by a crash; it is ignored (``generate`` repairs it).
-    """
-    path = os.path.join(data_dir, METADATA)
-    if not os.path.exists(path):
-        return []
-    with open(path, encoding="utf-8") as f:
-        lines = f.read().split("\n")
-    rows = []
-    for n, line in enumerate(lines[:-1], 1):  # lines[-1] is "" or the torn tail of an interrupted write
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}, line {n}: not valid JSON ({e.msg}); the metadata file is damaged") from None
-        if not isinstance(row, dict) or not isinstance(row.get("file_name"), str):
-            raise ValueError(f"{path}, line {n}: a row must be a JSON object with a 'file_name' string")
-        rows.append(row)
-    return rows
-
-
-def write_rows_atomic(data_dir: str, rows: list) -> None:
-    """Replace ``metadata.jsonl`` in one step: write a temporary file, fsync it, rename it over the old one."""
-    path = os.path.join(data_dir, METADATA)
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write("".join(json.dumps(r) + "\n" for r in rows))
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def _save_png(image: Image.Image, path: str) -> None:
-    """Write a PNG so that ``path`` is either absent or complete, never half-written."""
-    tmp = os.path.join(os.path.dirname(path), "." + os.path.basename(path) + ".tmp")
-    with open(tmp, "wb") as f:
-        image.save(f, format="PNG")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def _resume(out: str, plan: list) -> set:
     """Check what an earlier run left in ``out`` and return the file names already done.
 
@@ -296,7 +251,7 @@ def generate_dataset(cfg: GenerateConfig, pipe=None) -> dict:
             images = sample(pipe, [r["prompt"] for r in rows], [r["seed"] for r in rows], cfg.steps, cfg.guidance,
                             batch_size=cfg.batch_size)
             for row, image in zip(rows, images):
-                _save_png(image, os.path.join(cfg.out, row["file_name"]))
+                save_png(image, os.path.join(cfg.out, row["file_name"]))
             with open(os.path.join(cfg.out, METADATA), "a", encoding="utf-8") as f:  # rows after their PNGs
                 f.write("".join(json.dumps(r) + "\n" for r in rows))
                 f.flush()

@@ -31,7 +31,8 @@ import tempfile
 from dataclasses import dataclass
 
 from .config import parse_config
-from .generate import ALIGNED_MODEL, DEFAULT_GUIDANCE, DEFAULT_STEPS, load_dataset_rows
+from .generate import ALIGNED_MODEL, DEFAULT_GUIDANCE, DEFAULT_STEPS
+from .data import load_dataset_rows
 from .labels import MAJORITY, LabelStore, default_store_path, export_labels
 from .reward import CONFIG_FILE as REWARD_CONFIG_FILE
 from .reward import REWARD_MODEL, resolve_clip

@@ -20,7 +20,7 @@ import os
 
 from PIL import Image
 
-from .generate import load_dataset_rows
+from .data import load_dataset_rows
 from .labels import LabelStore, default_store_path
 
 BUTTONS = (  # (label, button text, ipywidgets button_style, icon)

@@ -309,7 +309,7 @@ def export_labels(dataset_dir: str, store_path: str | None = None, labeler: str 
     ``labeler``: whose labels; "majority" (or None) takes the majority vote of every labeler. Skips and
     unlabelled images get None. The file is replaced atomically. Returns {"good": n, "bad": n, "none": n}.
     """
-    from .generate import load_dataset_rows, write_rows_atomic
+    from .data import load_dataset_rows, write_rows_atomic
 
     rows = load_dataset_rows(dataset_dir)
     if not rows:
@@ -355,7 +355,7 @@ def simulate_labels(dataset_dir: str, store_path: str | None = None, labeler: st
     from PIL import Image
     from tqdm.auto import tqdm
 
-    from .generate import load_dataset_rows
+    from .data import load_dataset_rows
     from .judge import judge
 
     if bias not in BIASES:

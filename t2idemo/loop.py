@@ -26,7 +26,8 @@ import random
 from dataclasses import dataclass
 
 from . import world
-from .generate import BASE_MODEL, GenerateConfig, _save_png, generate_dataset, image_seed, load_dataset_rows, sample, write_rows_atomic
+from .generate import BASE_MODEL, GenerateConfig, generate_dataset, image_seed, sample
+from .data import load_dataset_rows, save_png, write_rows_atomic
 from .labels import LabelStore, agreement_stats, default_store_path, export_labels
 from .run import RunConfig, finetune_config
 
@@ -75,7 +76,7 @@ def draw_labelling_batch(pipe, folder: str, cfg: LoopConfig, model_name: str = "
     new = []
     for i, ((prompt, meta), s, image) in enumerate(zip(chosen, seeds, images)):
         name = f"b{b:03d}_{i:03d}.png"
-        _save_png(image, os.path.join(folder, name))  # complete or absent, never half-written
+        save_png(image, os.path.join(folder, name))  # complete or absent, never half-written
         new.append({"file_name": name, "prompt": prompt, **meta, "named": list(meta["named"]),
                     "unseen": bool(meta["unseen"]), "seed": s, "batch": b, "model": model_name,
                     "num_inference_steps": cfg.sample_steps, "guidance_scale": float(cfg.guidance)})
@@ -113,8 +114,10 @@ def train_reward_on_labels(folder: str, out: str, cfg: LoopConfig, lock=None) ->
     metadata is rewritten, if another thread may append to it (the app's Draw button)."""
     from contextlib import nullcontext
 
-    from .reward import RewardConfig, load_images, load_rows, split_by_prompt
-    from .reward import train as train_reward
+    from .reward import RewardConfig
+    from .reward_train import split_by_prompt
+    from .data import load_images, load_rows
+    from .reward_train import train as train_reward
 
     with lock or nullcontext():
         counts = export_labels(folder)  # label = the majority vote; ties, skips and unlabelled images get None

@@ -31,8 +31,9 @@ from . import evaluate as ev
 from .finetune import FinetuneConfig, finetune
 from .generate import ALIGNED_MODEL, BASE_MODEL, GenerateConfig, generate_dataset, load_pipeline
 from .labels import export_labels, simulate_labels
-from .reward import REWARD_MODEL, RewardConfig, load_rows
-from .reward import train as train_reward
+from .reward import REWARD_MODEL, RewardConfig
+from .data import load_rows
+from .reward_train import train as train_reward
 
 
 # What each recipe fixes (the filtered recipe uses the top_k, min_reward and weight fields as given).
@@ -184,7 +185,7 @@ def finetune_config(cfg: RunConfig, data: str, out: str, model: str, reward: str
 
 def merge_folders(folders: list, out: str) -> str:
     """One imagefolder holding the images and rows of several (file names prefixed by their round)."""
-    from .generate import write_rows_atomic
+    from .data import write_rows_atomic
 
     os.makedirs(out, exist_ok=True)
     rows = []

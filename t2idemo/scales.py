@@ -65,7 +65,7 @@ class Scale:
     mixed_precision: str  # "no" | "fp16" (a T4) | "bf16"
     gradient_checkpointing: bool  # trade compute for UNet activation memory (SD)
     betas: str  # beta values of the trade-off sweep in 04 (comma-separated)
-    # evaluation (evaluate.EvalConfig for the shapes world; people's labels + sd.summary at SD scale)
+    # evaluation (evaluate.EvalConfig for the shapes world; people's labels + evaluate.summary at SD scale)
     n_combination: int  # unseen combination-prompt images per model
     n_single: int  # unseen images per model for each single-attribute category
     best_of: str  # N values of the best-of-N (rejection sampling) baseline; "" = none
@@ -169,7 +169,7 @@ def feedback_config(S: Scale, out: str, split: str = "seen", seed: int = 0, max_
 
 
 def _labelled(folder: str) -> bool:
-    from .generate import load_dataset_rows
+    from .data import load_dataset_rows
 
     return any(r.get("label") in ("good", "bad") for r in load_dataset_rows(folder))
 
@@ -206,7 +206,8 @@ def reward_config(S: Scale, P: Paths, **changes):
 
 def ensure_reward(S: Scale, P: Paths) -> str:
     """The reward model of notebook 02, trained here (on the labelled feedback set) if it is not there yet."""
-    from .reward import CONFIG_FILE, train
+    from .reward import CONFIG_FILE
+    from .reward_train import train
 
     if not os.path.isfile(os.path.join(P.reward, CONFIG_FILE)):
         train(reward_config(S, P, data=ensure_feedback(S, P)))
@@ -237,6 +238,36 @@ def finetune_config(S: Scale, P: Paths, **changes):
         "steps": S.ft_steps, "batch": S.ft_batch, "pre_batch": S.pre_batch, "encode_batch": S.encode_batch,
         "lr": S.lr, "lora_rank": S.lora_rank, "mixed_precision": S.mixed_precision,
         "gradient_checkpointing": S.gradient_checkpointing, "checkpoint_every": 0, **changes})
+
+
+# The main job (t2idemo.run) and the over-optimisation curve (t2idemo.overopt) at each size: the full shapes size is
+# their own defaults, the figures the README quotes; small changes sizes only (notebook 05 in CI)
+_SMALL_RUN = dict(max_prompts=12, per_prompt=4, unlabelled_per_prompt=1, steps=6, n_combination=16, n_single=4)
+_SMALL_OVEROPT = dict(steps="0,2,6", n_combination=16, n_single=8)
+
+
+def ensure_run(S: Scale, P: Paths, name: str = "main", **changes) -> dict:
+    """The results of ``python -m t2idemo run`` (with ``changes``) in WORK/NAME, run here unless a finished run with
+    the same config is there. The main job needs the judge: shapes world only."""
+    import json
+
+    from .run import RunConfig, run
+
+    if not S.judge:
+        raise ValueError(f"scale={S.name!r}: the main job labels with the judge, which reads only the shapes world; "
+                         "use scale='shapes'")
+    cfg = RunConfig(**{"out": os.path.join(P.work, name), **(_SMALL_RUN if S.small else {}), **changes})
+    done = os.path.join(cfg.out, "report", "results.json")
+    if os.path.isfile(done) and json.load(open(done)).get("run_config") == dataclasses.asdict(cfg):
+        return json.load(open(done))
+    return run(cfg)
+
+
+def overopt_config(S: Scale, run: str, **changes):
+    """The OveroptConfig of the curve on the finished run folder ``run`` (its defaults at the full size)."""
+    from .overopt import OveroptConfig
+
+    return OveroptConfig(**{"run": run, **(_SMALL_OVEROPT if S.small else {}), **changes})
 
 
 def result(**values) -> None:

@@ -13,7 +13,7 @@ wraps any CLIPModel, ``finetune`` tunes any SD 1.x / 2.x UNet. What changes at S
         --reward runs/sd_reward --pretrain-data data/sd_pretrain --lora-rank 8 --mixed-precision fp16 \\
         --gradient-checkpointing --batch 4 --pre-batch 4 --encode-batch 8 --steps 2000 --out runs/sd_aligned
     # draw the held-out prompts again from runs/sd_aligned (same seeds), label them, then per category:
-    python -m t2idemo.sd summary --data data/sd_aligned_heldout --reward runs/sd_reward   # labels + mean reward
+    python -m t2idemo evaluate summary --data data/sd_aligned_heldout --reward runs/sd_reward  # labels + mean reward
 
 Prompts (``make_prompt``, ``all_prompts``), in the paper's four categories and wording (Lee et al. 2023):
 
@@ -29,7 +29,7 @@ paper's spirit; the paper's own prompt list is not reproduced. Prompts that name
 (``is_sd_row``), which is how ``reward`` picks this vocabulary for its prompt-classification swaps.
 
 Labels. The judge reads only the shapes world, so at SD scale labels come from people (the label store and
-the widget), and evaluation uses those labels and the reward model (``summary``). No open-vocabulary
+the widget), and evaluation uses those labels and the reward model (``evaluate.summary``). No open-vocabulary
 detector is wired in as an automatic rater.
 
 Memory plan for a 16 GB T4 (SD v1.5, 512 px, LoRA). Parameter counts are exact (SD v1.5's architecture,
@@ -315,45 +315,6 @@ def build_tiny_clip(path: str, seed: int = 0, image_size: int = 32) -> str:
     return path
 
 
-# ----------------------------------------------------------------------------- evaluation at SD scale
-def summary(data: str, reward: str = "", device: str = "") -> dict:
-    """Per category of a generated, labelled set: images, labelled images, the fraction labelled good with a
-    Wilson 95% CI (people's labels, written by ``labels.export_labels``), and the mean reward r(x, z) when
-    ``reward`` (a reward-model folder) is given. Compare a base and an aligned model by running it on the
-    sets each drew from the same prompts and seeds. Returns {category or "all": {...}}."""
-    from .stats import wilson
-    from .reward import load_images, load_reward_fn, load_rows
-
-    rows = load_rows(data, "data")
-    scores = [None] * len(rows)
-    if reward:
-        reward_fn = load_reward_fn(reward, device=device or None)
-        for i in range(0, len(rows), 64):
-            chunk = rows[i:i + 64]
-            scores[i:i + 64] = [float(s) for s in reward_fn(load_images(data, chunk), [r["prompt"] for r in chunk])]
-    out = {}
-    for cat in list(CATEGORIES) + ["all"]:
-        idx = [i for i, r in enumerate(rows) if cat == "all" or r.get("category") == cat]
-        if not idx:
-            continue
-        labelled = [i for i in idx if rows[i].get("label") in ("good", "bad")]
-        good = sum(rows[i]["label"] == "good" for i in labelled)
-        out[cat] = {"images": len(idx), "labelled": len(labelled), "good": good,
-                    "good_rate": good / len(labelled) if labelled else None,
-                    "good_ci": wilson(good, len(labelled)) if labelled else None,
-                    "mean_reward": sum(scores[i] for i in idx) / len(idx) if reward else None}
-    return out
-
-
-def summary_table(res: dict) -> str:
-    lines = ["| category | images | labelled | good [95% CI] | mean reward |", "| --- | --- | --- | --- | --- |"]
-    for cat, s in res.items():
-        good = "-" if s["good_rate"] is None else f"{s['good_rate']:.1%} [{s['good_ci'][0]:.1%}, {s['good_ci'][1]:.1%}]"
-        r = "-" if s["mean_reward"] is None else f"{s['mean_reward']:.3f}"
-        lines.append(f"| {cat} | {s['images']} | {s['labelled']} | {good} | {r} |")
-    return "\n".join(lines)
-
-
 # ----------------------------------------------------------------------------- CLI
 @dataclass
 class TinyConfig:
@@ -362,28 +323,17 @@ class TinyConfig:
     image_size: int = 32  # pixels of the tiny pipeline's images and the tiny CLIP's input; 16 - 128, a multiple of 8
 
 
-@dataclass
-class SummaryConfig:
-    data: str = ""  # a generated set (metadata.jsonl + PNGs), labelled with labels.export_labels for the good rate
-    reward: str = ""  # reward-model folder (reward train --run); empty: no mean reward
-    device: str = ""  # "cpu", "cuda", ...; "" = cuda when available
-
-    def __post_init__(self):
-        if not self.data:
-            raise ValueError("data='' is not allowed; pass the folder of a generated set")
-
-
 def main(argv=None):
     import sys
 
     from .config import parse_config
 
     argv = sys.argv[1:] if argv is None else list(argv)
-    if not argv or argv[0] not in ("tiny", "summary", "prompts"):
-        print("usage: python -m t2idemo.sd {tiny | summary | prompts} [options]\n"
+    if not argv or argv[0] not in ("tiny", "prompts"):
+        print("usage: python -m t2idemo.sd {tiny | prompts} [options]\n"
               "  tiny     write random tiny SD + CLIP folders for a dry run of every stage\n"
-              "  summary  per category: good rate from the labels (Wilson 95% CI) and mean reward\n"
-              "  prompts  print the prompt set's sizes per category and split")
+              "  prompts  print the prompt set's sizes per category and split\n"
+              "(the per-category good rate and mean reward of a labelled set: python -m t2idemo evaluate summary)")
         return 0 if not argv or argv[0] in ("-h", "--help") else 2
     if argv[0] == "tiny":
         cfg = parse_config(TinyConfig, argv[1:], prog="python -m t2idemo.sd tiny")
@@ -391,9 +341,6 @@ def main(argv=None):
         clip_dir = build_tiny_clip(os.path.join(cfg.out, "tiny-clip"), cfg.seed, cfg.image_size)
         print(f"wrote {sd_dir} and {clip_dir}; try: python -m t2idemo generate --prompt-set sd --model {sd_dir} "
               f"--max-prompts 8 --steps 2 --out {os.path.join(cfg.out, 'data')}")
-    elif argv[0] == "summary":
-        cfg = parse_config(SummaryConfig, argv[1:], prog="python -m t2idemo.sd summary")
-        print(summary_table(summary(cfg.data, cfg.reward, cfg.device)))
     else:
         for cat in CATEGORIES:
             print(f"{cat:<12} seen {len(all_prompts(cat, unseen=False)):>5}  unseen {len(all_prompts(cat, unseen=True)):>5}"

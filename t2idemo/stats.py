@@ -1,4 +1,4 @@
-"""Statistics every stage uses: Wilson intervals for rates, ROC-AUC and its bootstrap CIs.
+"""Statistics every stage uses: Wilson intervals for rates, ROC-AUC and its bootstrap CIs, calibration.
 
 At the bottom of the package: it imports nothing of t2idemo, so every stage can import it.
 """
@@ -52,3 +52,23 @@ def bootstrap_auc(scores: dict, labels, n_boot: int = 2_000, seed: int = 0) -> d
             if a != b:
                 ci[(a, b)] = tuple(np.percentile(np.subtract(draws[a], draws[b]), [2.5, 97.5]))
     return ci
+
+
+def best_threshold(scores, labels) -> float:
+    """The threshold that maximises accuracy of ``score > t`` on a labelled set (for CLIPScore)."""
+    s, y = np.asarray(scores, dtype=np.float64), np.asarray(labels).astype(bool)
+    u = np.unique(s)
+    cuts = np.concatenate([[u[0] - 1], (u[:-1] + u[1:]) / 2, [u[-1] + 1]])
+    acc = [((s > t) == y).mean() for t in cuts]
+    return float(cuts[int(np.argmax(acc))])
+
+
+def calibration(scores, labels, bins: int = 10) -> dict:
+    """Reliability-diagram data for scores in [0, 1]: per equal-width bin, mean score, fraction good and
+    count; and the expected calibration error (count-weighted mean |mean score - fraction good|)."""
+    s, y = np.asarray(scores, dtype=np.float64), np.asarray(labels, dtype=np.float64)
+    b = np.minimum((s * bins).astype(int), bins - 1)
+    n = np.bincount(b, minlength=bins)
+    conf = np.bincount(b, weights=s, minlength=bins) / np.maximum(n, 1)
+    acc = np.bincount(b, weights=y, minlength=bins) / np.maximum(n, 1)
+    return {"count": n, "mean_score": conf, "frac_good": acc, "ece": float((n * np.abs(conf - acc)).sum() / n.sum())}

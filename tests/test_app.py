@@ -42,7 +42,8 @@ browser_test = pytest.mark.skipif(
 @pytest.fixture(scope="module")
 def reward_dir(tmp_path_factory):
     """A reward model on the shipped tiny CLIP, trained for a few epochs on 16 renders labelled by the judge."""
-    from t2idemo.reward import RewardConfig, train
+    from t2idemo.reward import RewardConfig
+    from t2idemo.reward_train import train
 
     root = tmp_path_factory.mktemp("reward")
     rng, rows = random.Random(0), []

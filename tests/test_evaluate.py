@@ -97,7 +97,7 @@ def test_evaluate_writes_a_report(tmp_path):
 
 
 def test_wilson_interval_always_contains_p():
-    from t2idemo.benchmarks import wilson
+    from t2idemo.stats import wilson
 
     for n in range(1, 701):
         for k in (0, n // 3, n):

@@ -2,7 +2,8 @@
 import pytest
 import torch
 
-from t2idemo.finetune import FinetuneConfig, denoising_loss, finetune, reward_weighted_loss, top_k_rows
+from t2idemo.finetune import FinetuneConfig, denoising_loss, finetune, reward_weighted_loss
+from t2idemo.finetune_data import top_k_rows
 from t2idemo.labels import export_labels, simulate_labels
 
 
@@ -126,7 +127,7 @@ def test_cross_attention_mode_changes_only_attn2_and_the_text_embedding(render_d
 
 def test_min_reward_drops_low_weights_before_top_k():
     """A prompt whose images all score below min_reward adds nothing (not its least bad images)."""
-    from t2idemo.finetune import select_rows
+    from t2idemo.finetune_data import select_rows
 
     prompts = ["a", "a", "a", "b", "b"]
     weights = [0.9, 0.6, 0.4, 0.3, 0.2]
@@ -142,7 +143,7 @@ def test_category_balance_draws_each_category_equally_often():
     """balance='category': 2 count rows among 98 combination rows still make about half of every batch."""
     import random
 
-    from t2idemo.finetune import batch_sampler
+    from t2idemo.finetune_data import batch_sampler
 
     categories = ["count"] * 2 + ["combination"] * 98
     uniform = batch_sampler(categories, "none", random.Random(0))(4000)

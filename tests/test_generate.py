@@ -8,7 +8,8 @@ import pytest
 from PIL import Image
 
 from t2idemo import generate
-from t2idemo.generate import GenerateConfig, generate_dataset, generate_main, load_dataset_rows, plan_rows
+from t2idemo.generate import GenerateConfig, generate_dataset, generate_main, plan_rows
+from t2idemo.data import load_dataset_rows
 
 FIELDS = ["file_name", "prompt", "category", "named", "count", "color", "shape", "scene", "unseen", "seed", "model",
           "num_inference_steps", "guidance_scale"]

@@ -7,7 +7,8 @@ import time
 
 import pytest
 
-from t2idemo import finetune, generate, labels, reward, sd
+from t2idemo import data, finetune, generate, labels, reward, reward_train, sd
+from t2idemo import evaluate as ev
 
 HUB_LIBRARIES = ("huggingface_hub", "transformers", "diffusers", "accelerate", "peft")
 
@@ -76,24 +77,24 @@ def test_every_stage_runs_without_touching_the_network(attempts, monkeypatch, tm
     for out, split, n in ((feedback, "seen", 6), (heldout, "unseen", 4)):
         generate.generate_dataset(generate.GenerateConfig(out=out, model=model, prompt_set="sd", split=split,
                                                           max_prompts=n, per_prompt=2, steps=2, device="cpu"))
-        rows = generate.load_dataset_rows(out)
+        rows = data.load_dataset_rows(out)
         with labels.LabelStore(labels.default_store_path(out)) as store:
             store.add_many([(r["file_name"], ("good", "bad")[i % 2]) for i, r in enumerate(rows)], labeler="alice")
         labels.export_labels(out)
     cfg = reward.RewardConfig(clip=clip, data=feedback, eval_data=heldout, run=str(tmp_path / "reward"),
                               max_epochs=2, patience=1, n_boot=100, device="cpu")
-    reward.evaluate(cfg, reward.train(cfg), plot=False)
+    reward_train.evaluate(cfg, reward_train.train(cfg), plot=False)
     out = str(tmp_path / "aligned")
     finetune.finetune(finetune.FinetuneConfig(model=model, data=feedback, reward=cfg.run, pretrain_data=feedback,
                                               out=out, lora_rank=4, steps=2, batch=2, pre_batch=2, checkpoint_every=1))
     pipe = StableDiffusionPipeline.from_pretrained(out)
     pipe.load_lora_weights(out)
     generate.sample(pipe, ["two dogs"], [0], steps=2)
-    sd.summary(heldout, cfg.run, device="cpu")
+    ev.summary(heldout, cfg.run, device="cpu")
     # the shapes world, on the shipped models
     shapes = str(tmp_path / "shapes")
     generate.generate_dataset(generate.GenerateConfig(out=shapes, max_prompts=2, per_prompt=2, steps=2, device="cpu"))
-    reward.train(reward.RewardConfig(data=shapes, labels="judge", run=str(tmp_path / "r2"), max_epochs=2, device="cpu"))
+    reward_train.train(reward.RewardConfig(data=shapes, labels="judge", run=str(tmp_path / "r2"), max_epochs=2, device="cpu"))
     reward.load_reward_fn(str(tmp_path / "r2"))
     assert attempts == [], f"a code path tried to reach the network: {attempts[:5]}"
 

@@ -10,7 +10,8 @@ import pytest
 import torch
 from PIL import Image
 
-from t2idemo import pretrain, reward, world
+from t2idemo import data as data_io
+from t2idemo import pretrain, reward, reward_train, stats, world
 from t2idemo.judge import judge
 
 
@@ -59,14 +60,14 @@ def small_cfg(clip_dir, data, run, **kw):
 # ----------------------------------------------------------------------------- loss terms
 def test_perturbed_prompts_differ_in_exactly_one_named_attribute_and_are_never_heldout():
     for prompt, meta in world.all_prompts(unseen=False):
-        ps = reward.perturbations(meta)
+        ps = reward_train.perturbations(meta)
         assert len(ps) >= reward.RewardConfig.n_prompts - 1  # every good image gets a full candidate set
         assert len(set(ps)) == len(ps) and prompt not in ps
         for p in ps:
             m = world.parse_prompt(p)
             assert m["category"] == meta["category"] and not m["unseen"]
             assert sum(m[a] != meta[a] for a in meta["named"]) == 1, (prompt, p)
-        assert set(ps) <= set(reward.perturbations(meta, include_unseen=True))
+        assert set(ps) <= set(reward_train.perturbations(meta, include_unseen=True))
 
 
 def test_prompt_classification_loss_learns_to_prefer_the_true_prompt():
@@ -79,7 +80,7 @@ def test_prompt_classification_loss_learns_to_prefer_the_true_prompt():
     opt = torch.optim.Adam(head.parameters(), lr=3e-3)
     losses = []
     for _ in range(150):
-        loss = reward.prompt_classification_loss(head, img, txt, mask, temperature=0.1)
+        loss = reward_train.prompt_classification_loss(head, img, txt, mask, temperature=0.1)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -90,40 +91,40 @@ def test_prompt_classification_loss_learns_to_prefer_the_true_prompt():
         # a masked-out candidate does not count: with only the true prompt left the loss is 0
         only_true = torch.zeros_like(mask)
         only_true[:, 0] = True
-        assert reward.prompt_classification_loss(head, img, txt, only_true, 0.1).item() == pytest.approx(0, abs=1e-6)
+        assert reward_train.prompt_classification_loss(head, img, txt, only_true, 0.1).item() == pytest.approx(0, abs=1e-6)
 
 
 def test_raw_reward_softmax_has_the_documented_floor():
     # with T = 1 (the default) and r in [0, 1] the CE cannot go below log(1 + (N - 1) / e), as documented
     head = reward.RewardHead(8, 16, 0.0)
     img, txt = torch.randn(32, 8), torch.randn(32, 4, 8)
-    ce = reward.prompt_classification_loss(head, img, txt, torch.ones(32, 4, dtype=torch.bool), 1.0)
+    ce = reward_train.prompt_classification_loss(head, img, txt, torch.ones(32, 4, dtype=torch.bool), 1.0)
     assert ce.item() >= math.log(1 + 3 / math.e) - 1e-6
 
 
 def test_training_loss_has_both_terms(clip_dir, data, tmp_path):
     cfg = small_cfg(clip_dir, data, tmp_path)
     clip = reward.FrozenCLIP(clip_dir, "cpu")
-    emb, y = reward.training_set(cfg, clip)
+    emb, y = reward_train.training_set(cfg, clip)
     assert emb.cands.shape[1] >= cfg.n_prompts - 1 and len(emb.texts) > len({r["prompt"] for r in emb.rows})
     head = reward.RewardHead(clip.dim, 32, 0.0)
     idx = torch.arange(len(y))
-    total, parts = reward.reward_loss(cfg, head, emb, y, idx, torch.Generator().manual_seed(0))
+    total, parts = reward_train.reward_loss(cfg, head, emb, y, idx, torch.Generator().manual_seed(0))
     assert parts["ce"] > 0 and parts["penalty"] == 0  # a fresh head's MLP term starts at zero
     assert total.item() == pytest.approx(parts["mse"] + cfg.lam * parts["ce"], rel=1e-5)
-    _, parts0 = reward.reward_loss(reward.RewardConfig(lam=0.0), head, emb, y, idx, torch.Generator())
+    _, parts0 = reward_train.reward_loss(reward.RewardConfig(lam=0.0), head, emb, y, idx, torch.Generator())
     assert parts0["ce"] == 0
     torch.nn.init.normal_(head.net[-1].weight)  # a head that has moved away from the calibrated cosine
-    total, parts = reward.reward_loss(cfg, head, emb, y, idx, torch.Generator().manual_seed(0))
+    total, parts = reward_train.reward_loss(cfg, head, emb, y, idx, torch.Generator().manual_seed(0))
     assert parts["penalty"] > 0
     assert total.item() == pytest.approx(parts["mse"] + cfg.lam * parts["ce"] + cfg.mlp_penalty * parts["penalty"], rel=1e-5)
     off = dataclasses.replace(cfg, mlp_penalty=0.0)
-    assert reward.reward_loss(off, head, emb, y, idx, torch.Generator().manual_seed(0))[0].item() < total.item()
+    assert reward_train.reward_loss(off, head, emb, y, idx, torch.Generator().manual_seed(0))[0].item() < total.item()
 
 
 def test_split_by_prompt_keeps_every_prompt_on_one_side():
     rows = [{"prompt": p} for p, _ in world.all_prompts(unseen=False) for _ in range(3)]
-    tr, va = reward.split_by_prompt(rows, 0.2, seed=0)
+    tr, va = reward_train.split_by_prompt(rows, 0.2, seed=0)
     assert sorted(tr + va) == list(range(len(rows)))
     assert not {rows[i]["prompt"] for i in tr} & {rows[i]["prompt"] for i in va}
     assert len({rows[i]["prompt"] for i in va}) == round(0.2 * 242)
@@ -131,8 +132,8 @@ def test_split_by_prompt_keeps_every_prompt_on_one_side():
 
 def test_flip_labels_is_seeded_and_flips_about_p():
     y = torch.zeros(20_000)
-    assert torch.equal(reward.flip_labels(y, 0.0, 0), y)
-    a, b = reward.flip_labels(y, 0.2, 1), reward.flip_labels(y, 0.2, 1)
+    assert torch.equal(reward_train.flip_labels(y, 0.0, 0), y)
+    a, b = reward_train.flip_labels(y, 0.2, 1), reward_train.flip_labels(y, 0.2, 1)
     assert torch.equal(a, b) and abs(a.mean().item() - 0.2) < 0.01
 
 
@@ -146,13 +147,13 @@ def test_pixel_values_resize_crop_and_normalise():
 
 
 def test_train_save_load_round_trip_gives_identical_scores(clip_dir, data, tmp_path):
-    model = reward.train(small_cfg(clip_dir, data, tmp_path / "run"))
+    model = reward_train.train(small_cfg(clip_dir, data, tmp_path / "run"))
     assert sorted(os.listdir(tmp_path / "run")) == ["head.safetensors", "reward_config.json"]
     with open(tmp_path / "run" / "reward_config.json") as f:
         meta = json.load(f)
     assert meta["clip"] == clip_dir and meta["embed_dim"] == 64 and meta["training"]["n_val"] > 0
-    rows = reward.load_rows(data[1])[:8]
-    images, prompts = reward.load_images(data[1], rows), [r["prompt"] for r in rows]
+    rows = data_io.load_rows(data[1])[:8]
+    images, prompts = data_io.load_images(data[1], rows), [r["prompt"] for r in rows]
     reward_fn = reward.load_reward_fn(str(tmp_path / "run"), device="cpu")
     r = reward_fn(images, prompts)
     assert isinstance(r, torch.Tensor) and r.shape == (8,) and r.dtype == torch.float32
@@ -170,7 +171,7 @@ def test_bad_arguments_raise_value_errors_that_name_them(clip_dir, data, tmp_pat
         with pytest.raises(ValueError, match=name):
             reward.RewardConfig(**kw)
     with pytest.raises(ValueError, match="data='/nonexistent'"):
-        reward.load_rows("/nonexistent")
+        data_io.load_rows("/nonexistent")
     with pytest.raises(ValueError, match="clip='not a model'"):
         reward.FrozenCLIP("not a model")
     with pytest.raises(ValueError, match="path="):
@@ -199,22 +200,22 @@ def test_cli_train_eval_and_study(clip_dir, data, tmp_path, capsys):
 # ----------------------------------------------------------------------------- metrics
 def test_roc_auc_matches_hand_computed_examples():
     # positives {0.35, 0.8} vs negatives {0.1, 0.4}: 3 of the 4 pairs are ordered right
-    assert reward.roc_auc([0.1, 0.4, 0.35, 0.8], [0, 0, 1, 1]) == pytest.approx(0.75)
+    assert stats.roc_auc([0.1, 0.4, 0.35, 0.8], [0, 0, 1, 1]) == pytest.approx(0.75)
     # ties count 1/2: positives {0.5, 0.9} vs negatives {0.5, 0.5}: (0.5 + 0.5 + 1 + 1) / 4
-    assert reward.roc_auc([0.5, 0.5, 0.5, 0.9], [0, 1, 0, 1]) == pytest.approx(0.75)
-    assert reward.roc_auc([3, 2, 1], [1, 1, 0]) == 1.0 and reward.roc_auc([1, 2, 3], [1, 1, 0]) == 0.0
+    assert stats.roc_auc([0.5, 0.5, 0.5, 0.9], [0, 1, 0, 1]) == pytest.approx(0.75)
+    assert stats.roc_auc([3, 2, 1], [1, 1, 0]) == 1.0 and stats.roc_auc([1, 2, 3], [1, 1, 0]) == 0.0
     with pytest.raises(ValueError, match="both classes"):
-        reward.roc_auc([0.1, 0.2], [1, 1])
+        stats.roc_auc([0.1, 0.2], [1, 1])
 
 
 def test_wilson_bootstrap_and_calibration():
-    lo, hi = reward.wilson(8, 10)
+    lo, hi = stats.wilson(8, 10)
     assert (round(lo, 4), round(hi, 4)) == (0.4902, 0.9433)
     rng = np.random.default_rng(0)
     y = rng.random(400) < 0.5
     s = {"good": y + rng.normal(0, 0.5, 400), "noise": rng.random(400)}
-    ci = reward.bootstrap_auc(s, y, n_boot=300)
+    ci = stats.bootstrap_auc(s, y, n_boot=300)
     assert ci["good"][0] > ci["noise"][1] and ci[("good", "noise")][0] > 0
-    c = reward.calibration(np.array([0.05, 0.05, 0.95, 0.95]), np.array([0, 0, 1, 1]))
+    c = stats.calibration(np.array([0.05, 0.05, 0.95, 0.95]), np.array([0, 0, 1, 1]))
     assert c["ece"] == pytest.approx(0.05) and c["count"].sum() == 4
-    assert reward.best_threshold([0.1, 0.2, 0.8, 0.9], [0, 0, 1, 1]) == pytest.approx(0.5)
+    assert stats.best_threshold([0.1, 0.2, 0.8, 0.9], [0, 0, 1, 1]) == pytest.approx(0.5)

@@ -6,7 +6,8 @@ import sys
 import pytest
 import torch
 
-from t2idemo import finetune, generate, labels, reward, sd
+from t2idemo import data, finetune, generate, labels, reward, reward_train, sd
+from t2idemo import evaluate
 
 
 # ----------------------------------------------------------------------------- the prompt set
@@ -74,13 +75,13 @@ def test_the_judge_refuses_sd_scale_rows():
 
     _, meta = sd.make_prompt("count", count=2, object="dog")
     with pytest.raises(ValueError, match="people's labels"):
-        reward.judge_labels([Image.new("RGB", (32, 32))], [{"prompt": "two dogs", **meta}])
+        reward_train.judge_labels([Image.new("RGB", (32, 32))], [{"prompt": "two dogs", **meta}])
 
 
 # ----------------------------------------------------------------------------- every stage, once
 def label_by_hand(folder):
     """Labels as people give them in the widget: through the label store, then exported into the rows."""
-    rows = generate.load_dataset_rows(folder)
+    rows = data.load_dataset_rows(folder)
     with labels.LabelStore(labels.default_store_path(folder)) as store:
         for i, r in enumerate(rows):
             store.add(r["file_name"], ("good", "bad", "good", "skip")[i % 4], labeler="alice")
@@ -101,8 +102,8 @@ def stages(tmp_path_factory):
         label_by_hand(out)
     rcfg = reward.RewardConfig(clip=clip, data=feedback, eval_data=heldout, run=str(root / "reward"),
                                max_epochs=3, patience=2, n_boot=100, device="cpu")
-    model_r = reward.train(rcfg)
-    evaluation = reward.evaluate(rcfg, model_r, plot=False)
+    model_r = reward_train.train(rcfg)
+    evaluation = reward_train.evaluate(rcfg, model_r, plot=False)
     out = str(root / "aligned")
     fcfg = dict(model=model, data=feedback, reward=rcfg.run, pretrain_data=feedback, out=out, lora_rank=4,
                 lora_alpha=8.0, batch=2, pre_batch=2, encode_batch=4, lr=1e-2, checkpoint_every=1,
@@ -117,7 +118,7 @@ def test_generate_writes_the_sd_prompt_set_in_the_same_layout(stages):
     from PIL import Image
 
     for folder, unseen in ((stages["feedback"], False), (stages["heldout"], True)):
-        rows = generate.load_dataset_rows(folder)
+        rows = data.load_dataset_rows(folder)
         assert len(rows) == 16
         for r in rows:
             assert {"category", "named", "count", "color", "object", "background", "unseen"} <= set(r)
@@ -130,21 +131,21 @@ def test_generate_writes_the_sd_prompt_set_in_the_same_layout(stages):
 
 
 def test_reward_trains_on_people_labels_with_swaps_from_the_sd_vocabulary(stages):
-    rows = [r for r in generate.load_dataset_rows(stages["feedback"]) if r["label"] in ("good", "bad")]
+    rows = [r for r in data.load_dataset_rows(stages["feedback"]) if r["label"] in ("good", "bad")]
     model = stages["reward_model"]
-    emb = reward.embed_dataset(model.clip, reward.load_images(stages["feedback"], rows), rows)
+    emb = reward_train.embed_dataset(model.clip, data.load_images(stages["feedback"], rows), rows)
     assert (emb.cands >= 0).sum(1).min() >= 3  # every row gets its one-attribute swaps
     assert all(emb.texts[i] in sd.perturbations(rows[0]) for i in emb.cands[0].tolist() if i >= 0)
     ev = stages["evaluation"]  # held-out truth = people's labels (the judge cannot read photos)
-    held = [r for r in generate.load_dataset_rows(stages["heldout"]) if r["label"] in ("good", "bad")]
+    held = [r for r in data.load_dataset_rows(stages["heldout"]) if r["label"] in ("good", "bad")]
     assert ev["n_images"] == len(held) and ev["good_rate"] == pytest.approx(
         sum(r["label"] == "good" for r in held) / len(held))
-    scores = reward.load_reward_fn(stages["reward"].run)(reward.load_images(stages["heldout"], held[:3]),
+    scores = reward.load_reward_fn(stages["reward"].run)(data.load_images(stages["heldout"], held[:3]),
                                                           [r["prompt"] for r in held[:3]])
     assert scores.shape == (3,) and ((scores >= 0) & (scores <= 1)).all()
-    table = sd.summary(stages["heldout"], stages["reward"].run, device="cpu")
+    table = evaluate.summary(stages["heldout"], stages["reward"].run, device="cpu")
     assert table["all"]["labelled"] == len(held) and 0 <= table["all"]["mean_reward"] <= 1
-    assert "| all |" in sd.summary_table(table)
+    assert "| all |" in evaluate.summary_table(table)
 
 
 def test_lora_output_loads_in_plain_diffusers_fused_and_as_an_adapter(stages):

@@ -1,0 +1,76 @@
+"""The data layer: imagefolder datasets (PNG files next to a ``metadata.jsonl``) read and written safely.
+
+Every stage keeps its images in this layout, which ``datasets.load_dataset("imagefolder", data_dir=DIR)`` reads:
+one JSON row per image with its ``file_name`` and the prompt's metadata (plus the sampler settings, and the
+``label`` once someone has labelled it). Writes never leave a half-written file: a PNG is written to a temporary
+name and renamed into place, and ``metadata.jsonl`` is replaced in one rename. This module imports nothing of
+t2idemo, so every stage can import it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+from PIL import Image
+
+METADATA = "metadata.jsonl"  # the metadata file name that the imagefolder loader looks for
+
+
+def load_dataset_rows(data_dir: str) -> list:
+    """The rows of ``data_dir/metadata.jsonl`` in file order ([] when there is none yet).
+
+    A last line without its newline is a write cut short by a crash; it is ignored (``generate`` repairs it).
+    """
+    path = os.path.join(data_dir, METADATA)
+    if not os.path.exists(path):
+        return []
+    with open(path, encoding="utf-8") as f:
+        lines = f.read().split("\n")
+    rows = []
+    for n, line in enumerate(lines[:-1], 1):  # lines[-1] is "" or the torn tail of an interrupted write
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}, line {n}: not valid JSON ({e.msg}); the metadata file is damaged") from None
+        if not isinstance(row, dict) or not isinstance(row.get("file_name"), str):
+            raise ValueError(f"{path}, line {n}: a row must be a JSON object with a 'file_name' string")
+        rows.append(row)
+    return rows
+
+
+def write_rows_atomic(data_dir: str, rows: list) -> None:
+    """Replace ``metadata.jsonl`` in one step: write a temporary file, fsync it, rename it over the old one."""
+    path = os.path.join(data_dir, METADATA)
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write("".join(json.dumps(r) + "\n" for r in rows))
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def save_png(image: Image.Image, path: str) -> None:
+    """Write a PNG so that ``path`` is either absent or complete, never half-written."""
+    tmp = os.path.join(os.path.dirname(path), "." + os.path.basename(path) + ".tmp")
+    with open(tmp, "wb") as f:
+        image.save(f, format="PNG")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def load_rows(folder: str, name: str = "data") -> list[dict]:
+    """A dataset folder's metadata rows; a clear error naming ``name`` when there are none."""
+    if not folder or not os.path.isfile(os.path.join(folder, "metadata.jsonl")):
+        raise ValueError(f"{name}={folder!r} has no metadata.jsonl; pass a dataset folder from generate_dataset")
+    rows = load_dataset_rows(folder)
+    if not rows:
+        raise ValueError(f"{name}={folder!r}: metadata.jsonl is empty")
+    return rows
+
+
+def load_images(folder: str, rows: list[dict]) -> list:
+    return [Image.open(os.path.join(folder, r["file_name"])).convert("RGB") for r in rows]

@@ -1,0 +1,135 @@
+"""What the fine-tune trains on: D_model (the model's own images, weighted or filtered by the reward) and D_pre.
+
+``model_rows`` gathers every candidate image of D_model with its weight: the label (good 1, bad 0) or the reward
+model's r(x, z) for labelled feedback images, r(x, z) for unlabelled generations. ``model_dataset`` then keeps the
+rows the recipe asks for (``min_reward``, ``top_k``), ``batch_sampler`` draws batches of them (uniformly, or balanced
+over prompt categories), and ``PretrainStream`` supplies D_pre: fresh renders of the prior the base model learnt
+from, or an imagefolder at SD scale. ``cfg`` is a ``finetune.FinetuneConfig`` (its data, unlabelled, weight,
+min_reward and top_k fields).
+"""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import torch
+from PIL import Image
+
+from . import world
+from .data import load_images, load_rows
+
+
+def model_rows(cfg, reward_fn=None) -> tuple:
+    """Every D_model candidate: (images, prompts, weights, categories), weights as lists. Skipped and unlabelled
+    feedback images are dropped unless a reward model can weight them."""
+    rows = load_rows(cfg.data, "data")
+    images, prompts, weights, categories = [], [], [], []
+    labelled = [r for r in rows if r.get("label") in ("good", "bad")]
+    use = rows if cfg.weight == "reward" else labelled
+    imgs = load_images(cfg.data, use)
+    if cfg.weight == "reward":
+        w = reward_scores(reward_fn, imgs, [r["prompt"] for r in use])
+    else:
+        w = [1.0 if r["label"] == "good" else 0.0 for r in use]
+    images += imgs
+    prompts += [r["prompt"] for r in use]
+    categories += [r.get("category", "") for r in use]
+    weights += list(w)
+    if cfg.unlabelled:
+        urows = load_rows(cfg.unlabelled, "unlabelled")
+        uimgs = load_images(cfg.unlabelled, urows)
+        images += uimgs
+        prompts += [r["prompt"] for r in urows]
+        categories += [r.get("category", "") for r in urows]
+        weights += list(reward_scores(reward_fn, uimgs, [r["prompt"] for r in urows]))
+    if not images:
+        raise ValueError(f"data={cfg.data!r} has no usable images (weight={cfg.weight!r} needs labels good/bad)")
+    return images, prompts, weights, categories
+
+
+def model_dataset(cfg, reward_fn=None) -> tuple:
+    """D_model: (images, prompts, weights (N,), categories), filtered by ``min_reward`` and ``top_k``."""
+    images, prompts, weights, categories = model_rows(cfg, reward_fn)
+    keep = select_rows(prompts, weights, cfg.min_reward, cfg.top_k)
+    if not keep:
+        raise ValueError(f"min_reward={cfg.min_reward!r} (with top_k={cfg.top_k}) keeps no D_model image: the highest "
+                         f"weight is {max(weights):.3f}; lower min_reward, or use 0 to keep every image")
+    images, prompts, categories = [images[i] for i in keep], [prompts[i] for i in keep], [categories[i] for i in keep]
+    weights = [1.0] * len(keep) if cfg.top_k else [weights[i] for i in keep]
+    return images, prompts, torch.tensor(weights, dtype=torch.float32), categories
+
+
+def batch_sampler(categories: list, balance: str, rng: random.Random):
+    """A function n -> n row indices of D_model: uniform over rows, or a category drawn uniformly
+    (balance="category") or in proportion to the square root of its size ("sqrt"), then a row of it."""
+    if balance == "none":
+        return lambda n: [rng.randrange(len(categories)) for _ in range(n)]
+    groups = {}
+    for i, c in enumerate(categories):
+        groups.setdefault(c, []).append(i)
+    groups = [groups[c] for c in sorted(groups)]
+    if balance == "category":
+        return lambda n: [g[rng.randrange(len(g))] for g in (groups[rng.randrange(len(groups))] for _ in range(n))]
+    share = [len(g) ** 0.5 for g in groups]  # unnormalised category weights
+    return lambda n: [g[rng.randrange(len(g))] for g in rng.choices(groups, weights=share, k=n)]
+
+
+def select_rows(prompts: list, weights: list, min_reward: float = 0.0, top_k: int = 0) -> list:
+    """Indices of the D_model rows kept: weight >= min_reward (when > 0), then each prompt's top_k (when > 0)."""
+    keep = [i for i, w in enumerate(weights) if w >= min_reward] if min_reward else list(range(len(weights)))
+    if top_k:
+        sub = top_k_rows([prompts[i] for i in keep], [weights[i] for i in keep], top_k)
+        keep = [keep[j] for j in sub]
+    return keep
+
+
+def top_k_rows(prompts: list, weights: list, k: int) -> list:
+    """Indices of each prompt's k highest-weight images (ties: the earlier row), zero weights never kept.
+    Keeping them at weight 1 instead of weighting every image by w matters here: with w in [0, 1] most of
+    each batch carries little weight, and the beta term dominates the gradient (README, Stage 3)."""
+    by_prompt = {}
+    for i, (p, w) in enumerate(zip(prompts, weights)):
+        if w > 0:
+            by_prompt.setdefault(p, []).append(i)
+    return sorted(i for rows in by_prompt.values() for i in sorted(rows, key=lambda i: -weights[i])[:k])
+
+
+@torch.no_grad()
+def reward_scores(reward_fn, images, prompts, batch: int = 256) -> list:
+    out = []
+    for i in range(0, len(images), batch):
+        out += [float(s) for s in reward_fn(images[i:i + batch], prompts[i:i + batch])]
+    return out
+
+
+class PretrainStream:
+    """D_pre: an endless stream of (images, captions). Fresh renders of the prior the base model was pre-trained
+    on (``world.PRIORS[prior]``; for the LAION-like base this is the paper's LAION term), or an imagefolder."""
+
+    def __init__(self, source: str, seed: int, prior: str = "laion"):
+        self.rng = random.Random(seed)
+        self.folder = None if source == "world" else source
+        self.prior = world.get_prior(prior)
+        if self.folder:
+            self.rows = load_rows(self.folder, "pretrain_data")
+
+    def sample(self, n: int) -> tuple:
+        if self.folder is None:
+            scenes = [self.prior.sample_scene(self.rng) for _ in range(n)]
+            return [world.render(s) for s in scenes], [self.prior.caption(s, self.rng) for s in scenes]
+        rows = [self.rows[self.rng.randrange(len(self.rows))] for _ in range(n)]
+        return load_images(self.folder, rows), [r.get("prompt") or r.get("text", "") for r in rows]
+
+    def pool(self, n: int) -> tuple:
+        """A fixed D_pre of n images: n fresh renders, or n distinct rows of the folder (all of it if smaller)."""
+        if self.folder is None:
+            return self.sample(n)
+        rows = self.rng.sample(self.rows, min(n, len(self.rows)))
+        return load_images(self.folder, rows), [r.get("prompt") or r.get("text", "") for r in rows]
+
+
+def pixels(images, size: int) -> torch.Tensor:
+    """PIL images -> (B, 3, size, size) in [-1, 1], the VAE's input range."""
+    arr = np.stack([np.asarray(im.convert("RGB").resize((size, size), Image.Resampling.BICUBIC)) for im in images])
+    return torch.from_numpy(arr).permute(0, 3, 1, 2).float() / 127.5 - 1.0
