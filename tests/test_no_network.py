@@ -3,7 +3,6 @@ no-telemetry switch of huggingface_hub / transformers / diffusers turned OFF, so
 environment, keeps it local; and a hub id with HF_HUB_OFFLINE=1 fails at once with an error naming it."""
 import socket
 import sys
-import time
 
 import pytest
 
@@ -101,12 +100,10 @@ def test_every_stage_runs_without_touching_the_network(attempts, monkeypatch, tm
 
 def test_hub_ids_fail_fast_offline_with_an_error_that_names_them(attempts, monkeypatch, tmp_path):
     set_hub_switches(monkeypatch, offline=True)
-    t0 = time.time()
     with pytest.raises(OSError, match="stable-diffusion-v1-5/stable-diffusion-v1-5"):
         generate.load_pipeline(sd.SD15, device="cpu")
     with pytest.raises(OSError, match="stable-diffusion-v1-5/stable-diffusion-v1-5"):
         finetune.finetune(finetune.FinetuneConfig(model=sd.SD15, data=str(tmp_path), out=str(tmp_path / "o"), weight="label"))
     with pytest.raises(OSError, match="huggingface.co|offline|cache"):
         reward.FrozenCLIP(sd.CLIP_L14, device="cpu")
-    assert time.time() - t0 < 60
-    assert attempts == [], f"offline mode still tried the network: {attempts[:5]}"
+    assert attempts == [], f"offline mode still tried the network (no retries, no waiting): {attempts[:5]}"
