@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-import argparse
 import os
 import random
 import time
@@ -109,7 +108,9 @@ def sizes() -> dict:
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description="Print the README's figures.")
+    from .config import Parser
+
+    p = Parser(prog="python -m t2idemo.benchmarks", description="Print the README's figures.")
     p.add_argument("what", choices=["judge", "clip", "base", "speed", "sizes", "all"])
     p.add_argument("--model", default=BASE_MODEL, help="pipeline folder")
     p.add_argument("--n", type=int, default=150, help="images per category for 'base' (4 categories)")

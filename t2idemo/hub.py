@@ -346,7 +346,7 @@ def push(cfg: PushConfig, token: str, log=print) -> dict:
 
 
 def main(argv=None):
-    cfg = parse_config(PushConfig, argv, prog="python -m t2idemo.hub",
+    cfg = parse_config(PushConfig, argv, prog="python -m t2idemo push",
                        description="Push a model folder, its reward model, the labels dataset and a model card to "
                                    "the Hugging Face Hub. The token is read from the environment variable "
                                    "--token-env names (HF_TOKEN by default).")

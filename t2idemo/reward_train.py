@@ -407,13 +407,13 @@ ACTIONS = ("train", "eval", "study")
 
 
 def parse_args(argv=None) -> tuple[str, RewardConfig]:
-    p = argparse.ArgumentParser(prog="python -m t2idemo reward", description="Stage 2: train and evaluate the reward model.",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    from .config import Parser, add_fields
+
+    p = Parser(prog="python -m t2idemo reward", description="Stage 2: train and evaluate the reward model.",
+               formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("action", choices=ACTIONS, help="train: fit and save the head; eval: held-out table + calibration "
                    "PNG for --run; study: held-out AUC vs label-flip noise")
-    for f in dataclasses.fields(RewardConfig):
-        p.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=argparse.SUPPRESS,
-                       help=f"default: {f.default!r}")
+    add_fields(p, RewardConfig, suppress=True)  # eval: options not given come from the saved config
     args = vars(p.parse_args(argv))
     action = args.pop("action")
     if action == "eval":  # the saved config, with any option given on the command line on top
@@ -423,7 +423,10 @@ def parse_args(argv=None) -> tuple[str, RewardConfig]:
         with open(file) as f:
             saved = json.load(f)["config"]
         args = {**{k: v for k, v in saved.items() if k in {f.name for f in dataclasses.fields(RewardConfig)}}, **args}
-    cfg = RewardConfig(**args)
+    try:
+        cfg = RewardConfig(**args)
+    except ValueError as e:
+        p.error(str(e))
     print("RewardConfig:", json.dumps(dataclasses.asdict(cfg), indent=2))
     for name in ("data",) + (("eval_data",) if action != "train" else ()):
         if not getattr(cfg, name):

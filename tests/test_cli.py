@@ -51,3 +51,38 @@ def test_main_command_runs_end_to_end_shrunk(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     assert "RunConfig" in r.stdout and "| round 1 |" in r.stdout  # the config, then the before/after table
     assert (out / "report" / "report.md").is_file() and (out / "round1" / "aligned" / "model_index.json").is_file()
+
+
+# one bad value per command: (command line, what the one error line must name)
+BAD_VALUES = [
+    (["sample", "--per-prompt", "0"], "per_prompt=0"),
+    (["pretrain", "--part", "everything"], "part='everything'"),
+    (["reward", "train", "--lam", "-1"], "lam=-1.0"),
+    (["generate", "--per-prompt", "0"], "per_prompt=0"),
+    (["finetune", "--weight", "label", "--beta", "-1"], "beta=-1.0"),
+    (["label", "--flip", "1.5"], "flip=1.5"),
+    (["evaluate", "--split", "everywhere"], "everywhere"),
+    (["push", "--repo-id", "no slash"], "repo_id='no slash'"),
+    (["run", "--rounds", "9"], "rounds=9"),
+    (["overopt", "--betas", "5"], "betas='5'"),
+    (["run", "--no-such-flag", "1"], "unrecognized arguments: --no-such-flag 1"),
+    (["finetune", "--steps", "many"], "argument --steps: invalid int value: 'many'"),
+]
+
+
+def test_every_command_is_in_the_bad_value_list():
+    from t2idemo.__main__ import COMMANDS
+
+    assert {argv[0] for argv, _ in BAD_VALUES} == set(COMMANDS)
+
+
+@pytest.mark.parametrize("argv, names", BAD_VALUES, ids=[" ".join(a) for a, _ in BAD_VALUES])
+def test_a_bad_value_is_one_line_naming_it_with_status_2(argv, names, capsys):
+    """The same style for every command: PROG: error: <argument, value, what is allowed>, exit 2, no traceback."""
+    from t2idemo.__main__ import main
+
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and names in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1 and err.startswith(f"python -m t2idemo {argv[0]}"), err
