@@ -23,7 +23,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from . import world
+from . import prompts, world
 from .config import parse_config
 from .data import METADATA, load_dataset_rows, save_png, write_rows_atomic
 
@@ -125,7 +125,7 @@ def sample_main(argv=None):
 SPLITS = ("seen", "unseen", "all")  # seen: the feedback prompts; unseen: held-out combinations (evaluation)
 MAX_IMAGES = 100_000  # images per set; file names have 5 digits and image i uses seed seed * MAX_IMAGES + i
 PLAN_FIELDS = ("prompt", "seed", "model", "num_inference_steps", "guidance_scale")  # must match to resume
-PROMPT_SETS = ("shapes", "sd")  # the shapes world (t2idemo.world) | the paper's SD-scale prompts (t2idemo.sd)
+PROMPT_SETS = tuple(prompts.SETS)  # "shapes": the shapes world (t2idemo.world) | "sd": the paper's SD-scale prompts (t2idemo.sd)
 
 
 @dataclass
@@ -173,9 +173,7 @@ def image_seed(seed: int, index: int) -> int:
 
 def dataset_prompts(cfg: GenerateConfig) -> list:
     """The (prompt, metadata) pairs of a set, in order."""
-    from . import sd
-
-    prompt_set = sd if cfg.prompt_set == "sd" else world  # same functions, same metadata layout
+    prompt_set = prompts.get(cfg.prompt_set)  # the same interface, the same metadata layout
     if cfg.prompts.strip():
         texts = [p.strip() for p in cfg.prompts.split("|") if p.strip()]
         pairs = [(t, prompt_set.parse_prompt(t)) for t in texts]
@@ -195,7 +193,7 @@ def plan_rows(cfg: GenerateConfig) -> list:
         for _ in range(cfg.per_prompt):
             i = len(rows)
             rows.append({"file_name": f"{i:05d}.png", "prompt": prompt, **meta,  # category, named, attributes
-                         "named": list(meta["named"]), "unseen": bool(meta["unseen"]),
+                         "named": list(meta["named"]), "unseen": bool(meta["unseen"]), "prompt_set": cfg.prompt_set,
                          "seed": image_seed(cfg.seed, i), "model": cfg.model, "num_inference_steps": cfg.steps,
                          "guidance_scale": float(cfg.guidance)})
     return rows

@@ -62,7 +62,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from . import sd, world
+from . import prompts, world
 from .data import load_images, load_rows
 from .reward import CONFIG_FILE, HEAD_FILE, FrozenCLIP, RewardConfig, RewardHead, RewardModel
 from .stats import best_threshold, bootstrap_auc, calibration, roc_auc, wilson
@@ -73,7 +73,7 @@ def judge_labels(images: list, rows: list[dict]) -> torch.Tensor:
     """The noise-free verdict (1 good, 0 bad) of the judge for each image against its row's prompt."""
     from .judge import judge
 
-    if any(sd.is_sd_row(r) for r in rows):
+    if not all(prompts.of_row(r).JUDGE for r in rows):
         raise ValueError("the judge reads only the shapes world; rows of the SD-scale prompt set (t2idemo.sd) need "
                          "people's labels: export them with labels.export_labels and use labels='metadata'")
     return torch.tensor([float(judge(im, r)["good"]) for im, r in zip(images, rows)])
@@ -91,21 +91,6 @@ def flip_labels(y: torch.Tensor, p: float, seed: int) -> torch.Tensor:
         return y.clone()
     flip = torch.rand(len(y), generator=torch.Generator().manual_seed(seed)) < p
     return torch.where(flip, 1 - y, y)
-
-
-def perturbations(meta: dict, include_unseen: bool = False) -> list[str]:
-    """Every prompt of the same category that differs from ``meta``'s in exactly one named attribute, in a
-    fixed order. Held-out (unseen) combinations are left out unless ``include_unseen``."""
-    vocab = {"count": world.COUNTS, "color": tuple(world.COLORS), "shape": world.SHAPES, "scene": tuple(world.SCENES)}
-    values = {a: meta.get(a) for a in world.ATTRIBUTES}
-    out = []
-    for a in meta["named"]:
-        for v in vocab[a]:
-            if v != values[a]:
-                p, m = world.make_prompt(meta["category"], **{**values, a: v})
-                if include_unseen or not m["unseen"]:
-                    out.append(p)
-    return out
 
 
 def split_by_prompt(rows: list[dict], val_frac: float, seed: int) -> tuple[list[int], list[int]]:
@@ -132,13 +117,9 @@ class Embedded:
 def embed_dataset(clip: FrozenCLIP, images: list, rows: list[dict], perturb: bool = True) -> Embedded:
     texts = list(dict.fromkeys(r["prompt"] for r in rows))
     per_row = []
-    for r in rows:
-        if sd.is_sd_row(r):  # the paper's SD-scale prompt set swaps attributes in its own vocabulary
-            per_row.append(sd.perturbations(r) if perturb and sd.in_grammar(r) else [])
-            continue
-        ok = perturb and r.get("category") in world.NAMED and world.make_prompt(
-            r["category"], **{a: r.get(a) for a in world.ATTRIBUTES})[0] == r["prompt"]
-        per_row.append(perturbations(r) if ok else [])  # prompts outside the world's grammar: no CE term
+    for r in rows:  # each prompt set swaps attributes in its own vocabulary; prompts outside its grammar: no CE term
+        ps = prompts.of_row(r)
+        per_row.append(ps.perturbations(r) if perturb and ps.in_grammar(r) else [])
     texts += list(dict.fromkeys(p for ps in per_row for p in ps if p not in set(texts)))
     index = {p: i for i, p in enumerate(texts)}
     k = max([len(ps) for ps in per_row] + [1])
@@ -312,7 +293,7 @@ def heldout_set(cfg: RewardConfig, clip: FrozenCLIP) -> tuple[Embedded, torch.Te
         raise ValueError(f"eval_data={cfg.eval_data!r} has no rows with unseen prompts; generate it from "
                          f"world.all_prompts(unseen=True)")
     rows = [rows[i] for i in keep]
-    if any(sd.is_sd_row(r) for r in rows):  # SD scale: no judge, the truth is people's labels
+    if not all(prompts.of_row(r).JUDGE for r in rows):  # SD scale: no judge, the truth is people's labels
         y, labelled = metadata_labels(rows)
         if not labelled:
             raise ValueError(f"eval_data={cfg.eval_data!r} has no unseen row labelled 'good' or 'bad'; label it and "

@@ -25,8 +25,9 @@ Prompts (``make_prompt``, ``all_prompts``), in the paper's four categories and w
 The word lists (``OBJECTS``, ``COLORS``, ``BACKGROUNDS``) and the held-out split are this kit's choice in the
 paper's spirit; the paper's own prompt list is not reproduced. Prompts that name a held-out pair or triple
 (``HELDOUT_*``) are the "unseen" evaluation set; feedback is collected on the others. Metadata rows carry
-``category, named, count, color, object, background, unseen``; the ``object`` field marks a row as SD scale
-(``is_sd_row``), which is how ``reward`` picks this vocabulary for its prompt-classification swaps.
+``category, named, count, color, object, background, unseen`` and ``prompt_set: "sd"``. This module implements
+the prompt-set interface of ``t2idemo.prompts`` (as ``world`` does for the shapes world), which is how
+``reward_train`` picks this vocabulary for its prompt-classification swaps.
 
 Labels. The judge reads only the shapes world, so at SD scale labels come from people (the label store and
 the widget), and evaluation uses those labels and the reward model (``evaluate.summary``). No open-vocabulary
@@ -92,6 +93,8 @@ BACKGROUNDS = {  # background -> its phrase in a prompt
 }
 COUNTS = (1, 2, 3, 4, 5)
 COUNT_WORDS = {1: "one", 2: "two", 3: "three", 4: "four", 5: "five"}
+NAME = "sd"  # the prompt set's name in dataset rows ("prompt_set") and in generate --prompt-set
+JUDGE = False  # no programmatic judge reads photos: people label (t2idemo.prompts)
 CATEGORIES = ("count", "color", "background", "combination")
 ATTRIBUTES = ("count", "color", "object", "background")
 NAMED = {  # the attributes each category names (the object is always named: it is the prompt's noun)
@@ -203,11 +206,6 @@ def parse_prompt(prompt: str) -> dict:
                          f"counts {tuple(COUNT_WORDS.values())}, colours {COLORS}, objects {OBJECTS} and "
                          f"backgrounds {tuple(BACKGROUNDS.values())}")
     return dict(meta)
-
-
-def is_sd_row(row: dict) -> bool:
-    """True for metadata of this prompt set (it has an ``object``; shapes-world rows have a ``shape``)."""
-    return "object" in row
 
 
 def in_grammar(row: dict) -> bool:

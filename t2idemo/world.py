@@ -47,6 +47,8 @@ SCENES = {
 SHAPES = ("circle", "square", "triangle")
 COUNTS = (1, 2, 3, 4)
 COUNT_WORDS = {1: "one", 2: "two", 3: "three", 4: "four"}
+NAME = "shapes"  # the prompt set's name in dataset rows ("prompt_set") and in generate --prompt-set
+JUDGE = True  # t2idemo.judge reads every attribute of a render (t2idemo.prompts)
 CATEGORIES = ("count", "color", "background", "combination")
 ATTRIBUTES = ("count", "color", "shape", "scene")
 # Which attributes each category names (shape is always named: it is the prompt's noun).
@@ -138,6 +140,30 @@ def check_attributes(count=None, color=None, shape=None, scene=None) -> None:
         raise ValueError(f"shape={shape!r} is not allowed; use one of {SHAPES}")
     if scene is not None and scene not in SCENES:
         raise ValueError(f"scene={scene!r} is not allowed; use one of {tuple(SCENES)}")
+
+
+def in_grammar(row: dict) -> bool:
+    """True if the row's prompt is exactly what ``make_prompt`` writes for its category and attributes."""
+    try:
+        return make_prompt(row["category"], **{a: row.get(a) for a in ATTRIBUTES})[0] == row["prompt"]
+    except (KeyError, ValueError):
+        return False
+
+
+def perturbations(meta: dict, include_unseen: bool = False) -> list[str]:
+    """Every prompt of the same category that differs from ``meta``'s in exactly one named attribute, in a
+    fixed order: the negatives of the reward model's prompt-classification loss. Held-out (unseen) combinations
+    are left out unless ``include_unseen``."""
+    vocab = {"count": COUNTS, "color": tuple(COLORS), "shape": SHAPES, "scene": tuple(SCENES)}
+    values = {a: meta.get(a) for a in ATTRIBUTES}
+    out = []
+    for a in meta["named"]:
+        for v in vocab[a]:
+            if v != values[a]:
+                p, m = make_prompt(meta["category"], **{**values, a: v})
+                if include_unseen or not m["unseen"]:
+                    out.append(p)
+    return out
 
 
 def random_prompt(rng: random.Random, category: str | None = None, unseen: bool | None = None) -> tuple[str, dict]:

@@ -11,7 +11,7 @@ from t2idemo import generate
 from t2idemo.generate import GenerateConfig, generate_dataset, generate_main, plan_rows
 from t2idemo.data import load_dataset_rows
 
-FIELDS = ["file_name", "prompt", "category", "named", "count", "color", "shape", "scene", "unseen", "seed", "model",
+FIELDS = ["file_name", "prompt", "category", "named", "count", "color", "shape", "scene", "unseen", "prompt_set", "seed", "model",
           "num_inference_steps", "guidance_scale"]
 
 

@@ -60,14 +60,14 @@ def small_cfg(clip_dir, data, run, **kw):
 # ----------------------------------------------------------------------------- loss terms
 def test_perturbed_prompts_differ_in_exactly_one_named_attribute_and_are_never_heldout():
     for prompt, meta in world.all_prompts(unseen=False):
-        ps = reward_train.perturbations(meta)
+        ps = world.perturbations(meta)
         assert len(ps) >= reward.RewardConfig.n_prompts - 1  # every good image gets a full candidate set
         assert len(set(ps)) == len(ps) and prompt not in ps
         for p in ps:
             m = world.parse_prompt(p)
             assert m["category"] == meta["category"] and not m["unseen"]
             assert sum(m[a] != meta[a] for a in meta["named"]) == 1, (prompt, p)
-        assert set(ps) <= set(reward_train.perturbations(meta, include_unseen=True))
+        assert set(ps) <= set(world.perturbations(meta, include_unseen=True))
 
 
 def test_prompt_classification_loss_learns_to_prefer_the_true_prompt():
