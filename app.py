@@ -54,7 +54,13 @@ LIMITS = {"seed": (0, 2 ** 31 - 1), "steps": (1, 100), "images": (1, 16), "guida
 MAX_PROMPT = 200  # characters: the world's longest prompt is 35
 MAX_MODELS = 4  # visitors' models kept loaded at once (about 10 MB each); an older one reloads when used
 BENCH_PROMPT = "three purple circles on grass"
-CSS = "#base-gallery img, #aligned-gallery img, #mine-gallery img, #label-image img {image-rendering: pixelated;}"
+GALLERIES = "#base-gallery, #aligned-gallery, #mine-gallery"
+CSS = (f"{', '.join(g + ' img' for g in GALLERIES.split(', '))}, #label-image img {{image-rendering: pixelated;}}\n"
+       # each image's verdict and reward in full under it, wrapped if need be, never cut off with an ellipsis
+       f"{', '.join(g + ' .caption-label' for g in GALLERIES.split(', '))} "
+       "{white-space: normal; overflow: visible; text-overflow: clip; max-width: none; font-size: 0.95em;}\n"
+       # no blank band under a row of images (gradio keeps a gallery at least 450 px tall on wide screens)
+       f"{', '.join(g + ' .fixed-height' for g in GALLERIES.split(', '))} {{min-height: 0;}}")
 MODEL_FLAGS = {  # flag: (the file that marks its folder, what the folder is, an example of a good value)
     "base": ("model_index.json", "a StableDiffusionPipeline folder", "--base t2idemo/assets/tiny-sd"),
     "aligned": ("model_index.json", "a StableDiffusionPipeline folder",
@@ -221,8 +227,7 @@ class App:
                 drawn = sample(pipe, [prompt] * n, seeds, steps, guidance, batch_size=n)
             scores = self.reward_fn(drawn, [prompt] * n).tolist()
             verdicts = [judge(im, meta) for im in drawn]
-            galleries.append([(big(im, 4), f"seed {s} · {caption(v, meta, r)}")
-                              for im, s, v, r in zip(drawn, seeds, verdicts, scores)])
+            galleries.append([(big(im, 4), caption(v, meta, r)) for im, v, r in zip(drawn, verdicts, scores)])
             rows.append(f"| {side} | {sum(v['good'] for v in verdicts)} / {n} | {sum(scores) / n:.2f} |")
         kind = "typical" if world.is_typical(meta) else "atypical"
         note = (f"{kind}, **unseen**: it names a combination held out of the feedback data" if meta["unseen"]
@@ -509,11 +514,11 @@ def build(app: App):
             examples = example_prompts()
             gr.Examples([[p] for p, _ in examples], inputs=[prompt], example_labels=[label for _, label in examples],
                         label="examples by category (typical = what the base model's data shows most; unseen = held out of the feedback data)")
-            with gr.Row(equal_height=True):
-                galleries = [gr.Gallery(label=label, columns=4, format="png", object_fit="contain", height="auto",
-                                        elem_id=f"{side}-gallery", interactive=False)
-                             for side, label in (("base", "base model"), ("aligned", "aligned model (shipped)"),
-                                                 ("mine", "your model (Train tab)"))]
+            # one full-width row per model, image i of each from the same seed, so columns line up model to model
+            galleries = [gr.Gallery(label=label, columns=4, format="png", object_fit="contain", height="auto",
+                                    elem_id=f"{side}-gallery", interactive=False)
+                         for side, label in (("base", "base model"), ("aligned", "aligned model (shipped)"),
+                                             ("mine", "your model (Train tab)"))]
             summary = gr.Markdown(elem_id="summary")
             go = ui_errors(app.compare, gr)
             for trigger in (generate.click, prompt.submit):
