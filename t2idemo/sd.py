@@ -76,6 +76,8 @@ import random
 import string
 from dataclasses import dataclass
 
+from . import world
+
 SD15 = "stable-diffusion-v1-5/stable-diffusion-v1-5"  # the hub id of SD v1.5 (diffusers layout)
 CLIP_L14 = "openai/clip-vit-large-patch14"  # the reward backbone at SD scale (the text tower of SD v1.5)
 
@@ -210,26 +212,14 @@ def parse_prompt(prompt: str) -> dict:
 
 def in_grammar(row: dict) -> bool:
     """True if the row's prompt is exactly what ``make_prompt`` writes for its category and attributes."""
-    try:
-        return make_prompt(row["category"], **{a: row.get(a) for a in ATTRIBUTES})[0] == row["prompt"]
-    except (KeyError, ValueError):
-        return False
+    return world.in_grammar(row, make_prompt, ATTRIBUTES)
 
 
 def perturbations(meta: dict, include_unseen: bool = False) -> list[str]:
-    """Every prompt of the same category that differs from ``meta``'s in exactly one named attribute, in a
-    fixed order: the negatives of the reward model's prompt-classification loss. Held-out (unseen)
-    combinations are left out unless ``include_unseen``."""
+    """Every prompt of the same category that differs from ``meta``'s in exactly one named attribute (the same
+    rule as the shapes world's, over this vocabulary); held-out combinations only with ``include_unseen``."""
     vocab = {"count": COUNTS, "color": COLORS, "object": OBJECTS, "background": tuple(BACKGROUNDS)}
-    values = {a: meta.get(a) for a in ATTRIBUTES}
-    out = []
-    for a in meta["named"]:
-        for v in vocab[a]:
-            if v != values[a]:
-                p, m = make_prompt(meta["category"], **{**values, a: v})
-                if include_unseen or not m["unseen"]:
-                    out.append(p)
-    return out
+    return world.perturbations(meta, include_unseen, make_prompt, vocab)
 
 
 # ----------------------------------------------------------------------------- tiny random stand-ins

@@ -142,25 +142,27 @@ def check_attributes(count=None, color=None, shape=None, scene=None) -> None:
         raise ValueError(f"scene={scene!r} is not allowed; use one of {tuple(SCENES)}")
 
 
-def in_grammar(row: dict) -> bool:
-    """True if the row's prompt is exactly what ``make_prompt`` writes for its category and attributes."""
+def in_grammar(row: dict, make=None, attributes: tuple = ATTRIBUTES) -> bool:
+    """True if the row's prompt is exactly what ``make_prompt`` writes for its category and attributes.
+    (``make`` and ``attributes``: another prompt set's, which is how ``sd`` reuses this.)"""
     try:
-        return make_prompt(row["category"], **{a: row.get(a) for a in ATTRIBUTES})[0] == row["prompt"]
+        return (make or make_prompt)(row["category"], **{a: row.get(a) for a in attributes})[0] == row["prompt"]
     except (KeyError, ValueError):
         return False
 
 
-def perturbations(meta: dict, include_unseen: bool = False) -> list[str]:
+def perturbations(meta: dict, include_unseen: bool = False, make=None, vocab: dict | None = None) -> list[str]:
     """Every prompt of the same category that differs from ``meta``'s in exactly one named attribute, in a
     fixed order: the negatives of the reward model's prompt-classification loss. Held-out (unseen) combinations
-    are left out unless ``include_unseen``."""
-    vocab = {"count": COUNTS, "color": tuple(COLORS), "shape": SHAPES, "scene": tuple(SCENES)}
-    values = {a: meta.get(a) for a in ATTRIBUTES}
+    are left out unless ``include_unseen``. (``make`` and ``vocab``: another prompt set's, as ``sd`` passes.)"""
+    make = make or make_prompt
+    vocab = vocab or {"count": COUNTS, "color": tuple(COLORS), "shape": SHAPES, "scene": tuple(SCENES)}
+    values = {a: meta.get(a) for a in vocab}
     out = []
     for a in meta["named"]:
         for v in vocab[a]:
             if v != values[a]:
-                p, m = make_prompt(meta["category"], **{**values, a: v})
+                p, m = make(meta["category"], **{**values, a: v})
                 if include_unseen or not m["unseen"]:
                     out.append(p)
     return out
