@@ -240,7 +240,8 @@ def model_card(repo_id: str, model_dir: str, reward_dir: str = "", stats: dict |
         lines += [f"| {k} | {v} |" for k, v in cfg.items() if k in shown]
         lines += [f"| images weighted | {finetune.get('n_model')} (mean weight {finetune.get('mean_weight', 0):.3f}) |", ""]
     if reward:
-        cfg, training = reward.get("config", {}), reward.get("training", {})
+        training = reward.get("training", {})
+        cfg = {**reward.get("config", {}), **training.get("config", {})}  # older files kept every setting under "config"
         clip = reward.get("clip", "")
         lines += ["## Reward model", "",
                   "`reward/` holds r(x, z) in [0, 1]: a frozen CLIP and an MLP head on its image and text embeddings, "

@@ -37,6 +37,9 @@ SHIPPED_CLIP = "tiny-clip"  # the value of RewardConfig.clip that means the CLIP
 REWARD_CLIP = "tiny-reward-clip"  # the shipped reward backbone: the same recipe, also trained on VAE-decoded renders
 REWARD_MODEL = os.path.join(ASSETS, "tiny-reward")  # the shipped reward model (head + config; CLIP = tiny-clip)
 HEAD_FILE, CONFIG_FILE = "head.safetensors", "reward_config.json"
+MODEL_FIELDS = ("clip", "hidden", "dropout")  # RewardConfig fields a saved reward model needs to load and score
+TRAINING_FIELDS = ("lam", "n_prompts", "temperature", "mlp_penalty", "labels", "noise", "val_frac", "batch_size", "lr",
+                   "weight_decay", "max_epochs", "patience", "seed")  # how it was trained: saved as a record
 
 
 # ----------------------------------------------------------------------------- config
@@ -257,13 +260,17 @@ class RewardModel(nn.Module):
         return self.head(img.to(dev), txt.to(dev)).float().cpu()
 
     def save_pretrained(self, path: str, summary: dict | None = None):
+        """Write the head (safetensors) and ``reward_config.json``: under "config" only what loading and scoring need
+        (the CLIP, the head's shape); under "training" how it was trained (the loss and optimiser settings, no
+        paths) and its summary, as a record."""
         from safetensors.torch import save_file
 
         os.makedirs(path, exist_ok=True)
         save_file({k: v.detach().cpu().contiguous() for k, v in self.head.state_dict().items()},
                   os.path.join(path, HEAD_FILE))
-        meta = {"config": dataclasses.asdict(self.cfg), "clip": self.cfg.clip, "embed_dim": self.clip.dim,
-                "training": summary or {}}
+        cfg = dataclasses.asdict(self.cfg)
+        meta = {"config": {k: cfg[k] for k in MODEL_FIELDS}, "clip": self.cfg.clip, "embed_dim": self.clip.dim,
+                "training": {**(summary or {}), "config": {k: cfg[k] for k in TRAINING_FIELDS}}}
         with open(os.path.join(path, CONFIG_FILE), "w") as f:
             json.dump(meta, f, indent=2)
 
@@ -277,9 +284,10 @@ class RewardModel(nn.Module):
             raise ValueError(f"path={path!r} holds no {CONFIG_FILE}; pass a folder written by reward train")
         with open(file) as f:
             meta = json.load(f)
-        known = {f.name for f in dataclasses.fields(RewardConfig)}
-        cfg = RewardConfig(**{k: v for k, v in meta["config"].items() if k in known})
-        cfg = dataclasses.replace(cfg, clip=clip or cfg.clip, device=cfg.device if device is None else device)
+        known = set(MODEL_FIELDS) | set(TRAINING_FIELDS)  # older files saved every field: the rest is ignored
+        saved = {**meta.get("training", {}).get("config", {}), **meta["config"]}
+        cfg = RewardConfig(**{k: v for k, v in saved.items() if k in known})
+        cfg = dataclasses.replace(cfg, clip=clip or cfg.clip, device="" if device is None else device)
         model = cls(cfg)
         if model.clip.dim != meta["embed_dim"]:
             raise ValueError(f"clip={cfg.clip!r} gives {model.clip.dim}-d embeddings but the head in {path!r} "

@@ -2,6 +2,7 @@
 
     python -m t2idemo reward train --data data/feedback --run runs/reward       # head.safetensors + reward_config.json
     python -m t2idemo reward eval  --run runs/reward --eval-data data/heldout    # table with 95% CIs + calibration PNG
+    python -m t2idemo reward eval  --run runs/reward --eval-data data/heldout --data data/feedback  # + a lambda = 0 baseline
     python -m t2idemo reward study --data data/feedback --eval-data data/heldout  # held-out AUC vs label-flip noise
 
 The model itself (frozen CLIP + head, ``RewardConfig``) is in ``reward``.
@@ -304,25 +305,33 @@ def heldout_set(cfg: RewardConfig, clip: FrozenCLIP) -> tuple[Embedded, torch.Te
     return embed_dataset(clip, images, rows, perturb=False), judge_labels(images, rows)
 
 
-def metrics(scores, truth, threshold: float, ci: tuple) -> dict:
-    hits = int(((np.asarray(scores) > threshold) == np.asarray(truth).astype(bool)).sum())
-    return {"acc": hits / len(truth), "acc_ci": wilson(hits, len(truth)), "auc": roc_auc(scores, truth), "auc_ci": ci}
+def metrics(scores, truth, threshold: float | None, ci: tuple) -> dict:
+    """Accuracy of ``score > threshold`` (None: no threshold, no accuracy) and ROC-AUC, with their CIs."""
+    out = {"acc": None, "acc_ci": None, "auc": roc_auc(scores, truth), "auc_ci": ci}
+    if threshold is not None:
+        hits = int(((np.asarray(scores) > threshold) == np.asarray(truth).astype(bool)).sum())
+        out.update(acc=hits / len(truth), acc_ci=wilson(hits, len(truth)))
+    return out
 
 
 def evaluate(cfg: RewardConfig, model: RewardModel | None = None, baseline: bool = True, plot: bool = True) -> dict:
     """Held-out accuracy and AUC of the reward model (``model``, or the one saved in cfg.run), CLIPScore and
     (``baseline``) a head trained like it with lambda = 0. ``cfg`` is the run's config (as ``reward eval``
-    builds it: the saved one plus command-line options); its data and labels train the baseline."""
+    builds it: the saved one plus command-line options); its data and labels, when given, train the baseline and
+    fit CLIPScore's threshold. A downloaded reward model with no training set: cfg.data = "" (AUCs only for CLIPScore)."""
     model = model or RewardModel.from_pretrained(cfg.run, device=cfg.device)
     test, truth = heldout_set(cfg, model.clip)
-    train_emb, y = training_set(cfg, model.clip)  # for the lambda = 0 head and CLIPScore's threshold
-    overlap = {r["prompt"] for r in test.rows} & {r["prompt"] for r in train_emb.rows}
-    if overlap:
-        print(f"warning: {len(overlap)} held-out prompts also occur in the training data, e.g. {sorted(overlap)[:3]}")
     pair = (test.img, test.txt[test.prompt_ids])
     scores = {f"reward model (lambda={model.cfg.lam:g}, N={model.cfg.n_prompts})": model.score(*pair)}
     clipscore = lambda e: (e.img * e.txt[e.prompt_ids]).sum(-1)  # noqa: E731  cosine of unit vectors
-    thresholds = {"CLIPScore (cosine)": best_threshold(clipscore(train_emb), y)}
+    thresholds = {"CLIPScore (cosine)": None}
+    baseline = baseline and bool(cfg.data)
+    if cfg.data:
+        train_emb, y = training_set(cfg, model.clip)  # for the lambda = 0 head and CLIPScore's threshold
+        overlap = {r["prompt"] for r in test.rows} & {r["prompt"] for r in train_emb.rows}
+        if overlap:
+            print(f"warning: {len(overlap)} held-out prompts also occur in the training data, e.g. {sorted(overlap)[:3]}")
+        thresholds["CLIPScore (cosine)"] = best_threshold(clipscore(train_emb), y)
     if baseline:
         head0, _ = fit_head(dataclasses.replace(cfg, lam=0.0), train_emb, y, progress=False)
         scores["head with lambda=0 (MSE only)"] = head0.eval()(*pair).detach()
@@ -345,13 +354,14 @@ def markdown_table(res: dict) -> str:
              f"{res['good_rate']:.1%} judged good. 95% CIs: Wilson (accuracy), paired bootstrap (AUC).", "",
              "| method | held-out accuracy [95% CI] | ROC-AUC [95% CI] |", "| --- | --- | --- |"]
     for name, m in res["table"].items():
-        lines.append(f"| {name} | {m['acc']:.3f} [{m['acc_ci'][0]:.3f}, {m['acc_ci'][1]:.3f}] "
-                     f"| {m['auc']:.3f} [{m['auc_ci'][0]:.3f}, {m['auc_ci'][1]:.3f}] |")
+        acc = "-" if m["acc"] is None else f"{m['acc']:.3f} [{m['acc_ci'][0]:.3f}, {m['acc_ci'][1]:.3f}]"
+        lines.append(f"| {name} | {acc} | {m['auc']:.3f} [{m['auc_ci'][0]:.3f}, {m['auc_ci'][1]:.3f}] |")
     lines.append("")
     for name, (lo, hi) in res["delta_auc_ci"].items():
         lines.append(f"AUC(reward model) - AUC({name}): 95% CI [{lo:+.3f}, {hi:+.3f}]")
-    lines.append(f"CLIPScore accuracy uses the threshold {res['thresholds']['CLIPScore (cosine)']:.3f} that is best "
-                 f"on the training labels; the heads use r > 0.5.")
+    t = res["thresholds"]["CLIPScore (cosine)"]
+    lines.append(f"CLIPScore accuracy uses the threshold {t:.3f} that is best on the training labels; the heads use r > 0.5."
+                 if t is not None else "No training set given (--data): no CLIPScore threshold, no lambda = 0 baseline.")
     return "\n".join(lines)
 
 
@@ -397,19 +407,20 @@ def parse_args(argv=None) -> tuple[str, RewardConfig]:
     add_fields(p, RewardConfig, suppress=True)  # eval: options not given come from the saved config
     args = vars(p.parse_args(argv))
     action = args.pop("action")
-    if action == "eval":  # the saved config, with any option given on the command line on top
+    if action == "eval":  # the saved model and training settings, with any option given on the command line on top
         file = os.path.join(args.get("run", RewardConfig.run), CONFIG_FILE)
         if not os.path.isfile(file):
             raise ValueError(f"run={args.get('run', RewardConfig.run)!r} holds no {CONFIG_FILE}; run reward train first")
         with open(file) as f:
-            saved = json.load(f)["config"]
+            meta = json.load(f)
+        saved = {**meta.get("training", {}).get("config", {}), **meta["config"]}
         args = {**{k: v for k, v in saved.items() if k in {f.name for f in dataclasses.fields(RewardConfig)}}, **args}
     try:
         cfg = RewardConfig(**args)
     except ValueError as e:
         p.error(str(e))
     print("RewardConfig:", json.dumps(dataclasses.asdict(cfg), indent=2))
-    for name in ("data",) + (("eval_data",) if action != "train" else ()):
+    for name in {"train": ("data",), "eval": ("eval_data",), "study": ("data", "eval_data")}[action]:
         if not getattr(cfg, name):
             raise ValueError(f"{name}='' : reward {action} needs --{name.replace('_', '-')} DIR (a dataset folder)")
     return action, cfg

@@ -187,7 +187,7 @@ def test_cli_train_eval_and_study(clip_dir, data, tmp_path, capsys):
 
     run, common = str(tmp_path / "run"), ["--max-epochs", "3", "--n-boot", "200", "--device", "cpu"]
     main(["reward", "train", "--data", data[0], "--run", run, "--clip", clip_dir, "--labels", "judge"] + common)
-    main(["reward", "eval", "--run", run, "--eval-data", data[1], "--n-boot", "200"])
+    main(["reward", "eval", "--run", run, "--data", data[0], "--eval-data", data[1], "--n-boot", "200"])
     out = capsys.readouterr().out
     assert '"labels": "judge"' in out  # eval resolves the saved config and prints it
     assert "| reward model (lambda=0.5, N=4) |" in out and "| CLIPScore (cosine) |" in out and "lambda=0 (MSE only)" in out
@@ -219,3 +219,20 @@ def test_wilson_bootstrap_and_calibration():
     c = stats.calibration(np.array([0.05, 0.05, 0.95, 0.95]), np.array([0, 0, 1, 1]))
     assert c["ece"] == pytest.approx(0.05) and c["count"].sum() == 4
     assert stats.best_threshold([0.1, 0.2, 0.8, 0.9], [0, 0, 1, 1]) == pytest.approx(0.5)
+
+
+def test_a_saved_reward_model_carries_no_job_fields_and_evaluates_without_its_training_set(clip_dir, data, tmp_path):
+    """reward_config.json: "config" holds what loading needs, "training" how it was trained (no paths); `reward eval`
+    on a downloaded model needs only held-out data (no lambda = 0 baseline then, no CLIPScore threshold)."""
+    run = str(tmp_path / "run")
+    reward_train.train(reward.RewardConfig(clip=clip_dir, data=data[0], run=run, max_epochs=3, n_boot=100))
+    meta = json.load(open(os.path.join(run, reward.CONFIG_FILE)))
+    assert set(meta["config"]) == set(reward.MODEL_FIELDS)
+    assert not {"data", "run", "eval_data", "n_boot", "noise_levels", "plot", "device"} & set(meta["training"]["config"])
+    model = reward.RewardModel.from_pretrained(run)
+    assert model.cfg.lam == 0.5 and model.cfg.max_epochs == 3  # the record is read back
+    action, cfg = reward_train.parse_args(["eval", "--run", run, "--eval-data", data[1], "--n-boot", "100"])
+    assert (action, cfg.data) == ("eval", "")
+    res = reward_train.evaluate(cfg, plot=False)
+    assert list(res["table"]) == ["reward model (lambda=0.5, N=4)", "CLIPScore (cosine)"]
+    assert res["table"]["CLIPScore (cosine)"]["acc"] is None and "No training set given" in reward_train.markdown_table(res)
