@@ -23,6 +23,11 @@ later stage reads OUT like any pipeline folder. The memory plan for a 16 GB GPU 
 
     python -m t2idemo finetune --data runs/feedback --reward runs/reward --out runs/aligned
     accelerate launch -m t2idemo.finetune --data ... # several GPUs / mixed precision
+
+Several processes (``accelerate launch --num_processes N``): the encoded images sit in a Dataset whose DataLoader
+``accelerator.prepare`` shards, as in diffusers' training scripts, so each process trains on its own batches
+(its own noise too) and the gradients are averaged: N processes take N batches per step. On CPUs (the two-process
+test): ``ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2 -m t2idemo.finetune ...``.
 """
 
 from __future__ import annotations
@@ -39,7 +44,7 @@ from tqdm.auto import tqdm
 
 from . import world
 from .dpo import dpo_loss, preference_pairs
-from .finetune_data import PretrainStream, batch_sampler, model_dataset, model_rows, pixels
+from .finetune_data import CachedLatents, PretrainStream, as_batch, StepBatches, batch_sampler, model_dataset, model_rows, pixels
 from .generate import BASE_MODEL
 
 
@@ -292,12 +297,21 @@ def finetune(cfg: FinetuneConfig, reward_fn=None, should_stop=None) -> str:
             embs.append(emb.cpu())
         return torch.cat(lats), torch.cat(embs)  # (N, 4, h, w), (N, L, D)
 
-    lat_model, emb_model = encode_all(images, prompts)
+    lat_model, emb_model = encode_all(images, prompts)  # (N, 4, h, w), (N, L, D)
     prior = world.read_prior(cfg.model) if os.path.isdir(cfg.model) else "laion"  # what the base learnt from
-    pre = PretrainStream(cfg.pretrain_data, cfg.seed, prior)
     use_pre = cfg.method == "reward" and cfg.beta > 0  # Diffusion-DPO's reference takes D_pre's place
-    if use_pre and cfg.pre_pool:  # a fixed D_pre, encoded once: the per-step VAE pass was a fifth of a step
+    pooled = use_pre and cfg.pre_pool > 0
+    # D_pre: a pool is data every process shares; fresh renders differ per process
+    pre = PretrainStream(cfg.pretrain_data, cfg.seed + (0 if pooled else 1000 * accelerator.process_index), prior)
+    if cfg.method == "dpo":  # a row is a pair: winner and loser latents (4, h, w), the prompt's embedding (L, D)
+        data = CachedLatents(lat_model[winners], lat_model[losers], emb_model[winners])
+    elif pooled:  # a fixed D_pre, encoded once (the per-step VAE pass was a fifth of a step), after D_model's rows
         lat_pre, emb_pre = encode_all(*pre.pool(min(cfg.pre_pool, cfg.steps * cfg.pre_batch)))  # (P, 4, h, w), (P, L, D)
+        data = CachedLatents(torch.cat([lat_model, lat_pre]), torch.cat([emb_model, emb_pre]),
+                             torch.cat([weights, torch.ones(len(lat_pre))]))
+    else:
+        data = CachedLatents(lat_model, emb_model, weights)
+    n_model = len(weights)  # rows 0 .. n_model - 1 are D_model's (pairs, for DPO)
 
     ref_unet = None
     if cfg.method == "dpo":  # the frozen reference: the model as it starts
@@ -330,6 +344,13 @@ def finetune(cfg: FinetuneConfig, reward_fn=None, should_stop=None) -> str:
         start = state["step"]
         print(f"resumed from {ckpt} at step {start}")
 
+    # one batch of row indices per step and process; accelerate gives each process its own share of them
+    rng = random.Random(cfg.seed + start)
+    batches = StepBatches(batch_sampler(categories[:n_model], cfg.balance, rng), cfg.batch, n_model,
+                          cfg.pre_batch, len(data) - n_model, rng, steps=(cfg.steps - start) * accelerator.num_processes)
+    loader = accelerator.prepare(torch.utils.data.DataLoader(data, batch_sampler=batches, collate_fn=as_batch,
+                                                             generator=torch.Generator().manual_seed(cfg.seed)))
+
     # EMA of the trainable weights: what gets written (the base model was trained and saved the same way)
     ema = [p.detach().clone() for p in params]
     if start and os.path.isfile(os.path.join(ckpt, "ema.safetensors")):
@@ -344,31 +365,25 @@ def finetune(cfg: FinetuneConfig, reward_fn=None, should_stop=None) -> str:
         drop = torch.rand(emb.shape[0], generator=gen) < cfg.p_uncond  # (B,)
         return torch.where(drop[:, None, None].to(emb.device), null_emb.to(emb.dtype), emb)
 
-    gen = torch.Generator().manual_seed(cfg.seed + start)
-    rng = random.Random(cfg.seed + start)
-    draw = batch_sampler(categories, cfg.balance, rng)  # n -> n indices of D_model rows
+    gen = torch.Generator().manual_seed(cfg.seed + start + 1000 * accelerator.process_index)  # noise, t, dropout
     save_at = set(cfg.save_at_list())
     unet.train()
     bar = tqdm(range(start, cfg.steps), desc="finetune", initial=start, total=cfg.steps, disable=not accelerator.is_main_process)
-    for step in bar:
+    for step, batch in zip(bar, loader):  # this process's batch, on its device
         if should_stop is not None and should_stop():
             bar.close()
             raise Cancelled(f"fine-tune cancelled at step {step} of {cfg.steps}; nothing was written to {cfg.out}")
-        idx = draw(cfg.batch)  # (B,) rows of D_model (pairs, for DPO)
         if cfg.method == "dpo":
-            win, lose = winners[idx], losers[idx]  # (B,), (B,) rows of the encoded images
+            win, lose, emb = batch  # (B, 4, h, w) each pair's winner and loser, (B, L, D) their prompt
             with accelerator.autocast():
-                loss, l_model = dpo_loss(unet, ref_unet, noise_scheduler, lat_model[win].to(accelerator.device),
-                                         lat_model[lose].to(accelerator.device), emb_model[win].to(accelerator.device),
-                                         cfg.dpo_beta, gen)
+                loss, l_model = dpo_loss(unet, ref_unet, noise_scheduler, win, lose, emb, cfg.dpo_beta, gen)
         else:
-            m_lat = lat_model[idx].to(accelerator.device)  # (B, 4, h, w)
-            m_emb = emb_model[idx].to(accelerator.device)  # (B, L, D)
-            w = weights[idx].to(accelerator.device)  # (B,) reward weights in [0, 1]
+            lat, emb, w = batch  # (B [+ P], 4, h, w), (B [+ P], L, D), (B [+ P],): D_model's rows, then D_pre's
+            B = cfg.batch
+            m_lat, m_emb, w = lat[:B], emb[:B], w[:B]  # D_model: (B, 4, h, w), (B, L, D), (B,) weights in [0, 1]
             p_lat, p_emb = None, None  # D_pre batch (P, 4, h, w), (P, L, D)
-            if use_pre and cfg.pre_pool:
-                pidx = [rng.randrange(len(lat_pre)) for _ in range(cfg.pre_batch)]
-                p_lat, p_emb = lat_pre[pidx].to(accelerator.device), emb_pre[pidx].to(accelerator.device)
+            if pooled:
+                p_lat, p_emb = lat[B:], emb[B:]
             elif use_pre:
                 p_lat, p_emb = encode(*pre.sample(cfg.pre_batch))
             m_emb = drop_captions(m_emb)

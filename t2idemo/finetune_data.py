@@ -3,7 +3,8 @@
 ``model_rows`` gathers every candidate image of D_model with its weight: the label (good 1, bad 0) or the reward
 model's r(x, z) for labelled feedback images, r(x, z) for unlabelled generations. ``model_dataset`` then keeps the
 rows the recipe asks for (``min_reward``, ``top_k``), ``batch_sampler`` draws batches of them (uniformly, or balanced
-over prompt categories), and ``PretrainStream`` supplies D_pre: fresh renders of the prior the base model learnt
+over prompt categories), ``CachedLatents`` and ``StepBatches`` hand the encoded rows to a DataLoader that accelerate
+shards over processes, and ``PretrainStream`` supplies D_pre: fresh renders of the prior the base model learnt
 from, or an imagefolder at SD scale. ``cfg`` is a ``finetune.FinetuneConfig`` (its data, unlabelled, weight,
 min_reward and top_k fields).
 """
@@ -73,6 +74,55 @@ def batch_sampler(categories: list, balance: str, rng: random.Random):
         return lambda n: [g[rng.randrange(len(g))] for g in (groups[rng.randrange(len(groups))] for _ in range(n))]
     share = [len(g) ** 0.5 for g in groups]  # unnormalised category weights
     return lambda n: [g[rng.randrange(len(g))] for g in rng.choices(groups, weights=share, k=n)]
+
+
+class CachedLatents(torch.utils.data.Dataset):
+    """The fine-tune's examples, encoded once (the VAE and text tower are frozen): row i is one slice of each
+    tensor, e.g. (latents, text embedding, weight). For the reward recipe D_model's rows come first and the D_pre
+    pool's after them; for DPO a row is a pair (winner latents, loser latents, the prompt's embedding)."""
+
+    def __init__(self, *tensors: torch.Tensor):
+        assert len({len(t) for t in tensors}) == 1, "every tensor needs one entry per row"
+        self.tensors = tensors  # each (N, ...)
+
+    def __len__(self) -> int:
+        return len(self.tensors[0])
+
+    def __getitem__(self, i: int) -> tuple:
+        return tuple(t[i] for t in self.tensors)
+
+    def __getitems__(self, rows: list) -> tuple:
+        """A whole batch at once (the DataLoader asks for this when it exists): each tensor indexed by ``rows``."""
+        return tuple(t[rows] for t in self.tensors)
+
+
+def as_batch(batch: tuple) -> tuple:
+    """The DataLoader's collate_fn: ``CachedLatents.__getitems__`` already returns the batch."""
+    return batch
+
+
+class StepBatches(torch.utils.data.Sampler):
+    """A DataLoader's batch sampler: one list of row indices per optimiser step, ``batch`` D_model rows drawn by
+    ``draw`` (``batch_sampler``), then ``pre_batch`` rows of the D_pre pool (rows ``n_model`` to ``n_model + n_pre``),
+    uniformly, from the same ``rng``. It yields ``steps`` batches; under ``accelerate`` pass the steps of every
+    process, and ``accelerator.prepare`` gives process k the batches k, k + n, k + 2n, ... (its own share)."""
+
+    drop_last = True  # accelerate's BatchSamplerShard: never circle back to pad the last batches
+    batch_size = None  # a batch is a list of indices, not a fixed size (the D_model and D_pre parts)
+
+    def __init__(self, draw, batch: int, n_model: int, pre_batch: int, n_pre: int, rng: random.Random, steps: int):
+        self.draw, self.batch, self.n_model, self.pre_batch, self.n_pre = draw, batch, n_model, pre_batch, n_pre
+        self.rng, self.steps = rng, steps
+
+    def __len__(self) -> int:
+        return self.steps
+
+    def __iter__(self):
+        for _ in range(self.steps):
+            idx = self.draw(self.batch)  # (B,) D_model rows
+            if self.n_pre:
+                idx += [self.n_model + self.rng.randrange(self.n_pre) for _ in range(self.pre_batch)]  # (P,) D_pre rows
+            yield idx
 
 
 def select_rows(prompts: list, weights: list, min_reward: float = 0.0, top_k: int = 0) -> list:

@@ -250,3 +250,38 @@ def test_save_at_snapshots_are_the_shorter_fine_tunes(render_dataset, tmp_path):
     for bad in ("0", "5", "two"):
         with pytest.raises(ValueError, match="save_at"):
             FinetuneConfig(weight="label", steps=4, save_at=bad)
+
+
+def test_two_processes_draw_their_own_batches_and_the_result_loads(render_dataset, tmp_path):
+    """`accelerate launch --num_processes 2` on the CPU: the DataLoader accelerate prepared gives each process
+    its own batches (as diffusers' training scripts do), and the pipeline written loads in plain diffusers."""
+    import json
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    from diffusers import StableDiffusionPipeline
+
+    folder, _ = render_dataset
+    simulate_labels(folder, seed=0)
+    export_labels(folder, labeler="judge")
+    out = str(tmp_path / "two")
+    with socket.socket() as s:  # a free port for the two processes' rendezvous
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "PYTHONPATH": root, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+           "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(port),
+           os.path.join(root, "tests", "rank_probe.py"), "--data", folder, "--out", out, "--weight", "label",
+           "--batch", "4", "--pre-batch", "4", "--pre-pool", "16", "--steps", "3", "--checkpoint-every", "0"]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    ranks = [json.load(open(f"{out}.rank{k}.json")) for k in range(2)]
+    assert [r["num_processes"] for r in ranks] == [2, 2]
+    b0, b1 = ranks[0]["batches"], ranks[1]["batches"]
+    assert len(b0) == len(b1) == 3 and all(len(b) == 8 for b in b0 + b1)  # 3 steps of 4 D_model + 4 D_pre rows each
+    assert all(x != y for x, y in zip(b0, b1))  # at every step each process drew its own batch, not the same one twice
+    pipe = StableDiffusionPipeline.from_pretrained(out, local_files_only=True)
+    assert pipe(["a red square"], num_inference_steps=2).images[0].size == (32, 32)
