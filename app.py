@@ -50,7 +50,7 @@ from t2idemo.reward import REWARD_MODEL
 
 DEFAULT_DATA = "data/feedback"  # the labelling set of `python -m t2idemo generate`
 LIMITS = {"seed": (0, 2 ** 31 - 1), "steps": (1, 100), "images": (1, 16), "guidance": (0.0, 20.0),
-          "batch": (1, 64), "tune_steps": (1, 200)}  # what a visitor may ask for (a public Space's caps)
+          "batch": (1, 64), "train_steps": (1, 200)}  # what a visitor may ask for (a public Space's caps)
 MAX_PROMPT = 200  # characters: the world's longest prompt is 35
 MAX_MODELS = 4  # visitors' models kept loaded at once (about 10 MB each); an older one reloads when used
 BENCH_PROMPT = "three purple circles on grass"
@@ -81,7 +81,7 @@ class AppConfig:
     share_shipped: bool = False  # Share may push the app's own aligned model when a visitor made none (the owner's
     #                              choice: off on a public Space, where visitors push only what they made)
     batch_images: int = 24  # Label: default images per Draw (a visitor may ask for 1 - 64)
-    tune_steps: int = 60  # Train: default fine-tune steps (a visitor may ask for 1 - 200)
+    train_steps: int = 60  # Train: default fine-tune steps (a visitor may ask for 1 - 200)
     unlabelled_per_prompt: int = 4  # Train: extra generations per labelled prompt, scored by the reward model; 0 - 16
     eval_images: int = 64  # Train: after a fine-tune, unseen combination images per model, base vs yours; 0 - 512
     host: str = os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1")  # interface to serve on; 0.0.0.0 = every one
@@ -107,7 +107,7 @@ class AppConfig:
             raise ValueError(f"--threads {self.threads} must be >= 0 (0 = one per core)")
         if self.benchmark < 0:
             raise ValueError(f"--benchmark {self.benchmark} must be >= 0 (0 serves the app)")
-        LoopConfig(model=self.base, batch_images=self.batch_images, tune_steps=self.tune_steps,
+        LoopConfig(model=self.base, batch_images=self.batch_images, train_steps=self.train_steps,
                    unlabelled_per_prompt=self.unlabelled_per_prompt, eval_images=self.eval_images)  # names a bad one
 
 
@@ -391,10 +391,10 @@ class App:
         from t2idemo.loop import tune_on_labels
 
         state = self.session(state)
-        steps = check_number("tune_steps", steps)
+        steps = check_number("train_steps", steps)
         if not state.get("reward"):
             raise ValueError("train the reward model first (button 1): the fine-tune weights images with it")
-        cfg = LoopConfig(model=self.cfg.base, tune_steps=steps, unlabelled_per_prompt=self.cfg.unlabelled_per_prompt,
+        cfg = LoopConfig(model=self.cfg.base, train_steps=steps, unlabelled_per_prompt=self.cfg.unlabelled_per_prompt,
                          eval_images=self.cfg.eval_images)
         out = os.path.join(self._session_dir(state), "tune")
         t0 = time.perf_counter()
@@ -573,8 +573,8 @@ def build(app: App):
             train = gr.Button("1. Train the reward model", elem_id="train-reward")
             reward_md = gr.Markdown(elem_id="train-reward-result")
             with gr.Row():
-                tune_steps = gr.Number(label="fine-tune steps", value=app.cfg.tune_steps, precision=0,
-                                       elem_id="tune-steps", info=f"{LIMITS['tune_steps'][0]} to {LIMITS['tune_steps'][1]}")
+                train_steps = gr.Number(label="fine-tune steps", value=app.cfg.train_steps, precision=0,
+                                       elem_id="tune-steps", info=f"{LIMITS['train_steps'][0]} to {LIMITS['train_steps'][1]}")
                 tune = gr.Button("2. Fine-tune", variant="primary", elem_id="tune")
                 cancel = gr.Button("Cancel", variant="stop", elem_id="tune-cancel")
             tune_md = gr.Markdown(elem_id="tune-result")
@@ -586,7 +586,7 @@ def build(app: App):
 
             kw = dict(concurrency_limit=2, concurrency_id="jobs")  # the second gets the 'a job is running' message
             train.click(ui_errors(with_progress(app.train_reward), gr), [session], [reward_md, session], **kw)
-            tune.click(ui_errors(with_progress(app.tune), gr), [tune_steps, session], [tune_md, session], **kw)
+            tune.click(ui_errors(with_progress(app.tune), gr), [train_steps, session], [tune_md, session], **kw)
             cancel.click(ui_errors(app.cancel, gr), [session], [tune_md], concurrency_limit=None)
 
         with gr.Tab("Share"):
@@ -632,7 +632,7 @@ def benchmark_during_tune(app: App, runs: int) -> tuple[list[float], float]:
     simulate_labels(app.label_dir, labeler="benchmark")
     _, state = app.train_reward(state)
     t0, done = time.perf_counter(), {}
-    thread = threading.Thread(target=lambda: done.update(result=app.tune(app.cfg.tune_steps, state),
+    thread = threading.Thread(target=lambda: done.update(result=app.tune(app.cfg.train_steps, state),
                                                          seconds=time.perf_counter() - t0))
     thread.start()
     while app.job_sid is None and thread.is_alive():
@@ -653,7 +653,7 @@ def main(argv=None):
 
         if cfg.benchmark_tune:
             times, tune_s = benchmark_during_tune(app, cfg.benchmark)
-            during = f" during a {cfg.tune_steps}-step fine-tune (which took {tune_s:.0f} s)"
+            during = f" during a {cfg.train_steps}-step fine-tune (which took {tune_s:.0f} s)"
         else:
             times, during = benchmark(app, cfg.benchmark), ""
         print(f"Compare, 4 base + 4 aligned images, {DEFAULT_STEPS} steps, guidance {DEFAULT_GUIDANCE}, "

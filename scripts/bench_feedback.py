@@ -133,7 +133,7 @@ def bench_generate_kills(model: str, kills: int, tmp: str) -> None:
         rows = data.load_dataset_rows(out)
         lost_rows += sum(r["file_name"] not in pngs for r in rows)  # a row whose image is missing
         orphans += len(pngs - {r["file_name"] for r in rows})  # images drawn but not yet recorded
-        stats = generate.generate_dataset(generate.GenerateConfig(out=out, model=model, max_prompts=32, batch_size=16))
+        stats = generate.generate_dataset(generate.GenerateConfig(out=out, model=model, max_prompts=32, batch=16))
         assert len(data.load_dataset_rows(out)) == stats["images"]
     print(f"generate kill: {kills} SIGKILLs: {lost_rows} rows without an image; {orphans} finished PNGs of "
           f"unrecorded batches redrawn on resume (a kill costs at most the batch in flight); every resume completed")

@@ -82,7 +82,7 @@ def main():
         cfg = FinetuneConfig(data=top_k_folder(unlabelled_everywhere(args.main, d + "-unlabelled"), reward, d + "-data"),
                              weight="label")
     model = os.path.join(d, "model")
-    finetune(FinetuneConfig(**{**cfg.__dict__, "out": model, "steps": args.steps, "lr": args.lr, "seed": 1,
+    finetune(FinetuneConfig(**{**cfg.__dict__, "out": model, "train_steps": args.steps, "lr": args.lr, "seed": 1,
                                "checkpoint_every": 0}))
     for guidance in (5.0, 2.0):
         res = ev.evaluate(ev.EvalConfig(models=model, names=f"{args.probe} (guidance {guidance:g})", split="unseen",

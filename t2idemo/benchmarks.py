@@ -114,7 +114,7 @@ def main(argv=None):
     p.add_argument("what", choices=["judge", "clip", "base", "speed", "sizes", "all"])
     p.add_argument("--model", default=BASE_MODEL, help="pipeline folder")
     p.add_argument("--n", type=int, default=150, help="images per category for 'base' (4 categories)")
-    p.add_argument("--steps", type=int, default=DEFAULT_STEPS)
+    p.add_argument("--sample-steps", type=int, default=DEFAULT_STEPS, help="sampler steps")
     p.add_argument("--guidance", type=float, default=DEFAULT_GUIDANCE)
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)
@@ -128,9 +128,9 @@ def main(argv=None):
               f"shape {r['shape']:.1%}  scene {r['scene']:.1%}")
     if a.what in ("base", "all"):
         t0 = time.time()
-        r = base_quality(a.model, a.n, a.seed, a.steps, a.guidance)
+        r = base_quality(a.model, a.n, a.seed, a.sample_steps, a.guidance)
         n = a.n
-        print(f"base model {a.model} ({r['n']} images, {a.steps} steps, guidance {a.guidance}, {time.time() - t0:.0f} s):")
+        print(f"base model {a.model} ({r['n']} images, {a.sample_steps} steps, guidance {a.guidance}, {time.time() - t0:.0f} s):")
         for k, v in r["single"].items():
             lo, hi = wilson(round(v * n), n)
             print(f"  {k:<6} right on its single-attribute prompts: {v:.1%}  [{lo:.1%}, {hi:.1%}]")
@@ -139,7 +139,7 @@ def main(argv=None):
             print(f"  {c:<12} prompts, all named attributes right: {v:.1%}  [{lo:.1%}, {hi:.1%}]")
         print("  combination prompts, per attribute: " + "  ".join(f"{k} {v:.1%}" for k, v in r["combination_attr"].items()))
     if a.what in ("speed", "all"):
-        r = speed(a.model, steps=a.steps, guidance=a.guidance)
+        r = speed(a.model, steps=a.sample_steps, guidance=a.guidance)
         print(f"speed: {r['images_per_s']:.1f} images/s (batch {r['batch']}, {r['steps']} steps, guidance {r['guidance']})")
     if a.what in ("sizes", "all"):
         r = sizes()

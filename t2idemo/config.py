@@ -1,9 +1,11 @@
 """Turn a stage's @dataclass config into an argparse command line.
 
 Every field becomes ``--field-name`` with the field's default, and its ``# comment`` in the source (unit and
-sensible range) becomes the ``--help`` text. Every command line of the kit is parsed this way. A bad value, an
-unknown flag or a ValueError from the config's ``__post_init__`` prints one line, ``PROG: error: <reason>``, and
-exits with status 2: no usage dump, no traceback (``--help`` has the usage).
+sensible range) becomes the ``--help`` text. A field that is itself a dataclass (the main job's ``RunConfig`` holds
+one config per stage) becomes a group of options ``--stage.field-name``, one per field of that stage's config, so
+each stage's dataclass stays the single source of its options. Every command line of the kit is parsed this way. A
+bad value, an unknown flag or a ValueError from a config's ``__post_init__`` prints one line,
+``PROG: error: <reason>``, and exits with status 2: no usage dump, no traceback (``--help`` has the usage).
 """
 
 from __future__ import annotations
@@ -31,23 +33,70 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (--help lists the options)\n")
 
 
-def add_fields(p: argparse.ArgumentParser, cls, suppress: bool = False) -> None:
+def add_fields(p: argparse.ArgumentParser, cls, suppress: bool = False, defaults=None, prefix: str = "",
+               skip: frozenset = frozenset()) -> None:
     """One ``--field-name`` option per field of the dataclass ``cls``, typed by its default, helped by its comment.
-    ``suppress``: options not given are absent from the namespace (instead of holding the default)."""
+    ``suppress``: options not given are absent from the namespace (instead of holding the default).
+    ``defaults``: an instance of ``cls`` whose values are the defaults (a preset); None = the class defaults.
+    A field whose value is a dataclass adds a group ``--name.field`` of its fields; ``skip`` names fields
+    ("stage.field" for a group's) that get no option because the caller sets them."""
     helps = field_help(cls)
     for f in dataclasses.fields(cls):
-        kind = dict(action=argparse.BooleanOptionalAction) if isinstance(f.default, bool) else dict(type=type(f.default))
-        text = helps.get(f.name, " ") + (f" (default: {f.default!r})" if suppress else "")
-        p.add_argument("--" + f.name.replace("_", "-"), dest=f.name, default=argparse.SUPPRESS if suppress else f.default,
+        name = prefix + f.name
+        if name in skip:
+            continue
+        default = getattr(defaults, f.name) if defaults is not None else \
+            (f.default_factory() if f.default is dataclasses.MISSING else f.default)
+        if dataclasses.is_dataclass(default):
+            group = p.add_argument_group(f"{name} ({type(default).__name__}): {helps.get(f.name, '')}")
+            add_fields(group, type(default), suppress, default, name + ".", skip)
+            continue
+        kind = dict(action=argparse.BooleanOptionalAction) if isinstance(default, bool) else dict(type=type(default))
+        text = helps.get(f.name, " ") + (f" (default: {default!r})" if suppress else "")
+        p.add_argument("--" + name.replace("_", "-"), dest=name, default=argparse.SUPPRESS if suppress else default,
                        help=text.replace("%", "%%"), **kind)
 
 
-def parse_config(cls, argv=None, prog: str | None = None, description: str | None = None):
-    """Parse ``argv`` into an instance of the dataclass ``cls`` and print the resolved config."""
-    p = Parser(prog=prog, description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    add_fields(p, cls)
+def build(cls, values: dict, defaults=None):
+    """An instance of ``cls`` from ``values`` {"field" or "stage.field": value}; fields not given come from
+    ``defaults`` (an instance) or the class defaults. Each nested config is built (and checked) before ``cls``."""
+    top, nested = {}, {}
+    for key, value in values.items():
+        head, _, rest = key.partition(".")
+        if rest:
+            nested.setdefault(head, {})[rest] = value
+        else:
+            top[key] = value
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted((set(top) | set(nested)) - names)
+    if unknown:
+        raise TypeError(f"{cls.__name__} has no field {unknown[0]!r}; its fields are {sorted(names)}")
+    for head, sub in nested.items():
+        base = top.get(head, getattr(defaults, head) if defaults is not None else None)
+        if base is None:
+            f = next(f for f in dataclasses.fields(cls) if f.name == head)
+            base = f.default_factory()
+        try:
+            top[head] = build(type(base), sub, base)
+        except ValueError as e:  # name the stage: "finetune.lr=..." rather than "lr=..."
+            raise ValueError(f"{head}.{e}") from None
+    if defaults is None:
+        return cls(**top)
+    return dataclasses.replace(defaults, **top)
+
+
+def parse_config(cls, argv=None, prog: str | None = None, description: str | None = None, defaults=None,
+                 skip: frozenset = frozenset(), parser: Parser | None = None):
+    """Parse ``argv`` into an instance of the dataclass ``cls`` (defaults: the instance ``defaults``, else the class's)
+    and print the resolved config. ``parser``: one that already holds extra options (they are not config fields)."""
+    p = parser or Parser(prog=prog, description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    extra = {a.dest for a in p._actions}
+    add_fields(p, cls, defaults=defaults, skip=skip)
     try:
-        cfg = cls(**vars(p.parse_args(argv)))
+        args = vars(p.parse_args(argv))
+        cfg = build(cls, {k: v for k, v in args.items() if k not in extra}, defaults)
+        if hasattr(cfg, "check_inputs"):  # checks of the files a command reads (folders that must exist, ...)
+            cfg.check_inputs()
     except ValueError as e:
         p.error(str(e))
     print(f"{cls.__name__}:", json.dumps(dataclasses.asdict(cfg), indent=2))

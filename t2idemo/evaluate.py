@@ -54,7 +54,7 @@ class EvalConfig:
     #                        prompts) | typical (what the LAION-like prior shows most); "all" = unseen,seen
     n_combination: int = 512  # combination-prompt images per model and split; >= 500 for a +-4 pt CI
     n_single: int = 96  # images per model and split for each single-attribute category; 32 - 512
-    steps: int = DEFAULT_STEPS  # sampler steps; 5 - 50
+    sample_steps: int = DEFAULT_STEPS  # sampler steps; 5 - 50
     guidance: float = DEFAULT_GUIDANCE  # classifier-free guidance scale; 1 - 10
     seed: int = 0  # image i of every model starts from seed * 100_000 + i
     reward: str = ""  # reward model folder for best-of-N; empty: no rejection-sampling baseline
@@ -68,7 +68,7 @@ class EvalConfig:
             raise ValueError(f"split={self.split!r} is not allowed; use one or more of {SPLITS}, comma-separated, or 'all'")
         if not self.model_list():
             raise ValueError("models is empty; give at least one pipeline folder")
-        for name in ("n_combination", "n_single", "steps", "n_best_of"):
+        for name in ("n_combination", "n_single", "sample_steps", "n_best_of"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)!r} must be a positive integer")
         if self.names and len(self.name_list()) != len(self.model_list()):
@@ -183,7 +183,7 @@ def best_of_n(pipe, reward_fn, metas: list[dict], n: int, cfg: EvalConfig) -> tu
     chosen, scores = [], []
     for j, m in enumerate(metas):
         seeds = [(cfg.seed + 1) * 1_000_000 + j * n + k for k in range(n)]
-        imgs = sample(pipe, [m["prompt"]] * n, seeds, cfg.steps, cfg.guidance)
+        imgs = sample(pipe, [m["prompt"]] * n, seeds, cfg.sample_steps, cfg.guidance)
         r = reward_fn(imgs, [m["prompt"]] * n)  # (n,)
         best = int(torch.as_tensor(r).argmax())
         chosen.append(imgs[best])
@@ -195,7 +195,7 @@ def best_of_n(pipe, reward_fn, metas: list[dict], n: int, cfg: EvalConfig) -> tu
 def evaluate_model(pipe, metas: list[dict], cfg: EvalConfig) -> tuple[list, dict]:
     """Generate one image per prompt at fixed seeds and judge it. Returns (images, tally)."""
     seeds = [cfg.seed * 100_000 + i for i in range(len(metas))]
-    images = sample(pipe, [m["prompt"] for m in metas], seeds, cfg.steps, cfg.guidance)
+    images = sample(pipe, [m["prompt"] for m in metas], seeds, cfg.sample_steps, cfg.guidance)
     return images, tally([judge(im, m) for im, m in zip(images, metas)], metas)
 
 

@@ -76,7 +76,7 @@ class FinetuneConfig:
     pre_pool: int = 0  # 0 = draw and VAE-encode a fresh D_pre batch every step; n > 0 = draw and encode n images once
     #                    (a fixed pre-training set, as the paper's LAION subset), about a fifth faster per step; 0 - 65_536
     beta: float = 1.0  # weight of the pre-training term; 0 - 4 (0 = no regulariser)
-    steps: int = 400  # optimizer steps; 50 - 5_000
+    train_steps: int = 400  # optimizer steps; 50 - 5_000
     batch: int = 64  # D_model images per step; 8 - 256
     pre_batch: int = 64  # D_pre images per step; 8 - 256
     lr: float = 1e-4  # AdamW learning rate; 1e-5 - 1e-3
@@ -121,7 +121,7 @@ class FinetuneConfig:
             raise ValueError(f"mixed_precision={self.mixed_precision!r} is not one of 'no', 'fp16', 'bf16'")
         if int(self.pre_pool) != self.pre_pool or self.pre_pool < 0:
             raise ValueError(f"pre_pool={self.pre_pool!r} must be an integer >= 0 (0 = fresh D_pre images every step)")
-        for name in ("steps", "batch", "pre_batch", "encode_batch"):
+        for name in ("train_steps", "batch", "pre_batch", "encode_batch"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)!r} must be a positive integer")
         if int(self.lora_rank) != self.lora_rank or self.lora_rank < 0:
@@ -136,9 +136,9 @@ class FinetuneConfig:
             raise ValueError(f"train={self.train!r} is not allowed; use 'all' or 'cross_attention'")
         if self.lora_alpha < 0:
             raise ValueError(f"lora_alpha={self.lora_alpha!r} must be >= 0 (0 = the rank)")
-        bad = [n for n in self.save_at_list() if not 1 <= n <= self.steps]
+        bad = [n for n in self.save_at_list() if not 1 <= n <= self.train_steps]
         if bad:
-            raise ValueError(f"save_at={self.save_at!r}: steps {bad} are outside 1 - steps ({self.steps})")
+            raise ValueError(f"save_at={self.save_at!r}: steps {bad} are outside 1 - train_steps ({self.train_steps})")
 
     def save_at_list(self) -> list:
         try:
@@ -306,7 +306,7 @@ def finetune(cfg: FinetuneConfig, reward_fn=None, should_stop=None) -> str:
     if cfg.method == "dpo":  # a row is a pair: winner and loser latents (4, h, w), the prompt's embedding (L, D)
         data = CachedLatents(lat_model[winners], lat_model[losers], emb_model[winners])
     elif pooled:  # a fixed D_pre, encoded once (the per-step VAE pass was a fifth of a step), after D_model's rows
-        lat_pre, emb_pre = encode_all(*pre.pool(min(cfg.pre_pool, cfg.steps * cfg.pre_batch)))  # (P, 4, h, w), (P, L, D)
+        lat_pre, emb_pre = encode_all(*pre.pool(min(cfg.pre_pool, cfg.train_steps * cfg.pre_batch)))  # (P, 4, h, w), (P, L, D)
         data = CachedLatents(torch.cat([lat_model, lat_pre]), torch.cat([emb_model, emb_pre]),
                              torch.cat([weights, torch.ones(len(lat_pre))]))
     else:
@@ -347,7 +347,7 @@ def finetune(cfg: FinetuneConfig, reward_fn=None, should_stop=None) -> str:
     # one batch of row indices per step and process; accelerate gives each process its own share of them
     rng = random.Random(cfg.seed + start)
     batches = StepBatches(batch_sampler(categories[:n_model], cfg.balance, rng), cfg.batch, n_model,
-                          cfg.pre_batch, len(data) - n_model, rng, steps=(cfg.steps - start) * accelerator.num_processes)
+                          cfg.pre_batch, len(data) - n_model, rng, steps=(cfg.train_steps - start) * accelerator.num_processes)
     loader = accelerator.prepare(torch.utils.data.DataLoader(data, batch_sampler=batches, collate_fn=as_batch,
                                                              generator=torch.Generator().manual_seed(cfg.seed)))
 
@@ -368,11 +368,11 @@ def finetune(cfg: FinetuneConfig, reward_fn=None, should_stop=None) -> str:
     gen = torch.Generator().manual_seed(cfg.seed + start + 1000 * accelerator.process_index)  # noise, t, dropout
     save_at = set(cfg.save_at_list())
     unet.train()
-    bar = tqdm(range(start, cfg.steps), desc="finetune", initial=start, total=cfg.steps, disable=not accelerator.is_main_process)
+    bar = tqdm(range(start, cfg.train_steps), desc="finetune", initial=start, total=cfg.train_steps, disable=not accelerator.is_main_process)
     for step, batch in zip(bar, loader):  # this process's batch, on its device
         if should_stop is not None and should_stop():
             bar.close()
-            raise Cancelled(f"fine-tune cancelled at step {step} of {cfg.steps}; nothing was written to {cfg.out}")
+            raise Cancelled(f"fine-tune cancelled at step {step} of {cfg.train_steps}; nothing was written to {cfg.out}")
         if cfg.method == "dpo":
             win, lose, emb = batch  # (B, 4, h, w) each pair's winner and loser, (B, L, D) their prompt
             with accelerator.autocast():
@@ -403,7 +403,7 @@ def finetune(cfg: FinetuneConfig, reward_fn=None, should_stop=None) -> str:
             bar.set_postfix(loss=f"{loss.item():.4f}", implicit_acc=f"{l_model.item():.2f}")
         else:
             bar.set_postfix(loss=f"{loss.item():.4f}", model=f"{l_model.item():.4f}", pre=f"{l_pre.item():.4f}")
-        if cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.steps and accelerator.is_main_process:
+        if cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.train_steps and accelerator.is_main_process:
             os.makedirs(ckpt, exist_ok=True)
             named = {n: p.detach().cpu().contiguous() for n, p in accelerator.unwrap_model(unet).named_parameters() if p.requires_grad}
             save_file(named, os.path.join(ckpt, "trainable.safetensors"))

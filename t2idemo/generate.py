@@ -93,7 +93,7 @@ class SampleConfig:
     model: str = BASE_MODEL  # pipeline folder or hub id
     out: str = "samples/grid.png"  # where the PNG grid goes
     per_prompt: int = 8  # images per prompt (one grid row each); 1 - 64
-    steps: int = DEFAULT_STEPS  # sampler steps; 5 - 50
+    sample_steps: int = DEFAULT_STEPS  # sampler steps; 5 - 50
     guidance: float = DEFAULT_GUIDANCE  # classifier-free guidance scale; 1 - 12
     seed: int = 0  # seed of the first image; image j of a row uses seed + j
     prompts: str = ""  # '|'-separated prompts; empty: one prompt of each category
@@ -113,7 +113,7 @@ def sample_main(argv=None):
     pipe = load_pipeline(cfg.model)
     all_prompts = [p for p in prompts for _ in range(cfg.per_prompt)]
     seeds = [cfg.seed + j for _ in prompts for j in range(cfg.per_prompt)]
-    images = sample(pipe, all_prompts, seeds, cfg.steps, cfg.guidance)
+    images = sample(pipe, all_prompts, seeds, cfg.sample_steps, cfg.guidance)
     os.makedirs(os.path.dirname(os.path.abspath(cfg.out)), exist_ok=True)
     make_grid(images, cfg.per_prompt).save(cfg.out)
     for i, p in enumerate(prompts):
@@ -137,10 +137,10 @@ class GenerateConfig:
     prompt_set: str = "shapes"  # whose prompts (and --prompts grammar): "shapes" (t2idemo.world) | "sd" (the paper's, t2idemo.sd)
     max_prompts: int = 0  # keep only the first N prompts; 0 keeps all
     per_prompt: int = 4  # K, images per prompt, each with its own seed; 1 - 64
-    steps: int = DEFAULT_STEPS  # sampler steps; 5 - 50 (1 - 1000 accepted)
+    sample_steps: int = DEFAULT_STEPS  # sampler steps; 5 - 50 (1 - 1000 accepted)
     guidance: float = DEFAULT_GUIDANCE  # classifier-free guidance scale; 1 - 12 (1 turns it off)
     seed: int = 0  # base seed, >= 0: image i (0-based, prompt-major) uses seed * 100_000 + i
-    batch_size: int = 64  # images per pipeline call; 1 - 1024 (bounded by memory)
+    batch: int = 64  # images per pipeline call; 1 - 1024 (bounded by memory)
     device: str = ""  # "" picks cuda when available, else cpu; or "cpu", "cuda", "cuda:1", "mps"
 
     def __post_init__(self):
@@ -152,14 +152,14 @@ class GenerateConfig:
             raise ValueError(f"max_prompts={self.max_prompts!r} must be >= 0 (0 keeps every prompt)")
         if not 1 <= self.per_prompt <= 64:
             raise ValueError(f"per_prompt={self.per_prompt!r} is out of range; use 1 to 64")
-        if not 1 <= self.steps <= 1000:
-            raise ValueError(f"steps={self.steps!r} is out of range; use 1 to 1000")
+        if not 1 <= self.sample_steps <= 1000:
+            raise ValueError(f"sample_steps={self.sample_steps!r} is out of range; use 1 to 1000")
         if self.guidance < 0:
             raise ValueError(f"guidance={self.guidance!r} must be >= 0 (1 turns guidance off)")
         if not 0 <= self.seed < 2 ** 63 // MAX_IMAGES:
             raise ValueError(f"seed={self.seed!r} is out of range; use 0 to {2 ** 63 // MAX_IMAGES - 1}")
-        if not 1 <= self.batch_size <= 1024:
-            raise ValueError(f"batch_size={self.batch_size!r} is out of range; use 1 to 1024")
+        if not 1 <= self.batch <= 1024:
+            raise ValueError(f"batch={self.batch!r} is out of range; use 1 to 1024")
         if not self.out:
             raise ValueError("out='' is not allowed; pass the folder that receives the images")
 
@@ -194,7 +194,7 @@ def plan_rows(cfg: GenerateConfig) -> list:
             i = len(rows)
             rows.append({"file_name": f"{i:05d}.png", "prompt": prompt, **meta,  # category, named, attributes
                          "named": list(meta["named"]), "unseen": bool(meta["unseen"]), "prompt_set": cfg.prompt_set,
-                         "seed": image_seed(cfg.seed, i), "model": cfg.model, "num_inference_steps": cfg.steps,
+                         "seed": image_seed(cfg.seed, i), "model": cfg.model, "num_inference_steps": cfg.sample_steps,
                          "guidance_scale": float(cfg.guidance)})
     return rows
 
@@ -244,10 +244,10 @@ def generate_dataset(cfg: GenerateConfig, pipe=None) -> dict:
         if pipe is None:
             pipe = load_pipeline(cfg.model, device=cfg.device or None)
         bar = tqdm(total=len(plan), initial=len(plan) - len(todo), unit="img", desc="generate")
-        for i in range(0, len(todo), cfg.batch_size):
-            rows = todo[i:i + cfg.batch_size]
-            images = sample(pipe, [r["prompt"] for r in rows], [r["seed"] for r in rows], cfg.steps, cfg.guidance,
-                            batch_size=cfg.batch_size)
+        for i in range(0, len(todo), cfg.batch):
+            rows = todo[i:i + cfg.batch]
+            images = sample(pipe, [r["prompt"] for r in rows], [r["seed"] for r in rows], cfg.sample_steps, cfg.guidance,
+                            batch_size=cfg.batch)
             for row, image in zip(rows, images):
                 save_png(image, os.path.join(cfg.out, row["file_name"]))
             with open(os.path.join(cfg.out, METADATA), "a", encoding="utf-8") as f:  # rows after their PNGs

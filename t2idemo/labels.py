@@ -413,6 +413,10 @@ class LabelConfig:
         _check_name("labeler", self.labeler)
         if self.labeler == MAJORITY:
             raise ValueError(f"labeler={self.labeler!r} is reserved for the majority vote; pick another name")
+
+    def check_inputs(self):
+        """The folder must exist (checked when the command runs, so that the main job can hold a LabelConfig
+        before its feedback folder is made)."""
         if not os.path.isdir(self.data):
             raise ValueError(f"data={self.data!r} is not a folder; run `python -m t2idemo generate --out DIR` first")
 

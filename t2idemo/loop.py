@@ -29,27 +29,27 @@ from . import world
 from .generate import BASE_MODEL, GenerateConfig, generate_dataset, image_seed, sample
 from .data import load_dataset_rows, save_png, write_rows_atomic
 from .labels import LabelStore, agreement_stats, default_store_path, export_labels
-from .run import RunConfig, finetune_config
+from .run import finetune_config, preset, reward_config
 
-RUN = RunConfig()  # the main job's defaults: the loop below takes its sampler settings and recipe from them
+RUN = preset("shapes")  # the main job's preset: the loop below takes its sampler settings and recipe from it
 
 
 @dataclass
 class LoopConfig:
     model: str = BASE_MODEL  # the pipeline that draws the labelling images and is tuned
     batch_images: int = 24  # images per labelling batch; 1 - 64
-    sample_steps: int = RUN.feedback_steps  # sampler steps of the labelling and unlabelled images; 8 - 50
-    guidance: float = RUN.feedback_guidance  # their guidance scale; 1 - 5
+    sample_steps: int = RUN.generate.sample_steps  # sampler steps of the labelling and unlabelled images; 8 - 50
+    guidance: float = RUN.generate.guidance  # their guidance scale; 1 - 5
     unlabelled_per_prompt: int = 4  # extra generations per labelled prompt, pseudo-labelled by the reward model; 0 - 16
-    tune_steps: int = 60  # fine-tune optimiser steps; 1 - 400 (the main job: 400 at batch 64)
-    tune_batch: int = 16  # D_model and D_pre images per fine-tune step; 4 - 64
+    train_steps: int = 60  # fine-tune optimiser steps; 1 - 400 (the main job: 400 at batch 64)
+    batch: int = 16  # D_model and D_pre images per fine-tune step; 4 - 64
     reward_epochs: int = 100  # at most this many passes of the reward head over the labels; 10 - 300
     eval_images: int = 64  # after the fine-tune: unseen combination images per model, base vs tuned; 0 (skip) - 512
     seed: int = 0  # seeds the prompts, the images, the reward model and the fine-tune
 
     def __post_init__(self):
         for name, lo, hi in (("batch_images", 1, 64), ("sample_steps", 1, 100), ("unlabelled_per_prompt", 0, 16),
-                             ("tune_steps", 1, 400), ("tune_batch", 4, 64), ("reward_epochs", 10, 300),
+                             ("train_steps", 1, 400), ("batch", 4, 64), ("reward_epochs", 10, 300),
                              ("eval_images", 0, 512)):
             value = getattr(self, name)
             if isinstance(value, bool) or int(value) != value or not lo <= value <= hi:
@@ -114,7 +114,6 @@ def train_reward_on_labels(folder: str, out: str, cfg: LoopConfig, lock=None) ->
     metadata is rewritten, if another thread may append to it (the app's Draw button)."""
     from contextlib import nullcontext
 
-    from .reward import RewardConfig
     from .reward_train import split_by_prompt
     from .data import load_images, load_rows
     from .reward_train import train as train_reward
@@ -124,8 +123,8 @@ def train_reward_on_labels(folder: str, out: str, cfg: LoopConfig, lock=None) ->
     if counts["good"] < 2 or counts["bad"] < 2:
         raise ValueError(f"the reward model needs at least 2 good and 2 bad labels; there are {counts['good']} good "
                          f"and {counts['bad']} bad so far: label more images")
-    rcfg = RewardConfig(data=folder, run=out, lam=RUN.lam, seed=cfg.seed, max_epochs=cfg.reward_epochs, patience=10,
-                        val_frac=0.25)
+    rcfg = dataclasses.replace(reward_config(RUN, folder, out), seed=cfg.seed, max_epochs=cfg.reward_epochs, patience=10,
+                               val_frac=0.25)
     model = train_reward(rcfg)
     rows = [r for r in load_rows(folder) if r.get("label") in ("good", "bad")]
     _, val = split_by_prompt(rows, rcfg.val_frac, rcfg.seed)  # the prompts its early stopping held out
@@ -149,7 +148,7 @@ def _read_summary(reward_dir: str) -> dict:
 def tune_on_labels(folder: str, reward: str, out: str, cfg: LoopConfig, pipe=None, should_stop=None) -> str:
     """The main job's steps 4 and 5 at app size: ``cfg.unlabelled_per_prompt`` more images of every labelled prompt,
     scored by the reward model in ``reward``, then the main job's fine-tune (``run.finetune_config``: its recipe,
-    beta, lr) for ``cfg.tune_steps`` steps of ``cfg.tune_batch`` images. Writes the pipeline to OUT/model and
+    beta, lr) for ``cfg.train_steps`` steps of ``cfg.batch`` images. Writes the pipeline to OUT/model and
     returns that folder. ``should_stop`` cancels it (finetune.Cancelled)."""
     from .finetune import finetune
 
@@ -161,12 +160,12 @@ def tune_on_labels(folder: str, reward: str, out: str, cfg: LoopConfig, pipe=Non
         prompts = sorted({r["prompt"] for r in rows})
         unlabelled = os.path.join(out, "unlabelled")
         generate_dataset(GenerateConfig(out=unlabelled, model=cfg.model, prompts="|".join(prompts),
-                                        per_prompt=cfg.unlabelled_per_prompt, steps=cfg.sample_steps,
+                                        per_prompt=cfg.unlabelled_per_prompt, sample_steps=cfg.sample_steps,
                                         guidance=cfg.guidance, seed=cfg.seed + 5), pipe)
     fcfg = finetune_config(RUN, data=folder, out=os.path.join(out, "model"), model=cfg.model, reward=reward,
-                           unlabelled=unlabelled, beta=RUN.beta, seed=cfg.seed)
-    fcfg = dataclasses.replace(fcfg, steps=cfg.tune_steps, batch=cfg.tune_batch, pre_batch=cfg.tune_batch,
-                               pre_pool=min(RUN.pre_pool, cfg.tune_steps * cfg.tune_batch))
+                           unlabelled=unlabelled, beta=RUN.finetune.beta, seed=cfg.seed)
+    fcfg = dataclasses.replace(fcfg, train_steps=cfg.train_steps, batch=cfg.batch, pre_batch=cfg.batch,
+                               pre_pool=min(RUN.finetune.pre_pool, cfg.train_steps * cfg.batch))
     return finetune(fcfg, should_stop=should_stop)
 
 

@@ -38,8 +38,8 @@ class OveroptConfig:
     run: str = "runs/main"  # a finished `python -m t2idemo run` folder: its round-1 labels, reward model and unlabelled
     #                         images are reused, with its fine-tune recipe (report/results.json)
     out: str = ""  # output folder; "" = RUN/overopt
-    steps: str = "0,100,200,400,800,1600"  # fine-tune steps at which to score the model (0 = the base); the fine-tune
-    #                                        runs to the largest; each 1 - 5_000
+    train_steps: str = "0,100,200,400,800,1600"  # fine-tune steps at which to score the model (0 = the base); the
+    #                                              fine-tune runs to the largest; each 1 - 5_000
     betas: str = "1,0"  # one fine-tune per beta (the pre-training term's weight); each 0 - 4
     rounds_run: str = ""  # optional: a `run --rounds N` folder whose round models are scored too; "" = none
     split: str = "unseen,seen"  # prompt splits, comma-separated: unseen | seen
@@ -50,7 +50,7 @@ class OveroptConfig:
     def __post_init__(self):
         steps, betas = self.step_list(), self.beta_list()
         if not steps or any(not 0 <= s <= 5000 for s in steps):
-            raise ValueError(f"steps={self.steps!r} must list fine-tune steps in 0 - 5000, e.g. '0,100,400'")
+            raise ValueError(f"train_steps={self.train_steps!r} must list fine-tune steps in 0 - 5000, e.g. '0,100,400'")
         if not betas or any(not 0 <= b <= 4 for b in betas):
             raise ValueError(f"betas={self.betas!r} must list betas in 0 - 4, e.g. '1,0'")
         if not 16 <= self.n_combination <= 2048:
@@ -61,7 +61,7 @@ class OveroptConfig:
             raise ValueError(f"split={self.split!r} is not allowed; use 'unseen', 'seen' or 'unseen,seen'")
 
     def step_list(self) -> list:
-        return sorted({int(_number(s, "steps", self.steps)) for s in self.steps.split(",") if s.strip()})
+        return sorted({int(_number(s, "train_steps", self.train_steps)) for s in self.train_steps.split(",") if s.strip()})
 
     def beta_list(self) -> list:
         return [_number(b, "betas", self.betas) for b in self.betas.split(",") if b.strip()]
@@ -76,14 +76,12 @@ def _number(text: str, name: str, value: str) -> float:
 
 def run_config(run: str):
     """The RunConfig a finished run was made with (its report/results.json)."""
-    from .run import RunConfig
+    from .run import from_saved
 
     path = os.path.join(run, "report", "results.json")
     if not os.path.isfile(path):
         raise ValueError(f"run={run!r} has no report/results.json; finish `python -m t2idemo run --out {run}` first")
-    saved = json.load(open(path))["run_config"]
-    known = {f.name for f in dataclasses.fields(RunConfig)}
-    return RunConfig(**{k: v for k, v in saved.items() if k in known})
+    return from_saved(json.load(open(path))["run_config"])
 
 
 # ----------------------------------------------------------------------------- scoring
@@ -114,7 +112,7 @@ def reference_features(metas: list, split: str, seed: int) -> dict:
 
 # ----------------------------------------------------------------------------- the experiment
 def overoptimisation(cfg: OveroptConfig) -> dict:
-    """Fine-tune once per beta with pipeline snapshots at ``cfg.steps``, score every snapshot (and the rounds' models),
+    """Fine-tune once per beta with pipeline snapshots at ``cfg.train_steps``, score every snapshot (and the rounds' models),
     write OUT/overopt.json, OUT/overoptimisation.png and OUT/overopt.md; return the results."""
     from .reward import load_reward_fn
     from .run import finetune_config
@@ -136,7 +134,7 @@ def overoptimisation(cfg: OveroptConfig) -> dict:
             fc = finetune_config(rc, data=os.path.join(r1, "feedback"), out=folder, model=rc.model, reward=reward_dir,
                                  unlabelled=os.path.join(r1, "unlabelled") if rc.unlabelled_per_prompt else "",
                                  beta=beta, seed=rc.seed + 1)  # the seed of run's round 1: its first steps are the same
-            fc = dataclasses.replace(fc, steps=last, save_at=",".join(str(s) for s in steps if 0 < s < last))
+            fc = dataclasses.replace(fc, train_steps=last, save_at=",".join(str(s) for s in steps if 0 < s < last))
             finetune(fc, reward_fn=reward_fn)
         for s in steps:
             models[f"beta {beta:g}, step {s}"] = (beta, s, rc.model if s == 0 else folder if s == last
@@ -237,9 +235,11 @@ def plot(results: dict, path: str, category: str = "combination"):
 
 def run_steps(results: dict) -> int:
     """Fine-tune steps per round of the rounds run (for the x axis), 400 when unknown."""
+    from .run import from_saved
+
     folder = results["config"].get("rounds_run")
     try:
-        return int(json.load(open(os.path.join(folder, "report", "results.json")))["run_config"]["steps"])
+        return from_saved(json.load(open(os.path.join(folder, "report", "results.json")))["run_config"]).finetune.train_steps
     except (OSError, KeyError, TypeError, ValueError):
         return 400
 

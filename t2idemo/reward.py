@@ -38,7 +38,7 @@ REWARD_CLIP = "tiny-reward-clip"  # the shipped reward backbone: the same recipe
 REWARD_MODEL = os.path.join(ASSETS, "tiny-reward")  # the shipped reward model (head + config; CLIP = tiny-clip)
 HEAD_FILE, CONFIG_FILE = "head.safetensors", "reward_config.json"
 MODEL_FIELDS = ("clip", "hidden", "dropout")  # RewardConfig fields a saved reward model needs to load and score
-TRAINING_FIELDS = ("lam", "n_prompts", "temperature", "mlp_penalty", "labels", "noise", "val_frac", "batch_size", "lr",
+TRAINING_FIELDS = ("lam", "n_prompts", "temperature", "mlp_penalty", "labels", "noise", "val_frac", "batch", "lr",
                    "weight_decay", "max_epochs", "patience", "seed")  # how it was trained: saved as a record
 
 
@@ -61,7 +61,7 @@ class RewardConfig:
     noise: float = 0.0  # probability of flipping each training label (seeded), for the noise study; 0 - 0.5
     val_frac: float = 0.15  # fraction of distinct training prompts held out for validation / early stopping; 0.05 - 0.5
     # optimisation
-    batch_size: int = 64  # labelled images per step; 16 - 512
+    batch: int = 64  # labelled images per step; 16 - 512
     lr: float = 1e-3  # AdamW learning rate, constant; 1e-4 - 3e-3
     weight_decay: float = 1e-2  # AdamW weight decay; 0 - 0.1
     max_epochs: int = 300  # upper bound on passes over the training split; 10 - 2_000
@@ -76,7 +76,7 @@ class RewardConfig:
     noise_levels: str = "0,0.1,0.2,0.3"  # comma-separated flip probabilities for the study, each 0 - 0.5
 
     def __post_init__(self):
-        positive = ("hidden", "batch_size", "max_epochs", "patience")
+        positive = ("hidden", "batch", "max_epochs", "patience")
         for name in positive:
             if int(getattr(self, name)) != getattr(self, name) or getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)!r} must be a positive integer")

@@ -25,7 +25,7 @@ Defaults, and why:
 - lambda = 0.5: the paper's auxiliary term, at a weight where it and the MSE are of similar size. Measured
   in the shapes world (README, Stage 2) it does not help: over 5 seeds, held-out AUC falls from 0.845 at
   lambda = 0 to 0.823 at 0.5 and 0.814 at 1. It stays on by default because it is the paper's method and
-  the thing to study; ``--lam 0`` gives the better reward here.
+  the thing to study; ``--lam 0`` (``run --reward.lam 0``) gives the better reward here.
 - rho = 0.1: without the penalty every head variant tried fell below CLIPScore on unseen prompts (the MLP
   learns corrections that hold for the seen prompts only); with it, +0.015 to +0.03 AUC at every lambda.
 - N = 4 (three perturbed prompts): every feedback prompt of the shapes world has at least three seen
@@ -201,7 +201,7 @@ def _fit_head(cfg: RewardConfig, emb: Embedded, y: torch.Tensor, progress: bool)
     bar = tqdm(range(cfg.max_epochs), desc="reward head", disable=not progress)
     for epoch in bar:
         head.train()
-        for b in tr[torch.randperm(len(tr), generator=gen)].split(cfg.batch_size):
+        for b in tr[torch.randperm(len(tr), generator=gen)].split(cfg.batch):
             loss, parts = reward_loss(cfg, head, emb, y, b, gen)
             opt.zero_grad()
             loss.backward()

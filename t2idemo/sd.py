@@ -4,14 +4,14 @@ The library code is the same at both scales: ``generate`` draws from any StableD
 wraps any CLIPModel, ``finetune`` tunes any SD 1.x / 2.x UNet. What changes at SD scale is given here:
 
     python -m t2idemo generate --prompt-set sd --model stable-diffusion-v1-5/stable-diffusion-v1-5 \\
-        --max-prompts 500 --per-prompt 4 --steps 30 --guidance 7.5 --batch-size 8 --out data/sd_feedback
+        --max-prompts 500 --per-prompt 4 --sample-steps 30 --guidance 7.5 --batch 8 --out data/sd_feedback
     python -m t2idemo generate --prompt-set sd --split unseen --seed 1 ... --max-prompts 100 --out data/sd_heldout
     # label both in a notebook (t2idemo.labeling.Labeler), then labels.export_labels(folder) for each
     python -m t2idemo reward train --data data/sd_feedback --eval-data data/sd_heldout \\
         --clip openai/clip-vit-large-patch14 --run runs/sd_reward
     python -m t2idemo finetune --model stable-diffusion-v1-5/stable-diffusion-v1-5 --data data/sd_feedback \\
         --reward runs/sd_reward --pretrain-data data/sd_pretrain --lora-rank 8 --mixed-precision fp16 \\
-        --gradient-checkpointing --batch 4 --pre-batch 4 --encode-batch 8 --steps 2000 --out runs/sd_aligned
+        --gradient-checkpointing --batch 4 --pre-batch 4 --encode-batch 8 --train-steps 2000 --out runs/sd_aligned
     # draw the held-out prompts again from runs/sd_aligned (same seeds), label them, then per category:
     python -m t2idemo evaluate summary --data data/sd_aligned_heldout --reward runs/sd_reward  # labels + mean reward
 
@@ -328,7 +328,7 @@ def main(argv=None):
         sd_dir = build_tiny_sd(os.path.join(cfg.out, "tiny-sd"), cfg.seed, cfg.image_size)
         clip_dir = build_tiny_clip(os.path.join(cfg.out, "tiny-clip"), cfg.seed, cfg.image_size)
         print(f"wrote {sd_dir} and {clip_dir}; try: python -m t2idemo generate --prompt-set sd --model {sd_dir} "
-              f"--max-prompts 8 --steps 2 --out {os.path.join(cfg.out, 'data')}")
+              f"--max-prompts 8 --sample-steps 2 --out {os.path.join(cfg.out, 'data')}")
     else:
         for cat in CATEGORIES:
             print(f"{cat:<12} seen {len(all_prompts(cat, unseen=False)):>5}  unseen {len(all_prompts(cat, unseen=True)):>5}"

@@ -57,7 +57,7 @@ def reward_dir(tmp_path_factory):
     with open(root / "data" / "metadata.jsonl", "w") as f:
         f.writelines(json.dumps(r) + "\n" for r in rows)
     train(RewardConfig(data=str(root / "data"), labels="judge", run=str(root / "run"), max_epochs=5, patience=2,
-                       batch_size=16, val_frac=0.25, device="cpu"))
+                       batch=16, val_frac=0.25, device="cpu"))
     return str(root / "run")
 
 
@@ -80,7 +80,7 @@ def the_app(reward_dir, data_dir, tmp_path_factory):
 def drawing_app(reward_dir, tmp_path_factory):
     """The app as on a Space: no --data, so it labels what its Draw button draws; small tunes."""
     return t2iapp.App(t2iapp.AppConfig(aligned=BASE_MODEL, reward=reward_dir, workdir=str(tmp_path_factory.mktemp("space")),
-                                       tune_steps=3, unlabelled_per_prompt=1, eval_images=8))
+                                       train_steps=3, unlabelled_per_prompt=1, eval_images=8))
 
 
 # ----------------------------------------------------------------------------- config and input checks
@@ -254,7 +254,7 @@ def test_train_and_tune_add_your_model_for_you_only(drawing_app, monkeypatch):
         app.store.add_many([(n, "good" if k % 2 else "bad") for k, n in enumerate(names)], who)
     with pytest.raises(ValueError, match="train the reward model first"):
         app.tune(3, state)
-    with pytest.raises(ValueError, match="tune_steps=500 is out of range; use an integer from 1 to 200"):
+    with pytest.raises(ValueError, match="train_steps=500 is out of range; use an integer from 1 to 200"):
         app.tune(500, state)
     app.job.acquire()  # another visitor's job is running
     app.job_sid = "someone-else"
@@ -360,7 +360,7 @@ def server(reward_dir, hub_server, tmp_path_factory):
     port = free_port()
     with open(log, "w") as out:
         proc = subprocess.Popen([sys.executable, "app.py", "--aligned", BASE_MODEL, "--reward", reward_dir,
-                                 "--workdir", str(work), "--tune-steps", "2", "--unlabelled-per-prompt", "1",
+                                 "--workdir", str(work), "--train-steps", "2", "--unlabelled-per-prompt", "1",
                                  "--eval-images", "8",
                                  "--port", str(port)], stdout=out, stderr=subprocess.STDOUT,
                                 env=env, cwd=os.path.dirname(t2iapp.__file__))

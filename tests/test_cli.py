@@ -12,7 +12,7 @@ def run(*args):
 
 def test_sample_writes_a_grid_from_the_shipped_model(tmp_path):
     out = tmp_path / "grid.png"
-    r = run("sample", "--out", str(out), "--per-prompt", "3", "--steps", "4", "--prompts", "two circles|a red square")
+    r = run("sample", "--out", str(out), "--per-prompt", "3", "--sample-steps", "4", "--prompts", "two circles|a red square")
     assert r.returncode == 0, r.stderr[-2000:]
     assert "SampleConfig" in r.stdout  # the resolved config is printed
     assert Image.open(out).size == (3 * 32 * 4, 2 * 32 * 4)
@@ -47,7 +47,7 @@ def test_main_command_runs_end_to_end_shrunk(tmp_path):
     """The README's main command, `python -m t2idemo run`, with every size shrunk."""
     out = tmp_path / "run"
     r = run("run", "--out", str(out), "--max-prompts", "3", "--per-prompt", "2", "--unlabelled-per-prompt", "0",
-            "--steps", "2", "--n-combination", "4", "--n-single", "1")
+            "--sample-steps", "2", "--n-combination", "4", "--n-single", "1")
     assert r.returncode == 0, r.stderr[-2000:]
     assert "RunConfig" in r.stdout and "| round 1 |" in r.stdout  # the config, then the before/after table
     assert (out / "report" / "report.md").is_file() and (out / "round1" / "aligned" / "model_index.json").is_file()
@@ -66,7 +66,7 @@ BAD_VALUES = [
     (["run", "--rounds", "9"], "rounds=9"),
     (["overopt", "--betas", "5"], "betas='5'"),
     (["run", "--no-such-flag", "1"], "unrecognized arguments: --no-such-flag 1"),
-    (["finetune", "--steps", "many"], "argument --steps: invalid int value: 'many'"),
+    (["finetune", "--train-steps", "many"], "argument --train-steps: invalid int value: 'many'"),
 ]
 
 

@@ -74,6 +74,10 @@ def parse(line: str):
     target = config_for(argv) if argv else None
     if target is not None:
         cls, args = target
+        if cls.__name__ == "RunConfig":  # run's own parser: --preset and --recipe, then the --STAGE.FIELD flags
+            from t2idemo.run import parse_args
+
+            return parse_args(args)
         return parse_config(cls, args)
 
 

@@ -85,7 +85,7 @@ def test_config_errors_name_the_argument():
 def test_evaluate_writes_a_report(tmp_path):
     out = tmp_path / "report"
     cfg = ev.EvalConfig(models=f"{BASE_MODEL},{BASE_MODEL}", names="base,same", n_combination=8, n_single=4,
-                        steps=4, out=str(out))
+                        sample_steps=4, out=str(out))
     res = ev.evaluate(cfg)
     for f in ("report.md", "results.json", "bars.png", "samples.png"):
         assert os.path.getsize(out / f) > 0

@@ -70,8 +70,8 @@ def test_finetune_checkpoints_resumes_and_loads_in_diffusers(render_dataset, tmp
     export_labels(folder, labeler="judge")
     out = str(tmp_path / "aligned")
     cfg = dict(data=folder, out=out, weight="label", batch=4, pre_batch=4, checkpoint_every=1)
-    finetune(FinetuneConfig(steps=2, **cfg))
-    finetune(FinetuneConfig(steps=3, **cfg))
+    finetune(FinetuneConfig(train_steps=2, **cfg))
+    finetune(FinetuneConfig(train_steps=3, **cfg))
     assert "resumed from" in capsys.readouterr().out
     pipe = StableDiffusionPipeline.from_pretrained(out, local_files_only=True)
     assert pipe.unet.dtype == torch.float32
@@ -90,7 +90,7 @@ def test_pre_pool_draws_d_pre_once_and_a_folder_without_repeats(render_dataset, 
     real = ft.PretrainStream.sample
     priors = []
     monkeypatch.setattr(ft.PretrainStream, "sample", lambda self, n: (drawn.append(n), priors.append(self.prior), real(self, n))[2])
-    cfg = dict(data=folder, weight="label", batch=4, pre_batch=4, steps=3, checkpoint_every=0)
+    cfg = dict(data=folder, weight="label", batch=4, pre_batch=4, train_steps=3, checkpoint_every=0)
     finetune(FinetuneConfig(out=str(tmp_path / "pool"), pre_pool=4096, **cfg))
     assert drawn == [12]  # once, steps * pre_batch images
     assert priors == [world.PRIORS["laion"]]  # the shipped base's prior.json: it learnt from the LAION-like prior
@@ -114,7 +114,7 @@ def test_cross_attention_mode_changes_only_attn2_and_the_text_embedding(render_d
     simulate_labels(folder, seed=0)
     export_labels(folder, labeler="judge")
     out = str(tmp_path / "xattn")
-    finetune(FinetuneConfig(data=folder, out=out, weight="label", batch=4, pre_batch=4, steps=3, lr=1e-3,
+    finetune(FinetuneConfig(data=folder, out=out, weight="label", batch=4, pre_batch=4, train_steps=3, lr=1e-3,
                             train="cross_attention", ema=0, checkpoint_every=0))
     base = dict(UNet2DConditionModel.from_pretrained(BASE_MODEL, subfolder="unet").named_parameters())
     tuned = dict(UNet2DConditionModel.from_pretrained(out, subfolder="unet").named_parameters())
@@ -169,7 +169,7 @@ def test_should_stop_cancels_before_anything_is_written(render_dataset, tmp_path
     steps = []
     out = str(tmp_path / "aligned")
     with pytest.raises(Cancelled, match="cancelled at step 2 of 5"):
-        finetune(FinetuneConfig(data=folder, out=out, weight="label", batch=4, pre_batch=4, steps=5, checkpoint_every=0),
+        finetune(FinetuneConfig(data=folder, out=out, weight="label", batch=4, pre_batch=4, train_steps=5, checkpoint_every=0),
                  should_stop=lambda: steps.append(1) or len(steps) > 2)
     assert not os.path.exists(os.path.join(out, "model_index.json"))
 
@@ -223,7 +223,7 @@ def test_finetune_method_dpo_writes_a_pipeline(render_dataset, tmp_path):
         store.add_many([(r["file_name"], "good" if k % 2 == 0 else "bad") for k, r in enumerate(rows)], "me")
     export_labels(folder, labeler="me")
     out = str(tmp_path / "dpo")
-    finetune(FinetuneConfig(data=folder, out=out, weight="label", method="dpo", batch=4, steps=2, checkpoint_every=0))
+    finetune(FinetuneConfig(data=folder, out=out, weight="label", method="dpo", batch=4, train_steps=2, checkpoint_every=0))
     info = json.load(open(os.path.join(out, "finetune.json")))
     assert info["config"]["method"] == "dpo" and info["n_model"] == 3  # one pair per prompt
     with pytest.raises(ValueError, match="method='x' is not allowed"):
@@ -239,9 +239,9 @@ def test_save_at_snapshots_are_the_shorter_fine_tunes(render_dataset, tmp_path):
     simulate_labels(folder, seed=0)
     export_labels(folder, labeler="judge")
     cfg = dict(data=folder, weight="label", batch=4, pre_batch=4, lr=1e-3, checkpoint_every=0)
-    finetune(FinetuneConfig(out=str(tmp_path / "long"), steps=4, save_at="2", **cfg))
-    finetune(FinetuneConfig(out=str(tmp_path / "short"), steps=2, **cfg))
-    finetune(FinetuneConfig(out=str(tmp_path / "plain"), steps=4, **cfg))
+    finetune(FinetuneConfig(out=str(tmp_path / "long"), train_steps=4, save_at="2", **cfg))
+    finetune(FinetuneConfig(out=str(tmp_path / "short"), train_steps=2, **cfg))
+    finetune(FinetuneConfig(out=str(tmp_path / "plain"), train_steps=4, **cfg))
     unet = lambda d: load_file(str(tmp_path / d / "unet" / "diffusion_pytorch_model.safetensors"))
     snap, short, long, plain = unet("long/step2"), unet("short"), unet("long"), unet("plain")
     assert all(torch.equal(snap[k], short[k]) for k in snap)
@@ -249,7 +249,7 @@ def test_save_at_snapshots_are_the_shorter_fine_tunes(render_dataset, tmp_path):
     assert any(not torch.equal(snap[k], long[k]) for k in snap)
     for bad in ("0", "5", "two"):
         with pytest.raises(ValueError, match="save_at"):
-            FinetuneConfig(weight="label", steps=4, save_at=bad)
+            FinetuneConfig(weight="label", train_steps=4, save_at=bad)
 
 
 def test_two_processes_draw_their_own_batches_and_the_result_loads(render_dataset, tmp_path):
@@ -275,7 +275,7 @@ def test_two_processes_draw_their_own_batches_and_the_result_loads(render_datase
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
            "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(port),
            os.path.join(root, "tests", "rank_probe.py"), "--data", folder, "--out", out, "--weight", "label",
-           "--batch", "4", "--pre-batch", "4", "--pre-pool", "16", "--steps", "3", "--checkpoint-every", "0"]
+           "--batch", "4", "--pre-batch", "4", "--pre-pool", "16", "--train-steps", "3", "--checkpoint-every", "0"]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     ranks = [json.load(open(f"{out}.rank{k}.json")) for k in range(2)]

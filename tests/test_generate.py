@@ -32,7 +32,7 @@ def pipe():
 def tiny(out, **kw):
     """2 prompts x 2 images, 2 sampler steps, batches of 3 (so a batch spans two prompts)."""
     return GenerateConfig(**{"out": str(out), "model": generate.BASE_MODEL, "max_prompts": 2, "per_prompt": 2,
-                             "steps": 2, "batch_size": 3, **kw})
+                             "sample_steps": 2, "batch": 3, **kw})
 
 
 def read_jsonl(d):
@@ -45,10 +45,10 @@ def read_jsonl(d):
     (dict(split="train"), "split='train' is not one of ('seen', 'unseen', 'all')"),
     (dict(per_prompt=0), "per_prompt=0 is out of range; use 1 to 64"),
     (dict(max_prompts=-1), "max_prompts=-1 must be >= 0"),
-    (dict(steps=0), "steps=0 is out of range; use 1 to 1000"),
+    (dict(sample_steps=0), "sample_steps=0 is out of range; use 1 to 1000"),
     (dict(guidance=-1.0), "guidance=-1.0 must be >= 0"),
     (dict(seed=-1), "seed=-1 is out of range"),
-    (dict(batch_size=0), "batch_size=0 is out of range; use 1 to 1024"),
+    (dict(batch=0), "batch=0 is out of range; use 1 to 1024"),
 ])
 def test_config_errors_name_the_argument(kwargs, message):
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
@@ -129,7 +129,7 @@ def test_generate_writes_an_imagefolder_and_resumes(tmp_path, pipe):
 def test_generate_cli(tmp_path, capsys, pipe):
     d = str(tmp_path / "cli")
     stats = generate_main(["--out", d, "--model", generate.BASE_MODEL, "--split", "unseen", "--max-prompts", "1",
-                           "--per-prompt", "2", "--steps", "1", "--device", "cpu"])
+                           "--per-prompt", "2", "--sample-steps", "1", "--device", "cpu"])
     out = capsys.readouterr().out
     assert '"split": "unseen"' in out and "2 images (2 new" in out
     assert stats["generated"] == 2 and all(r["unseen"] for r in load_dataset_rows(d))
@@ -141,7 +141,7 @@ def test_generate_cli(tmp_path, capsys, pipe):
 def test_datasets_imagefolder_loads_it(tmp_path, pipe):
     datasets = pytest.importorskip("datasets")
     d = str(tmp_path / "hf")
-    generate_dataset(tiny(d, steps=1), pipe=pipe)
+    generate_dataset(tiny(d, sample_steps=1), pipe=pipe)
     ds = datasets.load_dataset("imagefolder", data_dir=d, split="train")
     assert len(ds) == 4 and ds[0]["image"].size == (32, 32)
     assert set(FIELDS) - {"file_name"} <= set(ds.column_names)

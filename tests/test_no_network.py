@@ -75,7 +75,7 @@ def test_every_stage_runs_without_touching_the_network(attempts, monkeypatch, tm
     feedback, heldout = str(tmp_path / "feedback"), str(tmp_path / "heldout")
     for out, split, n in ((feedback, "seen", 6), (heldout, "unseen", 4)):
         generate.generate_dataset(generate.GenerateConfig(out=out, model=model, prompt_set="sd", split=split,
-                                                          max_prompts=n, per_prompt=2, steps=2, device="cpu"))
+                                                          max_prompts=n, per_prompt=2, sample_steps=2, device="cpu"))
         rows = data.load_dataset_rows(out)
         with labels.LabelStore(labels.default_store_path(out)) as store:
             store.add_many([(r["file_name"], ("good", "bad")[i % 2]) for i, r in enumerate(rows)], labeler="alice")
@@ -85,14 +85,14 @@ def test_every_stage_runs_without_touching_the_network(attempts, monkeypatch, tm
     reward_train.evaluate(cfg, reward_train.train(cfg), plot=False)
     out = str(tmp_path / "aligned")
     finetune.finetune(finetune.FinetuneConfig(model=model, data=feedback, reward=cfg.run, pretrain_data=feedback,
-                                              out=out, lora_rank=4, steps=2, batch=2, pre_batch=2, checkpoint_every=1))
+                                              out=out, lora_rank=4, train_steps=2, batch=2, pre_batch=2, checkpoint_every=1))
     pipe = StableDiffusionPipeline.from_pretrained(out)
     pipe.load_lora_weights(out)
     generate.sample(pipe, ["two dogs"], [0], steps=2)
     ev.summary(heldout, cfg.run, device="cpu")
     # the shapes world, on the shipped models
     shapes = str(tmp_path / "shapes")
-    generate.generate_dataset(generate.GenerateConfig(out=shapes, max_prompts=2, per_prompt=2, steps=2, device="cpu"))
+    generate.generate_dataset(generate.GenerateConfig(out=shapes, max_prompts=2, per_prompt=2, sample_steps=2, device="cpu"))
     reward_train.train(reward.RewardConfig(data=shapes, labels="judge", run=str(tmp_path / "r2"), max_epochs=2, device="cpu"))
     reward.load_reward_fn(str(tmp_path / "r2"))
     assert attempts == [], f"a code path tried to reach the network: {attempts[:5]}"

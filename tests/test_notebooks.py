@@ -81,32 +81,30 @@ def test_notebook_follows_the_template(name):
     assert sum("RESULT" in c or "scales.result(" in c for c in code) >= 1, f"{name}: no RESULT line for the tests"
 
 
-def test_scale_settings_build_valid_stage_configs(monkeypatch, tmp_path, capsys):
-    from t2idemo import evaluate as ev
-    from t2idemo import scales
+def test_scale_settings_are_the_main_jobs_presets(monkeypatch, tmp_path, capsys):
+    """The notebooks' S is run.preset(...): the very RunConfig of `python -m t2idemo run --preset NAME`."""
+    from t2idemo import run, scales
 
     monkeypatch.delenv("T2IDEMO_SMALL", raising=False)
-    assert not scales.settings().small and scales.settings().model == scales.BASE_MODEL
+    assert scales.settings() == run.RunConfig() and not scales.small(scales.settings())
     monkeypatch.setenv("T2IDEMO_SMALL", "1")
     small, full = scales.settings("shapes"), scales.settings("shapes", small=False)
-    assert small.small and small.feedback_prompts < 242 and small.ft_steps < full.ft_steps
-    assert {f for f in scales.Scale.__dataclass_fields__ if getattr(small, f) != getattr(full, f)} <= \
-        set(scales._SMALL["shapes"]) | {"small"}, "small changes sizes only"
+    assert small == run.preset("shapes-small") and scales.small(small)
+    assert small.generate.max_prompts < 242 and small.finetune.train_steps < full.finetune.train_steps
+    assert (small.generate.sample_steps, small.generate.guidance) == (full.generate.sample_steps, full.generate.guidance)
     sd15 = scales.settings("sd15", small=False)
-    assert (sd15.model, sd15.clip, sd15.lora_rank, sd15.mixed_precision) == (
+    assert (sd15.model, sd15.reward.clip, sd15.finetune.lora_rank, sd15.finetune.mixed_precision) == (
         "stable-diffusion-v1-5/stable-diffusion-v1-5", "openai/clip-vit-large-patch14", 8, "fp16")
-    assert (sd15.ft_batch, sd15.pre_batch, sd15.encode_batch) == (4, 4, 8)  # t2idemo/sd.py's 16 GB plan
+    assert (sd15.finetune.batch, sd15.finetune.pre_batch, sd15.finetune.encode_batch) == (4, 4, 8)  # sd.py's 16 GB plan
     with pytest.raises(ValueError, match="scale='sdxl'"):
         scales.settings("sdxl")
     for S in (small, full, sd15, scales.settings("sd15")):
         P = scales.paths(S, work=str(tmp_path))
-        assert P.feedback.startswith(str(tmp_path)) and (S.name + "-small" in P.work) == S.small
-        scales.feedback_config(S, P.feedback)  # each config's own checks pass
-        scales.reward_config(S, P)
-        scales.finetune_config(S, P)
-        if S.judge:
-            ev.EvalConfig(models=S.model, n_combination=S.n_combination, n_single=S.n_single, steps=S.sample_steps,
-                          best_of=S.best_of, n_best_of=S.n_best_of)
+        assert P.feedback.startswith(str(tmp_path)) and P.work.endswith(S.preset)
+        assert scales.feedback_config(S, P.feedback).guidance == S.generate.guidance  # the main job's sampler
+        assert scales.reward_config(S, P).lam == S.reward.lam
+        assert scales.finetune_config(S, P).lr == S.finetune.lr
+        assert scales.finetune_config(S, P, recipe="paper").weight == "reward"
     assert scales.paths(small, "quickstart", work=str(tmp_path)).work.endswith(os.path.join("shapes-small", "quickstart"))
     scales.result(auc=0.83123, model="x/y", n=3)
     assert capsys.readouterr().out.splitlines()[-1] == "RESULT auc=0.8312 model=x/y n=3"
@@ -249,8 +247,9 @@ def test_sd15_cells_run_on_tiny_stand_ins(name, tiny_sd, sd_work):
         cell = [c for c in nb.cells if c.cell_type == "code"][1]
         assert 'SCALE = "shapes"' in cell.source and "S = scales.settings(SCALE)" in cell.source
         cell.source = AUTO_LABELER + cell.source.replace('SCALE = "shapes"', 'SCALE = "sd15"').replace(
-            "S = scales.settings(SCALE)", f"S = scales.settings(SCALE).replace(model={model!r}, clip={clip!r}, "
-            "mixed_precision='no', sample_steps=2, ft_steps=2)")  # fp16 autocast needs a GPU
+            "S = scales.settings(SCALE)", f"S = scales.settings(SCALE, model={model!r}, **{{'reward.clip': {clip!r}, "
+            "'finetune.mixed_precision': 'no', 'generate.sample_steps': 2, 'evaluate.sample_steps': 2, "
+            "'finetune.train_steps': 2}})")  # fp16 autocast needs a GPU
 
     r, _ = execute(name, sd_work, patch=to_sd15)
     assert r, f"{name} printed no RESULT line"

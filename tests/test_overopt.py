@@ -6,16 +6,17 @@ import os
 import pytest
 
 from t2idemo.overopt import OveroptConfig, overoptimisation
-from t2idemo.run import RunConfig, run
+from t2idemo.run import preset, run
 
-SMALL = dict(max_prompts=4, per_prompt=2, unlabelled_per_prompt=1, steps=3, n_combination=8, n_single=2)
+SMALL = {"generate.max_prompts": 4, "generate.per_prompt": 2, "unlabelled_per_prompt": 1, "finetune.train_steps": 3,
+         "evaluate.n_combination": 8, "evaluate.n_single": 2}
 
 
 @pytest.mark.slow
 def test_curve_scores_every_checkpoint_of_both_betas(tmp_path):
     out = tmp_path / "run"
-    run(RunConfig(out=str(out), **SMALL))
-    res = overoptimisation(OveroptConfig(run=str(out), steps="0,1,3", betas="1,0", n_combination=16, n_single=8))
+    run(preset("shapes", out=str(out), **SMALL))
+    res = overoptimisation(OveroptConfig(run=str(out), train_steps="0,1,3", betas="1,0", n_combination=16, n_single=8))
     pts = {p["name"]: p for p in res["points"]}
     assert list(pts) == [f"beta {b}, step {s}" for b in (1, 0) for s in (0, 1, 3)]
     assert os.path.isdir(out / "overopt" / "beta1" / "step1") and os.path.isdir(out / "overopt" / "beta0" / "step1")
@@ -31,14 +32,14 @@ def test_curve_scores_every_checkpoint_of_both_betas(tmp_path):
     # a re-run reuses the fine-tunes and the scores
     cached = json.load(open(out / "overopt" / "scores.json"))
     assert len(next(iter(cached.values()))) == 5  # the base and two checkpoints per beta
-    again = overoptimisation(OveroptConfig(run=str(out), steps="0,1,3", betas="1,0", n_combination=16, n_single=8))
+    again = overoptimisation(OveroptConfig(run=str(out), train_steps="0,1,3", betas="1,0", n_combination=16, n_single=8))
     assert again["points"] == res["points"]
 
 
 def test_config_errors_name_the_argument(tmp_path):
-    for kwargs, word in ((dict(steps="0,x"), "steps"), (dict(betas="5"), "betas"), (dict(n_combination=4), "n_combination"),
+    for kwargs, word in ((dict(train_steps="0,x"), "train_steps"), (dict(betas="5"), "betas"), (dict(n_combination=4), "n_combination"),
                          (dict(split="typical"), "split")):
         with pytest.raises(ValueError, match=word):
             OveroptConfig(**kwargs)
     with pytest.raises(ValueError, match="results.json"):
-        overoptimisation(OveroptConfig(run=str(tmp_path), steps="0"))
+        overoptimisation(OveroptConfig(run=str(tmp_path), train_steps="0"))

@@ -5,9 +5,13 @@ import os
 
 import pytest
 
-from t2idemo.run import RunConfig, run
+import dataclasses
 
-SMALL = dict(max_prompts=4, per_prompt=2, unlabelled_per_prompt=1, steps=3, n_combination=8, n_single=2)
+from t2idemo.run import RunConfig, changed, preset, run
+
+# the CI size, smaller still: 4 prompts x 2 images, 3 fine-tune steps
+SMALL = {"generate.max_prompts": 4, "generate.per_prompt": 2, "unlabelled_per_prompt": 1, "finetune.train_steps": 3,
+         "evaluate.n_combination": 8, "evaluate.n_single": 2}
 
 
 def test_config_errors_name_the_argument():
@@ -19,12 +23,95 @@ def test_config_errors_name_the_argument():
         RunConfig(betas="0,1", rounds=2)
     with pytest.raises(ValueError, match="unlabelled_split='nowhere'"):
         RunConfig(unlabelled_split="nowhere")
-    with pytest.raises(ValueError, match="split='unseen,nowhere'"):
-        RunConfig(eval_split="unseen,nowhere")
+    with pytest.raises(ValueError, match="evaluate.split='unseen,nowhere'"):
+        preset("shapes", **{"evaluate.split": "unseen,nowhere"})
     with pytest.raises(ValueError, match="recipe='rlhf'.*'paper'"):
-        RunConfig(recipe="rlhf")
-    with pytest.raises(ValueError, match="min_reward=-0.1"):
-        RunConfig(min_reward=-0.1)
+        preset("shapes", recipe="rlhf")
+    with pytest.raises(ValueError, match="finetune.min_reward=-0.1"):
+        preset("shapes", **{"finetune.min_reward": -0.1})
+    with pytest.raises(ValueError, match="preset='sdxl'"):
+        preset("sdxl")
+    with pytest.raises(TypeError, match="no field 'lr'"):
+        preset("shapes", lr=1e-4)  # a stage's field is "finetune.lr"
+    with pytest.raises(ValueError, match="reads only the shapes world"):
+        run(preset("sd15-small"))  # the main job needs the judge
+
+
+def test_presets_are_the_main_jobs_config_and_flags_change_them():
+    """"shapes" is RunConfig's defaults; a preset, then a recipe, then --STAGE.FIELD flags, each on top of the last."""
+    from t2idemo.run import PRESETS, parse_args
+
+    assert preset("shapes") == RunConfig()
+    small = preset("shapes-small")
+    assert small.generate.max_prompts == 12 and small.finetune.train_steps == 6 and small.finetune.lr == RunConfig().finetune.lr
+    sd = preset("sd15")
+    assert (sd.generate.prompt_set, sd.finetune.lora_rank, sd.generate.guidance) == ("sd", 8, 7.5) and not sd.judge
+    assert all(preset(name).preset == name for name in PRESETS)
+    cfg = parse_args(["--preset", "shapes-small", "--recipe", "dpo", "--finetune.lr", "1e-5", "--labels.flip", "0.2"])
+    assert (cfg.preset, cfg.finetune.method, cfg.finetune.lr, cfg.labels.flip) == ("shapes-small", "dpo", 1e-5, 0.2)
+    assert cfg.generate.max_prompts == 12  # the preset's, untouched by the flags
+    assert changed(cfg, **{"reward.lam": 0}).reward.lam == 0 and cfg.reward.lam == 0.5  # a copy
+
+
+def _stage_configs(cfg: RunConfig) -> dict:
+    """The stage configs a round of ``cfg`` hands to each stage, as run_round builds them."""
+    from t2idemo import run as run_module
+
+    return {"generate": run_module.feedback_config(cfg, 1, "F", "M"),
+            "labels": run_module.label_config(cfg, 1, "F"),
+            "reward": run_module.reward_config(cfg, "F", "R"),
+            "finetune": run_module.finetune_config(cfg, "F", "O", "M", "R", "U", cfg.finetune.beta, 1),
+            "evaluate": run_module.eval_config(cfg, {"base": "M", "round 1": "O"})}
+
+
+def _other_value(value, name):
+    """A valid value different from ``value`` for the field ``name``."""
+    choices = {"generate.device": "cpu", "reward.device": "cpu", "labels.bias": "four-for-three", "reward.labels": "judge",
+               "reward.clip": "tiny-clip", "finetune.weight": "reward", "finetune.method": "dpo",
+               "finetune.balance": "category", "finetune.pretrain_data": "some/folder", "finetune.mixed_precision": "bf16",
+               "finetune.train": "cross_attention", "finetune.save_at": "2", "evaluate.split": "seen",
+               "evaluate.best_of": "4", "finetune.min_reward": 0.25, "finetune.t_low": 0.5, "finetune.ema": 0.5,
+               "finetune.p_uncond": 0.2, "reward.dropout": 0.2, "reward.noise": 0.2, "reward.val_frac": 0.3,
+               "labels.flip": 0.1, "labels.skip": 0.1}
+    if name in choices:
+        return choices[name]
+    if isinstance(value, bool):
+        return not value
+    if isinstance(value, (int, float)):
+        return value + 3
+    raise AssertionError(f"no test value for {name}")
+
+
+def test_every_stage_field_is_reachable_from_run_once():
+    """Each stage field is either one `--stage.field` flag of `run --help` that reaches the config the stage is handed,
+    or in SET_BY_RUN, and then the round sets it (its folders, models and seeds)."""
+    from t2idemo.config import Parser, add_fields
+    from t2idemo.run import SET_BY_RUN, parse_args
+
+    p = Parser()
+    add_fields(p, RunConfig, skip=SET_BY_RUN)
+    flags = [o for a in p._actions for o in a.option_strings if o.startswith("--") and not o.startswith("--no-")]
+    assert len(flags) == len(set(flags)), "an option is listed twice"
+    base = preset("shapes")
+    handed = _stage_configs(base)
+    for stage, cfg in handed.items():
+        for f in dataclasses.fields(cfg):
+            name = f"{stage}.{f.name}"
+            if name in SET_BY_RUN:
+                assert f"--{stage}.{f.name.replace('_', '-')}" not in flags
+                continue
+            assert f"--{stage}.{f.name.replace('_', '-')}" in flags, f"{name} has no run option"
+            new = _other_value(getattr(base, stage).__dict__[f.name], name)
+            flag = f"--{stage}.{f.name.replace('_', '-')}"
+            cfg2 = parse_args([flag] if new is True else [f"--no-{flag[2:]}"] if new is False else [flag, str(new)])
+            assert getattr(_stage_configs(cfg2)[stage], f.name) == new, f"--{name} does not reach the {stage} stage"
+    # what the round sets: every SET_BY_RUN field holds the round's value, not the template's
+    assert handed["generate"].out == "F" and handed["generate"].model == "M" and handed["generate"].split == "seen"
+    assert handed["labels"].data == "F" and handed["labels"].export == "judge" and handed["labels"].seed == base.seed + 1
+    assert (handed["reward"].data, handed["reward"].run) == ("F", "R")
+    assert (handed["finetune"].data, handed["finetune"].out, handed["finetune"].reward, handed["finetune"].unlabelled) == \
+        ("F", "O", "R", "U")
+    assert handed["evaluate"].models == "M,O" and handed["evaluate"].names == "base,round 1"
 
 
 def test_the_paper_recipe_is_one_flag_away():
@@ -32,26 +119,38 @@ def test_the_paper_recipe_is_one_flag_away():
     from t2idemo.run import parse_args, recipe_line
 
     default, paper = RunConfig(), parse_args(["--recipe", "paper"])
-    assert (default.top_k, default.min_reward, default.weight) == (2, 0.5, "label")
-    assert (paper.top_k, paper.min_reward, paper.weight) == (0, 0.0, "reward")
+    assert (default.finetune.top_k, default.finetune.min_reward, default.finetune.weight) == (2, 0.5, "label")
+    assert (paper.finetune.top_k, paper.finetune.min_reward, paper.finetune.weight) == (0, 0.0, "reward")
     assert "filtered" in recipe_line(default) and "paper's recipe" in recipe_line(paper)
 
 
 def test_dpo_is_one_flag_away_with_its_own_learning_rate(tmp_path):
-    """--method dpo fine-tunes with Diffusion-DPO at dpo_lr (the reward recipe's lr collapsed it), and says so."""
+    """--recipe dpo fine-tunes with Diffusion-DPO at its own lr (the reward recipe's lr collapsed it), and says so."""
     from t2idemo.run import finetune_config, parse_args, recipe_line
 
-    dpo = parse_args(["--method", "dpo"])
+    dpo = parse_args(["--recipe", "dpo"])
     fcfg = finetune_config(dpo, data="d", out="o", model="m", reward="r", unlabelled="", beta=1.0, seed=0)
-    assert (fcfg.method, fcfg.lr, fcfg.dpo_beta) == ("dpo", dpo.dpo_lr, 2000.0) and dpo.dpo_lr != dpo.lr
-    assert "Diffusion-DPO" in recipe_line(dpo) and f"lr {dpo.dpo_lr:g}" in recipe_line(dpo)
+    assert (fcfg.method, fcfg.lr, fcfg.dpo_beta) == ("dpo", 2e-5, 2000.0) and fcfg.lr != RunConfig().finetune.lr
+    assert "Diffusion-DPO" in recipe_line(dpo) and "lr 2e-05" in recipe_line(dpo)
     assert finetune_config(RunConfig(), "d", "o", "m", "r", "", 1.0, 0).method == "reward"
+
+
+def test_a_results_file_of_the_older_flat_layout_still_loads():
+    from t2idemo.run import from_saved
+
+    old = {"out": "runs/x", "max_prompts": 4, "steps": 300, "feedback_guidance": 3.0, "flip": 0.2, "method": "dpo",
+           "lr": 5e-4, "dpo_lr": 3e-5, "recipe": "filtered", "eval_split": "unseen"}
+    cfg = from_saved(old)
+    assert (cfg.generate.max_prompts, cfg.finetune.train_steps, cfg.generate.guidance, cfg.labels.flip) == (4, 300, 3.0, 0.2)
+    assert (cfg.finetune.method, cfg.finetune.lr, cfg.evaluate.split) == ("dpo", 3e-5, "unseen")
+    assert from_saved(dataclasses.asdict(preset("shapes-small"))) == preset("shapes-small")
 
 
 @pytest.mark.slow
 def test_top_k_on_every_prompt(tmp_path):
     out = tmp_path / "run"
-    run(RunConfig(out=str(out), top_k=1, unlabelled_split="all", **{**SMALL, "n_combination": 2, "n_single": 1}))
+    run(preset("shapes", out=str(out), unlabelled_split="all", **{**SMALL, "finetune.top_k": 1, "evaluate.n_combination": 2,
+                                                               "evaluate.n_single": 1}))
     unl = [json.loads(l) for l in open(out / "round1" / "unlabelled" / "metadata.jsonl")]
     fb = [json.loads(l) for l in open(out / "round1" / "feedback" / "metadata.jsonl")]
     prompts = {r["prompt"] for r in unl + fb}
@@ -63,7 +162,7 @@ def test_top_k_on_every_prompt(tmp_path):
 @pytest.mark.slow
 def test_two_rounds_end_to_end(tmp_path):
     out = tmp_path / "run"
-    res = run(RunConfig(out=str(out), rounds=2, **SMALL))
+    res = run(preset("shapes", out=str(out), rounds=2, **SMALL))
     assert list(res["models"]) == ["base", "round 1", "round 2"]
     for r in (1, 2):
         d = out / f"round{r}"
@@ -87,7 +186,7 @@ def test_two_rounds_end_to_end(tmp_path):
 @pytest.mark.slow
 def test_beta_sweep_draws_the_trade_off(tmp_path):
     out = tmp_path / "sweep"
-    res = run(RunConfig(out=str(out), betas="0,1", **SMALL))
+    res = run(preset("shapes", out=str(out), betas="0,1", **SMALL))
     assert list(res["models"]) == ["base", "beta 0", "beta 1"]
     assert all("fid" in m for m in res["models"].values())
     assert os.path.getsize(out / "report" / "tradeoff.png") > 0

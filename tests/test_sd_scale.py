@@ -97,8 +97,8 @@ def stages(tmp_path_factory):
     gen = {}
     for out, split, seed in ((feedback, "seen", 0), (heldout, "unseen", 1)):
         gen[split] = generate.generate_dataset(generate.GenerateConfig(
-            out=out, model=model, prompt_set="sd", split=split, max_prompts=8, per_prompt=2, steps=2, seed=seed,
-            batch_size=8, device="cpu"))
+            out=out, model=model, prompt_set="sd", split=split, max_prompts=8, per_prompt=2, sample_steps=2, seed=seed,
+            batch=8, device="cpu"))
         label_by_hand(out)
     rcfg = reward.RewardConfig(clip=clip, data=feedback, eval_data=heldout, run=str(root / "reward"),
                                max_epochs=3, patience=2, n_boot=100, device="cpu")
@@ -108,8 +108,8 @@ def stages(tmp_path_factory):
     fcfg = dict(model=model, data=feedback, reward=rcfg.run, pretrain_data=feedback, out=out, lora_rank=4,
                 lora_alpha=8.0, batch=2, pre_batch=2, encode_batch=4, lr=1e-2, checkpoint_every=1,
                 gradient_checkpointing=True)
-    finetune.finetune(finetune.FinetuneConfig(steps=2, **fcfg))
-    finetune.finetune(finetune.FinetuneConfig(steps=3, **fcfg))  # resumes from OUT/checkpoint
+    finetune.finetune(finetune.FinetuneConfig(train_steps=2, **fcfg))
+    finetune.finetune(finetune.FinetuneConfig(train_steps=3, **fcfg))  # resumes from OUT/checkpoint
     return dict(root=root, model=model, clip=clip, feedback=feedback, heldout=heldout, gen=gen, reward=rcfg,
                 reward_model=model_r, evaluation=evaluation, out=out, fcfg=fcfg)
 
@@ -126,7 +126,7 @@ def test_generate_writes_the_sd_prompt_set_in_the_same_layout(stages):
             assert r["label"] in ("good", "bad", None) and r["model"] == stages["model"]
         assert Image.open(os.path.join(folder, rows[0]["file_name"])).size == (32, 32)
     again = generate.generate_dataset(generate.GenerateConfig(out=stages["feedback"], model=stages["model"],
-                                                              prompt_set="sd", max_prompts=8, per_prompt=2, steps=2))
+                                                              prompt_set="sd", max_prompts=8, per_prompt=2, sample_steps=2))
     assert again["generated"] == 0  # resumable, like the shapes world's sets
 
 
@@ -172,7 +172,7 @@ def test_lora_output_loads_in_plain_diffusers_fused_and_as_an_adapter(stages):
 
 
 def test_resuming_with_another_lora_rank_is_refused(stages):
-    cfg = finetune.FinetuneConfig(**{**stages["fcfg"], "lora_rank": 8, "steps": 5})
+    cfg = finetune.FinetuneConfig(**{**stages["fcfg"], "lora_rank": 8, "train_steps": 5})
     with pytest.raises(ValueError, match="lora_rank=4, now lora_rank=8"):
         finetune.finetune(cfg)
 
