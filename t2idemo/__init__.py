@@ -6,23 +6,24 @@ or one above (tests/test_layers.py parses every import and checks it), so the co
     0  foundations   config (a dataclass -> a command line), data (imagefolder I/O), stats (Wilson, ROC-AUC),
                      dpo (the Diffusion-DPO loss), world (the shapes world: vocabulary, prompts, renders)
     1  parts         judge (the shapes world's rater), pretrain (the tiny CLIP, VAE and UNet), sd (the paper's
-                     SD-scale prompt set, tiny random stand-ins), finetune_data (D_model and D_pre)
+                     SD-scale prompt set, tiny random stand-ins), finetune_data (D_model, D_pre, their Dataset),
+                     finetune_params (what trains: the UNet, its cross-attention or a LoRA adapter; the optimizer)
     2  models, sets  prompts (one interface over world and sd), labels (the label store, the simulated rater),
                      reward (the model r(x, z): frozen CLIP + head)
     3  stages 1-2    generate (draw images), labeling (the ipywidgets labeler), reward_train (fit and evaluate
                      the reward model)
     4  stage 3, etc. finetune (the reward-weighted loss), evaluate (the judge, FID, CIs), hub (push),
                      benchmarks (the README's figures)
-    5  the main job  run (feedback -> labels -> reward -> fine-tune -> evaluate)
+    5  the main job  run (feedback -> labels -> reward -> fine-tune -> evaluate; its config and presets)
     6  on top of it  loop (the app's steps), overopt (reward over-optimisation)
-    7  notebooks     scales (the notebooks' presets)
+    7  notebooks     scales (the notebooks' SCALE switch over run's presets, their folders)
 
 ``python -m t2idemo`` (``__main__``) and ``app.py`` sit above them all.
 """
 
 LAYERS = (
     ("config", "data", "stats", "dpo", "world"),
-    ("judge", "pretrain", "sd", "finetune_data"),
+    ("judge", "pretrain", "sd", "finetune_data", "finetune_params"),
     ("prompts", "labels", "reward"),
     ("generate", "labeling", "reward_train"),
     ("finetune", "evaluate", "hub", "benchmarks"),

@@ -44,6 +44,7 @@ from tqdm.auto import tqdm
 
 from . import world
 from .dpo import dpo_loss, preference_pairs
+from .finetune_params import LORA_FILE, add_lora, freeze_all_but_cross_attention, make_optimizer, save_lora  # noqa: F401 (LORA_FILE: OUT's adapter)
 from .finetune_data import CachedLatents, PretrainStream, as_batch, StepBatches, batch_sampler, model_dataset, model_rows, pixels
 from .generate import BASE_MODEL
 
@@ -172,68 +173,6 @@ def reward_weighted_loss(unet, noise_scheduler, model_latents, model_emb, weight
         return l_model, l_model.detach(), torch.zeros(())
     l_pre = denoising_loss(unet, noise_scheduler, pre_latents, pre_emb, generator).mean()  # (,) plain loss
     return l_model + beta * l_pre, l_model.detach(), l_pre.detach()
-
-
-# ----------------------------------------------------------------------------- LoRA and the optimizer (SD scale)
-LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")  # the attention projections, as in diffusers' LoRA script
-LORA_FILE = "pytorch_lora_weights.safetensors"  # diffusers' default name: pipe.load_lora_weights(OUT) finds it
-
-
-def add_lora(unet, cfg: FinetuneConfig) -> None:
-    """Freeze ``unet`` and attach a trainable peft LoRA adapter of rank ``cfg.lora_rank`` (B starts at 0, so
-    the model starts as the base model). Under fp16/bf16 mixed precision the frozen weights are stored in
-    that type (half the memory); the adapter stays float32, which fp16 gradient scaling needs."""
-    try:
-        from peft import LoraConfig
-    except ImportError:
-        raise ImportError("lora_rank > 0 needs peft: pip install peft") from None
-    unet.requires_grad_(False)
-    half = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(cfg.mixed_precision)
-    if half is not None:
-        for p in unet.parameters():
-            p.data = p.data.to(half)
-    unet.add_adapter(LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha or cfg.lora_rank,
-                                init_lora_weights="gaussian", target_modules=list(LORA_TARGETS)))
-    for p in unet.parameters():
-        if p.requires_grad:
-            p.data = p.data.float()
-
-
-def freeze_all_but_cross_attention(unet) -> None:
-    """Train only where the prompt enters the UNet: every cross-attention block (attn2: queries from the image,
-    keys and values from the text) and, if the UNet has one, the text embedding added to the timestep embedding."""
-    unet.requires_grad_(False)
-    for name, p in unet.named_parameters():
-        if ".attn2." in name or name.startswith("add_embedding."):
-            p.requires_grad_(True)
-    if not any(p.requires_grad for p in unet.parameters()):
-        raise ValueError("train='cross_attention': this UNet has no cross-attention (attn2) layers; use train='all'")
-
-
-def save_lora(unet, out: str) -> None:
-    """Write the adapter to OUT/pytorch_lora_weights.safetensors in diffusers' format (rank and alpha in its
-    metadata), then fuse it into ``unet`` and remove the peft layers, leaving a plain UNet2DConditionModel."""
-    from diffusers import StableDiffusionPipeline
-    from diffusers.utils import convert_state_dict_to_diffusers
-    from peft.utils import get_peft_model_state_dict
-
-    layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
-    StableDiffusionPipeline.save_lora_weights(out, unet_lora_layers=layers, weight_name=LORA_FILE,
-                                              unet_lora_adapter_metadata=unet.peft_config["default"].to_dict())
-    unet.fuse_lora()
-    unet.unload_lora()
-
-
-def make_optimizer(params, cfg: FinetuneConfig):
-    """AdamW, or bitsandbytes' 8-bit AdamW when ``cfg.use_8bit_adam`` (imported only then)."""
-    if not cfg.use_8bit_adam:
-        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=1e-2)
-    try:
-        import bitsandbytes as bnb
-    except ImportError:
-        raise ImportError("use_8bit_adam=True needs bitsandbytes and a CUDA GPU: pip install bitsandbytes; "
-                          "or leave use_8bit_adam off") from None
-    return bnb.optim.AdamW8bit(params, lr=cfg.lr, weight_decay=1e-2)
 
 
 # ----------------------------------------------------------------------------- training

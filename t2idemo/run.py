@@ -54,6 +54,22 @@ SET_BY_RUN = frozenset({
 SET = "(set by run)"  # what a SET_BY_RUN path holds in the stage configs below until a round fills it in
 
 
+# The main job's stage values where they differ from the stage's own defaults (SET: filled in by each round).
+MAIN_JOB = {
+    # the feedback and unlabelled images at guidance 2 and 10 steps: tuning on samples drawn at guidance 5 bakes the
+    # guidance in; 10 steps are judged right as often as 15 (docs/findings.md)
+    "generate": dict(out=SET, sample_steps=10, guidance=2.0),
+    "labels": dict(data=SET),
+    "reward": dict(run=SET),
+    # the filtered recipe (each prompt's 2 best good images at weight 1: it moves the model most) at lr 5e-4, caption
+    # dropout 0.3 (keeps the unconditional branch in step, so guidance does not amplify a drift), a fixed D_pre pool
+    # of 4,096 renders (a fifth faster per step): docs/findings.md
+    "finetune": dict(data=SET, out=SET, reward=SET, weight="label", top_k=2, min_reward=0.5, lr=5e-4, p_uncond=0.3,
+                     pre_pool=4096, checkpoint_every=0),
+    "evaluate": dict(models=SET, split="unseen,seen", best_of=""),
+}
+
+
 @dataclass
 class RunConfig:
     preset: str = "shapes"  # the named preset these values start from (PRESETS): shapes | shapes-small | sd15 | sd15-small
@@ -66,18 +82,12 @@ class RunConfig:
     betas: str = ""  # comma-separated betas for a trade-off sweep (one fine-tune each, round 1 only); "" = finetune.beta
     seed: int = 0  # seeds generation, labels, reward model, fine-tune and evaluation (each stage's seed derives from it)
     ship: bool = False  # copy the final aligned model and reward model into t2idemo/assets
-    # stage 1, feedback: the sampler settings of the feedback and unlabelled images (guidance 2, 10 steps: tuning on
-    # samples drawn at guidance 5 bakes the guidance in; 10 steps are judged right as often as 15: docs/findings.md)
-    generate: GenerateConfig = field(default_factory=lambda: GenerateConfig(out=SET, sample_steps=10, guidance=2.0))
-    labels: LabelConfig = field(default_factory=lambda: LabelConfig(data=SET))  # the simulated rater (the judge)
-    reward: RewardConfig = field(default_factory=lambda: RewardConfig(run=SET))  # stage 2, the reward model
-    # stage 3: the filtered recipe (each prompt's 2 best good images at weight 1; it moves the model most) at lr 5e-4
-    # with caption dropout 0.3 (keeps the unconditional branch in step, so guidance does not amplify a drift) and a
-    # fixed D_pre pool of 4,096 renders (a fifth faster per step): docs/findings.md
-    finetune: FinetuneConfig = field(default_factory=lambda: FinetuneConfig(
-        data=SET, out=SET, reward=SET, weight="label", top_k=2, min_reward=0.5, lr=5e-4, p_uncond=0.3, pre_pool=4096,
-        checkpoint_every=0))
-    evaluate: EvalConfig = field(default_factory=lambda: ev.EvalConfig(models=SET, split="unseen,seen", best_of=""))
+    # each stage's options: the stage's own config, starting from the main job's values (MAIN_JOB)
+    generate: GenerateConfig = field(default_factory=lambda: GenerateConfig(**MAIN_JOB["generate"]))  # stage 1: the images
+    labels: LabelConfig = field(default_factory=lambda: LabelConfig(**MAIN_JOB["labels"]))  # stage 1: the simulated rater
+    reward: RewardConfig = field(default_factory=lambda: RewardConfig(**MAIN_JOB["reward"]))  # stage 2: the reward model
+    finetune: FinetuneConfig = field(default_factory=lambda: FinetuneConfig(**MAIN_JOB["finetune"]))  # stage 3: fine-tune
+    evaluate: EvalConfig = field(default_factory=lambda: EvalConfig(**MAIN_JOB["evaluate"]))  # the before/after evaluation
 
     def __post_init__(self):
         if self.preset not in PRESETS:

@@ -249,7 +249,7 @@ def test_sd15_cells_run_on_tiny_stand_ins(name, tiny_sd, sd_work):
         cell.source = AUTO_LABELER + cell.source.replace('SCALE = "shapes"', 'SCALE = "sd15"').replace(
             "S = scales.settings(SCALE)", f"S = scales.settings(SCALE, model={model!r}, **{{'reward.clip': {clip!r}, "
             "'finetune.mixed_precision': 'no', 'generate.sample_steps': 2, 'evaluate.sample_steps': 2, "
-            "'finetune.train_steps': 2}})")  # fp16 autocast needs a GPU
+            "'finetune.train_steps': 2})")  # fp16 autocast needs a GPU
 
     r, _ = execute(name, sd_work, patch=to_sd15)
     assert r, f"{name} printed no RESULT line"
