@@ -378,7 +378,8 @@ def parse_args(argv=None) -> RunConfig:
     except ValueError as e:
         first.error(str(e))
     p = Parser(prog=prog, description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-               usage=f"{prog} [--preset NAME] [--recipe NAME] [--FIELD VALUE ...] [--STAGE.FIELD VALUE ...]")
+               usage=f"{prog} [--preset NAME] [--recipe NAME] [--FIELD VALUE ...] [--STAGE.FIELD VALUE ...]",
+               epilog="Set by each round, so not options: " + ", ".join(sorted(SET_BY_RUN)) + ".")
     p.add_argument("--recipe", default="filtered", choices=tuple(RECIPES), help="the fine-tune recipe, applied to "
                    "the preset before the --finetune.* flags: " + "; ".join(f"{k}: {v or 'the preset as it is'}"
                                                                             for k, v in RECIPES.items()))
