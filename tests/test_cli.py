@@ -46,8 +46,9 @@ def test_help_lists_the_commands():
 def test_main_command_runs_end_to_end_shrunk(tmp_path):
     """The README's main command, `python -m t2idemo run`, with every size shrunk."""
     out = tmp_path / "run"
-    r = run("run", "--out", str(out), "--max-prompts", "3", "--per-prompt", "2", "--unlabelled-per-prompt", "0",
-            "--sample-steps", "2", "--n-combination", "4", "--n-single", "1")
+    r = run("run", "--out", str(out), "--preset", "shapes-small", "--generate.max-prompts", "3", "--generate.per-prompt", "2",
+            "--unlabelled-per-prompt", "0", "--finetune.train-steps", "2", "--evaluate.n-combination", "4",
+            "--evaluate.n-single", "1")
     assert r.returncode == 0, r.stderr[-2000:]
     assert "RunConfig" in r.stdout and "| round 1 |" in r.stdout  # the config, then the before/after table
     assert (out / "report" / "report.md").is_file() and (out / "round1" / "aligned" / "model_index.json").is_file()
