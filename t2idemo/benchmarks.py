@@ -1,6 +1,7 @@
 """Benchmarks that print the figures quoted in the README. Each is a plain function plus a CLI:
 
     python -m t2idemo.benchmarks judge   # judge vs truth on fresh renders
+    python -m t2idemo.benchmarks vae     # judge vs truth on fresh renders after the VAE's round trip
     python -m t2idemo.benchmarks clip    # tiny-CLIP zero-shot accuracy per attribute
     python -m t2idemo.benchmarks base    # base-model accuracy per category (judge, default sampler)
     python -m t2idemo.benchmarks speed   # images/s, batches of 64 with guidance
@@ -30,6 +31,29 @@ def judge_accuracy(n: int = 2000, seed: int = 0) -> dict:
         for a in hits:
             hits[a] += pred[a] == getattr(sc, a)
     return {"n": n, **{a: h / n for a, h in hits.items()}, "ms_per_image": 1000 * (time.time() - t0) / n}
+
+
+def vae_round_trip(model: str = BASE_MODEL, n: int = 2000, seed: int = 0) -> dict:
+    """The judge on fresh renders passed through the pipeline's VAE (encode to the posterior mean, decode): how much
+    of count, colour, shape and scene the latents the UNet learns on keep."""
+    import torch
+    from diffusers import AutoencoderKL
+
+    vae = AutoencoderKL.from_pretrained(os.path.join(model, "vae"), torch_dtype=torch.float32).eval()
+    rng = random.Random(seed)
+    scenes = [world.sample_scene(rng) for _ in range(n)]
+    hits = {a: 0 for a in world.ATTRIBUTES}
+    with torch.no_grad():
+        for s in range(0, n, 256):
+            x = torch.from_numpy(world.to_array([world.render(sc) for sc in scenes[s:s + 256]])).float()  # (B, 32, 32, 3)
+            x = x.permute(0, 3, 1, 2) / 127.5 - 1  # (B, 3, 32, 32) in [-1, 1]
+            y = vae.decode(vae.encode(x).latent_dist.mean).sample  # (B, 3, 32, 32)
+            y = ((y.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()  # (B, 32, 32, 3)
+            for sc, im in zip(scenes[s:s + 256], y):
+                pred = analyse(im)
+                for a in hits:
+                    hits[a] += pred[a] == getattr(sc, a)
+    return {"n": n, **{a: h / n for a, h in hits.items()}}
 
 
 def clip_zero_shot(clip_path: str | None = None, n: int = 500, seed: int = 0) -> dict:
@@ -111,7 +135,7 @@ def main(argv=None):
     from .config import Parser
 
     p = Parser(prog="python -m t2idemo.benchmarks", description="Print the README's figures.")
-    p.add_argument("what", choices=["judge", "clip", "base", "speed", "sizes", "all"])
+    p.add_argument("what", choices=["judge", "vae", "clip", "base", "speed", "sizes", "all"])
     p.add_argument("--model", default=BASE_MODEL, help="pipeline folder")
     p.add_argument("--n", type=int, default=150, help="images per category for 'base' (4 categories)")
     p.add_argument("--sample-steps", type=int, default=DEFAULT_STEPS, help="sampler steps")
@@ -122,6 +146,10 @@ def main(argv=None):
         r = judge_accuracy()
         print(f"judge on {r['n']} fresh renders: count {r['count']:.1%}  color {r['color']:.1%}  shape {r['shape']:.1%}  "
               f"scene {r['scene']:.1%}  ({r['ms_per_image']:.2f} ms/image)")
+    if a.what in ("vae", "all"):
+        r = vae_round_trip(a.model)
+        print(f"judge on {r['n']} fresh renders after {a.model}'s VAE round trip: count {r['count']:.1%}  "
+              f"color {r['color']:.1%}  shape {r['shape']:.1%}  scene {r['scene']:.1%}")
     if a.what in ("clip", "all"):
         r = clip_zero_shot()
         print(f"tiny CLIP zero-shot on {r['n']} renders: count {r['count']:.1%}  color {r['color']:.1%}  "

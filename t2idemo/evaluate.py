@@ -38,7 +38,7 @@ import torch
 from . import world
 from .data import load_images, load_rows
 from .stats import wilson
-from .generate import ALIGNED_MODEL, BASE_MODEL, DEFAULT_GUIDANCE, DEFAULT_STEPS, load_pipeline, make_grid, sample
+from .generate import ALIGNED_MODEL, BASE_MODEL, DEFAULT_GUIDANCE, DEFAULT_STEPS, load_pipeline, labelled_grid, sample
 from .judge import judge
 from .sd import CATEGORIES as SD_CATEGORIES
 
@@ -53,7 +53,7 @@ class EvalConfig:
     split: str = "unseen"  # prompt splits, comma-separated: unseen (the paper's held-out prompts) | seen (the feedback
     #                        prompts) | typical (what the LAION-like prior shows most); "all" = unseen,seen
     n_combination: int = 512  # combination-prompt images per model and split; >= 500 for a +-4 pt CI
-    n_single: int = 96  # images per model and split for each single-attribute category; 32 - 512
+    n_single: int = 192  # images per model and split for each single-attribute category; 32 - 512
     sample_steps: int = DEFAULT_STEPS  # sampler steps; 5 - 50
     guidance: float = DEFAULT_GUIDANCE  # classifier-free guidance scale; 1 - 10
     seed: int = 0  # image i of every model starts from seed * 100_000 + i
@@ -210,8 +210,11 @@ def evaluate(cfg: EvalConfig, pipes: dict | None = None, reward_fn=None) -> dict
     """Evaluate every model in ``cfg.models``; write the report folder; return the results dict.
     ``pipes`` ({path: pipeline}) reuses pipelines already loaded."""
     metas = eval_prompts(cfg.split, cfg.n_combination, cfg.n_single, cfg.seed)
-    first = cfg.split_list()[0]  # FID, best-of-N and the sample grid use the first split's combination prompts
+    first = cfg.split_list()[0]  # FID and best-of-N use the first split's combination prompts
     combo = [i for i, m in enumerate(metas) if m["category"] == "combination" and m["split"] == first]
+    per = max(1, 8 // len(cfg.split_list()))  # the sample grid: 8 combination prompts, as many of each split
+    grid = [i for sp in cfg.split_list()
+            for i in [j for j, m in enumerate(metas) if m["category"] == "combination" and m["split"] == sp][:per]]
     results = {"config": {k: getattr(cfg, k) for k in cfg.__dataclass_fields__}, "n_images": len(metas), "models": {}}
     ref_feats = None
     if cfg.fid:
@@ -227,7 +230,7 @@ def evaluate(cfg: EvalConfig, pipes: dict | None = None, reward_fn=None) -> dict
         if cfg.fid:
             res["fid"] = fid(clip_features([images[i] for i in combo]), ref_feats)
         results["models"][name] = res
-        samples[name] = [images[i] for i in combo[:16]]
+        samples[name] = [images[i] for i in grid]
         if name == cfg.name_list()[0] and cfg.reward and cfg.best_of_list():
             from .reward import load_reward_fn
 
@@ -237,7 +240,8 @@ def evaluate(cfg: EvalConfig, pipes: dict | None = None, reward_fn=None) -> dict
                 imgs, _ = best_of_n(pipe, reward_fn, bon_metas, n, cfg)
                 results["models"][f"{name} best-of-{n}"] = {
                     "path": path, "rates": summarise(tally([judge(im, m) for im, m in zip(imgs, bon_metas)], bon_metas))}
-    write_report(results, samples, [metas[i]["prompt"] for i in combo[:16]], cfg.out)
+    write_report(results, samples, [metas[i]["prompt"] + (" (unseen)" if metas[i]["unseen"] else "") for i in grid],
+                 cfg.out)
     return results
 
 
@@ -390,9 +394,8 @@ def write_report(results: dict, samples: dict, prompts: list, out: str):
                 "![samples: one row per model, same prompts and seeds](samples.png)\n\nSample prompts (left to right): "
                 + "; ".join(prompts) + "\n")
     plot_bars(results, os.path.join(out, "bars.png"))
-    rows = [im for name in samples for im in samples[name]]
-    if rows:
-        make_grid(rows, cols=len(next(iter(samples.values()))), scale=3).save(os.path.join(out, "samples.png"))
+    if samples and prompts:
+        labelled_grid(samples, prompts).save(os.path.join(out, "samples.png"))
 
 
 def parse_args(argv=None) -> EvalConfig:

@@ -87,6 +87,43 @@ def make_grid(images: list, cols: int, scale: int = 4) -> Image.Image:
     return grid
 
 
+def labelled_grid(rows: dict, captions: list, scale: int = 3) -> Image.Image:
+    """A grid a person reads at a glance: one row per model (``rows``: {name: images}, its name at the left) and one
+    column per prompt, its caption (``captions``) printed above it, word-wrapped."""
+    from PIL import ImageDraw, ImageFont
+
+    if not rows or not captions:
+        raise ValueError("rows and captions must be non-empty: one row of images per model, one caption per column")
+    font = ImageFont.load_default(size=11)
+    w, h = (x * scale for x in next(iter(rows.values()))[0].size)
+    draw = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    left = max(int(draw.textlength(name, font=font)) for name in rows) + 10
+
+    def wrap(text: str) -> list:
+        lines = [""]
+        for word in text.split():
+            line = f"{lines[-1]} {word}".strip()
+            if draw.textlength(line, font=font) <= w - 4 or not lines[-1]:
+                lines[-1] = line
+            else:
+                lines.append(word)
+        return lines
+
+    wrapped = [wrap(c) for c in captions]
+    top = 13 * max(len(x) for x in wrapped) + 6
+    gap = 3  # white pixels between images
+    grid = Image.new("RGB", (left + len(captions) * (w + gap), top + len(rows) * (h + gap)), "white")
+    draw = ImageDraw.Draw(grid)
+    for j, lines in enumerate(wrapped):
+        for k, line in enumerate(lines):
+            draw.text((left + j * (w + gap) + 2, 3 + 13 * k), line, fill="black", font=font)
+    for i, (name, images) in enumerate(rows.items()):
+        draw.text((4, top + i * (h + gap) + h // 2 - 6), name, fill="black", font=font)
+        for j, im in enumerate(images[:len(captions)]):
+            grid.paste(im.resize((w, h), Image.Resampling.NEAREST), (left + j * (w + gap), top + i * (h + gap)))
+    return grid
+
+
 # ----------------------------------------------------------------------------- CLI: sample a grid
 @dataclass
 class SampleConfig:

@@ -173,7 +173,7 @@ def tune_on_labels(folder: str, reward: str, out: str, cfg: LoopConfig, pipe=Non
 def quick_eval(pipes: dict, cfg: LoopConfig) -> dict:
     """The judge on ``cfg.eval_images`` unseen combination prompts (the main job's evaluation prompts, fixed seeds,
     default sampler), for each named pipeline: {name: {"k": all right, "n", "p", "lo", "hi"}} (Wilson 95%).
-    A few dozen images tell a large change from none; the main job's 512 tell +9 points."""
+    A few dozen images tell a large change from none; the main job's 512 tell a few points."""
     from .evaluate import eval_prompts, rate
     from .judge import judge
 

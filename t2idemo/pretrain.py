@@ -71,9 +71,10 @@ class PretrainConfig:
     unet_lr: float = 6e-4  # AdamW peak learning rate, cosine decay; 1e-4 - 1e-3
     unet_ema: float = 0.999  # EMA decay of the saved weights; 0 (off) - 0.9999
     p_uncond: float = 0.1  # probability of an empty caption (for classifier-free guidance), 0 - 0.3
-    prior: str = "laion"  # what the UNet learns from (world.PRIORS): "laion" (typical colours and scenes, the scene
-    #                       often unstated: the shipped base) | "balanced" (every pair, every attribute often stated: the
-    #                       reference) | "uniform" (every pair, counts rarely stated: the first base, until commit 04a6051)
+    prior: str = "laion"  # what the UNet learns from (world.PRIORS): "laion" (typical colours and scenes, mostly one
+    #                       shape, count seldom and scene often unstated: the shipped base) | "balanced" (every pair and
+    #                       count, every attribute often stated: the reference) | "uniform" (every pair, counts rarely
+    #                       stated: the first base, until commit 04a6051)
 
     def __post_init__(self):
         parts = ("tokenizer", "clip", "vae", "unet", "reward_clip", "all")

@@ -146,3 +146,27 @@ def test_datasets_imagefolder_loads_it(tmp_path, pipe):
     assert len(ds) == 4 and ds[0]["image"].size == (32, 32)
     assert set(FIELDS) - {"file_name"} <= set(ds.column_names)
     assert ds[0]["prompt"] == read_jsonl(d)[0]["prompt"]
+
+
+def test_labelled_grid_names_each_row_and_prints_each_prompt():
+    import random
+
+    import numpy as np
+
+    from t2idemo import world
+    from t2idemo.generate import labelled_grid
+
+    rng = random.Random(0)
+    rows = {"base": [world.render(world.sample_scene(rng)) for _ in range(3)],
+            "tuned model": [world.render(world.sample_scene(rng)) for _ in range(3)]}
+    grid = labelled_grid(rows, ["three purple circles on grass (unseen)", "a red square", "two circles"], scale=3)
+    x = np.asarray(grid)
+    assert grid.width > 3 * 96 and grid.height > 2 * 96  # room for the names at the left and the prompts above
+    left = grid.width - 3 * (96 + 3)  # the name column
+    top = grid.height - 2 * (96 + 3)  # the caption band
+    assert (x[top:, :left] < 128).any()  # a row name is drawn
+    for j in range(3):  # each column's prompt is printed above it
+        assert (x[:top, left + j * 99:left + j * 99 + 96] < 128).any(), j
+    assert (x[top:top + 96, left:left + 96] == x[top + 1, left + 1]).all(axis=-1).mean() > 0.3  # first image pasted
+    with pytest.raises(ValueError, match="captions"):
+        labelled_grid(rows, [])

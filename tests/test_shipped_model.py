@@ -33,9 +33,26 @@ def test_shipped_weights_are_small():
 
 
 @pytest.mark.slow
+def test_shipped_aligned_model_beats_the_base_on_unseen_combinations_count_included():
+    """tiny-sd-aligned against tiny-sd on the same 256 unseen combination prompts and seeds: all-right with CIs
+    apart, and count, colour and background within them each better (the README's table, at full size)."""
+    from t2idemo.evaluate import EvalConfig, eval_prompts, evaluate_model, summarise
+    from t2idemo.generate import ALIGNED_MODEL, load_pipeline
+
+    cfg = EvalConfig(split="unseen", n_combination=256, n_single=32, fid=False)
+    metas = [m for m in eval_prompts(cfg.split, cfg.n_combination, cfg.n_single, cfg.seed) if m["category"] == "combination"]
+    base, aligned = (summarise(evaluate_model(load_pipeline(m), metas, cfg)[1])["unseen"]["combination"]
+                     for m in (BASE_MODEL, ALIGNED_MODEL))
+    assert aligned["all"]["lo"] > base["all"]["hi"], (base["all"], aligned["all"])
+    for a in ("count", "color", "scene"):
+        assert aligned[a]["p"] > base[a]["p"], (a, base[a], aligned[a])
+
+
+@pytest.mark.slow
 def test_base_model_is_sane_on_typical_prompts_and_fails_atypical_ones():
     """The shipped base at the default sampler: typical prompts right, unseen (atypical) combinations often wrong in
-    all three attributes (the README's table, at full size, has the figures; about a minute here)."""
+    all three attributes: count, colour and background each wrong on at least 15% (the README's table, at full size,
+    has the figures; about a minute here)."""
     from t2idemo.evaluate import eval_prompts, evaluate_model, EvalConfig, summarise
     from t2idemo.generate import load_pipeline
 
@@ -45,7 +62,16 @@ def test_base_model_is_sane_on_typical_prompts_and_fails_atypical_ones():
     rates = summarise(t)
     typical = sum(c["all"]["k"] for c in rates["typical"].values()) / sum(c["all"]["n"] for c in rates["typical"].values())
     combo = rates["unseen"]["combination"]
-    assert typical >= 0.85, rates["typical"]
-    assert 0.15 <= combo["all"]["p"] <= 0.55, combo
-    for a in ("count", "color", "scene"):
-        assert combo[a]["p"] <= 0.95, (a, combo)
+    assert typical >= 0.9, rates["typical"]
+    assert 0.15 <= combo["all"]["p"] <= 0.4, combo
+    for a in ("count", "color", "scene"):  # blind spots in all three of the paper's attributes
+        assert combo[a]["p"] <= 0.85, (a, combo)
+
+
+def test_the_shipped_vae_keeps_what_the_judge_reads_on_the_slotted_world():
+    """The VAE's round trip (encode to the posterior mean, decode) keeps count, colour, shape and scene on fresh renders
+    of the world's layout (the README quotes 2,000 renders: `python -m t2idemo.benchmarks vae`)."""
+    from t2idemo.benchmarks import vae_round_trip
+
+    r = vae_round_trip(BASE_MODEL, n=300, seed=1)
+    assert min(r[a] for a in ("count", "color", "shape", "scene")) >= 0.98, r
