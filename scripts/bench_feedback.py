@@ -121,7 +121,7 @@ def bench_generate_kills(model: str, kills: int, tmp: str) -> None:
     for k in range(kills):
         out = os.path.join(tmp, f"gen{k}")
         cmd = [sys.executable, "-m", "t2idemo", "generate", "--out", out, "--model", model, "--max-prompts", "32",
-               "--batch-size", "16"]
+               "--batch", "16"]
         p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV, cwd=ROOT)
         deadline = time.time() + 120
         while not os.path.exists(os.path.join(out, "metadata.jsonl")) and time.time() < deadline:
@@ -130,17 +130,17 @@ def bench_generate_kills(model: str, kills: int, tmp: str) -> None:
         os.kill(p.pid, signal.SIGKILL)
         p.wait()
         pngs = {f for f in os.listdir(out) if f.endswith(".png") and not f.startswith(".")}
-        rows = data.load_dataset_rows(out)
+        rows = data.load_rows(out, missing_ok=True)
         lost_rows += sum(r["file_name"] not in pngs for r in rows)  # a row whose image is missing
         orphans += len(pngs - {r["file_name"] for r in rows})  # images drawn but not yet recorded
         stats = generate.generate_dataset(generate.GenerateConfig(out=out, model=model, max_prompts=32, batch=16))
-        assert len(data.load_dataset_rows(out)) == stats["images"]
+        assert len(data.load_rows(out, missing_ok=True)) == stats["images"]
     print(f"generate kill: {kills} SIGKILLs: {lost_rows} rows without an image; {orphans} finished PNGs of "
           f"unrecorded batches redrawn on resume (a kill costs at most the batch in flight); every resume completed")
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
     p.add_argument("--model", default=generate.BASE_MODEL, help="pipeline folder")
     p.add_argument("--images", type=int, default=64, help="images to time generation on")
     p.add_argument("--labels", type=int, default=2000, help="clicks to time the store on")

@@ -16,21 +16,21 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def held_out_auc(runs: list) -> dict:
-    from PIL import Image
-
-    from t2idemo.data import load_dataset_rows
+    from t2idemo.data import load_rows
     from t2idemo.judge import judge
+    from t2idemo.data import load_images
     from t2idemo.reward import load_reward_fn
+    from t2idemo.runconfig import RunPaths
     from t2idemo.stats import bootstrap_auc, roc_auc
 
-    unl = os.path.join(runs[0], "round1", "unlabelled")
-    rows = [r for r in load_dataset_rows(unl) if r["unseen"]]
-    images = [Image.open(os.path.join(unl, r["file_name"])).convert("RGB") for r in rows]
+    unl = RunPaths(runs[0]).round(1).unlabelled
+    rows = [r for r in load_rows(unl, "unlabelled") if r["unseen"]]
+    images = load_images(unl, rows)
     truth = [float(judge(im, r)["good"]) for im, r in zip(images, rows)]
     print(f"{len(rows)} unlabelled images of unseen prompts, {int(sum(truth))} good")
     out = {}
     for run in runs:
-        fn = load_reward_fn(os.path.join(run, "round1", "reward"))
+        fn = load_reward_fn(RunPaths(run).round(1).reward)
         scores = []
         for i in range(0, len(images), 256):
             scores += fn(images[i:i + 256], [r["prompt"] for r in rows[i:i + 256]]).tolist()
@@ -46,11 +46,14 @@ def plot(out: str, specs: list):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from t2idemo.runconfig import RunPaths
+
     runs = [spec.split(":", 1) for spec in specs]  # level:run folder
     aucs = held_out_auc([run for _, run in runs])
     pts = []
     for level, run in runs:
-        res = json.load(open(os.path.join(run, "report", "results.json")))
+        with open(RunPaths(run).results) as f:
+            res = json.load(f)
         tuned = [v for k, v in res["models"].items() if k != "base"][0]["rates"]["unseen"]["combination"]["all"]
         pts.append((100 * float(level), tuned, aucs[run][0], res["models"]["base"]["rates"]["unseen"]["combination"]["all"]))
     pts.sort(key=lambda p: p[0])

@@ -15,7 +15,7 @@ from t2idemo import reward, reward_train, stats
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
     ap.add_argument("--data", required=True, help="labelled training folder (seen prompts)")
     ap.add_argument("--eval-data", required=True, help="held-out folder (unseen prompts)")
     ap.add_argument("--clip", default=reward.REWARD_CLIP, help="reward backbone")

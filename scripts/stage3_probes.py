@@ -1,7 +1,7 @@
 """Probes of why reward-weighted fine-tuning does not move the tiny model (docs/findings.md, section 2, finding 5).
 
 Each probe fine-tunes the base model on one D_model for the same budget (1,000 steps, lr 3e-4, beta 1;
-about 17 minutes on one CPU core) and evaluates it on the unseen prompts at guidance 5 (the default) and 2:
+about 17 minutes on one CPU core) and evaluates it on the unseen prompts at guidance 5 and 2 (the default is 3):
 
     python scripts/stage3_probes.py renders     # oracle: fresh renders of the unseen prompts, all right, w = 1
     python scripts/stage3_probes.py reward      # the paper: unlabelled generations of every prompt, w = r(x, z)
@@ -25,6 +25,7 @@ from t2idemo.judge import judge
 from t2idemo.reward import load_reward_fn
 from t2idemo.data import load_images, load_rows
 from t2idemo.run import merge_folders
+from t2idemo.runconfig import RunPaths
 
 
 def renders_folder(out: str, per_prompt: int = 4) -> str:
@@ -45,7 +46,7 @@ def unlabelled_everywhere(main: str, out: str) -> str:
     """The main job's unlabelled generations (seen prompts) plus 8 per unseen prompt, at the same guidance."""
     extra = out + "-unseen"
     generate_dataset(GenerateConfig(out=extra, split="unseen", per_prompt=8, guidance=2.0, seed=777))
-    return merge_folders([os.path.join(main, "round1", "unlabelled"), extra], out)
+    return merge_folders([RunPaths(main).round(1).unlabelled, extra], out)
 
 
 def top_k_folder(src: str, reward: str, out: str, k: int = 2) -> str:
@@ -64,7 +65,7 @@ def top_k_folder(src: str, reward: str, out: str, k: int = 2) -> str:
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
     ap.add_argument("probe", choices=("renders", "reward", "top2"))
     ap.add_argument("--main", default="runs/main", help="a finished `python -m t2idemo run` folder")
     ap.add_argument("--out", default="runs/probes")
@@ -72,11 +73,12 @@ def main():
     ap.add_argument("--lr", type=float, default=3e-4)
     args = ap.parse_args()
     d = os.path.join(args.out, args.probe)
-    reward = os.path.join(args.main, "round1", "reward")
+    r1 = RunPaths(args.main).round(1)
+    reward = r1.reward
     if args.probe == "renders":
         cfg = FinetuneConfig(data=renders_folder(d + "-data"), weight="label")
     elif args.probe == "reward":
-        cfg = FinetuneConfig(data=os.path.join(args.main, "round1", "feedback"), reward=reward,
+        cfg = FinetuneConfig(data=r1.feedback, reward=reward,
                              unlabelled=unlabelled_everywhere(args.main, d + "-unlabelled"))
     else:
         cfg = FinetuneConfig(data=top_k_folder(unlabelled_everywhere(args.main, d + "-unlabelled"), reward, d + "-data"),
@@ -88,7 +90,8 @@ def main():
         res = ev.evaluate(ev.EvalConfig(models=model, names=f"{args.probe} (guidance {guidance:g})", split="unseen",
                                         guidance=guidance, fid=guidance == 5.0, out=os.path.join(d, f"report-g{guidance:g}")))
         print(ev.markdown_table(res))
-    json.dump(vars(args), open(os.path.join(d, "probe.json"), "w"))
+    with open(os.path.join(d, "probe.json"), "w") as f:
+        json.dump(vars(args), f)
 
 
 if __name__ == "__main__":

@@ -92,7 +92,7 @@ def train(prior: world.Prior, arch: dict, steps: int, parts, lr: float = 6e-4, n
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
     ap.add_argument("--out", required=True, help="folder for unet/ and probe.jsonl")
     ap.add_argument("--prior", default="balanced", help=f"one of {tuple(world.PRIORS)}")
     ap.add_argument("--prior-override", default="{}", help="JSON of Prior fields to change, e.g. '{\"p_count\": 0.3}'")

@@ -14,9 +14,11 @@ or one above (tests/test_layers.py parses every import and checks it), so the co
                      the reward model)
     4  stage 3, etc. finetune (the reward-weighted loss), evaluate (the judge, FID, CIs), hub (push),
                      benchmarks (the README's figures)
-    5  the main job  run (feedback -> labels -> reward -> fine-tune -> evaluate; its config and presets)
-    6  on top of it  loop (the app's steps), overopt (reward over-optimisation)
-    7  notebooks     scales (the notebooks' SCALE switch over run's presets, their folders)
+    5  the job's config  runconfig (RunConfig, presets and recipes, the run folder's layout, the one derivation of
+                     a round's stage configs)
+    6  on top of it  run (the main job: feedback -> labels -> reward -> fine-tune -> evaluate), loop (the app's
+                     steps), overopt (reward over-optimisation)
+    7  notebooks     scales (the notebooks' SCALE switch over the presets, their folders)
 
 ``python -m t2idemo`` (``__main__``) and ``app.py`` sit above them all.
 """
@@ -27,7 +29,7 @@ LAYERS = (
     ("prompts", "labels", "reward"),
     ("generate", "labeling", "reward_train"),
     ("finetune", "evaluate", "hub", "benchmarks"),
-    ("run",),
-    ("loop", "overopt"),
+    ("runconfig",),
+    ("run", "loop", "overopt"),
     ("scales",),
 )

@@ -27,10 +27,51 @@ def field_help(cls) -> dict:
 
 
 class Parser(argparse.ArgumentParser):
-    """An ArgumentParser whose errors are one line on stderr and exit status 2."""
+    """An ArgumentParser whose errors are one line on stderr and exit status 2, and which takes only exact flags
+    (``allow_abbrev=False``: ``--beta`` is an error, never silently ``--betas``)."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {message} (--help lists the options)\n")
+
+
+def ranged(default, lo, hi):
+    """A numeric dataclass field allowed from ``lo`` to ``hi`` (inclusive), integral when ``default`` is an int:
+    ``lr: float = ranged(1e-4, 1e-7, 1.0)  # AdamW learning rate``. ``check_ranges`` enforces it, ``--help`` shows it."""
+    return dataclasses.field(default=default, metadata={"range": (lo, hi)})
+
+
+def field_range(f: dataclasses.Field):
+    """(lo, hi) of a field made by ``ranged``, else None."""
+    return f.metadata.get("range")
+
+
+def check_ranges(cfg) -> None:
+    """Raise ValueError("name=value is out of range; use ... from lo to hi") for the first field of the dataclass
+    instance ``cfg`` that is outside its declared range (``ranged``). Every stage config calls it first thing in
+    ``__post_init__``, so a bad value stops a command before any work starts."""
+    for f in dataclasses.fields(cfg):
+        bounds = field_range(f)
+        if bounds is None:
+            continue
+        lo, hi = bounds
+        value, integer = getattr(cfg, f.name), isinstance(f.default, int)
+        kind = "an integer" if integer else "a number"
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value == value and lo <= value <= hi
+        if not ok or (integer and int(value) != value):
+            raise ValueError(f"{f.name}={value!r} is out of range; use {kind} from {lo:g} to {hi:g}")
+
+
+def require_set(cfg) -> None:
+    """Raise ValueError for the first field of ``cfg`` that still holds None: a folder or model that the main job
+    sets for each round (runconfig.round_configs). Each stage calls it before any work."""
+    for f in dataclasses.fields(cfg):
+        if getattr(cfg, f.name) is None:
+            raise ValueError(f"{type(cfg).__name__}.{f.name} is None: pass {f.name}=... (in the main job each round sets "
+                             f"it: runconfig.round_configs)")
 
 
 def add_fields(p: argparse.ArgumentParser, cls, suppress: bool = False, defaults=None, prefix: str = "",
@@ -52,7 +93,9 @@ def add_fields(p: argparse.ArgumentParser, cls, suppress: bool = False, defaults
             add_fields(group, type(default), suppress, default, name + ".", skip)
             continue
         kind = dict(action=argparse.BooleanOptionalAction) if isinstance(default, bool) else dict(type=type(default))
-        text = helps.get(f.name, " ") + (f" (default: {default!r})" if suppress else "")
+        bounds = field_range(f)
+        text = helps.get(f.name, " ") + (f" [allowed: {bounds[0]:g} to {bounds[1]:g}]" if bounds else "") + \
+            (f" (default: {default!r})" if suppress else "")
         p.add_argument("--" + name.replace("_", "-"), dest=name, default=argparse.SUPPRESS if suppress else default,
                        help=text.replace("%", "%%"), **kind)
 

@@ -17,14 +17,17 @@ from PIL import Image
 METADATA = "metadata.jsonl"  # the metadata file name that the imagefolder loader looks for
 
 
-def load_dataset_rows(data_dir: str) -> list:
-    """The rows of ``data_dir/metadata.jsonl`` in file order ([] when there is none yet).
+def load_rows(folder: str, name: str = "data", missing_ok: bool = False) -> list[dict]:
+    """The rows of ``folder/metadata.jsonl`` in file order. A folder without rows is an error naming the argument
+    ``name`` ("data", "eval_data", ...), or, with ``missing_ok``, []: a set that is still being drawn or labelled.
 
     A last line without its newline is a write cut short by a crash; it is ignored (``generate`` repairs it).
     """
-    path = os.path.join(data_dir, METADATA)
-    if not os.path.exists(path):
-        return []
+    path = os.path.join(folder or "", METADATA)
+    if not folder or not os.path.isfile(path):
+        if missing_ok:
+            return []
+        raise ValueError(f"{name}={folder!r} has no metadata.jsonl; pass a dataset folder from generate_dataset")
     with open(path, encoding="utf-8") as f:
         lines = f.read().split("\n")
     rows = []
@@ -38,6 +41,8 @@ def load_dataset_rows(data_dir: str) -> list:
         if not isinstance(row, dict) or not isinstance(row.get("file_name"), str):
             raise ValueError(f"{path}, line {n}: a row must be a JSON object with a 'file_name' string")
         rows.append(row)
+    if not rows and not missing_ok:
+        raise ValueError(f"{name}={folder!r}: metadata.jsonl is empty")
     return rows
 
 
@@ -62,15 +67,10 @@ def save_png(image: Image.Image, path: str) -> None:
     os.replace(tmp, path)
 
 
-def load_rows(folder: str, name: str = "data") -> list[dict]:
-    """A dataset folder's metadata rows; a clear error naming ``name`` when there are none."""
-    if not folder or not os.path.isfile(os.path.join(folder, "metadata.jsonl")):
-        raise ValueError(f"{name}={folder!r} has no metadata.jsonl; pass a dataset folder from generate_dataset")
-    rows = load_dataset_rows(folder)
-    if not rows:
-        raise ValueError(f"{name}={folder!r}: metadata.jsonl is empty")
-    return rows
-
-
 def load_images(folder: str, rows: list[dict]) -> list:
-    return [Image.open(os.path.join(folder, r["file_name"])).convert("RGB") for r in rows]
+    """The RGB images of ``rows`` (their files closed once read)."""
+    images = []
+    for r in rows:
+        with Image.open(os.path.join(folder, r["file_name"])) as im:
+            images.append(im.convert("RGB"))
+    return images

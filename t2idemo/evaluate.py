@@ -36,6 +36,7 @@ import numpy as np
 import torch
 
 from . import world
+from .config import check_ranges, ranged, require_set
 from .data import load_images, load_rows
 from .stats import wilson
 from .generate import ALIGNED_MODEL, BASE_MODEL, DEFAULT_GUIDANCE, DEFAULT_STEPS, load_pipeline, labelled_grid, sample
@@ -52,26 +53,24 @@ class EvalConfig:
     names: str = ""  # comma-separated display names; empty: "base", then each folder's name
     split: str = "unseen"  # prompt splits, comma-separated: unseen (the paper's held-out prompts) | seen (the feedback
     #                        prompts) | typical (what the LAION-like prior shows most); "all" = unseen,seen
-    n_combination: int = 512  # combination-prompt images per model and split; >= 500 for a +-4 pt CI
-    n_single: int = 192  # images per model and split for each single-attribute category; 32 - 512
-    sample_steps: int = DEFAULT_STEPS  # sampler steps; 5 - 50
-    guidance: float = DEFAULT_GUIDANCE  # classifier-free guidance scale; 1 - 10
-    seed: int = 0  # image i of every model starts from seed * 100_000 + i
+    n_combination: int = ranged(512, 1, 100_000)  # combination-prompt images per model and split; >= 500 for a +-4 pt CI
+    n_single: int = ranged(192, 1, 100_000)  # images per model and split for each single-attribute category; 32 - 512
+    sample_steps: int = ranged(DEFAULT_STEPS, 1, 1000)  # sampler steps; 5 - 50
+    guidance: float = ranged(DEFAULT_GUIDANCE, 0.0, 100.0)  # classifier-free guidance scale; 1 - 10
+    seed: int = ranged(0, 0, 2_147_483_647)  # image i of every model starts from seed * 100_000 + i
     reward: str = ""  # reward model folder for best-of-N; empty: no rejection-sampling baseline
     best_of: str = "4,16"  # N values for best-of-N on the first model; empty: none
-    n_best_of: int = 128  # combination prompts for best-of-N (each draws N images); 32 - 512
+    n_best_of: int = ranged(128, 1, 100_000)  # combination prompts for best-of-N (each draws N images); 32 - 512
     fid: bool = True  # compute the FID against fresh renders
     out: str = "runs/report"  # report folder
 
     def __post_init__(self):
+        check_ranges(self)  # every number within its declared range
         if not self.split_list() or any(sp not in SPLITS for sp in self.split_list()):
             raise ValueError(f"split={self.split!r} is not allowed; use one or more of {SPLITS}, comma-separated, or 'all'")
-        if not self.model_list():
+        if self.models is not None and not self.model_list():  # None: the main job sets it (runconfig.eval_config)
             raise ValueError("models is empty; give at least one pipeline folder")
-        for name in ("n_combination", "n_single", "sample_steps", "n_best_of"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name}={getattr(self, name)!r} must be a positive integer")
-        if self.names and len(self.name_list()) != len(self.model_list()):
+        if self.names and self.models is not None and len(self.name_list()) != len(self.model_list()):
             raise ValueError(f"names={self.names!r} gives {len(self.name_list())} names for {len(self.model_list())} models")
         for n in self.best_of_list():
             if n < 2:
@@ -206,9 +205,11 @@ def summarise(t: dict) -> dict:
                  for cat, c in cats.items()} for sp, cats in t.items()}
 
 
-def evaluate(cfg: EvalConfig, pipes: dict | None = None, reward_fn=None) -> dict:
-    """Evaluate every model in ``cfg.models``; write the report folder; return the results dict.
-    ``pipes`` ({path: pipeline}) reuses pipelines already loaded."""
+def evaluate(cfg: EvalConfig, pipes: dict | None = None, reward_fn=None, write: bool = True) -> dict:
+    """Evaluate every model in ``cfg.models``; draw the report's figures into ``cfg.out``; return the results dict.
+    ``pipes`` ({path: pipeline}) reuses pipelines already loaded. ``write``: also write results.json and report.md
+    (``write_report``); the main job passes False and writes them itself once it has added its own fields."""
+    require_set(cfg)
     metas = eval_prompts(cfg.split, cfg.n_combination, cfg.n_single, cfg.seed)
     first = cfg.split_list()[0]  # FID and best-of-N use the first split's combination prompts
     combo = [i for i, m in enumerate(metas) if m["category"] == "combination" and m["split"] == first]
@@ -240,8 +241,13 @@ def evaluate(cfg: EvalConfig, pipes: dict | None = None, reward_fn=None) -> dict
                 imgs, _ = best_of_n(pipe, reward_fn, bon_metas, n, cfg)
                 results["models"][f"{name} best-of-{n}"] = {
                     "path": path, "rates": summarise(tally([judge(im, m) for im, m in zip(imgs, bon_metas)], bon_metas))}
-    write_report(results, samples, [metas[i]["prompt"] + (" (unseen)" if metas[i]["unseen"] else "") for i in grid],
-                 cfg.out)
+    results["sample_prompts"] = [metas[i]["prompt"] + (" (unseen)" if metas[i]["unseen"] else "") for i in grid]
+    os.makedirs(cfg.out, exist_ok=True)
+    plot_bars(results, os.path.join(cfg.out, "bars.png"))
+    if samples and grid:
+        labelled_grid(samples, results["sample_prompts"]).save(os.path.join(cfg.out, "samples.png"))
+    if write:
+        write_report(results, cfg.out)
     return results
 
 
@@ -385,17 +391,16 @@ def plot_tradeoff(points: list[dict], path: str, split: str = "unseen"):
     plt.close(fig)
 
 
-def write_report(results: dict, samples: dict, prompts: list, out: str):
+def write_report(results: dict, out: str, notes: list = ()):
+    """The one writer of a report folder's results.json (every number) and report.md (the table, the figures
+    ``evaluate`` drew, and ``notes``: extra markdown lines such as the main job's recipe)."""
     os.makedirs(out, exist_ok=True)
     with open(os.path.join(out, "results.json"), "w") as f:
         json.dump(results, f, indent=1)
     with open(os.path.join(out, "report.md"), "w") as f:
         f.write("# t2idemo evaluation\n\n" + markdown_table(results) + "\n\n![accuracy per category](bars.png)\n\n"
                 "![samples: one row per model, same prompts and seeds](samples.png)\n\nSample prompts (left to right): "
-                + "; ".join(prompts) + "\n")
-    plot_bars(results, os.path.join(out, "bars.png"))
-    if samples and prompts:
-        labelled_grid(samples, prompts).save(os.path.join(out, "samples.png"))
+                + "; ".join(results.get("sample_prompts", [])) + "\n" + "".join(f"\n{n}\n" for n in notes))
 
 
 def parse_args(argv=None) -> EvalConfig:

@@ -46,6 +46,7 @@ from . import world
 from .dpo import dpo_loss, preference_pairs
 from .finetune_params import LORA_FILE, add_lora, freeze_all_but_cross_attention, make_optimizer, save_lora  # noqa: F401 (LORA_FILE: OUT's adapter)
 from .finetune_data import CachedLatents, PretrainStream, as_batch, StepBatches, batch_sampler, model_dataset, model_rows, pixels
+from .config import check_ranges, ranged
 from .generate import BASE_MODEL
 
 
@@ -57,15 +58,15 @@ class FinetuneConfig:
     reward: str = ""  # reward model folder; empty: weights come from the labels
     weight: str = "reward"  # "reward": w = r(x, z) for every image (paper); "label": good=1/bad=0 where labelled
     unlabelled: str = ""  # folder of extra generations (no labels), weighted by the reward model
-    top_k: int = 0  # 0 = the paper (every image, weight w); k > 0 = keep only each prompt's k highest-weight images,
+    top_k: int = ranged(0, 0, 64)  # 0 = the paper (every image, weight w); k > 0 = keep only each prompt's k highest-weight images,
     #                 at weight 1 (filtered fine-tuning, as in RAFT: beyond the paper, see docs/findings.md); 1 - 8
-    min_reward: float = 0.0  # drop D_model images whose weight is below this (0 = keep all, the paper; 0.5 = the reward
+    min_reward: float = ranged(0.0, 0.0, 1.0)  # drop D_model images whose weight is below this (0 = keep all, the paper; 0.5 = the reward
     #                          model's pseudo-label "good"); applied before top_k, so a prompt with no good image adds
     #                          nothing instead of its least bad ones; 0 - 1
     method: str = "reward"  # "reward" = Lee et al.: the reward-weighted loss + beta * D_pre | "dpo" = Diffusion-DPO
     #                        (t2idemo.dpo): pairs of a prompt's good and bad images against the frozen base, no D_pre;
     #                        a step of `batch` pairs trains on 2 * batch latents (weight, beta and pre_* unused)
-    dpo_beta: float = 2000.0  # Diffusion-DPO's beta: how hard a pair's loss gap is pushed (SD: 2500 - 5000); 100 - 20_000
+    dpo_beta: float = ranged(2000.0, 1.0, 100_000.0)  # Diffusion-DPO's beta: how hard a pair's loss gap is pushed (SD: 2500 - 5000); 100 - 20_000
     balance: str = "none"  # how a D_model batch is drawn: "none" = uniformly over the kept images | "category" = each
     #                        prompt category (count, colour, background, combination) equally often, then an image of
     #                        it: the few count prompts are not drowned by the many combinations | "sqrt" = a category
@@ -74,69 +75,43 @@ class FinetuneConfig:
     pretrain_data: str = "world"  # "world": fresh renders of the prior the base learnt from (its prior.json; the
     #                               LAION-like prior for a new base, "uniform" for the first shipped one); or an imagefolder
     #                               (metadata.jsonl with "prompt")
-    pre_pool: int = 0  # 0 = draw and VAE-encode a fresh D_pre batch every step; n > 0 = draw and encode n images once
+    pre_pool: int = ranged(0, 0, 1_000_000)  # 0 = draw and VAE-encode a fresh D_pre batch every step; n > 0 = draw and encode n images once
     #                    (a fixed pre-training set, as the paper's LAION subset), about a fifth faster per step; 0 - 65_536
-    beta: float = 1.0  # weight of the pre-training term; 0 - 4 (0 = no regulariser)
-    train_steps: int = 400  # optimizer steps; 50 - 5_000
-    batch: int = 64  # D_model images per step; 8 - 256
-    pre_batch: int = 64  # D_pre images per step; 8 - 256
-    lr: float = 1e-4  # AdamW learning rate; 1e-5 - 1e-3
-    t_low: float = 0.0  # reward-weighted term only: draw its timesteps from [t_low * T, T); 0 = all (paper) - 0.8
-    p_uncond: float = 0.1  # probability of an empty caption, per image (keeps classifier-free guidance's
+    beta: float = ranged(1.0, 0.0, 100.0)  # weight of the pre-training term; 0 - 4 (0 = no regulariser)
+    train_steps: int = ranged(400, 1, 1_000_000)  # optimizer steps; 50 - 5_000
+    batch: int = ranged(64, 1, 4096)  # D_model images per step; 8 - 256
+    pre_batch: int = ranged(64, 1, 4096)  # D_pre images per step; 8 - 256
+    lr: float = ranged(1e-4, 1e-08, 1.0)  # AdamW learning rate; 1e-5 - 1e-3
+    t_low: float = ranged(0.0, 0.0, 0.99)  # reward-weighted term only: draw its timesteps from [t_low * T, T); 0 = all (paper) - 0.8
+    p_uncond: float = ranged(0.1, 0.0, 0.99)  # probability of an empty caption, per image (keeps classifier-free guidance's
     #                        unconditional branch trained, as in pre-training); 0 - 0.3
-    ema: float = 0.99  # EMA decay of the written weights; 0 (off) - 0.999
+    ema: float = ranged(0.99, 0.0, 0.99999)  # EMA decay of the written weights; 0 (off) - 0.999
     mixed_precision: str = "no"  # accelerate mixed precision: no | fp16 | bf16 (GPU)
     gradient_checkpointing: bool = False  # trade compute for UNet activation memory (SD scale)
     train: str = "all"  # which UNet weights learn: "all" | "cross_attention" (the text-to-image attention, attn2, and the
     #                    text embedding added to the timestep's: where a prompt's words meet the image; the convolutions
     #                    that draw shapes stay as pre-trained). Ignored with lora_rank > 0
-    lora_rank: int = 0  # 0 = train the whole UNet (the tiny model); 4 - 64 = train only a LoRA adapter of this rank (SD: 8)
-    lora_alpha: float = 0.0  # LoRA scale numerator, the update is scaled by alpha / rank; 0 = the rank (scale 1, diffusers' default)
+    lora_rank: int = ranged(0, 0, 1024)  # 0 = train the whole UNet (the tiny model); 4 - 64 = train only a LoRA adapter of this rank (SD: 8)
+    lora_alpha: float = ranged(0.0, 0.0, 4096.0)  # LoRA scale numerator, the update is scaled by alpha / rank; 0 = the rank (scale 1, diffusers' default)
     use_8bit_adam: bool = False  # bitsandbytes' 8-bit AdamW (CUDA only): optimizer state 2 B/param instead of 8; pays off for full SD fine-tuning
-    encode_batch: int = 256  # images per frozen VAE / text-encoder call when caching D_model; 1 - 1_024 (8 for SD at 512 px on 16 GB)
-    checkpoint_every: int = 200  # steps between checkpoints in OUT/checkpoint; 0 = never
+    encode_batch: int = ranged(256, 1, 65_536)  # images per frozen VAE / text-encoder call when caching D_model; 1 - 1_024 (8 for SD at 512 px on 16 GB)
+    checkpoint_every: int = ranged(200, 0, 1_000_000)  # steps between checkpoints in OUT/checkpoint; 0 = never
     save_at: str = ""  # comma-separated steps after which the EMA weights are also written as a pipeline folder
     #                   OUT/step{n} (the checkpoints of an over-optimisation curve, t2idemo.overopt); "" = none
-    seed: int = 0  # seeds noise, timesteps and batches
+    seed: int = ranged(0, 0, 2_147_483_647)  # seeds noise, timesteps and batches
 
     def __post_init__(self):
-        if self.weight not in ("reward", "label"):
-            raise ValueError(f"weight={self.weight!r} is not allowed; use 'reward' or 'label'")
-        if self.weight == "reward" and not self.reward:
+        check_ranges(self)  # every number within its declared range
+        choices = {"weight": ("reward", "label"), "method": ("reward", "dpo"), "balance": ("none", "category", "sqrt"),
+                   "mixed_precision": ("no", "fp16", "bf16"), "train": ("all", "cross_attention")}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name}={getattr(self, name)!r} is not allowed; use one of {allowed}")
+        # reward=None: a round of the main job sets it (rounds.round_configs); "" means no reward model
+        if self.weight == "reward" and self.reward == "":
             raise ValueError("weight='reward' needs reward=<reward model folder>; or use weight='label'")
-        if self.unlabelled and not self.reward:
+        if self.unlabelled and self.reward == "":
             raise ValueError(f"unlabelled={self.unlabelled!r} needs a reward model to weight it (reward=...)")
-        if int(self.top_k) != self.top_k or self.top_k < 0:
-            raise ValueError(f"top_k={self.top_k!r} must be an integer >= 0 (0 = weight every image by w, the paper)")
-        if not 0 <= self.min_reward <= 1:
-            raise ValueError(f"min_reward={self.min_reward!r} must be a reward in [0, 1] (0 keeps every image)")
-        if self.beta < 0:
-            raise ValueError(f"beta={self.beta!r} must be >= 0")
-        if not 0 <= self.p_uncond < 1:
-            raise ValueError(f"p_uncond={self.p_uncond!r} must be a probability in [0, 1)")
-        if not 0 <= self.t_low < 1:
-            raise ValueError(f"t_low={self.t_low!r} must be a fraction of the timesteps in [0, 1) (0 = all, the paper)")
-        if not 0 <= self.ema < 1:
-            raise ValueError(f"ema={self.ema!r} must be in [0, 1) (0 turns the EMA off)")
-        if self.mixed_precision not in ("no", "fp16", "bf16"):
-            raise ValueError(f"mixed_precision={self.mixed_precision!r} is not one of 'no', 'fp16', 'bf16'")
-        if int(self.pre_pool) != self.pre_pool or self.pre_pool < 0:
-            raise ValueError(f"pre_pool={self.pre_pool!r} must be an integer >= 0 (0 = fresh D_pre images every step)")
-        for name in ("train_steps", "batch", "pre_batch", "encode_batch"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name}={getattr(self, name)!r} must be a positive integer")
-        if int(self.lora_rank) != self.lora_rank or self.lora_rank < 0:
-            raise ValueError(f"lora_rank={self.lora_rank!r} must be an integer >= 0 (0 = full UNet fine-tuning, 4 - 64 = LoRA)")
-        if self.method not in ("reward", "dpo"):
-            raise ValueError(f"method={self.method!r} is not allowed; use 'reward' (Lee et al.) or 'dpo' (Diffusion-DPO)")
-        if self.dpo_beta <= 0:
-            raise ValueError(f"dpo_beta={self.dpo_beta!r} must be > 0 (Diffusion-DPO uses 2500 - 5000 for SD)")
-        if self.balance not in ("none", "category", "sqrt"):
-            raise ValueError(f"balance={self.balance!r} is not allowed; use 'none', 'category' or 'sqrt'")
-        if self.train not in ("all", "cross_attention"):
-            raise ValueError(f"train={self.train!r} is not allowed; use 'all' or 'cross_attention'")
-        if self.lora_alpha < 0:
-            raise ValueError(f"lora_alpha={self.lora_alpha!r} must be >= 0 (0 = the rank)")
         bad = [n for n in self.save_at_list() if not 1 <= n <= self.train_steps]
         if bad:
             raise ValueError(f"save_at={self.save_at!r}: steps {bad} are outside 1 - train_steps ({self.train_steps})")

@@ -24,8 +24,8 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from . import prompts, world
-from .config import parse_config
-from .data import METADATA, load_dataset_rows, save_png, write_rows_atomic
+from .config import check_ranges, parse_config, ranged, require_set
+from .data import METADATA, load_rows, save_png, write_rows_atomic
 
 ASSETS = os.path.join(os.path.dirname(__file__), "assets")
 BASE_MODEL = os.path.join(ASSETS, "tiny-sd")  # the shipped base model (a StableDiffusionPipeline folder)
@@ -129,15 +129,14 @@ def labelled_grid(rows: dict, captions: list, scale: int = 3) -> Image.Image:
 class SampleConfig:
     model: str = BASE_MODEL  # pipeline folder or hub id
     out: str = "samples/grid.png"  # where the PNG grid goes
-    per_prompt: int = 8  # images per prompt (one grid row each); 1 - 64
-    sample_steps: int = DEFAULT_STEPS  # sampler steps; 5 - 50
-    guidance: float = DEFAULT_GUIDANCE  # classifier-free guidance scale; 1 - 12
-    seed: int = 0  # seed of the first image; image j of a row uses seed + j
+    per_prompt: int = ranged(8, 1, 64)  # images per prompt (one grid row each); 1 - 64
+    sample_steps: int = ranged(DEFAULT_STEPS, 1, 1000)  # sampler steps; 5 - 50
+    guidance: float = ranged(DEFAULT_GUIDANCE, 0.0, 100.0)  # classifier-free guidance scale; 1 - 12
+    seed: int = ranged(0, 0, 2_147_483_647)  # seed of the first image; image j of a row uses seed + j
     prompts: str = ""  # '|'-separated prompts; empty: one prompt of each category
 
     def __post_init__(self):
-        if not 1 <= self.per_prompt <= 64:
-            raise ValueError(f"per_prompt={self.per_prompt!r} is out of range; use 1 to 64")
+        check_ranges(self)  # every number within its declared range
 
 
 def sample_main(argv=None):
@@ -172,32 +171,21 @@ class GenerateConfig:
     split: str = "seen"  # world prompts to use: seen (242) | unseen (163) | all (405); ignored if prompts set
     prompts: str = ""  # '|'-separated prompts in the world's grammar, e.g. "two circles|a red square"
     prompt_set: str = "shapes"  # whose prompts (and --prompts grammar): "shapes" (t2idemo.world) | "sd" (the paper's, t2idemo.sd)
-    max_prompts: int = 0  # keep only the first N prompts; 0 keeps all
-    per_prompt: int = 4  # K, images per prompt, each with its own seed; 1 - 64
-    sample_steps: int = DEFAULT_STEPS  # sampler steps; 5 - 50 (1 - 1000 accepted)
-    guidance: float = DEFAULT_GUIDANCE  # classifier-free guidance scale; 1 - 12 (1 turns it off)
-    seed: int = 0  # base seed, >= 0: image i (0-based, prompt-major) uses seed * 100_000 + i
-    batch: int = 64  # images per pipeline call; 1 - 1024 (bounded by memory)
+    max_prompts: int = ranged(0, 0, 1_000_000)  # keep only the first N prompts; 0 keeps all
+    per_prompt: int = ranged(4, 1, 64)  # K, images per prompt, each with its own seed; 1 - 64
+    sample_steps: int = ranged(DEFAULT_STEPS, 1, 1000)  # sampler steps; 5 - 50 (1 - 1000 accepted)
+    guidance: float = ranged(DEFAULT_GUIDANCE, 0.0, 100.0)  # classifier-free guidance scale; 1 - 12 (1 turns it off)
+    seed: int = ranged(0, 0, 2 ** 63 // MAX_IMAGES - 1)  # base seed, >= 0: image i (0-based, prompt-major) uses seed * 100_000 + i
+    batch: int = ranged(64, 1, 1024)  # images per pipeline call; 1 - 1024 (bounded by memory)
     device: str = ""  # "" picks cuda when available, else cpu; or "cpu", "cuda", "cuda:1", "mps"
 
     def __post_init__(self):
+        check_ranges(self)  # every number within its declared range
         if self.split not in SPLITS:
             raise ValueError(f"split={self.split!r} is not one of {SPLITS}")
         if self.prompt_set not in PROMPT_SETS:
             raise ValueError(f"prompt_set={self.prompt_set!r} is not one of {PROMPT_SETS}")
-        if self.max_prompts < 0:
-            raise ValueError(f"max_prompts={self.max_prompts!r} must be >= 0 (0 keeps every prompt)")
-        if not 1 <= self.per_prompt <= 64:
-            raise ValueError(f"per_prompt={self.per_prompt!r} is out of range; use 1 to 64")
-        if not 1 <= self.sample_steps <= 1000:
-            raise ValueError(f"sample_steps={self.sample_steps!r} is out of range; use 1 to 1000")
-        if self.guidance < 0:
-            raise ValueError(f"guidance={self.guidance!r} must be >= 0 (1 turns guidance off)")
-        if not 0 <= self.seed < 2 ** 63 // MAX_IMAGES:
-            raise ValueError(f"seed={self.seed!r} is out of range; use 0 to {2 ** 63 // MAX_IMAGES - 1}")
-        if not 1 <= self.batch <= 1024:
-            raise ValueError(f"batch={self.batch!r} is out of range; use 1 to 1024")
-        if not self.out:
+        if self.out == "":  # None: a round of the main job sets it (rounds.round_configs)
             raise ValueError("out='' is not allowed; pass the folder that receives the images")
 
 
@@ -219,6 +207,15 @@ def dataset_prompts(cfg: GenerateConfig) -> list:
     return pairs[:cfg.max_prompts] if cfg.max_prompts else pairs
 
 
+def image_row(file_name: str, prompt: str, meta: dict, seed: int, model: str, sample_steps: int, guidance: float,
+              prompt_set: str = "shapes", **extra) -> dict:
+    """The metadata row of one drawn image: its prompt and the prompt's metadata (category, named attributes, split),
+    its seed and sampler settings; ``extra`` fields (the app's batch number) after them. Every set is written so."""
+    return {"file_name": file_name, "prompt": prompt, **meta, "named": list(meta["named"]), "unseen": bool(meta["unseen"]),
+            "prompt_set": prompt_set, "seed": seed, "model": model, "num_inference_steps": sample_steps,
+            "guidance_scale": float(guidance), **extra}
+
+
 def plan_rows(cfg: GenerateConfig) -> list:
     """The metadata row of every image of the set, image i (prompt-major) in position i."""
     pairs = dataset_prompts(cfg)
@@ -229,10 +226,8 @@ def plan_rows(cfg: GenerateConfig) -> list:
     for prompt, meta in pairs:
         for _ in range(cfg.per_prompt):
             i = len(rows)
-            rows.append({"file_name": f"{i:05d}.png", "prompt": prompt, **meta,  # category, named, attributes
-                         "named": list(meta["named"]), "unseen": bool(meta["unseen"]), "prompt_set": cfg.prompt_set,
-                         "seed": image_seed(cfg.seed, i), "model": cfg.model, "num_inference_steps": cfg.sample_steps,
-                         "guidance_scale": float(cfg.guidance)})
+            rows.append(image_row(f"{i:05d}.png", prompt, meta, image_seed(cfg.seed, i), cfg.model, cfg.sample_steps,
+                                  cfg.guidance, cfg.prompt_set))
     return rows
 
 
@@ -251,7 +246,7 @@ def _resume(out: str, plan: list) -> set:
     with open(path, "rb") as f:
         data = f.read()
     torn = bool(data) and not data.endswith(b"\n")
-    old = load_dataset_rows(out)
+    old = load_rows(out, missing_ok=True)
     wanted = {r["file_name"]: r for r in plan}
     keep = {}
     for row in old:
@@ -272,6 +267,7 @@ def _resume(out: str, plan: list) -> set:
 def generate_dataset(cfg: GenerateConfig, pipe=None) -> dict:
     """Draw every image of the set that ``cfg.out`` does not hold yet. ``pipe``: an already loaded pipeline
     (else ``cfg.model`` is loaded). Returns {"out", "images", "generated", "seconds"}."""
+    require_set(cfg)
     plan = plan_rows(cfg)
     os.makedirs(cfg.out, exist_ok=True)
     done = _resume(cfg.out, plan)

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 
 from .config import parse_config
 from .generate import ALIGNED_MODEL, DEFAULT_GUIDANCE, DEFAULT_STEPS
-from .data import load_dataset_rows
+from .data import load_rows
 from .labels import MAJORITY, LabelStore, default_store_path, export_labels
 from .reward import CONFIG_FILE as REWARD_CONFIG_FILE
 from .reward import REWARD_MODEL, resolve_clip
@@ -134,7 +134,7 @@ def pseudonyms(labelers) -> dict:
 def label_stats(data_dir: str, names: bool = True) -> dict:
     """What the label store of ``data_dir`` holds: images, per-labeler counts, pairwise agreement, majority.
     ``names=False`` replaces each labeler's name by a pseudonym."""
-    rows = load_dataset_rows(data_dir)
+    rows = load_rows(data_dir, missing_ok=True)
     with LabelStore(default_store_path(data_dir)) as store:
         per = store.labels()
         majority = store.majority()
@@ -156,7 +156,7 @@ def stage_dataset(data_dir: str, out: str, names: bool = True) -> dict:
     """Write the labels dataset into ``out``: data/ (images + metadata.jsonl with the majority "label") and
     labels/labels.jsonl (every labeler's current label; ``names=False``: under pseudonyms). The source dataset is
     left untouched."""
-    rows = load_dataset_rows(data_dir)
+    rows = load_rows(data_dir, missing_ok=True)
     if not rows:
         raise ValueError(f"data={data_dir!r} has no metadata.jsonl rows; generate the dataset first")
     os.makedirs(os.path.join(out, "data"))

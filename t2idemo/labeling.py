@@ -20,7 +20,7 @@ import os
 
 from PIL import Image
 
-from .data import load_dataset_rows
+from .data import load_rows
 from .labels import LabelStore, default_store_path
 
 BUTTONS = (  # (label, button text, ipywidgets button_style, icon)
@@ -68,7 +68,7 @@ class Labeler:
         if not 64 <= size <= 1024:
             raise ValueError(f"size={size!r} is out of range; use 64 to 1024 pixels")
         self.dataset_dir, self.labeler, self.size = dataset_dir, labeler, size
-        self.rows = load_dataset_rows(dataset_dir)
+        self.rows = load_rows(dataset_dir, missing_ok=True)
         if not self.rows:
             raise ValueError(f"dataset_dir={dataset_dir!r} has no images yet; run "
                              f"`python -m t2idemo generate --out {dataset_dir}` first")

@@ -34,7 +34,7 @@ import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from .config import parse_config
+from .config import check_ranges, parse_config, ranged, require_set
 
 LABELS = ("good", "bad", "skip")
 MAJORITY = "majority"  # reserved labeler name: the majority vote of all labelers, for export
@@ -309,9 +309,9 @@ def export_labels(dataset_dir: str, store_path: str | None = None, labeler: str 
     ``labeler``: whose labels; "majority" (or None) takes the majority vote of every labeler. Skips and
     unlabelled images get None. The file is replaced atomically. Returns {"good": n, "bad": n, "none": n}.
     """
-    from .data import load_dataset_rows, write_rows_atomic
+    from .data import load_rows, write_rows_atomic
 
-    rows = load_dataset_rows(dataset_dir)
+    rows = load_rows(dataset_dir, missing_ok=True)
     if not rows:
         raise ValueError(f"dataset_dir={dataset_dir!r} has no metadata.jsonl rows; generate the dataset first")
     with LabelStore(store_path or default_store_path(dataset_dir)) as store:
@@ -346,50 +346,69 @@ def biased_verdict(verdict: dict, meta: dict, bias: str) -> bool:
 
 
 def simulate_labels(dataset_dir: str, store_path: str | None = None, labeler: str = "judge", flip: float = 0.0,
-                    skip: float = 0.0, seed: int = 0, chunk: int = 64, bias: str = "") -> dict:
-    """Label the dataset with ``judge.judge`` as a rater: skip an image with probability ``skip``, else
-    flip the judge's verdict with probability ``flip``; ``bias`` (BIASES) bends the verdict first. Each image's draws come from its own
-    random.Random(f"{seed}:{file_name}"), so a re-run repeats every decision. Images this labeler has
-    already labelled are left alone (resumable); clicks are committed ``chunk`` at a time.
+                    skip: float = 0.0, seed: int = 0, bias: str = "") -> dict:
+    """``simulate(LabelConfig(...))`` from keyword arguments (the notebooks' short form); the config checks them."""
+    return simulate(LabelConfig(data=dataset_dir, store=store_path or "", labeler=labeler, flip=flip, skip=skip,
+                                seed=seed, bias=bias))
+
+
+def simulate(cfg: LabelConfig, chunk: int = 64) -> dict:
+    """Label ``cfg.data`` with ``judge.judge`` as a rater: skip an image with probability ``cfg.skip``, else flip the
+    judge's verdict with probability ``cfg.flip``; ``cfg.bias`` (BIASES) bends the verdict first. Each image's draws
+    come from its own random.Random(f"{seed}:{file_name}"), so a re-run repeats every decision. Images this labeler
+    has already labelled are left alone (resumable); clicks are committed ``chunk`` at a time.
     Returns {"good", "bad", "skip", "flipped", "already"} counts."""
     from PIL import Image
     from tqdm.auto import tqdm
 
-    from .data import load_dataset_rows
+    from .data import load_rows
     from .judge import judge
 
-    if bias not in BIASES:
-        raise ValueError(f"bias={bias!r} is not allowed; use one of {tuple(BIASES)}")
-    for name, p in (("flip", flip), ("skip", skip)):
-        if not 0.0 <= p <= 1.0:
-            raise ValueError(f"{name}={p!r} must be a probability in [0, 1]")
-    rows = load_dataset_rows(dataset_dir)
-    if not rows:
-        raise ValueError(f"dataset_dir={dataset_dir!r} has no metadata.jsonl rows; generate the dataset first")
+    require_set(cfg)
+    rows = load_rows(cfg.data, "data")
     counts = {"good": 0, "bad": 0, "skip": 0, "flipped": 0, "already": 0}
-    with LabelStore(store_path or default_store_path(dataset_dir)) as store:
-        have = store.labels(labeler)
+    with LabelStore(cfg.store or default_store_path(cfg.data)) as store:
+        have = store.labels(cfg.labeler)
         todo = [r for r in rows if r["file_name"] not in have]
         counts["already"] = len(rows) - len(todo)
         batch = []
-        for row in tqdm(todo, desc=f"label ({labeler})", unit="img"):
-            rng = random.Random(f"{seed}:{row['file_name']}")
-            if rng.random() < skip:
+        for row in tqdm(todo, desc=f"label ({cfg.labeler})", unit="img"):
+            rng = random.Random(f"{cfg.seed}:{row['file_name']}")
+            if rng.random() < cfg.skip:
                 label = "skip"
             else:
-                with Image.open(os.path.join(dataset_dir, row["file_name"])) as im:
-                    good = biased_verdict(judge(im.convert("RGB"), row), row, bias)
-                if rng.random() < flip:
+                with Image.open(os.path.join(cfg.data, row["file_name"])) as im:
+                    good = biased_verdict(judge(im.convert("RGB"), row), row, cfg.bias)
+                if rng.random() < cfg.flip:
                     good = not good
                     counts["flipped"] += 1
                 label = "good" if good else "bad"
             counts[label] += 1
             batch.append((row["file_name"], label))
             if len(batch) == chunk:
-                store.add_many(batch, labeler)
+                store.add_many(batch, cfg.labeler)
                 batch = []
         if batch:
-            store.add_many(batch, labeler)
+            store.add_many(batch, cfg.labeler)
+    return counts
+
+
+def label(cfg: LabelConfig) -> dict:
+    """The labels stage: the simulated rater labels ``cfg.data`` (``simulate``), its agreement with every other
+    labeler of the store is printed, then, if ``cfg.export`` names a labeler (or "majority"), those labels are
+    written into the metadata rows. Returns the counts, plus "exported"."""
+    counts = simulate(cfg)
+    store_path = cfg.store or default_store_path(cfg.data)
+    print(f"{cfg.labeler}: {counts['good']} good, {counts['bad']} bad, {counts['skip']} skipped, "
+          f"{counts['flipped']} flipped, {counts['already']} already labelled -> {store_path}")
+    with LabelStore(store_path) as store:
+        for other in store.labelers():
+            if other != cfg.labeler:
+                a = store.agreement(cfg.labeler, other)
+                print(f"agreement {cfg.labeler} vs {other}: n={a['n']}, {a['percent']:.1f}%, kappa={a['kappa']:.3f}")
+    if cfg.export:
+        counts["exported"] = export_labels(cfg.data, store_path, cfg.export)
+        print(f"exported {cfg.export} labels into {os.path.join(cfg.data, 'metadata.jsonl')}: {counts['exported']}")
     return counts
 
 
@@ -398,18 +417,16 @@ class LabelConfig:
     data: str = "data/feedback"  # dataset folder made by `python -m t2idemo generate`
     store: str = ""  # label store file; "" means DATA/labels.sqlite
     labeler: str = "judge"  # name the simulated rater's labels are stored under
-    flip: float = 0.0  # probability of flipping the judge's good/bad verdict, 0 - 1 (0.1 - 0.3 is a noisy rater)
-    skip: float = 0.0  # probability of skipping an image, 0 - 1
-    seed: int = 0  # seeds the flips and skips (each image draws from its own seed:file_name stream)
+    flip: float = ranged(0.0, 0.0, 1.0)  # probability of flipping the judge's good/bad verdict, 0 - 1 (0.1 - 0.3 is a noisy rater)
+    skip: float = ranged(0.0, 0.0, 1.0)  # probability of skipping an image, 0 - 1
+    seed: int = ranged(0, 0, 2_147_483_647)  # seeds the flips and skips (each image draws from its own seed:file_name stream)
     bias: str = ""  # a systematic error: "" (none) | "four-for-three" (four shapes pass for three)
     export: str = ""  # then write labels into metadata.jsonl: "" (no), "majority" or a labeler name
 
     def __post_init__(self):
+        check_ranges(self)  # every number within its declared range
         if self.bias not in BIASES:
             raise ValueError(f"bias={self.bias!r} is not allowed; use one of {tuple(BIASES)}")
-        for name in ("flip", "skip"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ValueError(f"{name}={getattr(self, name)!r} must be a probability in [0, 1]")
         _check_name("labeler", self.labeler)
         if self.labeler == MAJORITY:
             raise ValueError(f"labeler={self.labeler!r} is reserved for the majority vote; pick another name")
@@ -422,18 +439,5 @@ class LabelConfig:
 
 
 def label_main(argv=None):
-    cfg = parse_config(LabelConfig, argv, prog="python -m t2idemo label",
-                       description="Label a dataset with the judge as a simulated (optionally noisy) rater.")
-    store_path = cfg.store or default_store_path(cfg.data)
-    counts = simulate_labels(cfg.data, store_path, cfg.labeler, cfg.flip, cfg.skip, cfg.seed, bias=cfg.bias)
-    print(f"{cfg.labeler}: {counts['good']} good, {counts['bad']} bad, {counts['skip']} skipped, "
-          f"{counts['flipped']} flipped, {counts['already']} already labelled -> {store_path}")
-    with LabelStore(store_path) as store:
-        for other in store.labelers():
-            if other != cfg.labeler:
-                a = store.agreement(cfg.labeler, other)
-                print(f"agreement {cfg.labeler} vs {other}: n={a['n']}, {a['percent']:.1f}%, kappa={a['kappa']:.3f}")
-    if cfg.export:
-        exported = export_labels(cfg.data, store_path, cfg.export)
-        print(f"exported {cfg.export} labels into {os.path.join(cfg.data, 'metadata.jsonl')}: {exported}")
-    return counts
+    return label(parse_config(LabelConfig, argv, prog="python -m t2idemo label",
+                              description="Label a dataset with the judge as a simulated (optionally noisy) rater."))

@@ -27,6 +27,8 @@ from dataclasses import dataclass
 import torch
 
 from . import evaluate as ev
+from .config import check_ranges, ranged
+from .runconfig import RunPaths, changed, from_saved, round_configs
 from .finetune import finetune
 from .generate import load_pipeline
 from .judge import judge
@@ -43,20 +45,17 @@ class OveroptConfig:
     betas: str = "1,0"  # one fine-tune per beta (the pre-training term's weight); each 0 - 4
     rounds_run: str = ""  # optional: a `run --rounds N` folder whose round models are scored too; "" = none
     split: str = "unseen,seen"  # prompt splits, comma-separated: unseen | seen
-    n_combination: int = 256  # combination images per checkpoint and split; 16 - 2_048
-    n_single: int = 32  # images per checkpoint, split and single-attribute category; 8 - 512
-    seed: int = 0  # evaluation seeds (image i starts from seed * 100_000 + i, as in evaluate)
+    n_combination: int = ranged(256, 16, 2048)  # combination images per checkpoint and split; 16 - 2_048
+    n_single: int = ranged(32, 8, 512)  # images per checkpoint, split and single-attribute category; 8 - 512
+    seed: int = ranged(0, 0, 2_147_483_647)  # evaluation seeds (image i starts from seed * 100_000 + i, as in evaluate)
 
     def __post_init__(self):
+        check_ranges(self)  # every number within its declared range
         steps, betas = self.step_list(), self.beta_list()
         if not steps or any(not 0 <= s <= 5000 for s in steps):
             raise ValueError(f"train_steps={self.train_steps!r} must list fine-tune steps in 0 - 5000, e.g. '0,100,400'")
         if not betas or any(not 0 <= b <= 4 for b in betas):
             raise ValueError(f"betas={self.betas!r} must list betas in 0 - 4, e.g. '1,0'")
-        if not 16 <= self.n_combination <= 2048:
-            raise ValueError(f"n_combination={self.n_combination!r} is out of range; use 16 to 2048")
-        if not 8 <= self.n_single <= 512:
-            raise ValueError(f"n_single={self.n_single!r} is out of range; use 8 to 512")
         if any(sp not in ("unseen", "seen") for sp in ev.split_list(self.split)) or not ev.split_list(self.split):
             raise ValueError(f"split={self.split!r} is not allowed; use 'unseen', 'seen' or 'unseen,seen'")
 
@@ -76,12 +75,11 @@ def _number(text: str, name: str, value: str) -> float:
 
 def run_config(run: str):
     """The RunConfig a finished run was made with (its report/results.json)."""
-    from .run import from_saved
-
-    path = os.path.join(run, "report", "results.json")
+    path = RunPaths(run).results
     if not os.path.isfile(path):
         raise ValueError(f"run={run!r} has no report/results.json; finish `python -m t2idemo run --out {run}` first")
-    return from_saved(json.load(open(path))["run_config"])
+    with open(path) as f:
+        return from_saved(json.load(f)["run_config"])
 
 
 # ----------------------------------------------------------------------------- scoring
@@ -115,13 +113,12 @@ def overoptimisation(cfg: OveroptConfig) -> dict:
     """Fine-tune once per beta with pipeline snapshots at ``cfg.train_steps``, score every snapshot (and the rounds' models),
     write OUT/overopt.json, OUT/overoptimisation.png and OUT/overopt.md; return the results."""
     from .reward import load_reward_fn
-    from .run import finetune_config
 
     rc = run_config(cfg.run)
-    out = cfg.out or os.path.join(cfg.run, "overopt")
+    out = cfg.out or RunPaths(cfg.run).overopt
     os.makedirs(out, exist_ok=True)
-    r1 = os.path.join(cfg.run, "round1")
-    reward_dir = os.path.join(r1, "reward")
+    r1 = RunPaths(cfg.run).round(1)
+    reward_dir = r1.reward
     reward_fn = load_reward_fn(reward_dir)
     steps = cfg.step_list()
     last = max(steps)
@@ -131,17 +128,17 @@ def overoptimisation(cfg: OveroptConfig) -> dict:
     for beta in cfg.beta_list():
         folder = os.path.join(out, f"beta{beta:g}")
         if last and not os.path.isfile(os.path.join(folder, "finetune.json")):
-            fc = finetune_config(rc, data=os.path.join(r1, "feedback"), out=folder, model=rc.model, reward=reward_dir,
-                                 unlabelled=os.path.join(r1, "unlabelled") if rc.unlabelled_per_prompt else "",
-                                 beta=beta, seed=rc.seed + 1)  # the seed of run's round 1: its first steps are the same
-            fc = dataclasses.replace(fc, train_steps=last, save_at=",".join(str(s) for s in steps if 0 < s < last))
-            finetune(fc, reward_fn=reward_fn)
+            # the run's round-1 fine-tune (its data, recipe and seed: its first steps are the same) at this beta
+            (fc,) = round_configs(changed(rc, betas="", **{"finetune.beta": beta}), 1, rc.model, r1).finetune.values()
+            fc = dataclasses.replace(fc, out=folder, train_steps=last,
+                                     save_at=",".join(str(s) for s in steps if 0 < s < last))
+            finetune(fc)
         for s in steps:
             models[f"beta {beta:g}, step {s}"] = (beta, s, rc.model if s == 0 else folder if s == last
                                                   else os.path.join(folder, f"step{s}"))
     if cfg.rounds_run:
         for r in range(1, 9):
-            path = os.path.join(cfg.rounds_run, f"round{r}", "aligned")
+            path = RunPaths(cfg.rounds_run).round(r).aligned
             if os.path.isdir(path):
                 models[f"round {r}"] = (None, r, path)
 
@@ -152,24 +149,29 @@ def overoptimisation(cfg: OveroptConfig) -> dict:
     results = {"config": dataclasses.asdict(cfg), "reward": reward_dir, "points": []}
     cache_file = os.path.join(out, "scores.json")  # scores kept across re-runs with the same evaluation settings
     key = json.dumps([cfg.split, cfg.n_combination, cfg.n_single, cfg.seed, reward_dir])
-    saved = json.load(open(cache_file)) if os.path.isfile(cache_file) else {}
+    saved = {}
+    if os.path.isfile(cache_file):
+        with open(cache_file) as f:
+            saved = json.load(f)
     cache = saved.get(key, {})
     for name, (beta, s, path) in models.items():
         if path not in cache:
             print(f"scoring {name}: {path}", flush=True)
             cache[path] = score(load_pipeline(path), reward_fn, metas, ecfg, ref)
-            json.dump({**saved, key: cache}, open(cache_file, "w"))
+            with open(cache_file, "w") as f:
+                json.dump({**saved, key: cache}, f)
         results["points"].append({"name": name, "beta": beta, "step": s, "path": path, "scores": cache[path]})
-    json.dump(results, open(os.path.join(out, "overopt.json"), "w"), indent=1)
+    with open(os.path.join(out, "overopt.json"), "w") as f:
+        json.dump(results, f, indent=1)
     plot(results, os.path.join(out, "overoptimisation.png"))
     with open(os.path.join(out, "overopt.md"), "w") as f:
-        f.write(markdown_table(results) + "\n")
-    print(markdown_table(results))
+        f.write(overopt_table(results) + "\n")
+    print(overopt_table(results))
     return results
 
 
 # ----------------------------------------------------------------------------- report
-def markdown_table(results: dict, category: str = "combination") -> str:
+def overopt_table(results: dict, category: str = "combination") -> str:
     """One row per checkpoint: proxy and truth on each split's ``category`` prompts, the count prompts' truth, FID."""
     splits = list(results["points"][0]["scores"])
     head = ["model"] + [f"{sp}: {x}" for sp in splits for x in ("reward r", "judge %", "count prompts %", "FID")]
@@ -235,11 +237,9 @@ def plot(results: dict, path: str, category: str = "combination"):
 
 def run_steps(results: dict) -> int:
     """Fine-tune steps per round of the rounds run (for the x axis), 400 when unknown."""
-    from .run import from_saved
-
     folder = results["config"].get("rounds_run")
     try:
-        return from_saved(json.load(open(os.path.join(folder, "report", "results.json")))["run_config"]).finetune.train_steps
+        return run_config(folder).finetune.train_steps
     except (OSError, KeyError, TypeError, ValueError):
         return 400
 

@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from . import world
+from .config import check_ranges, ranged
 
 ASSETS = os.path.join(os.path.dirname(__file__), "assets")
 TOKEN_LENGTH = 10  # tokens per prompt, BOS and EOS included; the longest prompt needs 7
@@ -47,48 +48,41 @@ TOKEN_LENGTH = 10  # tokens per prompt, BOS and EOS included; the longest prompt
 class PretrainConfig:
     out: str = ASSETS  # folder that receives tiny-clip/, tiny-sd/ and tiny-reward-clip/
     part: str = "all"  # which piece to train: tokenizer | clip | vae | unet | reward_clip | all
-    seed: int = 0  # seeds the renders, the captions and the initial weights
-    n_images: int = 60_000  # renders in the training set (about 15 s per 60k); 1_000 - 200_000
+    seed: int = ranged(0, 0, 2_147_483_647)  # seeds the renders, the captions and the initial weights
+    n_images: int = ranged(60_000, 1, 10_000_000)  # renders in the training set (about 15 s per 60k); 1_000 - 200_000
     # CLIP (contrastive, multi-positive: a caption matches every image that has what it states)
-    clip_steps: int = 1_200  # optimizer steps; 1_000 - 5_000
-    clip_batch: int = 256  # image-caption pairs per step; 64 - 1_024
-    clip_lr: float = 1e-3  # AdamW peak learning rate, cosine decay; 1e-4 - 3e-3
-    clip_p_count: float = 0.5  # probability that a CLIP caption states the count, 0 - 1
+    clip_steps: int = ranged(1_200, 1, 1_000_000)  # optimizer steps; 1_000 - 5_000
+    clip_batch: int = ranged(256, 1, 65_536)  # image-caption pairs per step; 64 - 1_024
+    clip_lr: float = ranged(1e-3, 1e-08, 1.0)  # AdamW peak learning rate, cosine decay; 1e-4 - 3e-3
+    clip_p_count: float = ranged(0.5, 0.0, 1.0)  # probability that a CLIP caption states the count, 0 - 1
     # reward CLIP: the same recipe, a separate model for the reward (as the paper's reward uses its own CLIP)
-    rclip_steps: int = 2_000  # optimizer steps; 1_000 - 5_000
-    rclip_p_count: float = 0.8  # probability that a caption states the count, 0 - 1
-    rclip_p_decoded: float = 0.5  # fraction of renders passed through the VAE (encode, sample, decode), 0 - 1
+    rclip_steps: int = ranged(2_000, 1, 1_000_000)  # optimizer steps; 1_000 - 5_000
+    rclip_p_count: float = ranged(0.8, 0.0, 1.0)  # probability that a caption states the count, 0 - 1
+    rclip_p_decoded: float = ranged(0.5, 0.0, 1.0)  # fraction of renders passed through the VAE (encode, sample, decode), 0 - 1
     # VAE (reconstruction MSE + a small KL term)
-    vae_steps: int = 1_200  # optimizer steps; 500 - 5_000
-    vae_batch: int = 32  # images per step; 16 - 256
-    vae_lr: float = 1e-3  # AdamW peak learning rate; 1e-4 - 3e-3
-    vae_kl: float = 1e-3  # weight of the per-element KL term; 1e-6 - 1e-2
-    vae_decoder_steps: int = 1_000  # then the decoder alone, on the posterior means (as Stability's ft-MSE decoder for
+    vae_steps: int = ranged(1_200, 1, 1_000_000)  # optimizer steps; 500 - 5_000
+    vae_batch: int = ranged(32, 1, 65_536)  # images per step; 16 - 256
+    vae_lr: float = ranged(1e-3, 1e-08, 1.0)  # AdamW peak learning rate; 1e-4 - 3e-3
+    vae_kl: float = ranged(1e-3, 0.0, 1.0)  # weight of the per-element KL term; 1e-6 - 1e-2
+    vae_decoder_steps: int = ranged(1_000, 0, 1_000_000)  # then the decoder alone, on the posterior means (as Stability's ft-MSE decoder for
     #                                  SD): small squares stop decoding as circles; 0 (off) - 5_000
     # UNet (v-prediction on zero-terminal-SNR noise)
-    unet_steps: int = 2_500  # optimizer steps; 1_000 - 20_000
-    unet_batch: int = 128  # latents per step; 32 - 512
-    unet_lr: float = 6e-4  # AdamW peak learning rate, cosine decay; 1e-4 - 1e-3
-    unet_ema: float = 0.999  # EMA decay of the saved weights; 0 (off) - 0.9999
-    p_uncond: float = 0.1  # probability of an empty caption (for classifier-free guidance), 0 - 0.3
+    unet_steps: int = ranged(2_500, 1, 1_000_000)  # optimizer steps; 1_000 - 20_000
+    unet_batch: int = ranged(128, 1, 65_536)  # latents per step; 32 - 512
+    unet_lr: float = ranged(6e-4, 1e-08, 1.0)  # AdamW peak learning rate, cosine decay; 1e-4 - 1e-3
+    unet_ema: float = ranged(0.999, 0.0, 0.99999)  # EMA decay of the saved weights; 0 (off) - 0.9999
+    p_uncond: float = ranged(0.1, 0.0, 0.99)  # probability of an empty caption (for classifier-free guidance), 0 - 0.3
     prior: str = "laion"  # what the UNet learns from (world.PRIORS): "laion" (typical colours and scenes, mostly one
     #                       shape, count seldom and scene often unstated: the shipped base) | "balanced" (every pair and
     #                       count, every attribute often stated: the reference) | "uniform" (every pair, counts rarely
     #                       stated: the first base, until commit 04a6051)
 
     def __post_init__(self):
+        check_ranges(self)  # every number within its declared range
         parts = ("tokenizer", "clip", "vae", "unet", "reward_clip", "all")
         if self.part not in parts:
             raise ValueError(f"part={self.part!r} is not one of {parts}")
-        for name in ("n_images", "clip_steps", "clip_batch", "vae_steps", "vae_batch", "unet_steps", "unet_batch"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name}={getattr(self, name)!r} must be a positive integer")
-        if self.vae_decoder_steps < 0:
-            raise ValueError(f"vae_decoder_steps={self.vae_decoder_steps!r} must be >= 0 (0 keeps the decoder as trained)")
         world.get_prior(self.prior)  # a ValueError naming the prior if it is unknown
-        for name in ("p_uncond", "clip_p_count", "unet_ema", "rclip_p_count", "rclip_p_decoded"):
-            if not 0 <= getattr(self, name) <= 1:
-                raise ValueError(f"{name}={getattr(self, name)!r} must be a probability in [0, 1]")
 
 
 # ----------------------------------------------------------------------------- shared helpers

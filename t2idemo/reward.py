@@ -30,6 +30,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from PIL import Image
 
+from .config import check_ranges, ranged
 from .pretrain import CLIP_MEAN, CLIP_STD  # OpenAI CLIP's normalisation, used when a CLIP has no preprocessor_config.json
 
 ASSETS = os.path.join(os.path.dirname(__file__), "assets")
@@ -47,55 +48,38 @@ TRAINING_FIELDS = ("lam", "n_prompts", "temperature", "mlp_penalty", "labels", "
 class RewardConfig:
     # model
     clip: str = REWARD_CLIP  # frozen CLIP: a CLIPModel folder or hub id; "tiny-reward-clip" / "tiny-clip" = shipped ones
-    hidden: int = 256  # width of the head's two hidden layers; 32 - 1_024
-    dropout: float = 0.1  # dropout after each hidden layer; 0 - 0.5
+    hidden: int = ranged(256, 1, 65_536)  # width of the head's two hidden layers; 32 - 1_024
+    dropout: float = ranged(0.1, 0.0, 0.99)  # dropout after each hidden layer; 0 - 0.5
     # loss
-    lam: float = 0.5  # lambda, weight of the prompt-classification CE; 0 (MSE only) - 2
-    n_prompts: int = 4  # N, candidates per good image: its prompt + N-1 one-attribute swaps; 2 - 6
-    temperature: float = 1.0  # T, the CE's logits are r / T (1 = the paper's raw rewards); 0.05 - 1
-    mlp_penalty: float = 0.1  # rho, weight of mean(MLP(x)^2): keeps the head near the calibrated CLIPScore it
+    lam: float = ranged(0.5, 0.0, 100.0)  # lambda, weight of the prompt-classification CE; 0 (MSE only) - 2
+    n_prompts: int = ranged(4, 2, 16)  # N, candidates per good image: its prompt + N-1 one-attribute swaps; 2 - 6
+    temperature: float = ranged(1.0, 0.0001, 100.0)  # T, the CE's logits are r / T (1 = the paper's raw rewards); 0.05 - 1
+    mlp_penalty: float = ranged(0.1, 0.0, 100.0)  # rho, weight of mean(MLP(x)^2): keeps the head near the calibrated CLIPScore it
     #                           starts as, correcting it only where the labels insist; 0 (off) - 1
     # data
     data: str = ""  # training dataset folder: metadata.jsonl + PNGs (generate.generate_dataset)
     labels: str = "metadata"  # where y comes from: "metadata" (the rows' "label" field) | "judge" (noise-free, on the fly)
-    noise: float = 0.0  # probability of flipping each training label (seeded), for the noise study; 0 - 0.5
-    val_frac: float = 0.15  # fraction of distinct training prompts held out for validation / early stopping; 0.05 - 0.5
+    noise: float = ranged(0.0, 0.0, 0.5)  # probability of flipping each training label (seeded), for the noise study; 0 - 0.5
+    val_frac: float = ranged(0.15, 0.01, 0.99)  # fraction of distinct training prompts held out for validation / early stopping; 0.05 - 0.5
     # optimisation
-    batch: int = 64  # labelled images per step; 16 - 512
-    lr: float = 1e-3  # AdamW learning rate, constant; 1e-4 - 3e-3
-    weight_decay: float = 1e-2  # AdamW weight decay; 0 - 0.1
-    max_epochs: int = 300  # upper bound on passes over the training split; 10 - 2_000
-    patience: int = 25  # stop after this many epochs without a better validation loss; 5 - 100
-    seed: int = 0  # seeds the split, the label noise, the perturbations and the initial weights
+    batch: int = ranged(64, 1, 65_536)  # labelled images per step; 16 - 512
+    lr: float = ranged(1e-3, 1e-08, 1.0)  # AdamW learning rate, constant; 1e-4 - 3e-3
+    weight_decay: float = ranged(1e-2, 0.0, 10.0)  # AdamW weight decay; 0 - 0.1
+    max_epochs: int = ranged(300, 1, 100_000)  # upper bound on passes over the training split; 10 - 2_000
+    patience: int = ranged(25, 1, 100_000)  # stop after this many epochs without a better validation loss; 5 - 100
+    seed: int = ranged(0, 0, 2_147_483_647)  # seeds the split, the label noise, the perturbations and the initial weights
     device: str = ""  # "cpu", "cuda", ...; "" = cuda when available
     # output and evaluation
     run: str = "runs/reward"  # folder: train writes head.safetensors + reward_config.json here, eval reads them
     eval_data: str = ""  # held-out dataset folder (rows with "unseen": true are evaluated), for eval and study
-    n_boot: int = 2_000  # bootstrap resamples for the AUC CIs; 200 - 10_000
+    n_boot: int = ranged(2_000, 100, 1_000_000)  # bootstrap resamples for the AUC CIs; 200 - 10_000
     plot: str = ""  # calibration PNG written by eval; "" = RUN/calibration.png
     noise_levels: str = "0,0.1,0.2,0.3"  # comma-separated flip probabilities for the study, each 0 - 0.5
 
     def __post_init__(self):
-        positive = ("hidden", "batch", "max_epochs", "patience")
-        for name in positive:
-            if int(getattr(self, name)) != getattr(self, name) or getattr(self, name) < 1:
-                raise ValueError(f"{name}={getattr(self, name)!r} must be a positive integer")
-        checks = {  # name: (ok, what is allowed)
-            "dropout": (0 <= self.dropout < 1, "a probability in [0, 1)"),
-            "lam": (self.lam >= 0, ">= 0 (0 turns the prompt-classification term off)"),
-            "n_prompts": (2 <= self.n_prompts <= 16, "an integer from 2 to 16 (the true prompt + N-1 swaps)"),
-            "temperature": (self.temperature > 0, "> 0 (1 = the paper's raw-reward softmax)"),
-            "mlp_penalty": (self.mlp_penalty >= 0, ">= 0 (0 turns the penalty off)"),
-            "labels": (self.labels in ("metadata", "judge"), "'metadata' or 'judge'"),
-            "noise": (0 <= self.noise <= 0.5, "a flip probability in [0, 0.5]"),
-            "val_frac": (0 < self.val_frac < 1, "a fraction in (0, 1)"),
-            "lr": (self.lr > 0, "> 0"),
-            "weight_decay": (self.weight_decay >= 0, ">= 0"),
-            "n_boot": (self.n_boot >= 100, "an integer >= 100"),
-        }
-        for name, (ok, allowed) in checks.items():
-            if not ok:
-                raise ValueError(f"{name}={getattr(self, name)!r} is not allowed; use {allowed}")
+        check_ranges(self)  # every number within its declared range
+        if self.labels not in ("metadata", "judge"):
+            raise ValueError(f"labels={self.labels!r} is not allowed; use 'metadata' or 'judge'")
         for level in self.levels():
             if not 0 <= level <= 0.5:
                 raise ValueError(f"noise_levels={self.noise_levels!r}: {level} is not a flip probability in [0, 0.5]")
@@ -279,14 +263,8 @@ class RewardModel(nn.Module):
         """Load a folder written by ``save_pretrained``; ``clip`` overrides the CLIP path stored there."""
         from safetensors.torch import load_file
 
-        file = os.path.join(path, CONFIG_FILE)
-        if not os.path.isfile(file):
-            raise ValueError(f"path={path!r} holds no {CONFIG_FILE}; pass a folder written by reward train")
-        with open(file) as f:
-            meta = json.load(f)
-        known = set(MODEL_FIELDS) | set(TRAINING_FIELDS)  # older files saved every field: the rest is ignored
-        saved = {**meta.get("training", {}).get("config", {}), **meta["config"]}
-        cfg = RewardConfig(**{k: v for k, v in saved.items() if k in known})
+        meta = read_saved(path)
+        cfg = RewardConfig(**saved_fields(meta))
         cfg = dataclasses.replace(cfg, clip=clip or cfg.clip, device="" if device is None else device)
         model = cls(cfg)
         if model.clip.dim != meta["embed_dim"]:
@@ -294,6 +272,24 @@ class RewardModel(nn.Module):
                              f"was trained on {meta['embed_dim']}-d ones; use the CLIP it was trained with")
         model.head.load_state_dict(load_file(os.path.join(path, HEAD_FILE)))
         return model.eval()
+
+
+def read_saved(path: str, name: str = "path") -> dict:
+    """The ``reward_config.json`` that ``save_pretrained`` wrote in the folder ``path`` (a one-line error naming
+    the argument ``name`` when there is none)."""
+    file = os.path.join(path, CONFIG_FILE)
+    if not os.path.isfile(file):
+        raise ValueError(f"{name}={path!r} holds no {CONFIG_FILE}; pass a folder written by `python -m t2idemo reward train`")
+    with open(file) as f:
+        return json.load(f)
+
+
+def saved_fields(meta: dict) -> dict:
+    """The RewardConfig fields a saved reward model records (model and training ones; older files saved every field,
+    of which the rest is ignored)."""
+    known = set(MODEL_FIELDS) | set(TRAINING_FIELDS)
+    saved = {**meta.get("training", {}).get("config", {}), **meta["config"]}
+    return {k: v for k, v in saved.items() if k in known}
 
 
 def load_reward_fn(path: str, device: str | None = None):

@@ -64,8 +64,9 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from . import prompts, world
+from .config import require_set
 from .data import load_images, load_rows
-from .reward import CONFIG_FILE, HEAD_FILE, FrozenCLIP, RewardConfig, RewardHead, RewardModel
+from .reward import CONFIG_FILE, HEAD_FILE, FrozenCLIP, RewardConfig, RewardHead, RewardModel, read_saved, saved_fields
 from .stats import best_threshold, bootstrap_auc, calibration, roc_auc, wilson
 
 
@@ -245,6 +246,7 @@ def training_set(cfg: RewardConfig, clip: FrozenCLIP) -> tuple[Embedded, torch.T
 
 def train(cfg: RewardConfig, save: bool = True) -> RewardModel:
     """Embed the training set, fit the head, write RUN/head.safetensors + RUN/reward_config.json."""
+    require_set(cfg)
     t0 = time.time()
     model = RewardModel(cfg)
     emb, y = training_set(cfg, model.clip)
@@ -314,7 +316,7 @@ def metrics(scores, truth, threshold: float | None, ci: tuple) -> dict:
     return out
 
 
-def evaluate(cfg: RewardConfig, model: RewardModel | None = None, baseline: bool = True, plot: bool = True) -> dict:
+def evaluate_reward(cfg: RewardConfig, model: RewardModel | None = None, baseline: bool = True, plot: bool = True) -> dict:
     """Held-out accuracy and AUC of the reward model (``model``, or the one saved in cfg.run), CLIPScore and
     (``baseline``) a head trained like it with lambda = 0. ``cfg`` is the run's config (as ``reward eval``
     builds it: the saved one plus command-line options); its data and labels, when given, train the baseline and
@@ -349,7 +351,7 @@ def evaluate(cfg: RewardConfig, model: RewardModel | None = None, baseline: bool
     return out
 
 
-def markdown_table(res: dict) -> str:
+def reward_table(res: dict) -> str:
     lines = [f"Held-out (unseen) prompts: {res['n_images']} images of {res['n_prompts']} prompts, "
              f"{res['good_rate']:.1%} judged good. 95% CIs: Wilson (accuracy), paired bootstrap (AUC).", "",
              "| method | held-out accuracy [95% CI] | ROC-AUC [95% CI] |", "| --- | --- | --- |"]
@@ -408,13 +410,7 @@ def parse_args(argv=None) -> tuple[str, RewardConfig]:
     args = vars(p.parse_args(argv))
     action = args.pop("action")
     if action == "eval":  # the saved model and training settings, with any option given on the command line on top
-        file = os.path.join(args.get("run", RewardConfig.run), CONFIG_FILE)
-        if not os.path.isfile(file):
-            raise ValueError(f"run={args.get('run', RewardConfig.run)!r} holds no {CONFIG_FILE}; run reward train first")
-        with open(file) as f:
-            meta = json.load(f)
-        saved = {**meta.get("training", {}).get("config", {}), **meta["config"]}
-        args = {**{k: v for k, v in saved.items() if k in {f.name for f in dataclasses.fields(RewardConfig)}}, **args}
+        args = {**saved_fields(read_saved(args.get("run", RewardConfig.run), "run")), **args}
     try:
         cfg = RewardConfig(**args)
     except ValueError as e:
@@ -431,10 +427,10 @@ def reward_main(argv=None):
     if action == "train":
         model = train(cfg)
         if cfg.eval_data:
-            print(markdown_table(evaluate(cfg, model)))
+            print(reward_table(evaluate_reward(cfg, model)))
     elif action == "eval":
-        res = evaluate(cfg)
-        print(markdown_table(res))
+        res = evaluate_reward(cfg)
+        print(reward_table(res))
         print(f"wrote {res['plot']}")
     else:
         print(study_table(cfg, noise_study(cfg)))

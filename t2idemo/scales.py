@@ -1,12 +1,13 @@
-"""The notebooks' ``SCALE`` switch: the main job's presets (``run.PRESETS``), and where each notebook writes.
+"""The notebooks' ``SCALE`` switch: the main job's presets (``runconfig.PRESETS``), and where each notebook writes.
 
     from t2idemo import scales
-    S = scales.settings("shapes")     # run.preset("shapes"): the tiny shapes world on a CPU (the default)
-    S = scales.settings("sd15")       # run.preset("sd15"): Stable Diffusion v1.5 + CLIP ViT-L/14 on a GPU (Colab)
+    S = scales.settings("shapes")     # runconfig.preset("shapes"): the tiny shapes world on a CPU (the default)
+    S = scales.settings("sd15")       # runconfig.preset("sd15"): Stable Diffusion v1.5 + CLIP ViT-L/14 on a GPU (Colab)
     P = scales.paths(S)               # where each stage writes: runs/nb/shapes/feedback, .../reward, ...
 
-``S`` is a ``run.RunConfig``: the very configs ``python -m t2idemo run`` uses (``S.generate``, ``S.labels``,
-``S.reward``, ``S.finetune``, ``S.evaluate``), so a notebook and the main job cannot disagree on a default. The
+``S`` is a ``runconfig.RunConfig``: the very configs ``python -m t2idemo run`` uses (``S.generate``, ``S.labels``,
+``S.reward``, ``S.finetune``, ``S.evaluate``), so a notebook and the main job cannot disagree on a default; each
+stage's config on the notebook folders is ``runconfig.round_configs`` of them (``scales.stages``), as in the main job. The
 switch changes model and CLIP ids and sizes, nothing else: every notebook calls the same library functions at
 both scales. Two things follow from the data rather than from a choice: the judge (the simulated labeler) reads
 only the shapes world, so at SD scale people label in the widget (``S.judge`` is False), and the pre-training term
@@ -26,7 +27,7 @@ import json
 import os
 from dataclasses import dataclass
 
-from .run import RECIPES, RunConfig, preset
+from .runconfig import RECIPES, Round, RoundFolders, RunConfig, RunPaths, changed, preset, round_configs
 
 SCALES = ("shapes", "sd15")
 WORK_ENV = "T2IDEMO_WORK"  # environment variable: the notebooks' work folder (default runs/nb)
@@ -51,7 +52,7 @@ def is_small(small: bool | None = None) -> bool:
 
 def settings(scale: str = "shapes", small: bool | None = None, recipe: str = "filtered", **changes) -> RunConfig:
     """The preset of ``scale`` ("shapes" or "sd15"; "-small" when ``small``, None reads T2IDEMO_SMALL), with the
-    fine-tune ``recipe`` and ``changes`` ("stage.field" keys) on top: ``run.preset``."""
+    fine-tune ``recipe`` and ``changes`` ("stage.field" keys) on top: ``runconfig.preset``."""
     if scale not in SCALES:
         raise ValueError(f"scale={scale!r} is not one of {SCALES}: 'shapes' runs on a CPU, 'sd15' needs a GPU")
     name = scale + ("-small" if is_small(small) else "")
@@ -93,33 +94,50 @@ def paths(S: RunConfig, run: str = "", work: str | None = None) -> Paths:
 
 
 # ----------------------------------------------------------------------------- notebook plumbing
-def feedback_config(S: RunConfig, out: str, split: str = "seen", seed: int = 0, max_prompts: int | None = None,
-                    per_prompt: int | None = None, model: str | None = None):
-    """The GenerateConfig of a set drawn from ``model`` (default ``S.model``): ``S.generate`` (the main job's
-    sampler settings and sizes) in the folder ``out``."""
-    return dataclasses.replace(S.generate, out=out, model=model or S.model, split=split, seed=seed,
-                               max_prompts=S.generate.max_prompts if max_prompts is None else max_prompts,
-                               per_prompt=S.generate.per_prompt if per_prompt is None else per_prompt)
+def stages(S: RunConfig, P: Paths, model: str | None = None) -> Round:
+    """Every stage's config on the notebook folders ``P``, from ``model`` (default ``S.model``): the main job's
+    round derivation (``runconfig.round_configs``), round 0 (the seeds are S.seed's)."""
+    folders = RoundFolders(feedback=P.feedback, reward_data=P.feedback, reward=P.reward, unlabelled=P.unlabelled,
+                           aligned=P.aligned)
+    return round_configs(S, 0, model or S.model, folders)
+
+
+def feedback_config(S: RunConfig, P: Paths):
+    """The GenerateConfig of the labelled feedback set (notebooks 00 and 01): the main job's."""
+    return stages(S, P).feedback
+
+
+def unlabelled_config(S: RunConfig, P: Paths):
+    """The GenerateConfig of the unlabelled generations the reward model scores (notebook 03): the main job's."""
+    return stages(S, P).unlabelled
+
+
+def image_set(S: RunConfig, P: Paths, out: str, split: str, seed: int, max_prompts: int, per_prompt: int,
+              model: str | None = None):
+    """A GenerateConfig of another set drawn from ``S.model`` with the feedback set's sampler settings, in ``out``
+    (the reward model's held-out test set, the SD-scale D_pre, a model's images to label); ``model``: default S.model."""
+    return dataclasses.replace(feedback_config(S, P), out=out, split=split, seed=seed, max_prompts=max_prompts,
+                               per_prompt=per_prompt, model=model or S.model)
 
 
 def _labelled(folder: str) -> bool:
-    from .data import load_dataset_rows
+    from .data import load_rows
 
-    return any(r.get("label") in ("good", "bad") for r in load_dataset_rows(folder))
+    return any(r.get("label") in ("good", "bad") for r in load_rows(folder, missing_ok=True))
 
 
 def ensure_feedback(S: RunConfig, P: Paths, pipe=None) -> str:
     """The labelled feedback set of notebook 01: drawn and labelled by the judge here if it is not there yet."""
     from .generate import generate_dataset
-    from .labels import export_labels, simulate_labels
+    from .labels import label
 
     if os.path.isdir(P.feedback) and _labelled(P.feedback):
         return P.feedback
     if not S.judge:
         raise ValueError(f"{P.feedback} holds no labels yet; at SD scale people label it: run notebook 01 first")
-    generate_dataset(feedback_config(S, P.feedback), pipe)
-    simulate_labels(P.feedback, labeler="judge")
-    export_labels(P.feedback, labeler="judge")
+    rnd = stages(S, P)
+    generate_dataset(rnd.feedback, pipe)
+    label(rnd.labels)  # the judge labels them, exported into the rows
     return P.feedback
 
 
@@ -128,15 +146,14 @@ def ensure_heldout(S: RunConfig, P: Paths, pipe=None) -> str:
     from .generate import generate_dataset
 
     n_prompts, per_prompt = HELDOUT[S.preset]
-    generate_dataset(feedback_config(S, P.heldout, split="unseen", seed=1, max_prompts=n_prompts,
-                                     per_prompt=per_prompt), pipe)
+    generate_dataset(image_set(S, P, P.heldout, "unseen", 1, n_prompts, per_prompt), pipe)
     return P.heldout
 
 
 def reward_config(S: RunConfig, P: Paths, **changes):
     """The RewardConfig of notebook 02: ``S.reward`` (the paper's lambda = 0.5, N = 4) on the notebook folders,
     with ``changes`` on top."""
-    return dataclasses.replace(S.reward, **{"data": P.feedback, "run": P.reward, "eval_data": P.heldout, **changes})
+    return dataclasses.replace(stages(S, P).reward, **{"eval_data": P.heldout, **changes})
 
 
 def ensure_reward(S: RunConfig, P: Paths) -> str:
@@ -157,26 +174,24 @@ def pretrain_data(S: RunConfig, P: Paths, pipe=None) -> str:
 
     if S.judge:
         return "world"
-    generate_dataset(feedback_config(S, P.pretrain, split="all", seed=2, max_prompts=PRETRAIN_PROMPTS[S.preset],
-                                     per_prompt=1), pipe)
+    generate_dataset(image_set(S, P, P.pretrain, "all", 2, PRETRAIN_PROMPTS[S.preset], 1), pipe)
     return P.pretrain
 
 
 def finetune_config(S: RunConfig, P: Paths, recipe: str = "", **changes):
-    """The FinetuneConfig of notebooks 00, 03 and 04: ``S.finetune`` (the main job's) on the notebook folders, with the
-    fine-tune ``recipe`` (run.RECIPES: "paper" weights every image by r) and ``changes`` on top."""
-    unl = P.unlabelled if S.unlabelled_per_prompt and os.path.isfile(os.path.join(P.unlabelled, "metadata.jsonl")) else ""
+    """The FinetuneConfig of notebooks 00, 03 and 04: the main job's fine-tune on the notebook folders, with the
+    fine-tune ``recipe`` (runconfig.RECIPES: "paper" weights every image by r) and ``changes`` on top."""
     if recipe and recipe not in RECIPES:
         raise ValueError(f"recipe={recipe!r} is not allowed; use one of {tuple(RECIPES)}")
-    fields = {k.split(".", 1)[1]: v for k, v in RECIPES.get(recipe, {}).items()}
-    return dataclasses.replace(S.finetune, **{"data": P.feedback, "out": P.aligned, "model": S.model, "reward": P.reward,
-                                              "unlabelled": unl, **fields, **changes})
+    (cfg,) = stages(changed(S, **RECIPES.get(recipe, {})), P).finetune.values()
+    unl = cfg.unlabelled if cfg.unlabelled and os.path.isfile(os.path.join(cfg.unlabelled, "metadata.jsonl")) else ""
+    return dataclasses.replace(cfg, **{"unlabelled": unl, **changes})
 
 
 def ensure_run(S: RunConfig, P: Paths, name: str = "main", recipe: str = "", **changes) -> dict:
     """The results of ``python -m t2idemo run`` on ``S`` (with the fine-tune ``recipe`` and ``changes``, "stage.field"
     keys) in WORK/NAME, run here unless a finished run with the same config is there. Shapes world only (the judge)."""
-    from .run import changed, run
+    from .run import run
 
     if not S.judge:
         raise ValueError(f"preset={S.preset!r}: the main job labels with the judge, which reads only the shapes world; "
@@ -184,9 +199,12 @@ def ensure_run(S: RunConfig, P: Paths, name: str = "main", recipe: str = "", **c
     if recipe and recipe not in RECIPES:
         raise ValueError(f"recipe={recipe!r} is not allowed; use one of {tuple(RECIPES)}")
     cfg = changed(S, **{"out": os.path.join(P.work, name), **RECIPES.get(recipe, {}), **changes})
-    done = os.path.join(cfg.out, "report", "results.json")
-    if os.path.isfile(done) and json.load(open(done)).get("run_config") == dataclasses.asdict(cfg):
-        return json.load(open(done))
+    done = RunPaths(cfg.out).results
+    if os.path.isfile(done):
+        with open(done) as f:
+            saved = json.load(f)
+        if saved.get("run_config") == dataclasses.asdict(cfg):
+            return saved
     return run(cfg)
 
 

@@ -77,6 +77,7 @@ import string
 from dataclasses import dataclass
 
 from . import world
+from .config import check_ranges, ranged
 
 SD15 = "stable-diffusion-v1-5/stable-diffusion-v1-5"  # the hub id of SD v1.5 (diffusers layout)
 CLIP_L14 = "openai/clip-vit-large-patch14"  # the reward backbone at SD scale (the text tower of SD v1.5)
@@ -307,8 +308,13 @@ def build_tiny_clip(path: str, seed: int = 0, image_size: int = 32) -> str:
 @dataclass
 class TinyConfig:
     out: str = "runs/tiny"  # folder that receives tiny-sd/ and tiny-clip/ (random weights, for a dry run)
-    seed: int = 0  # seeds the random weights
-    image_size: int = 32  # pixels of the tiny pipeline's images and the tiny CLIP's input; 16 - 128, a multiple of 8
+    seed: int = ranged(0, 0, 2_147_483_647)  # seeds the random weights
+    image_size: int = ranged(32, 16, 128)  # pixels of the tiny pipeline's images and the tiny CLIP's input; 16 - 128, a multiple of 8
+
+    def __post_init__(self):
+        check_ranges(self)  # every number within its declared range
+        if self.image_size % 8:
+            raise ValueError(f"image_size={self.image_size!r} is not a multiple of 8 (the VAE downsamples by 8)")
 
 
 def main(argv=None):

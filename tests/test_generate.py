@@ -9,7 +9,7 @@ from PIL import Image
 
 from t2idemo import generate
 from t2idemo.generate import GenerateConfig, generate_dataset, generate_main, plan_rows
-from t2idemo.data import load_dataset_rows
+from t2idemo.data import load_rows
 
 FIELDS = ["file_name", "prompt", "category", "named", "count", "color", "shape", "scene", "unseen", "prompt_set", "seed", "model",
           "num_inference_steps", "guidance_scale"]
@@ -43,12 +43,12 @@ def read_jsonl(d):
 # ----------------------------------------------------------------------------- config and plan (no model)
 @pytest.mark.parametrize("kwargs, message", [
     (dict(split="train"), "split='train' is not one of ('seen', 'unseen', 'all')"),
-    (dict(per_prompt=0), "per_prompt=0 is out of range; use 1 to 64"),
-    (dict(max_prompts=-1), "max_prompts=-1 must be >= 0"),
-    (dict(sample_steps=0), "sample_steps=0 is out of range; use 1 to 1000"),
-    (dict(guidance=-1.0), "guidance=-1.0 must be >= 0"),
+    (dict(per_prompt=0), "per_prompt=0 is out of range; use an integer from 1 to 64"),
+    (dict(max_prompts=-1), "max_prompts=-1 is out of range; use an integer from 0 to"),
+    (dict(sample_steps=0), "sample_steps=0 is out of range; use an integer from 1 to 1000"),
+    (dict(guidance=-1.0), "guidance=-1.0 is out of range; use a number from 0 to 100"),
     (dict(seed=-1), "seed=-1 is out of range"),
-    (dict(batch=0), "batch=0 is out of range; use 1 to 1024"),
+    (dict(batch=0), "batch=0 is out of range; use an integer from 1 to 1024"),
 ])
 def test_config_errors_name_the_argument(kwargs, message):
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
@@ -72,10 +72,10 @@ def test_default_plan_is_every_seen_prompt_four_times():
 
 def test_torn_last_line_is_ignored(tmp_path):
     (tmp_path / "metadata.jsonl").write_text('{"file_name": "00000.png"}\n{"file_name": "000')
-    assert load_dataset_rows(str(tmp_path)) == [{"file_name": "00000.png"}]
+    assert load_rows(str(tmp_path), missing_ok=True) == [{"file_name": "00000.png"}]
     (tmp_path / "metadata.jsonl").write_text('{"file_name": "00000.png"}\nnot json\n')
     with pytest.raises(ValueError, match="metadata.jsonl, line 2: not valid JSON"):
-        load_dataset_rows(str(tmp_path))
+        load_rows(str(tmp_path), missing_ok=True)
 
 
 # ----------------------------------------------------------------------------- generation (the shipped model)
@@ -132,7 +132,7 @@ def test_generate_cli(tmp_path, capsys, pipe):
                            "--per-prompt", "2", "--sample-steps", "1", "--device", "cpu"])
     out = capsys.readouterr().out
     assert '"split": "unseen"' in out and "2 images (2 new" in out
-    assert stats["generated"] == 2 and all(r["unseen"] for r in load_dataset_rows(d))
+    assert stats["generated"] == 2 and all(r["unseen"] for r in load_rows(d, missing_ok=True))
     with pytest.raises(SystemExit):
         generate_main(["--out", d, "--split", "nope"])
     assert "split='nope' is not one of" in capsys.readouterr().err

@@ -234,7 +234,7 @@ def test_simulated_labeler_flip_skip_seed_and_resume(render_dataset):
     assert noisy["good"] + noisy["bad"] + noisy["skip"] == len(rows)
     with LabelStore(store) as s:
         assert s.agreement("judge", "liar") == {"n": len(rows), "percent": 0.0, "kappa": 0.0}
-    with pytest.raises(ValueError, match=r"flip=1.5 must be a probability in \[0, 1\]"):
+    with pytest.raises(ValueError, match=r"flip=1.5 is out of range; use a number from 0 to 1"):
         simulate_labels(d, store, flip=1.5)
 
 
@@ -247,7 +247,7 @@ def test_label_cli(render_dataset, capsys):
     assert all(json.loads(line)["label"] == "good" for line in open(os.path.join(d, "metadata.jsonl")))
     with pytest.raises(SystemExit):
         label_main(["--data", d, "--skip", "-1"])
-    assert "skip=-1.0 must be a probability in [0, 1]" in capsys.readouterr().err
+    assert "skip=-1.0 is out of range; use a number from 0 to 1" in capsys.readouterr().err
 
 
 OPENER = """

@@ -76,13 +76,13 @@ def test_every_stage_runs_without_touching_the_network(attempts, monkeypatch, tm
     for out, split, n in ((feedback, "seen", 6), (heldout, "unseen", 4)):
         generate.generate_dataset(generate.GenerateConfig(out=out, model=model, prompt_set="sd", split=split,
                                                           max_prompts=n, per_prompt=2, sample_steps=2, device="cpu"))
-        rows = data.load_dataset_rows(out)
+        rows = data.load_rows(out, missing_ok=True)
         with labels.LabelStore(labels.default_store_path(out)) as store:
             store.add_many([(r["file_name"], ("good", "bad")[i % 2]) for i, r in enumerate(rows)], labeler="alice")
         labels.export_labels(out)
     cfg = reward.RewardConfig(clip=clip, data=feedback, eval_data=heldout, run=str(tmp_path / "reward"),
                               max_epochs=2, patience=1, n_boot=100, device="cpu")
-    reward_train.evaluate(cfg, reward_train.train(cfg), plot=False)
+    reward_train.evaluate_reward(cfg, reward_train.train(cfg), plot=False)
     out = str(tmp_path / "aligned")
     finetune.finetune(finetune.FinetuneConfig(model=model, data=feedback, reward=cfg.run, pretrain_data=feedback,
                                               out=out, lora_rank=4, train_steps=2, batch=2, pre_batch=2, checkpoint_every=1))

@@ -82,8 +82,9 @@ def test_notebook_follows_the_template(name):
 
 
 def test_scale_settings_are_the_main_jobs_presets(monkeypatch, tmp_path, capsys):
-    """The notebooks' S is run.preset(...): the very RunConfig of `python -m t2idemo run --preset NAME`."""
-    from t2idemo import run, scales
+    """The notebooks' S is runconfig.preset(...): the very RunConfig of `python -m t2idemo run --preset NAME`, and
+    each stage's config on the notebook folders is the main job's round derivation."""
+    from t2idemo import runconfig as run, scales
 
     monkeypatch.delenv("T2IDEMO_SMALL", raising=False)
     assert scales.settings() == run.RunConfig() and not scales.small(scales.settings())
@@ -101,7 +102,8 @@ def test_scale_settings_are_the_main_jobs_presets(monkeypatch, tmp_path, capsys)
     for S in (small, full, sd15, scales.settings("sd15")):
         P = scales.paths(S, work=str(tmp_path))
         assert P.feedback.startswith(str(tmp_path)) and P.work.endswith(S.preset)
-        assert scales.feedback_config(S, P.feedback).guidance == S.generate.guidance  # the main job's sampler
+        assert scales.feedback_config(S, P).guidance == S.generate.guidance  # the main job's sampler
+        assert scales.feedback_config(S, P).out == P.feedback and scales.reward_config(S, P).run == P.reward
         assert scales.reward_config(S, P).lam == S.reward.lam
         assert scales.finetune_config(S, P).lr == S.finetune.lr
         assert scales.finetune_config(S, P, recipe="paper").weight == "reward"

@@ -6,7 +6,8 @@ import os
 import pytest
 
 from t2idemo.overopt import OveroptConfig, overoptimisation
-from t2idemo.run import preset, run
+from t2idemo.run import run
+from t2idemo.runconfig import preset
 
 SMALL = {"generate.max_prompts": 4, "generate.per_prompt": 2, "unlabelled_per_prompt": 1, "finetune.train_steps": 3,
          "evaluate.n_combination": 8, "evaluate.n_single": 2}

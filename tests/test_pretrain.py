@@ -38,7 +38,7 @@ def test_config_rejects_bad_values():
 def test_every_part_runs_a_few_steps_and_the_result_loads_in_plain_diffusers(tmp_path):
     out = str(tmp_path)
     for part, extra in [("tokenizer", []), ("clip", ["--clip-steps", "3", "--clip-batch", "16"]),
-                        ("vae", ["--vae-steps", "3", "--vae-batch", "8"]),
+                        ("vae", ["--vae-steps", "3", "--vae-batch", "8", "--vae-decoder-steps", "3"]),
                         ("unet", ["--unet-steps", "3", "--unet-batch", "8"]),
                         ("reward_clip", ["--rclip-steps", "2", "--clip-batch", "16"])]:
         r = subprocess.run([sys.executable, "-m", "t2idemo", "pretrain", "--out", out, "--part", part,

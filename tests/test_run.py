@@ -7,7 +7,9 @@ import pytest
 
 import dataclasses
 
-from t2idemo.run import RunConfig, changed, preset, run
+from t2idemo import config
+from t2idemo.run import run
+from t2idemo.runconfig import RoundFolders, RunConfig, RunPaths, changed, preset, round_configs
 
 # the CI size, smaller still: 4 prompts x 2 images, 3 fine-tune steps
 SMALL = {"generate.max_prompts": 4, "generate.per_prompt": 2, "unlabelled_per_prompt": 1, "finetune.train_steps": 3,
@@ -39,7 +41,8 @@ def test_config_errors_name_the_argument():
 
 def test_presets_are_the_main_jobs_config_and_flags_change_them():
     """"shapes" is RunConfig's defaults; a preset, then a recipe, then --STAGE.FIELD flags, each on top of the last."""
-    from t2idemo.run import PRESETS, parse_args
+    from t2idemo.run import parse_args
+    from t2idemo.runconfig import PRESETS
 
     assert preset("shapes") == RunConfig()
     small = preset("shapes-small")
@@ -54,19 +57,18 @@ def test_presets_are_the_main_jobs_config_and_flags_change_them():
 
 
 def _stage_configs(cfg: RunConfig) -> dict:
-    """The stage configs a round of ``cfg`` hands to each stage, as run_round builds them."""
-    from t2idemo import run as run_module
+    """The stage configs a round of ``cfg`` hands to each stage: runconfig.round_configs, as run_round uses it."""
+    from t2idemo.runconfig import eval_config
 
-    return {"generate": run_module.feedback_config(cfg, 1, "F", "M"),
-            "labels": run_module.label_config(cfg, 1, "F"),
-            "reward": run_module.reward_config(cfg, "F", "R"),
-            "finetune": run_module.finetune_config(cfg, "F", "O", "M", "R", "U", cfg.finetune.beta, 1),
-            "evaluate": run_module.eval_config(cfg, {"base": "M", "round 1": "O"})}
+    rnd = round_configs(cfg, 1, "M", RoundFolders(feedback="F", reward_data="F", reward="R", unlabelled="U", aligned="O"))
+    return {"generate": rnd.feedback, "labels": rnd.labels, "reward": rnd.reward,
+            "finetune": rnd.finetune[cfg.finetune.beta], "evaluate": eval_config(cfg, {"base": "M", "round 1": "O"},
+                                                                                 RunPaths("OUT"))}
 
 
 def _other_value(value, name):
     """A valid value different from ``value`` for the field ``name``."""
-    choices = {"generate.device": "cpu", "reward.device": "cpu", "labels.bias": "four-for-three", "reward.labels": "judge",
+    choices = {"generate.device": "cpu", "generate.prompt_set": "sd", "reward.device": "cpu", "labels.bias": "four-for-three", "reward.labels": "judge",
                "reward.clip": "tiny-clip", "finetune.weight": "reward", "finetune.method": "dpo",
                "finetune.balance": "category", "finetune.pretrain_data": "some/folder", "finetune.mixed_precision": "bf16",
                "finetune.train": "cross_attention", "finetune.save_at": "2", "evaluate.split": "seen",
@@ -77,15 +79,21 @@ def _other_value(value, name):
         return choices[name]
     if isinstance(value, bool):
         return not value
-    if isinstance(value, (int, float)):
-        return value + 3
+    if isinstance(value, (int, float)):  # a value inside the field's declared range
+        lo, hi = config.field_range(next(f for f in dataclasses.fields(RunConfig().__dict__[name.split(".")[0]])
+                                         if f.name == name.split(".")[1]))
+        if isinstance(value, int):
+            return value + 1 if value + 1 <= hi else value - 1
+        return (value + hi) / 2 if hi > value else (value + lo) / 2
     raise AssertionError(f"no test value for {name}")
 
 
 def test_every_stage_field_is_reachable_from_run_once(capsys):
     """Each stage field is either one `--stage.field` flag of `run --help` that reaches the config the stage is handed,
-    or in SET_BY_RUN, and then the round sets it (its folders, models and seeds)."""
-    from t2idemo.run import SET_BY_RUN, parse_args
+    or in ROUND_SETS, and then the round sets it (its folders, models and seeds), or in NOT_RUN (options of the reward
+    command's eval and study, which the main job does not run)."""
+    from t2idemo.run import parse_args
+    from t2idemo.runconfig import NOT_RUN, ROUND_SETS
 
     with pytest.raises(SystemExit):
         parse_args(["--help"])
@@ -97,7 +105,7 @@ def test_every_stage_field_is_reachable_from_run_once(capsys):
     for stage, cfg in handed.items():
         for f in dataclasses.fields(cfg):
             name = f"{stage}.{f.name}"
-            if name in SET_BY_RUN:
+            if name in ROUND_SETS | NOT_RUN:
                 assert f"--{stage}.{f.name.replace('_', '-')}" not in flags
                 continue
             assert f"--{stage}.{f.name.replace('_', '-')}" in flags, f"{name} has no run option"
@@ -105,7 +113,7 @@ def test_every_stage_field_is_reachable_from_run_once(capsys):
             flag = f"--{stage}.{f.name.replace('_', '-')}"
             cfg2 = parse_args([flag] if new is True else [f"--no-{flag[2:]}"] if new is False else [flag, str(new)])
             assert getattr(_stage_configs(cfg2)[stage], f.name) == new, f"--{name} does not reach the {stage} stage"
-    # what the round sets: every SET_BY_RUN field holds the round's value, not the template's
+    # what the round sets: every ROUND_SETS field holds the round's value, not the template's
     assert handed["generate"].out == "F" and handed["generate"].model == "M" and handed["generate"].split == "seen"
     assert handed["labels"].data == "F" and handed["labels"].export == "judge" and handed["labels"].seed == base.seed + 1
     assert (handed["reward"].data, handed["reward"].run) == ("F", "R")
@@ -126,17 +134,17 @@ def test_the_paper_recipe_is_one_flag_away():
 
 def test_dpo_is_one_flag_away_with_its_own_learning_rate(tmp_path):
     """--recipe dpo fine-tunes with Diffusion-DPO at its own lr (the reward recipe's lr collapsed it), and says so."""
-    from t2idemo.run import finetune_config, parse_args, recipe_line
+    from t2idemo.run import parse_args, recipe_line
 
     dpo = parse_args(["--recipe", "dpo"])
-    fcfg = finetune_config(dpo, data="d", out="o", model="m", reward="r", unlabelled="", beta=1.0, seed=0)
+    fcfg = _stage_configs(dpo)["finetune"]
     assert (fcfg.method, fcfg.lr, fcfg.dpo_beta) == ("dpo", 2e-5, 2000.0) and fcfg.lr != RunConfig().finetune.lr
     assert "Diffusion-DPO" in recipe_line(dpo) and "lr 2e-05" in recipe_line(dpo)
-    assert finetune_config(RunConfig(), "d", "o", "m", "r", "", 1.0, 0).method == "reward"
+    assert _stage_configs(RunConfig())["finetune"].method == "reward"
 
 
 def test_a_results_file_of_the_older_flat_layout_still_loads():
-    from t2idemo.run import from_saved
+    from t2idemo.runconfig import from_saved
 
     old = {"out": "runs/x", "max_prompts": 4, "steps": 300, "feedback_guidance": 3.0, "flip": 0.2, "method": "dpo",
            "lr": 5e-4, "dpo_lr": 3e-5, "recipe": "filtered", "eval_split": "unseen"}

@@ -81,7 +81,7 @@ def test_the_judge_refuses_sd_scale_rows():
 # ----------------------------------------------------------------------------- every stage, once
 def label_by_hand(folder):
     """Labels as people give them in the widget: through the label store, then exported into the rows."""
-    rows = data.load_dataset_rows(folder)
+    rows = data.load_rows(folder, missing_ok=True)
     with labels.LabelStore(labels.default_store_path(folder)) as store:
         for i, r in enumerate(rows):
             store.add(r["file_name"], ("good", "bad", "good", "skip")[i % 4], labeler="alice")
@@ -103,7 +103,7 @@ def stages(tmp_path_factory):
     rcfg = reward.RewardConfig(clip=clip, data=feedback, eval_data=heldout, run=str(root / "reward"),
                                max_epochs=3, patience=2, n_boot=100, device="cpu")
     model_r = reward_train.train(rcfg)
-    evaluation = reward_train.evaluate(rcfg, model_r, plot=False)
+    evaluation = reward_train.evaluate_reward(rcfg, model_r, plot=False)
     out = str(root / "aligned")
     fcfg = dict(model=model, data=feedback, reward=rcfg.run, pretrain_data=feedback, out=out, lora_rank=4,
                 lora_alpha=8.0, batch=2, pre_batch=2, encode_batch=4, lr=1e-2, checkpoint_every=1,
@@ -118,7 +118,7 @@ def test_generate_writes_the_sd_prompt_set_in_the_same_layout(stages):
     from PIL import Image
 
     for folder, unseen in ((stages["feedback"], False), (stages["heldout"], True)):
-        rows = data.load_dataset_rows(folder)
+        rows = data.load_rows(folder, missing_ok=True)
         assert len(rows) == 16
         for r in rows:
             assert {"category", "named", "count", "color", "object", "background", "unseen"} <= set(r)
@@ -131,13 +131,13 @@ def test_generate_writes_the_sd_prompt_set_in_the_same_layout(stages):
 
 
 def test_reward_trains_on_people_labels_with_swaps_from_the_sd_vocabulary(stages):
-    rows = [r for r in data.load_dataset_rows(stages["feedback"]) if r["label"] in ("good", "bad")]
+    rows = [r for r in data.load_rows(stages["feedback"], missing_ok=True) if r["label"] in ("good", "bad")]
     model = stages["reward_model"]
     emb = reward_train.embed_dataset(model.clip, data.load_images(stages["feedback"], rows), rows)
     assert (emb.cands >= 0).sum(1).min() >= 3  # every row gets its one-attribute swaps
     assert all(emb.texts[i] in sd.perturbations(rows[0]) for i in emb.cands[0].tolist() if i >= 0)
     ev = stages["evaluation"]  # held-out truth = people's labels (the judge cannot read photos)
-    held = [r for r in data.load_dataset_rows(stages["heldout"]) if r["label"] in ("good", "bad")]
+    held = [r for r in data.load_rows(stages["heldout"], missing_ok=True) if r["label"] in ("good", "bad")]
     assert ev["n_images"] == len(held) and ev["good_rate"] == pytest.approx(
         sum(r["label"] == "good" for r in held) / len(held))
     scores = reward.load_reward_fn(stages["reward"].run)(data.load_images(stages["heldout"], held[:3]),
