@@ -2,8 +2,8 @@
 
     python app.py                                        # shipped models; visitors' work under runs/app; 127.0.0.1:7860
     python app.py --aligned runs/aligned --reward runs/reward --data data/feedback --port 7861
-    python app.py --benchmark 5                          # time Compare (4 + 4 images, defaults) 5 times, then exit
-    python app.py --benchmark 5 --benchmark-tune         # ... while a fine-tune runs in the background
+    python -m t2idemo benchmarks app --runs 5            # time Compare (4 + 4 images, defaults) 5 times
+    python -m t2idemo benchmarks app --runs 5 --during-tune  # ... while a fine-tune runs in the background
 
 Tabs:
   Compare  a prompt, seed, steps, guidance and number of images; the base and aligned models (and, once you made one
@@ -18,42 +18,31 @@ Tabs:
            names only with consent) and a model card to the Hub (``t2idemo.hub.push``). The token is used for that push
            only: never saved, printed or logged.
 
-Handlers only check their inputs and call the library; a ValueError (bad input) becomes a gr.Error in the page
-and the app keeps serving. The page never shows a server path. On a Hugging Face Space (see the README's front
-matter) it listens where the Space says (GRADIO_SERVER_NAME, GRADIO_SERVER_PORT). Needs ``pip install gradio``.
+Handlers only check their inputs, call the library (``t2idemo.backend``: the models, labels and jobs, no Gradio)
+and turn what it returns into the page; a ValueError (bad input) becomes a gr.Error in the page and the app keeps
+serving. The page never shows a server path. On a Hugging Face Space (see the README's front matter) it listens
+where the Space says (GRADIO_SERVER_NAME, GRADIO_SERVER_PORT). Needs ``pip install gradio``.
 """
 
 from __future__ import annotations
 
 import functools
-import json
 import math
 import os
 import secrets
-import shutil
-import sqlite3
-import statistics
-import threading
 import time
 from dataclasses import dataclass
 
-from PIL import Image
-
 from t2idemo import world
+from t2idemo.backend import (DEFAULT_PROMPT, LIMITS, MAX_NAME, MAX_PROMPT, Backend, big, caption, check_number,
+                             check_prompt, example_prompts)
 from t2idemo.config import parse_config
 from t2idemo.generate import ALIGNED_MODEL, BASE_MODEL, DEFAULT_GUIDANCE, DEFAULT_STEPS
-from t2idemo.data import load_dataset_rows
-from t2idemo.labels import LABELS, MAJORITY, LabelStore, default_store_path
+from t2idemo.labels import LABELS
 from t2idemo.loop import LoopConfig
-from t2idemo.reward import CONFIG_FILE as REWARD_CONFIG_FILE
-from t2idemo.reward import REWARD_MODEL
+from t2idemo.reward import CONFIG_FILE as REWARD_CONFIG_FILE, REWARD_MODEL
 
 DEFAULT_DATA = "data/feedback"  # the labelling set of `python -m t2idemo generate`
-LIMITS = {"seed": (0, 2 ** 31 - 1), "steps": (1, 100), "images": (1, 16), "guidance": (0.0, 20.0),
-          "batch": (1, 64), "train_steps": (1, 200)}  # what a visitor may ask for (a public Space's caps)
-MAX_PROMPT = 200  # characters: the world's longest prompt is 35
-MAX_MODELS = 4  # visitors' models kept loaded at once (about 10 MB each); an older one reloads when used
-BENCH_PROMPT = "three purple circles on grass"
 GALLERIES = "#base-gallery, #aligned-gallery, #mine-gallery"
 CSS = (f"{', '.join(g + ' img' for g in GALLERIES.split(', '))}, #label-image img {{image-rendering: pixelated;}}\n"
        # each image's verdict and reward in full under it, wrapped if need be, never cut off with an ellipsis
@@ -88,8 +77,6 @@ class AppConfig:
     port: int = int(os.environ.get("GRADIO_SERVER_PORT", "7860"))  # TCP port; 1 - 65535
     share: bool = False  # also open a public *.gradio.live link (needs the internet)
     threads: int = 1  # torch CPU threads; 0 = torch's default (one per core); 1 was fastest on 2 busy cores
-    benchmark: int = 0  # > 0: time this many Compare calls at default settings, print the figures and exit
-    benchmark_tune: bool = False  # with --benchmark: time them while a fine-tune (label, reward, tune) runs
 
     def __post_init__(self):
         defaults = {"base": BASE_MODEL, "aligned": ALIGNED_MODEL, "reward": REWARD_MODEL}
@@ -105,94 +92,22 @@ class AppConfig:
             raise ValueError(f"--port {self.port} is out of range; use 1 to 65535")
         if self.threads < 0:
             raise ValueError(f"--threads {self.threads} must be >= 0 (0 = one per core)")
-        if self.benchmark < 0:
-            raise ValueError(f"--benchmark {self.benchmark} must be >= 0 (0 serves the app)")
-        LoopConfig(model=self.base, batch_images=self.batch_images, train_steps=self.train_steps,
-                   unlabelled_per_prompt=self.unlabelled_per_prompt, eval_images=self.eval_images)  # names a bad one
+        self.loop_config()  # names a bad Label or Train setting
+
+    def loop_config(self) -> LoopConfig:
+        """The Label and Train tabs' settings, as ``t2idemo.loop`` takes them."""
+        return LoopConfig(model=self.base, batch_images=self.batch_images, train_steps=self.train_steps,
+                          unlabelled_per_prompt=self.unlabelled_per_prompt, eval_images=self.eval_images)
 
 
-# ----------------------------------------------------------------------------- input checks (no Gradio needed)
-def check_number(name: str, value, integer: bool = True):
-    """``value`` as an int (or float) within LIMITS[name]; a ValueError naming it and the range otherwise."""
-    lo, hi = LIMITS[name]
-    kind = "an integer" if integer else "a number"
-    if value is None or value == "":
-        raise ValueError(f"{name} is empty; use {kind} from {lo} to {hi}")
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        number = math.nan
-    if isinstance(value, bool) or not math.isfinite(number) or (integer and number != int(number)):
-        raise ValueError(f"{name}={value!r} is not allowed; use {kind} from {lo} to {hi}")
-    number = int(number) if integer else number
-    if not lo <= number <= hi:
-        raise ValueError(f"{name}={value!r} is out of range; use {kind} from {lo} to {hi}")
-    return number
-
-
-def check_prompt(prompt) -> tuple[str, dict]:
-    """(prompt, metadata) of a prompt in the world's words; a ValueError naming the bad word otherwise."""
-    prompt = " ".join(str(prompt or "").split())
-    if len(prompt) > MAX_PROMPT:
-        raise ValueError(f"prompt is {len(prompt)} characters long; use at most {MAX_PROMPT} (the world's prompts are "
-                         f"short, e.g. 'three purple circles on grass')")
-    if not prompt:
-        raise ValueError("prompt is empty; type a prompt in the shapes world's words, e.g. 'three purple circles on grass'")
-    return prompt, world.parse_prompt(prompt)
-
-
-def example_prompts() -> list[tuple[str, str]]:
-    """(prompt, label) triples per category: a typical prompt (what the base model's LAION-like data shows most), an
-    atypical one the feedback covers (seen), and an atypical one held out of it (unseen)."""
-    out = []
-    for category in world.CATEGORIES:
-        typical = world.typical_prompts(category)
-        atypical = [pm for pm in world.all_prompts(category, unseen=False) if not world.is_typical(pm[1])]
-        unseen = world.all_prompts(category, unseen=True)
-        for (prompt, _), kind in ((typical[-1], "typical"), (atypical[len(atypical) // 3], "atypical"),
-                                  (unseen[len(unseen) // 3], "atypical · unseen")):
-            out.append((prompt, f"{category} · {kind}: {prompt}"))
-    return out
-
-
-def big(image: Image.Image, scale: int) -> Image.Image:
-    """Upscale with nearest neighbour, so the 32x32 pixels stay crisp."""
-    return image.resize((image.width * scale, image.height * scale), Image.Resampling.NEAREST)
-
-
-def caption(verdict: dict, meta: dict, score: float) -> str:
-    """'✓ good · r 0.83', or what the judge read wrong: '✗ count 3, scene snow · r 0.41'."""
-    wrong = [f"{a} {verdict['pred'][a]}" for a in meta["named"] if not verdict["correct"][a]]
-    return f"{'✓ good' if verdict['good'] else '✗ ' + ', '.join(wrong)} · r {score:.2f}"
-
-
-# ----------------------------------------------------------------------------- the app's state and handlers
-class App:
-    """The loaded models, the label store and the visitors' models, and one method per UI action (inputs in, UI
-    values out). ``state`` is one visitor's session: {"sid", "labeler", "index", "reward", "mine"}."""
+# ----------------------------------------------------------------------------- the handlers
+class App(Backend):
+    """The backend (models, labels, jobs) plus one method per UI action: a visitor's input in, UI values out.
+    ``state`` is one visitor's session: {"sid", "labeler", "index", "reward", "mine"}."""
 
     def __init__(self, cfg: AppConfig):
-        import torch
-
-        from t2idemo.generate import load_pipeline
-        from t2idemo.reward import load_reward_fn
-
         self.cfg = cfg
-        if cfg.threads:
-            torch.set_num_threads(cfg.threads)
-        self.pipes = {"base": load_pipeline(cfg.base), "aligned": load_pipeline(cfg.aligned)}
-        self.reward_fn = load_reward_fn(cfg.reward)
-        self.sampling = threading.Lock()  # a pipeline's scheduler keeps per-call state: one sampling call at a time
-        given = os.path.isfile(os.path.join(cfg.data, "metadata.jsonl"))
-        self.label_dir = cfg.data if given else os.path.join(cfg.workdir, "labelling")  # drawn by the Draw button
-        os.makedirs(self.label_dir, exist_ok=True)
-        self.rows = load_dataset_rows(self.label_dir)
-        self.store = LabelStore(default_store_path(self.label_dir))
-        self.job = threading.Lock()  # one reward training or fine-tune at a time, app-wide
-        self.job_sid = None  # the session whose job runs
-        self.cancel_flag = threading.Event()
-        self.mine = {}  # session id -> (model folder, loaded pipeline): each visitor's own model
-        self.compare(BENCH_PROMPT, 0, 2, DEFAULT_GUIDANCE, 1)  # warm-up, so the first visitor waits no longer
+        super().__init__(cfg.base, cfg.aligned, cfg.reward, cfg.workdir, cfg.data, cfg.loop_config(), cfg.threads)
 
     @staticmethod
     def session(state: dict | None) -> dict:
@@ -204,29 +119,17 @@ class App:
             state["sid"] = secrets.token_hex(8)
         return state
 
-    def _session_dir(self, state: dict) -> str:
-        return os.path.join(self.cfg.workdir, "sessions", state["sid"])
-
     # ------------------------------------------------------------------------- Compare
     def compare(self, prompt, seed, steps, guidance, images, state=None):
         """-> (base gallery, aligned gallery, your-model gallery, summary markdown). Every model draws from seeds
         seed .. seed+n-1; the third gallery is empty until this session has tuned a model."""
-        from t2idemo.generate import sample
-        from t2idemo.judge import judge
-
         prompt, meta = check_prompt(prompt)
         seed, steps, n = check_number("seed", seed), check_number("steps", steps), check_number("images", images)
         guidance = check_number("guidance", guidance, integer=False)
-        t0, seeds, galleries, rows = time.perf_counter(), list(range(seed, seed + n)), [], []
-        sides = list(self.pipes.items())
-        mine = self._my_model(state)
-        if mine:
-            sides.append(("yours", mine))
-        for side, pipe in sides:  # every column scored by the app's reward model, so the scores compare
-            with self.sampling:
-                drawn = sample(pipe, [prompt] * n, seeds, steps, guidance, batch_size=n)
-            scores = self.reward_fn(drawn, [prompt] * n).tolist()
-            verdicts = [judge(im, meta) for im in drawn]
+        t0, seeds = time.perf_counter(), list(range(seed, seed + n))
+        mine = self.my_pipeline(state.get("sid"), state.get("mine")) if state else None
+        galleries, rows = [], []
+        for side, (drawn, verdicts, scores) in self.draw_and_rate(prompt, seeds, steps, guidance, mine).items():
             galleries.append([(big(im, 4), caption(v, meta, r)) for im, v, r in zip(drawn, verdicts, scores)])
             rows.append(f"| {side} | {sum(v['good'] for v in verdicts)} / {n} | {sum(scores) / n:.2f} |")
         kind = "typical" if world.is_typical(meta) else "atypical"
@@ -239,103 +142,63 @@ class App:
                              + ("" if mine else " · train your own model in the Train tab to add a third column")])
         return galleries[0], galleries[1], galleries[2] if mine else [], summary
 
-    def _my_model(self, state):
-        """The pipeline of this session's tuned model, loaded on first use; None if it has none."""
-        from t2idemo.generate import load_pipeline
-
-        if not state or not state.get("mine") or not os.path.isfile(os.path.join(state["mine"], "model_index.json")):
-            return None
-        sid = state["sid"]
-        if sid not in self.mine or self.mine[sid][0] != state["mine"]:
-            while len(self.mine) >= MAX_MODELS:
-                self.mine.pop(next(iter(self.mine)))  # the oldest loaded one; it reloads from disk when used again
-            self.mine[sid] = (state["mine"], load_pipeline(state["mine"]))
-        return self.mine[sid][1]
-
     # ------------------------------------------------------------------------- Label
     def _require_dataset(self):
         if not self.rows:
             raise ValueError("there are no images to label yet; press 'Draw images to label' first")
 
-    def _next_unlabelled(self, labeler: str, start: int) -> int | None:
-        """The first row at or after ``start`` (wrapping round) that ``labeler`` has not labelled."""
-        done = self.store.labels(labeler)
-        for k in range(len(self.rows)):
-            i = (start + k) % len(self.rows)
-            if self.rows[i]["file_name"] not in done:
-                return i
-        return None
+    def _require_labeler(self, state: dict):
+        self._require_dataset()
+        if not state or not state.get("labeler"):
+            raise ValueError("type your name and press Start before labelling")
 
     def label_view(self, state: dict, status: str = ""):
         """-> (image, prompt markdown, progress markdown, status markdown, state)."""
         state = self.session(state)
         who, i = state["labeler"], state["index"]
-        names = {r["file_name"] for r in self.rows}
-        counts = {name: len(names & labels.keys()) for name, labels in self.store.labels().items()}
+        counts = self.label_counts()
         progress = (f"**{counts.get(who, 0)} / {len(self.rows)}** labelled by {who} · everyone: "
                     + (", ".join(f"{name} {c}" for name, c in sorted(counts.items())) or "no labels yet"))
         if who is None:
             return None, "", f"{len(self.rows)} images to label; type your name and press Start", status, state
         if i is None:
             return None, f"### All {len(self.rows)} images are labelled. Thank you!", progress, status, state
-        row = self.rows[i]
-        with Image.open(os.path.join(self.label_dir, row["file_name"])) as im:
-            image = big(im.convert("RGB"), 8)
-        mine = self.store.get(row["file_name"], who)
+        row, mine = self.rows[i], self.store.get(self.rows[i]["file_name"], who)
         text = f"### {row['prompt']}\n{row['file_name']}" + (f" · your label: **{mine}**" if mine else "")
-        return image, text, progress, status, state
+        return big(self.label_image(i), 8), text, progress, status, state
 
     def label_draw(self, n, state=None):
         """Draw ``n`` more images of seen prompts from the base model into the labelling set."""
-        from t2idemo.loop import draw_labelling_batch
-
         n = check_number("batch", n)
-        if self.label_dir == self.cfg.data:
-            raise ValueError("this app labels the dataset its owner passed with --data; it draws no new images")
+        new = self.draw_labelling(n)
         state = self.session(state)
-        cfg = LoopConfig(model=self.cfg.base, batch_images=n)
-        with self.sampling:  # one writer of the labelling set, and the base pipeline is not thread-safe
-            new = draw_labelling_batch(self.pipes["base"], self.label_dir, cfg, model_name="base")
-            self.rows = load_dataset_rows(self.label_dir)
         if state["labeler"] and state["index"] is None:  # someone who had finished gets the new ones
-            state["index"] = self._next_unlabelled(state["labeler"], 0)
+            state["index"] = self.next_unlabelled(state["labeler"], 0)
         return self.label_view(state, f"drew {len(new)} new images (batch {new[0]['batch']}); "
                                       f"{len(self.rows)} in the labelling set")
 
     def label_start(self, name, state=None):
+        """Label as ``name`` from their first unlabelled image."""
         self._require_dataset()
-        name = (name or "").strip()
-        if not name:
-            raise ValueError("name is empty; type the name your labels are stored under, e.g. 'ana'")
-        if name == MAJORITY:
-            raise ValueError(f"name={name!r} is reserved for the majority vote; pick another name")
-        if len(name) > 64:
-            raise ValueError(f"name is {len(name)} characters long; use at most 64")
-        state = {**self.session(state), "labeler": name, "index": self._next_unlabelled(name, 0)}
-        return self.label_view(state, f"labelling as **{name}**")
+        name, index = self.start_labelling(name)
+        return self.label_view({**self.session(state), "labeler": name, "index": index}, f"labelling as **{name}**")
 
     def label_click(self, label: str, state: dict):
-        self._require_dataset()
-        if not state or not state.get("labeler"):
-            raise ValueError("type your name and press Start before labelling")
+        """Save ``label`` for the image shown, then show the next one this labeler has not labelled."""
+        self._require_labeler(state)
         if state["index"] is None:
             return self.label_view(state, "all images are labelled; Undo reopens your last one")
-        image_id = self.rows[state["index"]]["file_name"]
-        try:
-            self.store.add(image_id, label, state["labeler"])  # on disk when this returns
-        except sqlite3.Error as e:  # e.g. another writer held the lock past the timeout: nothing moves
-            raise ValueError(f"not saved ({e}); click {label} again") from None
-        state = {**state, "index": self._next_unlabelled(state["labeler"], state["index"] + 1)}
+        image_id = self.save_label(state["index"], label, state["labeler"])
+        state = {**state, "index": self.next_unlabelled(state["labeler"], state["index"] + 1)}
         return self.label_view(state, f"saved **{label}** for {image_id}")
 
     def label_undo(self, state: dict):
-        self._require_dataset()
-        if not state or not state.get("labeler"):
-            raise ValueError("type your name and press Start before labelling")
-        image_id = self.store.undo(state["labeler"])
+        """Take back this labeler's last label and show its image again."""
+        self._require_labeler(state)
+        image_id, index = self.undo_label(state["labeler"])
         if image_id is None:
             return self.label_view(state, "nothing to undo")
-        index = next((i for i, r in enumerate(self.rows) if r["file_name"] == image_id), state["index"])
+        index = state["index"] if index is None else index
         return self.label_view({**state, "index": index}, f"took back your last label, on {image_id}")
 
     def label_score(self, state: dict) -> str:
@@ -354,30 +217,12 @@ class App:
                 "The paper's reward model assumes people label consistently: this is how consistently you did.")
 
     # ------------------------------------------------------------------------- Train
-    def _run_job(self, state: dict, fn):
-        """Run ``fn()`` as the app's one job; another visitor gets a clear message instead of a second job."""
-        if not self.job.acquire(blocking=False):
-            who = "your own" if self.job_sid == state["sid"] else "another visitor's"
-            raise ValueError(f"{who} job is running (one reward training or fine-tune at a time on this machine); "
-                             f"try again when it finishes")
-        self.job_sid = state["sid"]
-        self.cancel_flag.clear()
-        try:
-            return fn()
-        finally:
-            self.job_sid = None
-            self.job.release()
-
     def train_reward(self, state=None):
         """Train the reward model on everyone's labels so far -> (markdown, state)."""
-        from t2idemo.loop import train_reward_on_labels
-
         state = self.session(state)
         self._require_dataset()
         t0 = time.perf_counter()
-        out = os.path.join(self._session_dir(state), "reward")
-        res = self._run_job(state, lambda: train_reward_on_labels(
-            self.label_dir, out, LoopConfig(model=self.cfg.base), lock=self.sampling))
+        out, res = self.train_reward_model(state["sid"])
         state = {**state, "reward": out, "mine": None}
         acc = "n/a" if res["val_accuracy"] is None else f"{res['val_accuracy']:.0f}%"
         auc = "n/a (one class only)" if res["val_auc"] is None else f"{res['val_auc']:.2f}"
@@ -387,37 +232,12 @@ class App:
 
     def tune(self, steps, state=None):
         """A short fine-tune of the base model with the main job's recipe on the labels -> (markdown, state)."""
-        from t2idemo.finetune import Cancelled
-        from t2idemo.loop import tune_on_labels
-
         state = self.session(state)
         steps = check_number("train_steps", steps)
         if not state.get("reward"):
             raise ValueError("train the reward model first (button 1): the fine-tune weights images with it")
-        cfg = LoopConfig(model=self.cfg.base, train_steps=steps, unlabelled_per_prompt=self.cfg.unlabelled_per_prompt,
-                         eval_images=self.cfg.eval_images)
-        out = os.path.join(self._session_dir(state), "tune")
         t0 = time.perf_counter()
-
-        def job():
-            from t2idemo.generate import load_pipeline
-            from t2idemo.loop import quick_eval
-
-            if os.path.isdir(out):
-                shutil.rmtree(out)  # the last tune of this session: replaced
-            base = load_pipeline(self.cfg.base)  # the job's own copy: Compare keeps sampling meanwhile
-            try:
-                model = tune_on_labels(self.label_dir, state["reward"], out, cfg, pipe=base,
-                                       should_stop=self.cancel_flag.is_set)
-            except Cancelled:
-                return None, {}
-            scores = quick_eval({"base": base, "yours": load_pipeline(model)}, cfg) if cfg.eval_images else {}
-            with open(os.path.join(model, "eval.json"), "w") as f:  # the model card reports it
-                json.dump({"unseen_combinations_all_right": scores}, f, indent=1)
-            return model, scores
-
-        model, scores = self._run_job(state, job)
-        self.mine.pop(state["sid"], None)  # a re-tune replaced the folder: load it afresh
+        model, scores = self.fine_tune(state["sid"], state["reward"], steps)
         if model is None:
             return "Fine-tune **cancelled**; nothing changed.", {**state, "mine": None}
         judged = ""
@@ -431,21 +251,17 @@ class App:
             {**state, "mine": model}
 
     def cancel(self, state=None) -> str:
+        """Cancel this visitor's fine-tune at its next step."""
         state = self.session(state)
-        if self.job_sid is None:
-            return "Nothing is running."
-        if self.job_sid != state["sid"]:
-            raise ValueError("the job that is running is another visitor's; you can cancel only your own")
-        self.cancel_flag.set()
-        return "Cancelling at the next step..."
+        return "Cancelling at the next step..." if self.cancel_job(state["sid"]) else "Nothing is running."
 
     # ------------------------------------------------------------------------- Share
     def share(self, repo_id, token, private, with_reward, with_labels, with_names=False, state=None):
         """Push to the Hub -> result markdown. The token goes to t2idemo.hub.push and nowhere else."""
-        from t2idemo.hub import PushConfig, check_repo_id, check_token, push
+        from t2idemo.hub import check_repo_id, check_token
 
-        state = self.session(state)
-        check_repo_id((repo_id or "").strip())
+        state, repo_id = self.session(state), (repo_id or "").strip()
+        check_repo_id(repo_id)
         check_token(token)
         if state.get("mine"):
             model, reward, whose = state["mine"], state["reward"], "your model"
@@ -454,10 +270,7 @@ class App:
         else:
             raise ValueError("you have no model to share yet: label some images, then train and fine-tune in the "
                              "Train tab")
-        cfg = PushConfig(repo_id=(repo_id or "").strip(), model=model, private=bool(private),
-                         reward=reward if with_reward else "", labeler_names=bool(with_names),
-                         data=self.label_dir if with_labels and self.rows else "")
-        out = push(cfg, token)
+        cfg, out = self.push_to_hub(repo_id, token, model, reward if with_reward else "", private, with_labels, with_names)
         lines = [f"Pushed {whose}, its card{' and the reward model' if cfg.reward else ''}: "
                  f"[{cfg.repo_id}]({out['model']}) ({out['files']['model']} files)."]
         if out["dataset"]:
@@ -467,14 +280,6 @@ class App:
 
 
 # ----------------------------------------------------------------------------- the page
-def _gradio():
-    try:
-        import gradio
-    except ImportError as e:
-        raise ImportError("app.py needs gradio; install it with: pip install gradio") from e
-    return gradio
-
-
 def ui_errors(fn, gr):
     """Wrap a handler: a ValueError (bad input) or a failed push becomes a gr.Error shown in the page, and is not
     printed on the server (a user's mistake is no server error, and Share's errors stay out of the logs)."""
@@ -490,177 +295,150 @@ def ui_errors(fn, gr):
     return handler
 
 
+def with_progress(fn, gr):
+    """Wrap a long handler so the page shows a progress bar (the tqdm bars of the steps it calls)."""
+    def handler(*args, progress=gr.Progress(track_tqdm=True)):
+        return fn(*args)
+    return handler
+
+
+def _compare_tab(app: App, gr, session):
+    """Compare: a prompt and the sampler's settings in, one gallery per model and a summary out."""
+    with gr.Row():
+        prompt = gr.Textbox(label="prompt", value=DEFAULT_PROMPT, elem_id="prompt", scale=3, max_length=MAX_PROMPT,
+                            info="counts one-four, colours, circle/square/triangle, 'on' sky/sand/grass/night/snow")
+        generate = gr.Button("Generate", variant="primary", elem_id="generate", scale=1)
+    with gr.Row():
+        seed = gr.Number(label="seed", value=0, precision=0, elem_id="seed", info="image i uses seed + i")
+        steps = gr.Number(label="steps", value=DEFAULT_STEPS, precision=0, elem_id="steps",
+                          info=f"{LIMITS['steps'][0]} to {LIMITS['steps'][1]}")
+        guidance = gr.Slider(*LIMITS["guidance"], value=DEFAULT_GUIDANCE, step=0.5, label="guidance", elem_id="guidance")
+        images = gr.Number(label="images", value=4, precision=0, elem_id="images",
+                           info=f"per model, {LIMITS['images'][0]} to {LIMITS['images'][1]}")
+    examples = example_prompts()
+    gr.Examples([[p] for p, _ in examples], inputs=[prompt], example_labels=[label for _, label in examples],
+                label="examples by category (typical = what the base model's data shows most; unseen = held out of the feedback data)")
+    # one full-width row per model, image i of each from the same seed, so columns line up model to model
+    galleries = [gr.Gallery(label=label, columns=4, format="png", object_fit="contain", height="auto",
+                            elem_id=f"{side}-gallery", interactive=False)
+                 for side, label in (("base", "base model"), ("aligned", "aligned model (shipped)"),
+                                     ("mine", "your model (Train tab)"))]
+    summary = gr.Markdown(elem_id="summary")
+    go = ui_errors(app.compare, gr)
+    for trigger in (generate.click, prompt.submit):
+        trigger(go, [prompt, seed, steps, guidance, images, session], [*galleries, summary],
+                concurrency_limit=1, concurrency_id="models")
+
+
+def _label_tab(app: App, gr, session):
+    """Label: Draw (unless the owner passed --data), a name and Start, Good / Bad / Skip / Undo, How did I do?"""
+    if app.fixed_data:
+        gr.Markdown(f"Labelling the app's dataset ({len(app.rows)} images). Is the image right for its prompt? "
+                    "Every click is saved at once.")
+    else:
+        gr.Markdown("Draw images of the feedback prompts from the base model, then label them: is the image right for "
+                    "its prompt? Every click is saved at once; several people can label at once, each under their "
+                    "own name.")
+        with gr.Row():
+            batch = gr.Number(label="images to draw", value=app.cfg.batch_images, precision=0, elem_id="label-n",
+                              info=f"{LIMITS['batch'][0]} to {LIMITS['batch'][1]}")
+            draw = gr.Button("Draw images to label", elem_id="label-draw")
+    with gr.Row():
+        name = gr.Textbox(label="your name", elem_id="labeler-name", scale=3, max_length=MAX_NAME)
+        start = gr.Button("Start", elem_id="label-start", scale=1)
+    progress = gr.Markdown(elem_id="label-progress")
+    image = gr.Image(type="pil", label="image", interactive=False, height=256, width=256, elem_id="label-image")
+    text = gr.Markdown(elem_id="label-prompt")
+    with gr.Row():
+        buttons = {label: gr.Button(label.capitalize(), elem_id=f"label-{label}",
+                                    variant={"good": "primary", "bad": "stop"}.get(label, "secondary"))
+                   for label in LABELS}
+        undo = gr.Button("Undo", elem_id="label-undo")
+    status = gr.Markdown(elem_id="label-status")
+    with gr.Row():
+        score = gr.Button("How did I do? (you vs the judge)", elem_id="label-score")
+    score_md = gr.Markdown(elem_id="label-score-result")
+    view = [image, text, progress, status, session]
+    kw = dict(concurrency_limit=8, concurrency_id="labels")
+    if not app.fixed_data:
+        draw.click(ui_errors(app.label_draw, gr), [batch, session], view, concurrency_limit=1, concurrency_id="models")
+    for trigger in (start.click, name.submit):
+        trigger(ui_errors(app.label_start, gr), [name, session], view, **kw)
+    for label, button in buttons.items():
+        button.click(ui_errors(functools.partial(app.label_click, label), gr), [session], view, **kw)
+    undo.click(ui_errors(app.label_undo, gr), [session], view, **kw)
+    score.click(ui_errors(app.label_score, gr), [session], [score_md], **kw)
+
+
+def _train_tab(app: App, gr, session):
+    """Train: the reward model, then a fine-tune (steps, Cancel)."""
+    gr.Markdown("The paper's steps 2 and 3 on the labels so far. **1.** The reward model learns from the majority vote "
+                "of everyone's labels (seconds). **2.** The base model is fine-tuned with the main job's recipe: the "
+                "labelled images and more images of the same prompts scored by your reward model, each prompt's best "
+                "good ones, plus the pre-training term. Your model then shows as a third column in Compare, for you "
+                "only. One job runs at a time on this machine.")
+    train = gr.Button("1. Train the reward model", elem_id="train-reward")
+    reward_md = gr.Markdown(elem_id="train-reward-result")
+    with gr.Row():
+        train_steps = gr.Number(label="fine-tune steps", value=app.cfg.train_steps, precision=0, elem_id="tune-steps",
+                                info=f"{LIMITS['train_steps'][0]} to {LIMITS['train_steps'][1]}")
+        tune = gr.Button("2. Fine-tune", variant="primary", elem_id="tune")
+        cancel = gr.Button("Cancel", variant="stop", elem_id="tune-cancel")
+    tune_md = gr.Markdown(elem_id="tune-result")
+    kw = dict(concurrency_limit=2, concurrency_id="jobs")  # the second gets the 'a job is running' message
+    train.click(ui_errors(with_progress(app.train_reward, gr), gr), [session], [reward_md, session], **kw)
+    tune.click(ui_errors(with_progress(app.tune, gr), gr), [train_steps, session], [tune_md, session], **kw)
+    cancel.click(ui_errors(app.cancel, gr), [session], [tune_md], concurrency_limit=None)
+
+
+def _share_tab(app: App, gr, session):
+    """Share: a repo id, a token and what to push."""
+    gr.Markdown("Push **your model** (made in the Train tab)" + (", or the app's aligned model if you made none,"
+                if app.cfg.share_shipped else "") + " with a model card that records how it was made, its reward "
+                "model and the labels to the Hugging Face Hub. Labeler names go only if you tick the box (everyone "
+                "who labelled agreed); otherwise they are replaced by 'labeler 1', 'labeler 2', ... The token is "
+                "used for this push only: it is not saved or logged.")
+    with gr.Row():
+        repo = gr.Textbox(label="repo id", placeholder="owner/name", elem_id="share-repo", max_length=200)
+        token = gr.Textbox(label="token", type="password", placeholder="hf_... (write access)", elem_id="share-token",
+                           max_length=400)
+    with gr.Row():
+        private = gr.Checkbox(label="private", value=False)
+        with_reward = gr.Checkbox(label="reward model", value=True)
+        with_labels = gr.Checkbox(label="labels dataset", value=True, elem_id="share-labels")
+        with_names = gr.Checkbox(label="labeler names (everyone agreed)", value=False, elem_id="share-names")
+    push = gr.Button("Push to the Hub", variant="primary", elem_id="share-push")
+    result = gr.Markdown(elem_id="share-result")
+    push.click(ui_errors(app.share, gr), [repo, token, private, with_reward, with_labels, with_names, session],
+               [result], concurrency_limit=1, concurrency_id="share")
+
+
 def build(app: App):
     """The four tabs, wired to ``app``'s methods. One gr.State holds the visitor's session."""
-    gr = _gradio()
+    try:
+        import gradio as gr
+    except ImportError as e:
+        raise ImportError("app.py needs gradio; install it with: pip install gradio") from e
     with gr.Blocks(title="t2idemo", analytics_enabled=False) as demo:
         gr.Markdown("# t2idemo: aligning a text-to-image model with human feedback\nThe shapes world of "
                     "Lee et al. 2023. Be the human in the loop: **Label** images, **Train** a reward model and tune "
                     "the model on your labels, **Compare** it with the base and the shipped aligned model, **Share** it.")
         session = gr.State({})
         with gr.Tab("Compare"):
-            with gr.Row():
-                prompt = gr.Textbox(label="prompt", value=BENCH_PROMPT, elem_id="prompt", scale=3, max_length=MAX_PROMPT,
-                                    info="counts one-four, colours, circle/square/triangle, 'on' sky/sand/grass/night/snow")
-                generate = gr.Button("Generate", variant="primary", elem_id="generate", scale=1)
-            with gr.Row():
-                seed = gr.Number(label="seed", value=0, precision=0, elem_id="seed", info="image i uses seed + i")
-                steps = gr.Number(label="steps", value=DEFAULT_STEPS, precision=0, elem_id="steps",
-                                  info=f"{LIMITS['steps'][0]} to {LIMITS['steps'][1]}")
-                guidance = gr.Slider(*LIMITS["guidance"], value=DEFAULT_GUIDANCE, step=0.5, label="guidance",
-                                     elem_id="guidance")
-                images = gr.Number(label="images", value=4, precision=0, elem_id="images",
-                                   info=f"per model, {LIMITS['images'][0]} to {LIMITS['images'][1]}")
-            examples = example_prompts()
-            gr.Examples([[p] for p, _ in examples], inputs=[prompt], example_labels=[label for _, label in examples],
-                        label="examples by category (typical = what the base model's data shows most; unseen = held out of the feedback data)")
-            # one full-width row per model, image i of each from the same seed, so columns line up model to model
-            galleries = [gr.Gallery(label=label, columns=4, format="png", object_fit="contain", height="auto",
-                                    elem_id=f"{side}-gallery", interactive=False)
-                         for side, label in (("base", "base model"), ("aligned", "aligned model (shipped)"),
-                                             ("mine", "your model (Train tab)"))]
-            summary = gr.Markdown(elem_id="summary")
-            go = ui_errors(app.compare, gr)
-            for trigger in (generate.click, prompt.submit):
-                trigger(go, [prompt, seed, steps, guidance, images, session], [*galleries, summary],
-                        concurrency_limit=1, concurrency_id="models")
-
+            _compare_tab(app, gr, session)
         with gr.Tab("Label"):
-            if app.label_dir == app.cfg.data:
-                gr.Markdown(f"Labelling the app's dataset ({len(app.rows)} images). Is the image right for its prompt? "
-                            "Every click is saved at once.")
-            else:
-                gr.Markdown("Draw images of the feedback prompts from the base model, then label them: is the image "
-                            "right for its prompt? Every click is saved at once; several people can label at once, "
-                            "each under their own name.")
-                with gr.Row():
-                    batch = gr.Number(label="images to draw", value=app.cfg.batch_images, precision=0, elem_id="label-n",
-                                      info=f"{LIMITS['batch'][0]} to {LIMITS['batch'][1]}")
-                    draw = gr.Button("Draw images to label", elem_id="label-draw")
-            with gr.Row():
-                name = gr.Textbox(label="your name", elem_id="labeler-name", scale=3, max_length=64)
-                start = gr.Button("Start", elem_id="label-start", scale=1)
-            progress = gr.Markdown(elem_id="label-progress")
-            image = gr.Image(type="pil", label="image", interactive=False, height=256, width=256, elem_id="label-image")
-            text = gr.Markdown(elem_id="label-prompt")
-            with gr.Row():
-                buttons = {label: gr.Button(label.capitalize(), elem_id=f"label-{label}",
-                                            variant={"good": "primary", "bad": "stop"}.get(label, "secondary"))
-                           for label in LABELS}
-                undo = gr.Button("Undo", elem_id="label-undo")
-            status = gr.Markdown(elem_id="label-status")
-            with gr.Row():
-                score = gr.Button("How did I do? (you vs the judge)", elem_id="label-score")
-            score_md = gr.Markdown(elem_id="label-score-result")
-            view = [image, text, progress, status, session]
-            kw = dict(concurrency_limit=8, concurrency_id="labels")
-            if app.label_dir != app.cfg.data:
-                draw.click(ui_errors(app.label_draw, gr), [batch, session], view, concurrency_limit=1,
-                           concurrency_id="models")
-            for trigger in (start.click, name.submit):
-                trigger(ui_errors(app.label_start, gr), [name, session], view, **kw)
-            for label, button in buttons.items():
-                button.click(ui_errors(functools.partial(app.label_click, label), gr), [session], view, **kw)
-            undo.click(ui_errors(app.label_undo, gr), [session], view, **kw)
-            score.click(ui_errors(app.label_score, gr), [session], [score_md], **kw)
-
+            _label_tab(app, gr, session)
         with gr.Tab("Train"):
-            gr.Markdown("The paper's steps 2 and 3 on the labels so far. **1.** The reward model learns from the "
-                        "majority vote of everyone's labels (seconds). **2.** The base model is fine-tuned with the "
-                        "main job's recipe: the labelled images and more images of the same prompts scored by your "
-                        "reward model, each prompt's best good ones, plus the pre-training term. Your model then "
-                        "shows as a third column in Compare, for you only. One job runs at a time on this machine.")
-            train = gr.Button("1. Train the reward model", elem_id="train-reward")
-            reward_md = gr.Markdown(elem_id="train-reward-result")
-            with gr.Row():
-                train_steps = gr.Number(label="fine-tune steps", value=app.cfg.train_steps, precision=0,
-                                       elem_id="tune-steps", info=f"{LIMITS['train_steps'][0]} to {LIMITS['train_steps'][1]}")
-                tune = gr.Button("2. Fine-tune", variant="primary", elem_id="tune")
-                cancel = gr.Button("Cancel", variant="stop", elem_id="tune-cancel")
-            tune_md = gr.Markdown(elem_id="tune-result")
-
-            def with_progress(fn):
-                def handler(*args, progress=gr.Progress(track_tqdm=True)):
-                    return fn(*args)
-                return handler
-
-            kw = dict(concurrency_limit=2, concurrency_id="jobs")  # the second gets the 'a job is running' message
-            train.click(ui_errors(with_progress(app.train_reward), gr), [session], [reward_md, session], **kw)
-            tune.click(ui_errors(with_progress(app.tune), gr), [train_steps, session], [tune_md, session], **kw)
-            cancel.click(ui_errors(app.cancel, gr), [session], [tune_md], concurrency_limit=None)
-
+            _train_tab(app, gr, session)
         with gr.Tab("Share"):
-            gr.Markdown("Push **your model** (made in the Train tab)" + (", or the app's aligned model if you made none,"
-                        if app.cfg.share_shipped else "") + " with a model card that records how it was made, its "
-                        "reward model and the labels to the Hugging Face Hub. Labeler names go only if you tick the "
-                        "box (everyone who labelled agreed); otherwise they are replaced by 'labeler 1', 'labeler 2', "
-                        "... The token is used for this push only: it is not saved or logged.")
-            with gr.Row():
-                repo = gr.Textbox(label="repo id", placeholder="owner/name", elem_id="share-repo", max_length=200)
-                token = gr.Textbox(label="token", type="password", placeholder="hf_... (write access)",
-                                   elem_id="share-token", max_length=400)
-            with gr.Row():
-                private = gr.Checkbox(label="private", value=False)
-                with_reward = gr.Checkbox(label="reward model", value=True)
-                with_labels = gr.Checkbox(label="labels dataset", value=True, elem_id="share-labels")
-                with_names = gr.Checkbox(label="labeler names (everyone agreed)", value=False, elem_id="share-names")
-            push = gr.Button("Push to the Hub", variant="primary", elem_id="share-push")
-            result = gr.Markdown(elem_id="share-result")
-            push.click(ui_errors(app.share, gr), [repo, token, private, with_reward, with_labels, with_names, session],
-                       [result], concurrency_limit=1, concurrency_id="share")
+            _share_tab(app, gr, session)
     return demo
 
 
-def benchmark(app: App, runs: int) -> list[float]:
-    """Seconds per Compare call at default settings: 4 base + 4 aligned images, judged and scored."""
-    times = []
-    for k in range(runs):
-        t0 = time.perf_counter()
-        app.compare(BENCH_PROMPT, k, DEFAULT_STEPS, DEFAULT_GUIDANCE, 4)
-        times.append(time.perf_counter() - t0)
-    return times
-
-
-def benchmark_during_tune(app: App, runs: int) -> tuple[list[float], float]:
-    """Compare's seconds while one visitor's fine-tune runs: draw a labelling batch, label it with the judge, train
-    the reward model, start a fine-tune in a thread, then time ``runs`` Compare calls. Returns (times, the
-    fine-tune's seconds)."""
-    from t2idemo.labels import simulate_labels
-
-    state = app.session({})
-    app.label_draw(app.cfg.batch_images, state)
-    simulate_labels(app.label_dir, labeler="benchmark")
-    _, state = app.train_reward(state)
-    t0, done = time.perf_counter(), {}
-    thread = threading.Thread(target=lambda: done.update(result=app.tune(app.cfg.train_steps, state),
-                                                         seconds=time.perf_counter() - t0))
-    thread.start()
-    while app.job_sid is None and thread.is_alive():
-        time.sleep(0.05)
-    times = benchmark(app, runs)
-    if "seconds" in done:
-        print("warning: the fine-tune ended before the last Compare call; raise --tune-steps")
-    thread.join()
-    return times, done["seconds"]
-
-
 def main(argv=None):
-    cfg = parse_config(AppConfig, argv, prog="python app.py",
-                       description="The t2idemo app: Compare, Label, Train, Share.")
-    app = App(cfg)
-    if cfg.benchmark:
-        import torch
-
-        if cfg.benchmark_tune:
-            times, tune_s = benchmark_during_tune(app, cfg.benchmark)
-            during = f" during a {cfg.train_steps}-step fine-tune (which took {tune_s:.0f} s)"
-        else:
-            times, during = benchmark(app, cfg.benchmark), ""
-        print(f"Compare, 4 base + 4 aligned images, {DEFAULT_STEPS} steps, guidance {DEFAULT_GUIDANCE}, "
-              f"{torch.get_num_threads()} torch threads{during}: " + ", ".join(f"{t:.2f}" for t in times)
-              + f" s; median {statistics.median(times):.2f} s")
-        return times
-    build(app).launch(server_name=cfg.host, server_port=cfg.port, share=cfg.share, css=CSS)
+    """Parse the flags, load the models and serve the page."""
+    cfg = parse_config(AppConfig, argv, prog="python app.py", description="The t2idemo app: Compare, Label, Train, Share.")
+    build(App(cfg)).launch(server_name=cfg.host, server_port=cfg.port, share=cfg.share, css=CSS)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Held-out AUC of the reward head over seeds, for a grid of lambda and rho (the README's seed table).
+"""Held-out AUC of the reward head over seeds, for a grid of lambda and rho (the seed table in docs/findings.md).
 
     python scripts/reward_seeds.py --data data/feedback --eval-data data/heldout
     python scripts/reward_seeds.py --data data/feedback --eval-data data/heldout --no-calibrate

@@ -12,13 +12,14 @@ or one above (tests/test_layers.py parses every import and checks it), so the co
                      reward (the model r(x, z): frozen CLIP + head)
     3  stages 1-2    generate (draw images), labeling (the ipywidgets labeler), reward_train (fit and evaluate
                      the reward model)
-    4  stage 3, etc. finetune (the reward-weighted loss), evaluate (the judge, FID, CIs), hub (push),
-                     benchmarks (the README's figures)
+    4  stage 3, etc. finetune (the reward-weighted loss), evaluate (the judge, FID, CIs), hub (push)
     5  the job's config  runconfig (RunConfig, presets and recipes, the run folder's layout, the one derivation of
                      a round's stage configs)
     6  on top of it  run (the main job: feedback -> labels -> reward -> fine-tune -> evaluate), loop (the app's
                      steps), overopt (reward over-optimisation)
     7  notebooks     scales (the notebooks' SCALE switch over the presets, their folders)
+    8  the app       backend (app.py's models, labelling set and jobs, without Gradio)
+    9  figures       benchmarks (the README's figures, the app's Compare latency included)
 
 ``python -m t2idemo`` (``__main__``) and ``app.py`` sit above them all.
 """
@@ -28,8 +29,10 @@ LAYERS = (
     ("judge", "pretrain", "sd", "finetune_data", "finetune_params"),
     ("prompts", "labels", "reward"),
     ("generate", "labeling", "reward_train"),
-    ("finetune", "evaluate", "hub", "benchmarks"),
+    ("finetune", "evaluate", "hub"),
     ("runconfig",),
     ("run", "loop", "overopt"),
     ("scales",),
+    ("backend",),
+    ("benchmarks",),
 )

@@ -5,7 +5,8 @@ import importlib
 import os
 import sys
 
-# command -> (module, function taking argv); each module keeps its own argparse
+# command -> (module, function taking argv); each module keeps its own argparse. One way to call them all:
+# `python -m t2idemo COMMAND [ACTION] [--flags]` (an action, where a command has several, is its first word)
 COMMANDS = {
     "sample": ("t2idemo.generate", "sample_main", "sample a grid of images from a pipeline"),
     "pretrain": ("t2idemo.pretrain", "cli", "train the tiny CLIP, VAE and UNet of the shapes world"),
@@ -17,6 +18,9 @@ COMMANDS = {
     "push": ("t2idemo.hub", "main", "push a model folder, reward model, labels and a model card to the Hub"),
     "run": ("t2idemo.run", "run_main", "the main job: feedback, labels, reward, fine-tune, evaluate (--rounds, --betas)"),
     "overopt": ("t2idemo.overopt", "overopt_main", "reward over-optimisation: proxy vs judge through a long fine-tune"),
+    "benchmarks": ("t2idemo.benchmarks", "main", "the README's figures: judge | vae | clip | base | speed | sizes | app | all"),
+    "sd": ("t2idemo.sd", "main", "SD scale: tiny random stand-in models for a dry run (tiny), the prompt set (prompts)"),
+    "strip": ("t2idemo.scales", "strip_main", "clear notebooks' outputs before committing them"),
 }
 
 
@@ -31,13 +35,13 @@ def main(argv=None):
         return 0
     module, func, _ = COMMANDS[argv[0]]
     try:
-        getattr(importlib.import_module(module), func)(argv[1:])
+        rc = getattr(importlib.import_module(module), func)(argv[1:])
     except ValueError as e:  # bad input found past argparse (a folder without data, ...): one line, no traceback
         if os.environ.get("T2IDEMO_TRACEBACK"):
             raise
         print(f"python -m t2idemo {argv[0]}: error: {e}", file=sys.stderr)
         return 2
-    return 0
+    return rc if isinstance(rc, int) else 0  # a command may return its exit status
 
 
 if __name__ == "__main__":

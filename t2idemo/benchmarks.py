@@ -1,23 +1,29 @@
 """Benchmarks that print the figures quoted in the README. Each is a plain function plus a CLI:
 
-    python -m t2idemo.benchmarks judge   # judge vs truth on fresh renders
-    python -m t2idemo.benchmarks vae     # judge vs truth on fresh renders after the VAE's round trip
-    python -m t2idemo.benchmarks clip    # tiny-CLIP zero-shot accuracy per attribute
-    python -m t2idemo.benchmarks base    # base-model accuracy per category (judge, default sampler)
-    python -m t2idemo.benchmarks speed   # images/s, batches of 64 with guidance
-    python -m t2idemo.benchmarks sizes   # bytes of the shipped weights
-    python -m t2idemo.benchmarks all
+    python -m t2idemo benchmarks judge   # judge vs truth on fresh renders
+    python -m t2idemo benchmarks vae     # judge vs truth on fresh renders after the VAE's round trip
+    python -m t2idemo benchmarks clip    # tiny-CLIP zero-shot accuracy per attribute
+    python -m t2idemo benchmarks base    # base-model accuracy per category (judge, default sampler)
+    python -m t2idemo benchmarks speed   # images/s, batches of 64 with guidance
+    python -m t2idemo benchmarks sizes   # bytes of the shipped weights
+    python -m t2idemo benchmarks app --runs 5                 # the app's Compare: 4 base + 4 aligned images, 5 times
+    python -m t2idemo benchmarks app --runs 5 --during-tune   # ... while a visitor's fine-tune runs
+    python -m t2idemo benchmarks all     # all but --during-tune
 """
 
 from __future__ import annotations
 
 import os
 import random
+import statistics
+import tempfile
+import threading
 import time
 
 from . import world
-from .generate import BASE_MODEL, DEFAULT_GUIDANCE, DEFAULT_STEPS, load_pipeline, sample
+from .generate import ALIGNED_MODEL, BASE_MODEL, DEFAULT_GUIDANCE, DEFAULT_STEPS, load_pipeline, sample
 from .judge import analyse, judge
+from .reward import REWARD_MODEL
 from .stats import wilson
 
 
@@ -131,17 +137,104 @@ def sizes() -> dict:
     return out
 
 
-def main(argv=None):
+def app_latency(backend, runs: int, steps: int = DEFAULT_STEPS, guidance: float = DEFAULT_GUIDANCE) -> list[float]:
+    """Seconds per Compare call of the app (a ``backend.Backend``), as a visitor asks for it at default settings:
+    4 base + 4 aligned images of the default prompt from seeds k .. k+3 (run k), judged and scored."""
+    from .backend import DEFAULT_PROMPT
+
+    times = []
+    for k in range(runs):
+        t0 = time.perf_counter()
+        backend.draw_and_rate(DEFAULT_PROMPT, list(range(k, k + 4)), steps, guidance)
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def app_latency_during_tune(backend, runs: int, steps: int = DEFAULT_STEPS,
+                            guidance: float = DEFAULT_GUIDANCE) -> tuple[list[float], float]:
+    """``app_latency`` while one visitor's fine-tune runs: draw a labelling batch (``backend.loop.batch_images``),
+    label it with the judge, train the reward model, start a ``backend.loop.train_steps``-step fine-tune in a
+    thread, then time ``runs`` Compare calls. Returns (times, the fine-tune's seconds)."""
+    from .labels import simulate_labels
+
+    backend.draw_labelling(backend.loop.batch_images)
+    simulate_labels(backend.label_dir, labeler="benchmark")
+    reward, _ = backend.train_reward_model("benchmark")
+    t0, done = time.perf_counter(), {}
+    thread = threading.Thread(target=lambda: done.update(result=backend.fine_tune("benchmark", reward,
+                                                                                   backend.loop.train_steps),
+                                                         seconds=time.perf_counter() - t0))
+    thread.start()
+    while backend.job_sid is None and thread.is_alive():
+        time.sleep(0.05)
+    times = app_latency(backend, runs, steps, guidance)
+    if "seconds" in done:
+        print("warning: the fine-tune ended before the last Compare call; raise --train-steps")
+    thread.join()
+    if "seconds" not in done:
+        raise RuntimeError("the fine-tune failed (its traceback is above)")
+    return times, done["seconds"]
+
+
+def print_app_latency(a) -> list[float]:
+    """Build the app's backend (in a temporary folder, so no visitor's work is touched), time it as ``a`` (the
+    parsed command line) says, and print the figures."""
+    import torch
+
+    from .backend import Backend
+    from .loop import LoopConfig
+
+    with tempfile.TemporaryDirectory(prefix="t2idemo-app-") as workdir:
+        backend = Backend(a.model, a.aligned, a.reward, workdir, loop=LoopConfig(train_steps=a.train_steps),
+                          threads=a.threads)
+        if a.during_tune:
+            times, tune_s = app_latency_during_tune(backend, a.runs, a.sample_steps, a.guidance)
+            during = f" during a {a.train_steps}-step fine-tune (which took {tune_s:.0f} s)"
+        else:
+            times, during = app_latency(backend, a.runs, a.sample_steps, a.guidance), ""
+        backend.store.close()
+    print(f"Compare, 4 base + 4 aligned images, {a.sample_steps} steps, guidance {a.guidance}, "
+          f"{torch.get_num_threads()} torch threads{during}: " + ", ".join(f"{t:.2f}" for t in times)
+          + f" s; median {statistics.median(times):.2f} s")
+    return times
+
+
+def parser():
+    """The command line: which benchmark, and its options."""
     from .config import Parser
 
-    p = Parser(prog="python -m t2idemo.benchmarks", description="Print the README's figures.")
-    p.add_argument("what", choices=["judge", "vae", "clip", "base", "speed", "sizes", "all"])
-    p.add_argument("--model", default=BASE_MODEL, help="pipeline folder")
+    p = Parser(prog="python -m t2idemo benchmarks", description="Print the README's figures.")
+    p.add_argument("what", choices=["judge", "vae", "clip", "base", "speed", "sizes", "app", "all"])
+    p.add_argument("--model", default=BASE_MODEL, help="pipeline folder (for 'app': the base model)")
     p.add_argument("--n", type=int, default=150, help="images per category for 'base' (4 categories)")
     p.add_argument("--sample-steps", type=int, default=DEFAULT_STEPS, help="sampler steps")
     p.add_argument("--guidance", type=float, default=DEFAULT_GUIDANCE)
     p.add_argument("--seed", type=int, default=0)
+    app = p.add_argument_group("app", "the app's Compare latency (the models app.py serves by default)")
+    app.add_argument("--runs", type=int, default=5, help="Compare calls to time; 1 - 100")
+    app.add_argument("--during-tune", action="store_true", help="time them while a visitor's fine-tune runs")
+    app.add_argument("--train-steps", type=int, default=60, help="steps of that fine-tune; 1 - 400")
+    app.add_argument("--aligned", default=ALIGNED_MODEL, help="aligned pipeline folder")
+    app.add_argument("--reward", default=REWARD_MODEL, help="reward model folder")
+    app.add_argument("--threads", type=int, default=1, help="torch CPU threads (0 = torch's default), as app.py")
+    return p
+
+
+def parse_args(argv=None):
+    """The parsed command line; a bad value stops it with one line naming the flag (exit status 2)."""
+    p = parser()
     a = p.parse_args(argv)
+    if not 1 <= a.runs <= 100:
+        p.error(f"--runs {a.runs} is out of range; use 1 to 100")
+    if not 1 <= a.train_steps <= 400:
+        p.error(f"--train-steps {a.train_steps} is out of range; use 1 to 400")
+    if a.threads < 0:
+        p.error(f"--threads {a.threads} must be >= 0 (0 = one per core)")
+    return a
+
+
+def main(argv=None):
+    a = parse_args(argv)
     if a.what in ("judge", "all"):
         r = judge_accuracy()
         print(f"judge on {r['n']} fresh renders: count {r['count']:.1%}  color {r['color']:.1%}  shape {r['shape']:.1%}  "
@@ -172,6 +265,8 @@ def main(argv=None):
     if a.what in ("sizes", "all"):
         r = sizes()
         print("sizes: " + "  ".join(f"{k} {v / 2**20:.2f} MiB" for k, v in r.items()))
+    if a.what in ("app", "all"):
+        print_app_latency(a)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Share a run on the Hugging Face Hub: the model folder, the reward model, the labels dataset and a model card.
 
-    HF_TOKEN=hf_... python -m t2idemo.hub --repo-id alice/t2idemo-aligned --model runs/aligned \\
+    HF_TOKEN=hf_... python -m t2idemo push --repo-id alice/t2idemo-aligned --model runs/aligned \\
         --reward runs/reward --data data/feedback
 
 What goes where (the Gradio app's Share tab calls the same ``push``):

@@ -19,7 +19,7 @@ blurrier, noisier and slightly off-palette. How it copes with that, step by step
    whole templates is steadier at 8-pixel sizes than thresholded features such as fill ratio.
 
 Accuracy against the truth on fresh renders is measured by ``tests/test_judge.py`` and
-``python -m t2idemo.benchmarks judge``.
+``python -m t2idemo benchmarks judge``.
 """
 
 from __future__ import annotations

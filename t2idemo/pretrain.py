@@ -1,10 +1,10 @@
 """Pre-train the tiny Stable Diffusion stack on the shapes world, piece by piece, as SD was built.
 
-    python -m t2idemo.pretrain --part all                 # tokenizer, CLIP, VAE, UNet -> t2idemo/assets
-    python -m t2idemo.pretrain --part vae --vae-steps 20  # one piece, a few steps (the tests do this)
+    python -m t2idemo pretrain --part all                 # tokenizer, CLIP, VAE, UNet -> t2idemo/assets
+    python -m t2idemo pretrain --part vae --vae-steps 20  # one piece, a few steps (the tests do this)
 
 Pieces, in order (each reads the ones before it from ``--out``):
-1. tokenizer: a CLIP BPE tokenizer whose vocabulary is the world's words (each word is one token).
+1. tokenizer: ``world.build_tokenizer``, a CLIP BPE tokenizer whose vocabulary is the world's words (one token each).
 2. clip: a tiny ``transformers.CLIPModel`` trained contrastively on renders and captions. Its text tower
    is the pipeline's text encoder; the whole model is the reward model's backbone (stage 2).
 3. vae: a tiny ``AutoencoderKL``, 32x32x3 <-> 8x8x4 latents (SD: 512x512x3 <-> 64x64x4).
@@ -38,10 +38,10 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from . import world
+from .world import TOKEN_LENGTH, build_tokenizer
 from .config import check_ranges, ranged
 
 ASSETS = os.path.join(os.path.dirname(__file__), "assets")
-TOKEN_LENGTH = 10  # tokens per prompt, BOS and EOS included; the longest prompt needs 7
 
 
 @dataclass
@@ -108,35 +108,6 @@ def cosine_lr(step: int, total: int, warmup: int = 100) -> float:
 def save_json(obj, path):
     with open(path, "w") as f:
         json.dump(obj, f, indent=2)
-
-
-# ----------------------------------------------------------------------------- 1. tokenizer
-def build_tokenizer():
-    """A CLIP BPE tokenizer over the world's words: letters, then merges that spell each word
-    left to right, so every word of the vocabulary is a single token."""
-    from transformers import CLIPTokenizer
-
-    words = ["a", "an", "on"] + list(world.COUNT_WORDS.values()) + list(world.COLORS) + list(world.SCENES)
-    words += list(world.SHAPES) + [world.plural(s) for s in world.SHAPES]
-    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
-    letters = "abcdefghijklmnopqrstuvwxyz"
-    for c in letters:
-        vocab[c] = len(vocab)
-    for c in letters:
-        vocab[c + "</w>"] = len(vocab)
-    merges = []
-    for w in sorted(set(words), key=len, reverse=True):
-        pieces = list(w[:-1]) + [w[-1] + "</w>"]
-        cur = pieces[0]
-        for p in pieces[1:]:
-            if (cur, p) not in merges:
-                merges.append((cur, p))
-            cur += p
-            vocab.setdefault(cur, len(vocab))
-    tok = CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=TOKEN_LENGTH)
-    for w in words:  # guard: each word must be exactly one token
-        assert len(tok(w)["input_ids"]) == 3, w
-    return tok
 
 
 # ----------------------------------------------------------------------------- 2. CLIP

@@ -36,7 +36,7 @@ from .pretrain import CLIP_MEAN, CLIP_STD  # OpenAI CLIP's normalisation, used w
 ASSETS = os.path.join(os.path.dirname(__file__), "assets")
 SHIPPED_CLIP = "tiny-clip"  # the value of RewardConfig.clip that means the CLIP shipped in t2idemo/assets
 REWARD_CLIP = "tiny-reward-clip"  # the shipped reward backbone: the same recipe, also trained on VAE-decoded renders
-REWARD_MODEL = os.path.join(ASSETS, "tiny-reward")  # the shipped reward model (head + config; CLIP = tiny-clip)
+REWARD_MODEL = os.path.join(ASSETS, "tiny-reward")  # the shipped reward model (head + config; CLIP = tiny-reward-clip)
 HEAD_FILE, CONFIG_FILE = "head.safetensors", "reward_config.json"
 MODEL_FIELDS = ("clip", "hidden", "dropout")  # RewardConfig fields a saved reward model needs to load and score
 TRAINING_FIELDS = ("lam", "n_prompts", "temperature", "mlp_penalty", "labels", "noise", "val_frac", "batch", "lr",

@@ -23,7 +23,7 @@ reaches training, not even as a negative.
 
 Defaults, and why:
 - lambda = 0.5: the paper's auxiliary term, at a weight where it and the MSE are of similar size. Measured
-  in the shapes world (README, Stage 2) it does not help: over 5 seeds, held-out AUC falls from 0.845 at
+  in the shapes world (docs/findings.md, the seed table of the reward model) it does not help: over 5 seeds, held-out AUC falls from 0.845 at
   lambda = 0 to 0.823 at 0.5 and 0.814 at 1. It stays on by default because it is the paper's method and
   the thing to study; ``--lam 0`` (``run --reward.lam 0``) gives the better reward here.
 - rho = 0.1: without the penalty every head variant tried fell below CLIPScore on unseen prompts (the MLP

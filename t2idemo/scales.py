@@ -239,17 +239,20 @@ def strip_outputs(path: str) -> bool:
     return after != before
 
 
-def main(argv=None) -> int:
-    import sys
+def strip_main(argv=None) -> int:
+    """``python -m t2idemo strip NOTEBOOK.ipynb ...``: clear the outputs before committing."""
+    from .config import Parser
 
-    argv = sys.argv[1:] if argv is None else list(argv)
-    if not argv or argv[0] != "strip":
-        print("usage: python -m t2idemo.scales strip NOTEBOOK.ipynb ...   (clear outputs before committing)")
-        return 0 if not argv or argv[0] in ("-h", "--help") else 2
-    for path in argv[1:]:
+    p = Parser(prog="python -m t2idemo strip", description="Clear notebooks' outputs before committing them.")
+    p.add_argument("notebooks", nargs="+", metavar="NOTEBOOK.ipynb", help="notebook files to strip in place")
+    args = p.parse_args(argv)
+    for path in args.notebooks:
+        if not os.path.isfile(path):
+            p.error(f"notebook={path!r} is not a file; pass .ipynb files, e.g. notebooks/*.ipynb")
+    for path in args.notebooks:
         print(("stripped " if strip_outputs(path) else "clean    ") + path)
     return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(strip_main())

@@ -226,7 +226,7 @@ def perturbations(meta: dict, include_unseen: bool = False) -> list[str]:
 # ----------------------------------------------------------------------------- tiny random stand-ins
 # SD v1.5's classes and scheduler settings at toy sizes, randomly initialised, built from configs the way
 # diffusers' own tests build them. They make every stage runnable in seconds on a CPU with no download:
-# for the tests, and for a dry run of a Colab setup (`python -m t2idemo.sd tiny --out /tmp/tiny`).
+# for the tests, and for a dry run of a Colab setup (`python -m t2idemo sd tiny --out /tmp/tiny`).
 TINY_WIDTH = 32  # hidden width of the tiny text towers, the UNet's cross-attention and its first block
 TINY_TOKENS = 77  # token length, as in SD v1.5 (a character-level tokenizer needs the room)
 
@@ -324,13 +324,13 @@ def main(argv=None):
 
     argv = sys.argv[1:] if argv is None else list(argv)
     if not argv or argv[0] not in ("tiny", "prompts"):
-        print("usage: python -m t2idemo.sd {tiny | prompts} [options]\n"
+        print("usage: python -m t2idemo sd {tiny | prompts} [options]\n"
               "  tiny     write random tiny SD + CLIP folders for a dry run of every stage\n"
               "  prompts  print the prompt set's sizes per category and split\n"
               "(the per-category good rate and mean reward of a labelled set: python -m t2idemo evaluate summary)")
         return 0 if not argv or argv[0] in ("-h", "--help") else 2
     if argv[0] == "tiny":
-        cfg = parse_config(TinyConfig, argv[1:], prog="python -m t2idemo.sd tiny")
+        cfg = parse_config(TinyConfig, argv[1:], prog="python -m t2idemo sd tiny")
         sd_dir = build_tiny_sd(os.path.join(cfg.out, "tiny-sd"), cfg.seed, cfg.image_size)
         clip_dir = build_tiny_clip(os.path.join(cfg.out, "tiny-clip"), cfg.seed, cfg.image_size)
         print(f"wrote {sd_dir} and {clip_dir}; try: python -m t2idemo generate --prompt-set sd --model {sd_dir} "

@@ -398,3 +398,35 @@ def to_array(images) -> np.ndarray:
     if isinstance(images, Image.Image):
         images = [images]
     return np.stack([np.asarray(im.convert("RGB"), dtype=np.uint8) for im in images])
+
+
+# ----------------------------------------------------------------------------- its words as tokens (the tiny CLIP's tokenizer)
+TOKEN_LENGTH = 10  # tokens per prompt, BOS and EOS included; the longest prompt needs 7
+
+
+def build_tokenizer():
+    """A CLIP BPE tokenizer over the world's words: letters, then merges that spell each word
+    left to right, so every word of the vocabulary is a single token."""
+    from transformers import CLIPTokenizer
+
+    words = ["a", "an", "on"] + list(COUNT_WORDS.values()) + list(COLORS) + list(SCENES)
+    words += list(SHAPES) + [plural(s) for s in SHAPES]
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    letters = "abcdefghijklmnopqrstuvwxyz"
+    for c in letters:
+        vocab[c] = len(vocab)
+    for c in letters:
+        vocab[c + "</w>"] = len(vocab)
+    merges = []
+    for w in sorted(set(words), key=len, reverse=True):
+        pieces = list(w[:-1]) + [w[-1] + "</w>"]
+        cur = pieces[0]
+        for p in pieces[1:]:
+            if (cur, p) not in merges:
+                merges.append((cur, p))
+            cur += p
+            vocab.setdefault(cur, len(vocab))
+    tok = CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=TOKEN_LENGTH)
+    for w in words:  # guard: each word must be exactly one token
+        assert len(tok(w)["input_ids"]) == 3, w
+    return tok

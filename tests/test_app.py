@@ -25,6 +25,7 @@ import pytest
 import app as t2iapp
 from conftest import make_render_dataset
 from t2idemo import world
+from t2idemo.data import load_rows
 from t2idemo.generate import BASE_MODEL, DEFAULT_STEPS
 from t2idemo.labels import LabelStore, default_store_path
 from test_hub import TOKEN, FakeHub
@@ -166,9 +167,11 @@ def test_compare_draws_both_models_from_the_same_seeds(the_app):
 
 
 def test_the_compare_benchmark_times_each_run(the_app):
-    """`python app.py --benchmark N` (the README's latency figure) times N Compare calls; the figure is a script's
-    output, not a unit test's threshold."""
-    times = t2iapp.benchmark(the_app, 2)
+    """`python -m t2idemo benchmarks app --runs N` (the README's latency figure) times N Compare calls of the app's
+    backend; the figure is a script's output, not a unit test's threshold."""
+    from t2idemo.benchmarks import app_latency
+
+    times = app_latency(the_app, 2)
     assert len(times) == 2 and all(t > 0 for t in times)
 
 
@@ -511,7 +514,7 @@ def test_two_people_label_at_once_into_the_store(browser, server):
     label(pages[1], "ben", ["bad"], done=1)  # both sessions open at once, each with its own name and place
     label(pages[0], "ana", ["bad", "skip"], done=3)  # Start again resumes at ana's first unlabelled image
     with LabelStore(default_store_path(data_dir)) as store:
-        names = sorted(r["file_name"] for r in t2iapp.load_dataset_rows(data_dir))
+        names = sorted(r["file_name"] for r in load_rows(data_dir, missing_ok=True))
         assert store.labels("ana") == {names[0]: "good", names[1]: "bad", names[2]: "skip"}
         assert store.labels("ben") == {names[0]: "bad"}
     for p in pages:
@@ -524,7 +527,7 @@ def test_label_train_tune_compare_and_push_without_a_shell(page, server, hub_ser
     from playwright.sync_api import expect
 
     t0 = time.time()
-    rows = len(t2iapp.load_dataset_rows(os.path.join(server[3], "labelling")))
+    rows = len(load_rows(os.path.join(server[3], "labelling"), missing_ok=True))
     draw(page, 20, total=rows + 20)
     labels = ["good", "bad"] * 10
     label(page, "gus", [], done=0, total=rows + 20)

@@ -68,6 +68,9 @@ BAD_VALUES = [
     (["overopt", "--betas", "5"], "betas='5'"),
     (["run", "--no-such-flag", "1"], "unrecognized arguments: --no-such-flag 1"),
     (["finetune", "--train-steps", "many"], "argument --train-steps: invalid int value: 'many'"),
+    (["benchmarks", "app", "--runs", "0"], "--runs 0 is out of range"),
+    (["sd", "tiny", "--image-size", "12"], "image_size=12 is out of range"),
+    (["strip", "/nowhere.ipynb"], "notebook='/nowhere.ipynb' is not a file"),
 ]
 
 

@@ -9,7 +9,7 @@ import shlex
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DOCS = ("README.md", os.path.join("docs", "guide.md"))
+DOCS = ("README.md", os.path.join("docs", "guide.md"), os.path.join("docs", "findings.md"))
 START = r"(?:(?:HF_TOKEN=\S+ )?python -m t2idemo[\w.]*|python app\.py|python (?:scripts|tests)/\w+\.py|accelerate launch -m t2idemo\.\w+)"
 
 
@@ -50,7 +50,7 @@ def config_for(argv: list):
     if head == "sd":
         assert rest and rest[0] in ("tiny", "prompts"), f"t2idemo.sd has no action {rest[:1]}"
         return (sd.TinyConfig, rest[1:]) if rest[0] == "tiny" else None
-    if head in ("benchmarks", "scales"):
+    if head == "strip":
         return None
     assert head in by_name, f"python -m t2idemo has no command {head!r}"
     return by_name[head], rest
@@ -71,6 +71,10 @@ def parse(line: str):
         return parse_config(app.AppConfig, words[2:])
     module = words[2]  # python -m t2idemo[.x] ...
     argv = words[3:] if module == "t2idemo" else [module.split(".", 1)[1]] + words[3:]
+    if argv[:1] == ["benchmarks"]:  # its own parser (no config dataclass)
+        from t2idemo.benchmarks import parse_args
+
+        return parse_args(argv[1:])
     target = config_for(argv) if argv else None
     if target is not None:
         cls, args = target
@@ -101,7 +105,8 @@ def test_every_documented_command_parses(doc, capsys):
 
 def test_an_undocumented_flag_would_fail():
     for line in ("python -m t2idemo run --pre-pool-size 4096", "python -m t2idemo run --rounds 9",
-                 "python -m t2idemo finetune --save-at x"):
+                 "python -m t2idemo finetune --save-at x", "python -m t2idemo benchmarks app --benchmark-tune",
+                 "python -m t2idemo benchmarks app --runs 0"):
         with pytest.raises(SystemExit):
             parse(line)
     assert commands("```bash\npython -m t2idemo run --steps 3 \\\n  --lr 1e-4   # a comment\n```") == [

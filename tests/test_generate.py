@@ -18,7 +18,7 @@ FIELDS = ["file_name", "prompt", "category", "named", "count", "color", "shape",
 @pytest.fixture(scope="module")
 def pipe():
     if not os.path.isdir(generate.BASE_MODEL):
-        pytest.skip(f"the shipped pipeline {generate.BASE_MODEL} is not there yet (python -m t2idemo.pretrain)")
+        pytest.skip(f"the shipped pipeline {generate.BASE_MODEL} is not there yet (python -m t2idemo pretrain)")
     import torch
 
     # batches of 1 - 4 tiny images gain nothing from threads, and spinning OpenMP threads slow down 10-100x

@@ -17,7 +17,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NB_DIR = os.path.join(ROOT, "notebooks")
 NOTEBOOKS = ["00_quickstart", "01_feedback", "02_reward_model", "03_finetune", "04_evaluate_and_share", "05_beyond_the_paper"]
 HEADINGS = ("What you'll learn", "Setup", "Step 1", "Exercises", "Summary")  # in this order, in every notebook
-STRIP = "clear the outputs before committing: python -m t2idemo.scales strip notebooks/*.ipynb"
+STRIP = "clear the outputs before committing: python -m t2idemo strip notebooks/*.ipynb"
 TIMEOUT = 600  # seconds per cell; a small run takes well under a minute per notebook
 
 nbformat = pytest.importorskip("nbformat", reason="pip install nbformat nbclient ipykernel (requirements.txt)")
