@@ -56,7 +56,7 @@ def test_strip_outputs_clears_an_executed_notebook(tmp_path):
     nb.metadata["widgets"] = {"application/vnd.jupyter.widget-state+json": {"state": {}}}
     path = str(tmp_path / "nb.ipynb")
     nbformat.write(nb, path)
-    assert scales.main(["strip", path]) == 0
+    assert scales.strip_main([path]) == 0
     clean = nbformat.read(path, as_version=4)
     assert clean.cells[3].outputs == [] and clean.cells[3].execution_count is None and "widgets" not in clean.metadata
     assert nbformat.writes(clean) == nbformat.writes(read(NOTEBOOKS[0]))
