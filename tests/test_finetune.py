@@ -103,7 +103,7 @@ def test_resuming_never_unpickles_code(render_dataset, tmp_path):
     finetune(FinetuneConfig(train_steps=2, **cfg))
     with open(out / "checkpoint" / "optimizer.bin", "wb") as f:
         torch.save({"state": {}, "param_groups": [Planted(str(marker))]}, f)
-    with pytest.raises(pickle.UnpicklingError, match="Weights only load failed"):
+    with pytest.raises(pickle.UnpicklingError):  # torch.load(weights_only=True) refuses the unknown global
         finetune(FinetuneConfig(train_steps=3, **cfg))
     assert not marker.exists()
 
