@@ -6,8 +6,9 @@ or one above (tests/test_layers.py parses every import and checks it), so the co
     0  foundations   config (a dataclass -> a command line), data (imagefolder I/O), stats (Wilson, ROC-AUC),
                      dpo (the Diffusion-DPO loss), world (the shapes world: vocabulary, prompts, renders)
     1  parts         judge (the shapes world's rater), pretrain (the tiny CLIP, VAE and UNet), sd (the paper's
-                     SD-scale prompt set, tiny random stand-ins), finetune_data (D_model, D_pre, their Dataset),
-                     finetune_params (what trains: the UNet, its cross-attention or a LoRA adapter; the optimizer)
+                     SD-scale prompt set, tiny random stand-ins), finetune_data (D_model, D_pre, their encoding
+                     and Dataset), finetune_params (what trains: the UNet, its cross-attention or a LoRA adapter;
+                     the optimizer, the EMA, the checkpoint)
     2  models, sets  prompts (one interface over world and sd), labels (the label store, the simulated rater),
                      reward (the model r(x, z): frozen CLIP + head)
     3  stages 1-2    generate (draw images), labeling (the ipywidgets labeler), reward_train (fit and evaluate

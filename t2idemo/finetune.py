@@ -21,6 +21,10 @@ train_text_to_image_lora.py. OUT then holds the adapter (``pytorch_lora_weights.
 ``pipe.load_lora_weights(OUT)`` on the base model) and the full pipeline with the adapter fused in, so every
 later stage reads OUT like any pipeline folder. The memory plan for a 16 GB GPU is in ``t2idemo/sd.py``.
 
+The code reads top to bottom: ``finetune`` loads the pipeline, encodes D_model (and a fixed D_pre) once, sets up
+what trains, its optimizer, EMA and checkpoint (``finetune_data``, ``finetune_params``), then loops over batches
+calling one step function, chosen once: ``reward_step`` (Lee et al.) or ``dpo_step`` (Diffusion-DPO).
+
     python -m t2idemo finetune --data runs/feedback --reward runs/reward --out runs/aligned
     accelerate launch -m t2idemo.finetune --data ... # several GPUs / mixed precision
 
@@ -32,21 +36,23 @@ test): ``ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2 -m
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import os
 import random
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from . import world
-from .dpo import dpo_loss, preference_pairs
-from .finetune_params import LORA_FILE, add_lora, freeze_all_but_cross_attention, make_optimizer, save_lora  # noqa: F401 (LORA_FILE: OUT's adapter)
-from .finetune_data import CachedLatents, PretrainStream, as_batch, StepBatches, batch_sampler, model_dataset, model_rows, pixels
-from .config import check_ranges, ranged
+from .dpo import dpo_loss
+from .finetune_data import FrozenEncoders, PretrainStream, StepBatches, as_batch, batch_sampler, cached_dataset, dpo_dataset, model_dataset
+from .finetune_params import EMA, LORA_FILE, Checkpoint, make_optimizer, save_lora, trainable_params  # noqa: F401 (LORA_FILE: OUT's adapter)
+from .config import check_ranges, ranged, require_set
 from .generate import BASE_MODEL
 
 
@@ -155,191 +161,158 @@ class Cancelled(RuntimeError):
     """``should_stop`` said stop: the fine-tune ended early and wrote nothing."""
 
 
-def finetune(cfg: FinetuneConfig, reward_fn=None, should_stop=None) -> str:
-    """Fine-tune ``cfg.model`` and write a StableDiffusionPipeline folder to ``cfg.out``.
+def finetune(cfg: FinetuneConfig, should_stop=None) -> str:
+    """Fine-tune ``cfg.model`` and write a StableDiffusionPipeline folder to ``cfg.out`` (D_model weighted by the
+    reward model in ``cfg.reward``, if any).
     ``should_stop``: a function checked before every step (the app's Cancel button); when it returns True the
     fine-tune raises ``Cancelled`` and writes no pipeline."""
     from accelerate import Accelerator
-    from diffusers import DDPMScheduler, StableDiffusionPipeline
-    from safetensors.torch import load_file, save_file
 
+    require_set(cfg)  # the folders a round of the main job sets
     accelerator = Accelerator(mixed_precision=cfg.mixed_precision)
     torch.manual_seed(cfg.seed)
-    local = os.path.isdir(cfg.model)
-    pipe = StableDiffusionPipeline.from_pretrained(cfg.model, torch_dtype=torch.float32, local_files_only=local,
-                                                   safety_checker=None, requires_safety_checker=False)
-    vae, text_encoder, tok, unet = pipe.vae, pipe.text_encoder, pipe.tokenizer, pipe.unet
-    train_dir = os.path.join(cfg.model, "train_scheduler") if local else None
-    if train_dir and os.path.isdir(train_dir):
-        noise_scheduler = DDPMScheduler.from_pretrained(train_dir)
-    else:
-        noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
-    if reward_fn is None and cfg.reward:
-        from .reward import load_reward_fn
-
-        reward_fn = load_reward_fn(cfg.reward)
-    if cfg.method == "dpo":  # pairs of a prompt's good and bad images; every image is encoded once
-        images, prompts, raw, categories = model_rows(cfg, reward_fn)
-        pairs = preference_pairs(prompts, raw, cfg.min_reward or 0.5, cfg.top_k or 2)
-        if not pairs:
-            raise ValueError(f"method='dpo' found no prompt with both a good and a bad image in data={cfg.data!r} "
-                             f"(and unlabelled={cfg.unlabelled!r}); label more images, or use method='reward'")
-        winners, losers = torch.tensor([w for w, _ in pairs]), torch.tensor([l for _, l in pairs])  # (P,), (P,)
-        weights, categories = torch.ones(len(pairs)), [categories[w] for w, _ in pairs]
-    else:
-        images, prompts, weights, categories = model_dataset(cfg, reward_fn)
-    reward_fn = None  # our reference only: frees the reward CLIP (1.7 GB for ViT-L/14) if it was loaded here
-    size = unet.config.sample_size * pipe.vae_scale_factor
-    vae.requires_grad_(False).to(accelerator.device)
-    text_encoder.requires_grad_(False).to(accelerator.device)
-
-    @torch.no_grad()
-    def encode(imgs, caps):
-        """images + captions -> (latents (B, 4, h, w), text embeddings (B, L, D)), frozen VAE and text tower."""
-        x = pixels(imgs, size).to(accelerator.device)  # (B, 3, H, W)
-        lat = vae.encode(x).latent_dist.sample() * vae.config.scaling_factor  # (B, 4, h, w)
-        ids = tok(list(caps), padding="max_length", max_length=tok.model_max_length, truncation=True,
-                  return_tensors="pt").input_ids.to(accelerator.device)
-        return lat, text_encoder(ids)[0]
-
-    # D_model is encoded once: the VAE and text tower are frozen, so latents' means are fixed
-    def encode_all(imgs, caps):
-        lats, embs = [], []
-        for i in range(0, len(imgs), cfg.encode_batch):
-            lat, emb = encode(imgs[i:i + cfg.encode_batch], caps[i:i + cfg.encode_batch])
-            lats.append(lat.cpu())
-            embs.append(emb.cpu())
-        return torch.cat(lats), torch.cat(embs)  # (N, 4, h, w), (N, L, D)
-
-    lat_model, emb_model = encode_all(images, prompts)  # (N, 4, h, w), (N, L, D)
+    pipe, noise_scheduler = load_pipeline(cfg.model)
     prior = world.read_prior(cfg.model) if os.path.isdir(cfg.model) else "laion"  # what the base learnt from
+
+    # the data, encoded once: D_model's rows (DPO: pairs of them), then a fixed D_pre's if pre_pool > 0
+    images, prompts, weights, categories, pairs = d_model(cfg)  # weights (N,); pairs: DPO's, else None
+    encoder = FrozenEncoders(pipe, accelerator.device, cfg.encode_batch)
     use_pre = cfg.method == "reward" and cfg.beta > 0  # Diffusion-DPO's reference takes D_pre's place
-    pooled = use_pre and cfg.pre_pool > 0
+    pooled = use_pre and cfg.pre_pool > 0  # else fresh D_pre renders, drawn and encoded every step
     # D_pre: a pool is data every process shares; fresh renders differ per process
     pre = PretrainStream(cfg.pretrain_data, cfg.seed + (0 if pooled else 1000 * accelerator.process_index), prior)
-    if cfg.method == "dpo":  # a row is a pair: winner and loser latents (4, h, w), the prompt's embedding (L, D)
-        data = CachedLatents(lat_model[winners], lat_model[losers], emb_model[winners])
-    elif pooled:  # a fixed D_pre, encoded once (the per-step VAE pass was a fifth of a step), after D_model's rows
-        lat_pre, emb_pre = encode_all(*pre.pool(min(cfg.pre_pool, cfg.train_steps * cfg.pre_batch)))  # (P, 4, h, w), (P, L, D)
-        data = CachedLatents(torch.cat([lat_model, lat_pre]), torch.cat([emb_model, emb_pre]),
-                             torch.cat([weights, torch.ones(len(lat_pre))]))
+    pool = pre.pool(min(cfg.pre_pool, cfg.train_steps * cfg.pre_batch)) if pooled else None
+    data = cached_dataset(encoder, images, prompts, weights, pairs, pool)
+    n_model = len(weights)  # rows 0 .. n_model - 1 are D_model's (pairs, for DPO); the pool's follow
+
+    # the training step, chosen once: Diffusion-DPO against the frozen base, or Lee et al.'s reward-weighted loss
+    if cfg.method == "dpo":
+        ref_unet = copy.deepcopy(pipe.unet).requires_grad_(False).eval().to(accelerator.device)  # the model as it starts
+        train_step = partial(dpo_step, ref_unet=ref_unet, beta_dpo=cfg.dpo_beta)
     else:
-        data = CachedLatents(lat_model, emb_model, weights)
-    n_model = len(weights)  # rows 0 .. n_model - 1 are D_model's (pairs, for DPO)
+        train_step = partial(reward_step, cfg=cfg, encoder=encoder, pre=pre, pooled=pooled)
 
-    ref_unet = None
-    if cfg.method == "dpo":  # the frozen reference: the model as it starts
-        import copy
-
-        ref_unet = copy.deepcopy(unet).requires_grad_(False).eval().to(accelerator.device)
-    if cfg.lora_rank:
-        add_lora(unet, cfg)  # freezes the UNet: only the adapter trains
-    elif cfg.train == "cross_attention":
-        freeze_all_but_cross_attention(unet)
-    if cfg.gradient_checkpointing:
-        unet.enable_gradient_checkpointing()
-    params = [p for p in unet.parameters() if p.requires_grad]
+    # what trains (the UNet, its cross-attention or a LoRA adapter), its optimizer and EMA; resume from OUT/checkpoint
+    params = trainable_params(pipe.unet, cfg)
     opt = make_optimizer(params, cfg)
-    unet, opt = accelerator.prepare(unet, opt)
-
-    # resume from OUT/checkpoint if it is there
-    ckpt = os.path.join(cfg.out, "checkpoint")
-    start = 0
-    if os.path.isfile(os.path.join(ckpt, "state.json")):
-        state = json.load(open(os.path.join(ckpt, "state.json")))
-        if state["config"].get("lora_rank", 0) != cfg.lora_rank:
-            raise ValueError(f"out={cfg.out!r} holds a checkpoint trained with lora_rank={state['config'].get('lora_rank', 0)}, "
-                             f"now lora_rank={cfg.lora_rank}; use the same rank or a new out folder")
-        trainable = load_file(os.path.join(ckpt, "trainable.safetensors"))
-        for n, p in accelerator.unwrap_model(unet).named_parameters():
-            if n in trainable:
-                p.data.copy_(trainable[n])
-        opt.load_state_dict(torch.load(os.path.join(ckpt, "optimizer.pt"), weights_only=True))
-        start = state["step"]
-        print(f"resumed from {ckpt} at step {start}")
-
-    # one batch of row indices per step and process; accelerate gives each process its own share of them
-    rng = random.Random(cfg.seed + start)
-    batches = StepBatches(batch_sampler(categories[:n_model], cfg.balance, rng), cfg.batch, n_model,
-                          cfg.pre_batch, len(data) - n_model, rng, steps=(cfg.train_steps - start) * accelerator.num_processes)
-    loader = accelerator.prepare(torch.utils.data.DataLoader(data, batch_sampler=batches, collate_fn=as_batch,
-                                                             generator=torch.Generator().manual_seed(cfg.seed)))
-
-    # EMA of the trainable weights: what gets written (the base model was trained and saved the same way)
-    ema = [p.detach().clone() for p in params]
-    if start and os.path.isfile(os.path.join(ckpt, "ema.safetensors")):
-        saved = load_file(os.path.join(ckpt, "ema.safetensors"))
-        ema = [saved[str(i)].to(p) for i, p in enumerate(params)]
-    with torch.no_grad():
-        ids = tok([""], padding="max_length", max_length=tok.model_max_length, return_tensors="pt").input_ids
-        null_emb = text_encoder(ids.to(accelerator.device))[0]  # (1, L, D) the empty caption's embedding
-
-    def drop_captions(emb):
-        """Replace each caption by the empty one with probability p_uncond (classifier-free guidance)."""
-        drop = torch.rand(emb.shape[0], generator=gen) < cfg.p_uncond  # (B,)
-        return torch.where(drop[:, None, None].to(emb.device), null_emb.to(emb.dtype), emb)
-
+    unet, opt = accelerator.prepare(pipe.unet, opt)
+    ema = EMA(params, cfg.ema)  # what gets written
+    ckpt = Checkpoint(accelerator, os.path.join(cfg.out, "checkpoint"), cfg, ema)
+    start = ckpt.load()  # 0, or the step the checkpoint was written after
+    loader = step_loader(accelerator, data, n_model, categories, cfg, start)  # one batch of rows per step
     gen = torch.Generator().manual_seed(cfg.seed + start + 1000 * accelerator.process_index)  # noise, t, dropout
+
     save_at = set(cfg.save_at_list())
     unet.train()
-    bar = tqdm(range(start, cfg.train_steps), desc="finetune", initial=start, total=cfg.train_steps, disable=not accelerator.is_main_process)
-    for step, batch in zip(bar, loader):  # this process's batch, on its device
-        if should_stop is not None and should_stop():
-            bar.close()
-            raise Cancelled(f"fine-tune cancelled at step {step} of {cfg.train_steps}; nothing was written to {cfg.out}")
-        if cfg.method == "dpo":
-            win, lose, emb = batch  # (B, 4, h, w) each pair's winner and loser, (B, L, D) their prompt
-            with accelerator.autocast():
-                loss, l_model = dpo_loss(unet, ref_unet, noise_scheduler, win, lose, emb, cfg.dpo_beta, gen)
-        else:
-            lat, emb, w = batch  # (B [+ P], 4, h, w), (B [+ P], L, D), (B [+ P],): D_model's rows, then D_pre's
-            B = cfg.batch
-            m_lat, m_emb, w = lat[:B], emb[:B], w[:B]  # D_model: (B, 4, h, w), (B, L, D), (B,) weights in [0, 1]
-            p_lat, p_emb = None, None  # D_pre batch (P, 4, h, w), (P, L, D)
-            if pooled:
-                p_lat, p_emb = lat[B:], emb[B:]
-            elif use_pre:
-                p_lat, p_emb = encode(*pre.sample(cfg.pre_batch))
-            m_emb = drop_captions(m_emb)
-            p_emb = drop_captions(p_emb) if p_emb is not None else None
-            with accelerator.autocast():
-                loss, l_model, l_pre = reward_weighted_loss(unet, noise_scheduler, m_lat, m_emb, w, p_lat, p_emb,
-                                                            cfg.beta if use_pre else 0.0, gen, cfg.t_low)
-        accelerator.backward(loss)
-        accelerator.clip_grad_norm_(params, 1.0)
-        opt.step()
-        opt.zero_grad()
-        with torch.no_grad():
-            d = min(cfg.ema, (1 + step) / (10 + step))  # EMA with warm-up
-            for e, p in zip(ema, params):
-                e.mul_(d).add_(p.detach(), alpha=1 - d)
-        if cfg.method == "dpo":
-            bar.set_postfix(loss=f"{loss.item():.4f}", implicit_acc=f"{l_model.item():.2f}")
-        else:
-            bar.set_postfix(loss=f"{loss.item():.4f}", model=f"{l_model.item():.4f}", pre=f"{l_pre.item():.4f}")
-        if cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.train_steps and accelerator.is_main_process:
-            os.makedirs(ckpt, exist_ok=True)
-            named = {n: p.detach().cpu().contiguous() for n, p in accelerator.unwrap_model(unet).named_parameters() if p.requires_grad}
-            save_file(named, os.path.join(ckpt, "trainable.safetensors"))
-            save_file({str(i): e.cpu().contiguous() for i, e in enumerate(ema)}, os.path.join(ckpt, "ema.safetensors"))
-            torch.save(opt.state_dict(), os.path.join(ckpt, "optimizer.pt"))  # tensors only: reloaded with weights_only=True
-            json.dump({"step": step + 1, "config": dataclasses.asdict(cfg)}, open(os.path.join(ckpt, "state.json"), "w"))
-        if step + 1 in save_at and accelerator.is_main_process:  # a pipeline of the EMA weights so far
-            save_snapshot(cfg.out, step + 1, pipe, vae, accelerator.unwrap_model(unet), ema, noise_scheduler, prior)
+    with tqdm(range(start, cfg.train_steps), desc="finetune", initial=start, total=cfg.train_steps,
+              disable=not accelerator.is_main_process) as bar:
+        for step, batch in zip(bar, loader):  # this process's batch, on its device
+            if should_stop is not None and should_stop():  # the app's Cancel button
+                raise Cancelled(f"fine-tune cancelled at step {step} of {cfg.train_steps}; nothing was written to {cfg.out}")
+            loss, logs = train_step(accelerator, unet, noise_scheduler, batch, gen)  # (,) and what the bar shows
+            accelerator.backward(loss)
+            accelerator.clip_grad_norm_(params, 1.0)
+            opt.step()
+            opt.zero_grad()
+            ema.update(step)
+            bar.set_postfix({k: f"{v.item():.4f}" for k, v in logs.items()})
+            if cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.train_steps:
+                ckpt.save(step + 1)  # the next run resumes from it
+            if step + 1 in save_at and accelerator.is_main_process:  # a pipeline of the EMA weights so far
+                save_snapshot(cfg.out, step + 1, pipe, pipe.vae, accelerator.unwrap_model(unet), ema.weights,
+                              noise_scheduler, prior)
 
     # write the tuned pipeline: the EMA weights
     accelerator.wait_for_everyone()
-    unet = accelerator.unwrap_model(unet).eval()
-    with torch.no_grad():
-        for e, p in zip(ema, params):
-            p.copy_(e)
+    ema.copy_to_params()
     if accelerator.is_main_process:
-        if cfg.lora_rank:
-            save_lora(unet, cfg.out)  # OUT/pytorch_lora_weights.safetensors, then fused into the UNet saved below
-        write_pipeline(cfg.out, pipe, vae, unet, noise_scheduler, prior)
-        json.dump({"config": dataclasses.asdict(cfg), "n_model": len(weights), "mean_weight": float(weights.mean())},
-                  open(os.path.join(cfg.out, "finetune.json"), "w"), indent=2)
+        write_tuned(cfg, pipe, accelerator.unwrap_model(unet).eval(), noise_scheduler, prior, weights)
     return cfg.out
+
+
+def step_loader(accelerator, data, n_model: int, categories: list, cfg: FinetuneConfig, start: int):
+    """A DataLoader of ``data`` with one batch of row indices for each step from ``start`` on (D_model's rows, then
+    the pool's), prepared by accelerate: each process gets its own share of the batches."""
+    rng = random.Random(cfg.seed + start)
+    batches = StepBatches(batch_sampler(categories[:n_model], cfg.balance, rng), cfg.batch, n_model,
+                          cfg.pre_batch, len(data) - n_model, rng, steps=(cfg.train_steps - start) * accelerator.num_processes)
+    return accelerator.prepare(torch.utils.data.DataLoader(data, batch_sampler=batches, collate_fn=as_batch,
+                                                           generator=torch.Generator().manual_seed(cfg.seed)))
+
+
+def write_tuned(cfg: FinetuneConfig, pipe, unet, noise_scheduler, prior: str, weights) -> None:
+    """OUT: the pipeline with the tuned ``unet`` (a LoRA adapter also on its own, then fused in) and finetune.json."""
+    if cfg.lora_rank:
+        save_lora(unet, cfg.out)  # OUT/pytorch_lora_weights.safetensors, then fused into the UNet saved below
+    write_pipeline(cfg.out, pipe, pipe.vae, unet, noise_scheduler, prior)
+    with open(os.path.join(cfg.out, "finetune.json"), "w") as f:
+        json.dump({"config": dataclasses.asdict(cfg), "n_model": len(weights), "mean_weight": float(weights.mean())},
+                  f, indent=2)
+
+
+def reward_step(accelerator, unet, noise_scheduler, batch, gen, *, cfg, encoder, pre, pooled) -> tuple:
+    """Lee et al. on one batch -> (loss, what the bar shows): the reward-weighted loss on D_model's rows plus beta
+    times the plain loss on D_pre's (the pool's rows, which follow D_model's in the batch, or ``pre_batch`` fresh
+    renders encoded now); each caption is dropped with probability p_uncond."""
+    lat, emb, w = batch  # (B [+ P], 4, h, w), (B [+ P], L, D), (B [+ P],): D_model's rows, then D_pre's
+    B = cfg.batch
+    m_lat, m_emb, w = lat[:B], emb[:B], w[:B]  # D_model: (B, 4, h, w), (B, L, D), (B,) weights in [0, 1]
+    p_lat, p_emb = None, None  # D_pre: (P, 4, h, w), (P, L, D); none when beta = 0
+    if pooled:
+        p_lat, p_emb = lat[B:], emb[B:]
+    elif cfg.beta > 0:
+        p_lat, p_emb = encoder(*pre.sample(cfg.pre_batch))
+    m_emb = drop_captions(m_emb, encoder.null_emb, cfg.p_uncond, gen)  # some captions -> "" (guidance's branch)
+    p_emb = drop_captions(p_emb, encoder.null_emb, cfg.p_uncond, gen) if p_emb is not None else None
+    with accelerator.autocast():  # the loss, written out above: D_model's noise and t from gen, then D_pre's
+        loss, l_model, l_pre = reward_weighted_loss(unet, noise_scheduler, m_lat, m_emb, w, p_lat, p_emb, cfg.beta,
+                                                    gen, cfg.t_low)
+    return loss, {"loss": loss, "model": l_model, "pre": l_pre}
+
+
+def dpo_step(accelerator, unet, noise_scheduler, batch, gen, *, ref_unet, beta_dpo: float) -> tuple:
+    """Diffusion-DPO on one batch of pairs -> (loss, what the bar shows): each pair's winner against its loser,
+    the trained UNet against the frozen reference (t2idemo.dpo); no D_pre, no caption dropout."""
+    win, lose, emb = batch  # (B, 4, h, w) each pair's winner and loser, (B, L, D) their prompt
+    with accelerator.autocast():
+        loss, implicit_acc = dpo_loss(unet, ref_unet, noise_scheduler, win, lose, emb, beta_dpo, gen)
+    return loss, {"loss": loss, "implicit_acc": implicit_acc}
+
+
+def drop_captions(emb, null_emb, p_uncond: float, gen) -> torch.Tensor:
+    """Replace each caption (B, L, D) by the empty one (1, L, D) with probability p_uncond: keeps classifier-free
+    guidance's unconditional branch trained, as in pre-training."""
+    drop = torch.rand(emb.shape[0], generator=gen) < p_uncond  # (B,)
+    return torch.where(drop[:, None, None].to(emb.device), null_emb.to(emb.dtype), emb)
+
+
+def d_model(cfg: FinetuneConfig) -> tuple:
+    """D_model: (images, prompts, weights (N,), categories, None), or for Diffusion-DPO every image, ones (P,), the
+    pairs' categories and (winners (P,), losers (P,)). The reward model ``cfg.reward`` (if any) weights them; it is
+    loaded without drawing from torch's global random stream (building its head would), so the fine-tune's draws
+    are the same whoever trained the reward model and wherever it was loaded."""
+    reward_fn = None
+    if cfg.reward:
+        from .reward import load_reward_fn
+
+        with torch.random.fork_rng():
+            reward_fn = load_reward_fn(cfg.reward)
+    if cfg.method == "dpo":
+        return dpo_dataset(cfg, reward_fn)
+    return (*model_dataset(cfg, reward_fn), None)
+
+
+def load_pipeline(model: str) -> tuple:
+    """(the pipeline in float32, the DDPM scheduler it was trained with: its train_scheduler, else its own config)."""
+    from diffusers import DDPMScheduler, StableDiffusionPipeline
+
+    local = os.path.isdir(model)
+    pipe = StableDiffusionPipeline.from_pretrained(model, torch_dtype=torch.float32, local_files_only=local,
+                                                   safety_checker=None, requires_safety_checker=False)
+    train_dir = os.path.join(model, "train_scheduler")
+    if local and os.path.isdir(train_dir):
+        return pipe, DDPMScheduler.from_pretrained(train_dir)
+    return pipe, DDPMScheduler.from_config(pipe.scheduler.config)
 
 
 def write_pipeline(out: str, pipe, vae, unet, noise_scheduler, prior: str) -> None:

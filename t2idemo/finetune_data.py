@@ -2,11 +2,12 @@
 
 ``model_rows`` gathers every candidate image of D_model with its weight: the label (good 1, bad 0) or the reward
 model's r(x, z) for labelled feedback images, r(x, z) for unlabelled generations. ``model_dataset`` then keeps the
-rows the recipe asks for (``min_reward``, ``top_k``), ``batch_sampler`` draws batches of them (uniformly, or balanced
-over prompt categories), ``CachedLatents`` and ``StepBatches`` hand the encoded rows to a DataLoader that accelerate
-shards over processes, and ``PretrainStream`` supplies D_pre: fresh renders of the prior the base model learnt
-from, or an imagefolder at SD scale. ``cfg`` is a ``finetune.FinetuneConfig`` (its data, unlabelled, weight,
-min_reward and top_k fields).
+rows the recipe asks for (``min_reward``, ``top_k``); ``dpo_dataset`` pairs a prompt's good and bad images instead
+(Diffusion-DPO). ``FrozenEncoders`` (the pipeline's VAE and text tower) and ``cached_dataset`` encode them once into
+``CachedLatents``; ``batch_sampler`` draws batches of its rows (uniformly, or balanced over prompt categories) and
+``StepBatches`` hands them to a DataLoader that accelerate shards over processes. ``PretrainStream`` supplies D_pre:
+fresh renders of the prior the base model learnt from, or an imagefolder at SD scale. ``cfg`` is a
+``finetune.FinetuneConfig`` (its data, unlabelled, weight, min_reward, top_k and method fields).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from PIL import Image
 
 from . import world
 from .data import load_images, load_rows
+from .dpo import preference_pairs
 
 
 def model_rows(cfg, reward_fn=None) -> tuple:
@@ -61,6 +63,19 @@ def model_dataset(cfg, reward_fn=None) -> tuple:
     return images, prompts, torch.tensor(weights, dtype=torch.float32), categories
 
 
+def dpo_dataset(cfg, reward_fn=None) -> tuple:
+    """D_model for Diffusion-DPO: (images, prompts, weights, categories, (winners (P,), losers (P,))): every candidate
+    image (each encoded once) and the pairs of a prompt's good and bad ones; weights (P,) are ones, categories the
+    pairs' (their winners')."""
+    images, prompts, raw, categories = model_rows(cfg, reward_fn)
+    pairs = preference_pairs(prompts, raw, cfg.min_reward or 0.5, cfg.top_k or 2)
+    if not pairs:
+        raise ValueError(f"method='dpo' found no prompt with both a good and a bad image in data={cfg.data!r} "
+                         f"(and unlabelled={cfg.unlabelled!r}); label more images, or use method='reward'")
+    winners, losers = torch.tensor([w for w, _ in pairs]), torch.tensor([l for _, l in pairs])  # (P,), (P,)
+    return images, prompts, torch.ones(len(pairs)), [categories[w] for w, _ in pairs], (winners, losers)
+
+
 def batch_sampler(categories: list, balance: str, rng: random.Random):
     """A function n -> n row indices of D_model: uniform over rows, or a category drawn uniformly
     (balance="category") or in proportion to the square root of its size ("sqrt"), then a row of it."""
@@ -94,6 +109,51 @@ class CachedLatents(torch.utils.data.Dataset):
     def __getitems__(self, rows: list) -> tuple:
         """A whole batch at once (the DataLoader asks for this when it exists): each tensor indexed by ``rows``."""
         return tuple(t[rows] for t in self.tensors)
+
+
+class FrozenEncoders:
+    """The pipeline's frozen VAE and text tower, moved to ``device``: images and captions -> (latents (B, 4, h, w),
+    text embeddings (B, L, D)). ``null_emb`` (1, L, D) is the empty caption's (caption dropout)."""
+
+    def __init__(self, pipe, device, encode_batch: int = 256):
+        self.vae = pipe.vae.requires_grad_(False).to(device)
+        self.text_encoder = pipe.text_encoder.requires_grad_(False).to(device)
+        self.tok, self.device, self.encode_batch = pipe.tokenizer, device, encode_batch
+        self.size = pipe.unet.config.sample_size * pipe.vae_scale_factor  # the UNet's input, in pixels
+        with torch.no_grad():
+            ids = self.tok([""], padding="max_length", max_length=self.tok.model_max_length, return_tensors="pt").input_ids
+            self.null_emb = self.text_encoder(ids.to(device))[0]  # (1, L, D)
+
+    @torch.no_grad()
+    def __call__(self, images, captions) -> tuple:
+        x = pixels(images, self.size).to(self.device)  # (B, 3, H, W)
+        lat = self.vae.encode(x).latent_dist.sample() * self.vae.config.scaling_factor  # (B, 4, h, w)
+        ids = self.tok(list(captions), padding="max_length", max_length=self.tok.model_max_length, truncation=True,
+                       return_tensors="pt").input_ids.to(self.device)
+        return lat, self.text_encoder(ids)[0]  # (B, 4, h, w), (B, L, D)
+
+    def encode_all(self, images, captions) -> tuple:
+        """Every image, ``encode_batch`` at a time, gathered on the CPU: (N, 4, h, w), (N, L, D)."""
+        lats, embs = [], []
+        for i in range(0, len(images), self.encode_batch):
+            lat, emb = self(images[i:i + self.encode_batch], captions[i:i + self.encode_batch])
+            lats.append(lat.cpu())
+            embs.append(emb.cpu())
+        return torch.cat(lats), torch.cat(embs)
+
+
+def cached_dataset(encoder: FrozenEncoders, images, prompts, weights, pairs=None, pool=None) -> CachedLatents:
+    """The training rows, encoded once (the VAE and the text tower are frozen): D_model's images with their weights,
+    then the D_pre ``pool`` (images, captions) at weight 1 if given; or, with ``pairs`` (Diffusion-DPO), one row per
+    pair: the winner's and the loser's latents and their prompt's embedding."""
+    lat, emb = encoder.encode_all(images, prompts)  # (N, 4, h, w), (N, L, D)
+    if pairs is not None:
+        winners, losers = pairs
+        return CachedLatents(lat[winners], lat[losers], emb[winners])
+    if pool is None:
+        return CachedLatents(lat, emb, weights)
+    lat_pre, emb_pre = encoder.encode_all(*pool)  # (P, 4, h, w), (P, L, D)
+    return CachedLatents(torch.cat([lat, lat_pre]), torch.cat([emb, emb_pre]), torch.cat([weights, torch.ones(len(lat_pre))]))
 
 
 def as_batch(batch: tuple) -> tuple:

@@ -1,4 +1,6 @@
 """Reward-weighted fine-tuning runs, checkpoints, resumes and writes a pipeline plain diffusers loads."""
+import os
+
 import pytest
 import torch
 
@@ -76,6 +78,34 @@ def test_finetune_checkpoints_resumes_and_loads_in_diffusers(render_dataset, tmp
     pipe = StableDiffusionPipeline.from_pretrained(out, local_files_only=True)
     assert pipe.unet.dtype == torch.float32
     assert pipe(["a red square"], num_inference_steps=2).images[0].size == (32, 32)
+    ckpt = tmp_path / "aligned" / "checkpoint"  # accelerate's save_state, the trained weights in safetensors
+    assert {"trainable.safetensors", "ema.safetensors", "optimizer.bin", "state.json"} <= set(os.listdir(ckpt))
+    assert not any(f.startswith("model") or f.startswith("custom_checkpoint") for f in os.listdir(ckpt))
+
+
+class Planted:  # what a hostile checkpoint could hold: unpickling it would run code (here: create a file)
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_resuming_never_unpickles_code(render_dataset, tmp_path):
+    """load_state reads the optimizer with torch.load(weights_only=True): a planted pickle is refused, not run."""
+    import pickle
+
+    folder, _ = render_dataset
+    simulate_labels(folder, seed=0)
+    export_labels(folder, labeler="judge")
+    out, marker = tmp_path / "aligned", tmp_path / "ran"
+    cfg = dict(data=folder, out=str(out), weight="label", batch=4, pre_batch=4, checkpoint_every=1)
+    finetune(FinetuneConfig(train_steps=2, **cfg))
+    with open(out / "checkpoint" / "optimizer.bin", "wb") as f:
+        torch.save({"state": {}, "param_groups": [Planted(str(marker))]}, f)
+    with pytest.raises(pickle.UnpicklingError):  # torch.load(weights_only=True) refuses the unknown global
+        finetune(FinetuneConfig(train_steps=3, **cfg))
+    assert not marker.exists()
 
 
 def test_pre_pool_draws_d_pre_once_and_a_folder_without_repeats(render_dataset, tmp_path, monkeypatch):
@@ -159,8 +189,6 @@ def test_category_balance_draws_each_category_equally_often():
 
 def test_should_stop_cancels_before_anything_is_written(render_dataset, tmp_path):
     """The app's Cancel button: the fine-tune stops at the next step and leaves no pipeline behind."""
-    import os
-
     from t2idemo.finetune import Cancelled
 
     folder, _ = render_dataset
