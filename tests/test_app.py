@@ -292,9 +292,9 @@ def test_cancel_stops_the_fine_tune_and_keeps_nothing(drawing_app, monkeypatch):
     _, state = app.train_reward(state)
     real = ft.finetune
 
-    def cancel_at_once(cfg, reward_fn=None, should_stop=None):  # the visitor presses Cancel as the tune starts
+    def cancel_at_once(cfg, should_stop=None):  # the visitor presses Cancel as the tune starts
         calls.append(app.cancel(state))
-        return real(cfg, reward_fn, should_stop)
+        return real(cfg, should_stop)
 
     monkeypatch.setattr(ft, "finetune", cancel_at_once)
     text, state = app.tune(3, state)
