@@ -288,15 +288,12 @@ def drop_captions(emb, null_emb, p_uncond: float, gen) -> torch.Tensor:
 
 def d_model(cfg: FinetuneConfig) -> tuple:
     """D_model: (images, prompts, weights (N,), categories, None), or for Diffusion-DPO every image, ones (P,), the
-    pairs' categories and (winners (P,), losers (P,)). The reward model ``cfg.reward`` (if any) weights them; it is
-    loaded without drawing from torch's global random stream (building its head would), so the fine-tune's draws
-    are the same whoever trained the reward model and wherever it was loaded."""
+    pairs' categories and (winners (P,), losers (P,)). The reward model ``cfg.reward`` (if any) weights them."""
     reward_fn = None
     if cfg.reward:
         from .reward import load_reward_fn
 
-        with torch.random.fork_rng():
-            reward_fn = load_reward_fn(cfg.reward)
+        reward_fn = load_reward_fn(cfg.reward)
     if cfg.method == "dpo":
         return dpo_dataset(cfg, reward_fn)
     return (*model_dataset(cfg, reward_fn), None)

@@ -266,7 +266,8 @@ class RewardModel(nn.Module):
         meta = read_saved(path)
         cfg = RewardConfig(**saved_fields(meta))
         cfg = dataclasses.replace(cfg, clip=clip or cfg.clip, device="" if device is None else device)
-        model = cls(cfg)
+        with torch.random.fork_rng():  # the head's random init is overwritten below: loading must not move torch's
+            model = cls(cfg)            # global random stream (a fine-tune seeded before it would draw otherwise)
         if model.clip.dim != meta["embed_dim"]:
             raise ValueError(f"clip={cfg.clip!r} gives {model.clip.dim}-d embeddings but the head in {path!r} "
                              f"was trained on {meta['embed_dim']}-d ones; use the CLIP it was trained with")

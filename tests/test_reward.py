@@ -236,3 +236,15 @@ def test_a_saved_reward_model_carries_no_job_fields_and_evaluates_without_its_tr
     res = reward_train.evaluate_reward(cfg, plot=False)
     assert list(res["table"]) == ["reward model (lambda=0.5, N=4)", "CLIPScore (cosine)"]
     assert res["table"]["CLIPScore (cosine)"]["acc"] is None and "No training set given" in reward_train.reward_table(res)
+
+
+def test_loading_a_reward_model_leaves_torchs_random_stream_alone():
+    """A fine-tune seeds torch, then loads its reward model: the load must not draw from the stream (the head's
+    random init is overwritten), or the tuned weights would depend on where the reward model came from."""
+    from t2idemo.reward import REWARD_MODEL, load_reward_fn
+
+    torch.manual_seed(0)
+    expected = torch.rand(4)
+    torch.manual_seed(0)
+    load_reward_fn(REWARD_MODEL)
+    assert torch.equal(torch.rand(4), expected)
