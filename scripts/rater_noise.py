@@ -1,88 +1,180 @@
-"""The rater-noise study's figures from `run` folders (README, Stage 3: rater noise end to end).
+"""Rater noise end to end, over several seeds (README: Beyond the paper).
 
-    python scripts/rater_noise.py auc runs/main runs/flip10 runs/flip20 runs/flip30 runs/biased
-    python scripts/rater_noise.py plot docs/figures/noise_end_to_end.png 0:runs/main 0.1:runs/flip10 ...
+    python -m t2idemo run --out runs/main                                      # the default job, an honest rater
+    python scripts/rater_noise.py runs/main --levels 0,0.1,0.2,0.3,four-for-three --seeds 0,1,2 \\
+        --plot docs/figures/noise_end_to_end.png
 
-auc: each run's round-1 reward model scored against the judge on the first run's unlabelled images of unseen
-prompts (no one labelled them): AUC with a bootstrap 95% CI. plot: each run's unseen combinations all right
-(report/results.json) and its reward AUC over the flip level, the base's CI as a band.
+Each level and seed is one `python -m t2idemo run --reuse RUN --train-seed SEED --labels.flip LEVEL (or
+--labels.bias four-for-three) --evaluate.split unseen --out RUN-noise-LEVEL-sSEED`: RUN's images (copied, not drawn
+again), labelled by a rater who flips that share of the judge's verdicts (or passes four shapes for three), then the
+reward model and the fine-tune; SEED seeds the labels' noise, the reward model and the fine-tune. Level 0 at RUN's
+own seed is RUN itself. A finished run is read, not run again (about 12 min each on 2 cores).
+
+Per level: unseen combinations all right (mean over seeds, min - max, each seed), count within them, "three" drawn
+as four, and the reward model's AUC against the judge on RUN's unlabelled images of unseen prompts (no one labelled
+them), each with the same spread.
 """
 
+import argparse
 import json
 import os
+import subprocess
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+BIASES = ("four-for-three",)
 
-def held_out_auc(runs: list) -> dict:
-    from t2idemo.data import load_rows
+
+def level_runs(run: str, levels: list, seeds: list) -> dict:
+    """{(level, seed): run folder}, running the ones not finished."""
+    from t2idemo.runconfig import RunPaths
+
+    with open(RunPaths(run).results) as f:
+        own_seed = json.load(f)["run_config"]["seed"]
+    folders = {}
+    for level in levels:
+        for seed in seeds:
+            if level in ("0", "0.0") and seed == own_seed:
+                folders[level, seed] = run
+                continue
+            out = f"{run.rstrip('/')}-noise-{level}-s{seed}"
+            if not os.path.isfile(RunPaths(out).results):
+                rater = ["--labels.bias", level] if level in BIASES else ["--labels.flip", level]
+                cmd = [sys.executable, "-m", "t2idemo", "run", "--reuse", run, "--train-seed", str(seed), *rater,
+                       "--evaluate.split", "unseen", "--out", out]
+                print("$ " + " ".join(cmd[1:]), flush=True)
+                subprocess.run(cmd, check=True)
+            folders[level, seed] = out
+    return folders
+
+
+def held_out_auc(run: str, runs: list) -> dict:
+    """{run: ROC-AUC of its round-1 reward model against the judge on RUN's unlabelled images of unseen prompts}."""
+    from t2idemo.data import load_images, load_rows
     from t2idemo.judge import judge
-    from t2idemo.data import load_images
     from t2idemo.reward import load_reward_fn
     from t2idemo.runconfig import RunPaths
-    from t2idemo.stats import bootstrap_auc, roc_auc
+    from t2idemo.stats import roc_auc
 
-    unl = RunPaths(runs[0]).round(1).unlabelled
+    unl = RunPaths(run).round(1).unlabelled
     rows = [r for r in load_rows(unl, "unlabelled") if r["unseen"]]
     images = load_images(unl, rows)
     truth = [float(judge(im, r)["good"]) for im, r in zip(images, rows)]
-    print(f"{len(rows)} unlabelled images of unseen prompts, {int(sum(truth))} good")
+    print(f"reward AUC on {len(rows)} unlabelled images of unseen prompts ({int(sum(truth))} good)", flush=True)
     out = {}
-    for run in runs:
-        fn = load_reward_fn(RunPaths(run).round(1).reward)
+    for folder in runs:
+        fn = load_reward_fn(RunPaths(folder).round(1).reward)
         scores = []
         for i in range(0, len(images), 256):
             scores += fn(images[i:i + 256], [r["prompt"] for r in rows[i:i + 256]]).tolist()
-        lo, hi = bootstrap_auc({"r": scores}, truth, n_boot=1000)["r"]
-        out[run] = (roc_auc(scores, truth), lo, hi)
-        print(f"{run}: AUC {out[run][0]:.3f} [{lo:.3f}, {hi:.3f}]")
+        out[folder] = roc_auc(scores, truth)
     return out
 
 
-def plot(out: str, specs: list):
+def summary(run: str, folders: dict) -> list:
+    """One dict per level: the tuned model's unseen figures (%) per seed, and the base's combinations rate."""
+    from t2idemo.runconfig import RunPaths
+
+    aucs = held_out_auc(run, sorted(set(folders.values())))
+    rows = {}
+    for (level, seed), folder in folders.items():
+        with open(RunPaths(folder).results) as f:
+            res = json.load(f)
+        tuned = [m for k, m in res["models"].items() if k != "base"][-1]["rates"]["unseen"]
+        base = res["models"]["base"]["rates"]["unseen"]["combination"]["all"]
+        row = rows.setdefault(level, {"level": level, "base": base, "seeds": []})
+        row["seeds"].append({"seed": seed, "combos": 100 * tuned["combination"]["all"]["p"],
+                             "count": 100 * tuned["combination"]["count"]["p"],
+                             "three_as_four": 100 * tuned["count"]["three_as_four"]["p"], "auc": aucs[folder]})
+    return list(rows.values())
+
+
+def spread(values: list, fmt: str = "{:.1f}") -> str:
+    mean = sum(values) / len(values)
+    if len(values) == 1:
+        return fmt.format(mean)
+    return f"{fmt.format(mean)} ({fmt.format(min(values))} - {fmt.format(max(values))})"
+
+
+def table(rows: list) -> str:
+    base = rows[0]["base"]
+    lines = [f"Unseen prompts, tuned model; mean over seeds (min - max). The base: combinations {100 * base['p']:.1f} "
+             f"[{100 * base['lo']:.1f}, {100 * base['hi']:.1f}].", "",
+             "| rater | seeds | combinations, all right | each seed | combo: count | count prompts: three drawn as four | reward AUC, held out |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        s = r["seeds"]
+        name = r["level"] if r["level"] in BIASES else f"{100 * float(r['level']):g}% flipped"
+        lines.append(f"| {name} | {len(s)} | {spread([x['combos'] for x in s])} | "
+                     + ", ".join(f"{x['combos']:.1f}" for x in s) + f" | {spread([x['count'] for x in s])} | "
+                     f"{spread([x['three_as_four'] for x in s])} | {spread([x['auc'] for x in s], '{:.3f}')} |")
+    return "\n".join(lines)
+
+
+def plot(rows: list, out: str):
+    """Unseen combinations over the flip level: each seed a dot, the mean a line with its min - max; AUC on the
+    right axis; the base's 95% CI as a band; the biased rater as a separate marker at 0%."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from t2idemo.runconfig import RunPaths
-
-    runs = [spec.split(":", 1) for spec in specs]  # level:run folder
-    aucs = held_out_auc([run for _, run in runs])
-    pts = []
-    for level, run in runs:
-        with open(RunPaths(run).results) as f:
-            res = json.load(f)
-        tuned = [v for k, v in res["models"].items() if k != "base"][0]["rates"]["unseen"]["combination"]["all"]
-        pts.append((100 * float(level), tuned, aucs[run][0], res["models"]["base"]["rates"]["unseen"]["combination"]["all"]))
-    pts.sort(key=lambda p: p[0])
-    fig, ax = plt.subplots(figsize=(5.5, 3.6))
-    x = [p[0] for p in pts]
-    ax.errorbar(x, [100 * p[1]["p"] for p in pts], yerr=[[100 * (p[1]["p"] - p[1]["lo"]) for p in pts],
-                                                        [100 * (p[1]["hi"] - p[1]["p"]) for p in pts]],
-                marker="o", capsize=3, label="tuned model: unseen combinations all right (judge)")
-    base = pts[0][3]
+    flips = sorted((r for r in rows if r["level"] not in BIASES), key=lambda r: float(r["level"]))
+    fig, ax = plt.subplots(figsize=(5.8, 3.8))
+    x = [100 * float(r["level"]) for r in flips]
+    mean = [sum(s["combos"] for s in r["seeds"]) / len(r["seeds"]) for r in flips]
+    ax.plot(x, mean, "o-", color="tab:blue", label="tuned: unseen combinations all right (mean over seeds)")
+    for xi, r in zip(x, flips):
+        ax.plot([xi] * len(r["seeds"]), [s["combos"] for s in r["seeds"]], ".", color="tab:blue", alpha=0.5)
+    for r in rows:
+        if r["level"] in BIASES:
+            ax.plot([0] * len(r["seeds"]), [s["combos"] for s in r["seeds"]], "x", color="tab:purple", ms=7,
+                    label=f"{r['level']} rater (each seed)")
+    base = rows[0]["base"]
     ax.axhspan(100 * base["lo"], 100 * base["hi"], color="grey", alpha=0.25, label="base model (95% CI)")
     ax.set_xlabel("simulated rater: labels flipped (%)")
     ax.set_ylabel("% all right (n = 512 per point)")
     ax2 = ax.twinx()
-    ax2.plot(x, [p[2] for p in pts], "s--", color="tab:red", label="reward model AUC, held out (right axis)")
+    ax2.plot(x, [sum(s["auc"] for s in r["seeds"]) / len(r["seeds"]) for r in flips], "s--", color="tab:red",
+             label="reward AUC, held out (mean; right axis)")
     ax2.set_ylabel("reward AUC on unseen prompts")
     ax2.set_ylim(0.5, 1.0)
     h1, l1 = ax.get_legend_handles_labels()
     h2, l2 = ax2.get_legend_handles_labels()
     ax.legend(h1 + h2, l1 + l2, fontsize=7, loc="lower left")
-    ax.set_title("Rater noise, end to end (shapes world)", fontsize=9)
+    ax.set_title("Rater noise, end to end (slotted shapes world)", fontsize=9)
     fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     fig.savefig(out, dpi=110)
     print("wrote", out)
 
 
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
+    p.add_argument("run", help="a finished `python -m t2idemo run` folder (the honest rater)")
+    p.add_argument("--levels", default="0,0.1,0.2,0.3,four-for-three",
+                   help="comma-separated: shares of labels flipped (0 - 1) or a bias: " + ", ".join(BIASES))
+    p.add_argument("--seeds", default="0,1,2", help="comma-separated train seeds (the labels' noise, reward, fine-tune)")
+    p.add_argument("--plot", default="", help="write the figure here (PNG); '' = no figure")
+    args = p.parse_args(argv)
+    levels = [x.strip() for x in args.levels.split(",") if x.strip()]
+    for level in levels:
+        try:
+            ok = level in BIASES or 0 <= float(level) <= 1
+        except ValueError:
+            ok = False
+        if not ok:
+            p.error(f"--levels={args.levels!r}: {level!r} is neither a share in 0 - 1 nor one of {BIASES}")
+    try:
+        seeds = [int(x) for x in args.seeds.split(",") if x.strip()]
+    except ValueError:
+        p.error(f"--seeds={args.seeds!r} is not a comma-separated list of whole numbers")
+    rows = summary(args.run, level_runs(args.run, levels, seeds))
+    print(table(rows))
+    if args.plot:
+        plot(rows, args.plot)
+
+
 if __name__ == "__main__":
-    if len(sys.argv) < 3 or sys.argv[1] not in ("auc", "plot"):
-        raise SystemExit(__doc__)
-    if sys.argv[1] == "auc":
-        held_out_auc(sys.argv[2:])
-    else:
-        plot(sys.argv[2], sys.argv[3:])
+    main()

@@ -100,6 +100,25 @@ def merge_folders(folders: list, out: str) -> str:
     return out
 
 
+def reuse_images(run: str, paths: RunPaths) -> None:
+    """Copy a finished run's round-1 feedback images and unlabelled generations into ``paths`` (not their labels):
+    the labels, reward model and fine-tune are redone on the same images. Generation then resumes, and refuses
+    the copies if this run's settings would draw other images."""
+    src, dst = RunPaths(run).round(1), paths.round(1)
+    for name in ("feedback", "unlabelled"):
+        s, d = getattr(src, name), getattr(dst, name)
+        if not os.path.isfile(os.path.join(s, "metadata.jsonl")):
+            raise ValueError(f"reuse={run!r} has no round-1 {name} images ({s}); run `python -m t2idemo run --out {run}` first")
+        if os.path.isdir(d):
+            continue  # copied before (a resumed run)
+        shutil.rmtree(d + ".tmp", ignore_errors=True)  # a copy a crash cut short
+        shutil.copytree(s, d + ".tmp", ignore=shutil.ignore_patterns("labels.sqlite*", "*.tmp"))
+        rows = [{k: v for k, v in row.items() if k != "label"} for row in load_rows(d + ".tmp", name)]
+        write_rows_atomic(d + ".tmp", rows)  # the images without their rater's labels
+        os.rename(d + ".tmp", d)
+        print(f"reused {len(rows)} {name} images from {s}")
+
+
 def run(cfg: RunConfig) -> dict:
     if not cfg.judge:
         raise ValueError(f"preset={cfg.preset!r} (prompt_set={cfg.generate.prompt_set!r}): the main job labels with the "
@@ -107,6 +126,8 @@ def run(cfg: RunConfig) -> dict:
     t0 = time.time()
     paths = RunPaths(cfg.out)
     os.makedirs(cfg.out, exist_ok=True)
+    if cfg.reuse:
+        reuse_images(cfg.reuse, paths)
     model, labelled, models, timings = cfg.model, [], {"base": cfg.model}, {}
     for r in range(1, cfg.rounds + 1):
         tuned, labelled, timings[f"round{r}"] = run_round(cfg, r, model, labelled, t0)

@@ -70,6 +70,11 @@ class RunConfig:
     betas: str = ""  # comma-separated betas for a trade-off sweep (one fine-tune each, round 1 only); "" = finetune.beta
     seed: int = ranged(0, 0, 1_000_000_000)  # seeds generation, labels, reward model, fine-tune and evaluation (each
     #                                          stage's seed derives from it: round_configs)
+    train_seed: int = ranged(-1, -1, 1_000_000_000)  # seeds only what learns from the images: the rater's noise, the
+    #                                    reward model and the fine-tune; -1 = --seed. With --reuse: a study's repeat on
+    #                                    the same images (the rater-noise study's seeds)
+    reuse: str = ""  # a finished run folder whose round-1 images (feedback and unlabelled, not their labels) this run
+    #                  copies instead of drawing them again; "" = draw them. Its settings must match (generation checks)
     ship: bool = False  # copy the final aligned model and reward model into t2idemo/assets
     # each stage's options: the stage's own config, starting from the main job's values (MAIN_JOB)
     generate: GenerateConfig = _stage(GenerateConfig, "generate")  # stage 1: the images
@@ -227,13 +232,14 @@ class Round:
 def round_configs(cfg: RunConfig, r: int, model: str, folders: RoundFolders) -> Round:
     """Round ``r`` (1, 2, ...; the app's short loop is round 0) from ``model``: each stage's config of ``cfg`` with
     the round's folders, model and seeds. Seeds: feedback seed + 10 r, unlabelled seed + 10 r + 5, labels seed + r,
-    reward seed, fine-tune seed + r."""
+    reward seed, fine-tune seed + r; ``--train-seed`` (when set) replaces ``--seed`` for labels, reward and fine-tune."""
     s = cfg.seed
+    t = s if cfg.train_seed < 0 else cfg.train_seed  # what learns from the images
     feedback = dataclasses.replace(cfg.generate, out=folders.feedback, model=model, split="seen", prompts="",
                                    seed=s + 10 * r)
-    labels = dataclasses.replace(cfg.labels, data=folders.feedback, store="", labeler="judge", seed=s + r,
+    labels = dataclasses.replace(cfg.labels, data=folders.feedback, store="", labeler="judge", seed=t + r,
                                  export="judge")
-    reward = dataclasses.replace(cfg.reward, data=folders.reward_data, run=folders.reward, seed=s)
+    reward = dataclasses.replace(cfg.reward, data=folders.reward_data, run=folders.reward, seed=t)
     unlabelled = None
     if cfg.unlabelled_per_prompt:
         unlabelled = dataclasses.replace(cfg.generate, out=folders.unlabelled, model=model, split=cfg.unlabelled_split,
@@ -243,7 +249,7 @@ def round_configs(cfg: RunConfig, r: int, model: str, folders: RoundFolders) -> 
         out = folders.aligned + (f"-beta{beta:g}" if cfg.betas else "")
         tunes[beta] = dataclasses.replace(cfg.finetune, data=folders.feedback, out=out, model=model,
                                           reward=folders.reward, unlabelled=unlabelled.out if unlabelled else "",
-                                          beta=beta, seed=s + r)
+                                          beta=beta, seed=t + r)
     return Round(feedback, labels, reward, unlabelled, tunes)
 
 

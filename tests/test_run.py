@@ -198,3 +198,34 @@ def test_beta_sweep_draws_the_trade_off(tmp_path):
     assert list(res["models"]) == ["base", "beta 0", "beta 1"]
     assert all("fid" in m for m in res["models"].values())
     assert os.path.getsize(out / "report" / "tradeoff.png") > 0
+
+
+def test_train_seed_moves_only_what_learns_from_the_images():
+    folders = RunPaths("runs/x").round(1)
+    same = round_configs(preset("shapes", seed=3), 1, "m", folders)
+    assert round_configs(preset("shapes", seed=3, train_seed=3), 1, "m", folders) == same
+    other = round_configs(preset("shapes", seed=3, train_seed=7), 1, "m", folders)
+    assert (other.feedback, other.unlabelled) == (same.feedback, same.unlabelled)  # the same images
+    assert (other.labels.seed, other.reward.seed, other.finetune[1.0].seed) == (8, 7, 8)
+    assert (same.labels.seed, same.reward.seed, same.finetune[1.0].seed) == (4, 3, 4)
+
+
+def test_reuse_relabels_the_same_images(tmp_path):
+    first = tmp_path / "first"
+    run(preset("shapes", out=str(first), **SMALL))
+    again = tmp_path / "again"
+    run(preset("shapes", out=str(again), reuse=str(first), train_seed=5, **{**SMALL, "labels.flip": 1.0, "finetune.min_reward": 0.0}))
+    for name in ("feedback", "unlabelled"):
+        a, b = first / "round1" / name, again / "round1" / name
+        pngs = sorted(p.name for p in a.glob("*.png"))
+        assert pngs and pngs == sorted(p.name for p in b.glob("*.png"))
+        assert all((a / p).read_bytes() == (b / p).read_bytes() for p in pngs)  # copied, not drawn again
+    rows_a = [json.loads(l) for l in open(first / "round1" / "feedback" / "metadata.jsonl")]
+    rows_b = [json.loads(l) for l in open(again / "round1" / "feedback" / "metadata.jsonl")]
+    assert [r["label"] for r in rows_b] == [{"good": "bad", "bad": "good"}[r["label"]] for r in rows_a]  # every one flipped
+    assert json.load(open(again / "round1" / "aligned" / "finetune.json"))["config"]["seed"] == 6
+    # settings that would draw other images refuse the copies
+    with pytest.raises(ValueError, match="other settings"):
+        run(preset("shapes", out=str(tmp_path / "third"), reuse=str(first), **{**SMALL, "generate.guidance": 4.0}))
+    with pytest.raises(ValueError, match="reuse='nowhere' has no round-1 feedback images"):
+        run(preset("shapes", out=str(tmp_path / "fourth"), reuse="nowhere", **SMALL))
