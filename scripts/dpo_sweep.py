@@ -3,38 +3,34 @@
     python -m t2idemo run --out runs/main                          # the default job (the filtered recipe)
     python scripts/dpo_sweep.py runs/main --lrs 5e-6,2e-5,1e-4,5e-4 # one DPO run per rate, then the table
 
-Each rate is one `python -m t2idemo run --recipe dpo --finetune.lr LR --reuse RUN --evaluate.split unseen
---out RUN-dpo-lrLR`: the same images and labels as RUN (copied, not drawn again), the reward model retrained on them
-at the same seed, 400 steps of 64 good/bad pairs (about 15 min on 2 cores). A rate whose run has finished is read,
+Each rate is RUN's own config with `--recipe dpo --finetune.lr LR --reuse RUN --evaluate.split unseen --out
+RUN-dpo-lrLR`: the same images and labels as RUN (copied, not drawn again), the reward model retrained on them at
+the same seed, 400 steps of 64 good/bad pairs (about 15 min on 2 cores). A rate whose run has finished is read,
 not run again. Prints one table (unseen prompts: base, RUN's tuned model, DPO per rate) and each fine-tune's seconds.
 """
 
 import argparse
 import json
 import os
-import subprocess
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def sweep_runs(run: str, lrs: list) -> dict:
-    """{label: results.json of the run} for RUN and one DPO run per learning rate (run when missing)."""
-    from t2idemo.runconfig import RunPaths
+    """{label: results} for RUN and one DPO run per learning rate: RUN's config with the DPO recipe at that rate, on
+    RUN's images (run here unless a finished run with the same config is in RUN-dpo-lrLR)."""
+    from t2idemo.overopt import run_config
+    from t2idemo.run import run_or_read
+    from t2idemo.runconfig import RECIPES, RunPaths, changed
 
-    runs = {"filtered": run}
+    with open(RunPaths(run).results) as f:
+        results = {"filtered": json.load(f)}
+    rc = run_config(run)
     for lr in lrs:
-        out = f"{run.rstrip('/')}-dpo-lr{lr}"
-        if not os.path.isfile(RunPaths(out).results):
-            cmd = [sys.executable, "-m", "t2idemo", "run", "--recipe", "dpo", "--finetune.lr", lr, "--reuse", run,
-                   "--evaluate.split", "unseen", "--out", out]
-            print("$ " + " ".join(cmd[1:]), flush=True)
-            subprocess.run(cmd, check=True)
-        runs[f"DPO, lr {lr}"] = out
-    results = {}
-    for name, folder in runs.items():
-        with open(RunPaths(folder).results) as f:
-            results[name] = json.load(f)
+        cfg = changed(rc, out=f"{run.rstrip('/')}-dpo-lr{lr}", reuse=run,
+                      **{**RECIPES["dpo"], "finetune.lr": float(lr), "evaluate.split": "unseen"})
+        results[f"DPO, lr {lr}"] = run_or_read(cfg)
     return results
 
 

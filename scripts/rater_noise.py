@@ -4,11 +4,11 @@
     python scripts/rater_noise.py runs/main --levels 0,0.1,0.2,0.3,four-for-three --seeds 0,1,2 \\
         --plot docs/figures/noise_end_to_end.png
 
-Each level and seed is one `python -m t2idemo run --reuse RUN --train-seed SEED --labels.flip LEVEL (or
---labels.bias four-for-three) --evaluate.split unseen --out RUN-noise-LEVEL-sSEED`: RUN's images (copied, not drawn
+Each level and seed is RUN's own config with `--reuse RUN --train-seed SEED --labels.flip LEVEL` (or `--labels.bias
+four-for-three`) `--evaluate.split unseen --out RUN-noise-LEVEL-sSEED`: RUN's images (copied, not drawn
 again), labelled by a rater who flips that share of the judge's verdicts (or passes four shapes for three), then the
 reward model and the fine-tune; SEED seeds the labels' noise, the reward model and the fine-tune. Level 0 at RUN's
-own seed is RUN itself. A finished run is read, not run again (about 12 min each on 2 cores).
+own seed is RUN itself. A finished run with the same config is read, not run again (about 12 min each on 2 cores).
 
 Per level: unseen combinations all right (mean over seeds, min - max, each seed), count within them, "three" drawn
 as four, and the reward model's AUC against the judge on RUN's unlabelled images of unseen prompts (no one labelled
@@ -18,7 +18,6 @@ them), each with the same spread.
 import argparse
 import json
 import os
-import subprocess
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -27,24 +26,22 @@ BIASES = ("four-for-three",)
 
 
 def level_runs(run: str, levels: list, seeds: list) -> dict:
-    """{(level, seed): run folder}, running the ones not finished."""
-    from t2idemo.runconfig import RunPaths
+    """{(level, seed): run folder}: RUN's config with that rater and train seed on RUN's images, run here unless a
+    finished run with the same config is in RUN-noise-LEVEL-sSEED (level 0 at RUN's own seed is RUN)."""
+    from t2idemo.overopt import run_config
+    from t2idemo.run import run_or_read
+    from t2idemo.runconfig import changed
 
-    with open(RunPaths(run).results) as f:
-        own_seed = json.load(f)["run_config"]["seed"]
+    rc = run_config(run)
     folders = {}
     for level in levels:
         for seed in seeds:
-            if level in ("0", "0.0") and seed == own_seed:
+            if level in ("0", "0.0") and seed == rc.seed:
                 folders[level, seed] = run
                 continue
+            rater = {"labels.bias": level} if level in BIASES else {"labels.flip": float(level)}
             out = f"{run.rstrip('/')}-noise-{level}-s{seed}"
-            if not os.path.isfile(RunPaths(out).results):
-                rater = ["--labels.bias", level] if level in BIASES else ["--labels.flip", level]
-                cmd = [sys.executable, "-m", "t2idemo", "run", "--reuse", run, "--train-seed", str(seed), *rater,
-                       "--evaluate.split", "unseen", "--out", out]
-                print("$ " + " ".join(cmd[1:]), flush=True)
-                subprocess.run(cmd, check=True)
+            run_or_read(changed(rc, out=out, reuse=run, train_seed=seed, **rater, **{"evaluate.split": "unseen"}))
             folders[level, seed] = out
     return folders
 

@@ -27,6 +27,7 @@ Then evaluate base and every round's model on unseen and seen prompts (the judge
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import shutil
 import time
@@ -156,6 +157,17 @@ def run(cfg: RunConfig) -> dict:
     if cfg.ship:
         ship(model, paths.round(cfg.rounds).reward)
     return results
+
+
+def run_or_read(cfg: RunConfig) -> dict:
+    """``run(cfg)``'s results, read from ``cfg.out`` instead when a finished run with this very config is there."""
+    done = RunPaths(cfg.out).results
+    if os.path.isfile(done):
+        with open(done) as f:
+            saved = json.load(f)
+        if saved.get("run_config") == dataclasses.asdict(cfg):
+            return saved
+    return run(cfg)
 
 
 def recipe_line(cfg: RunConfig) -> str:

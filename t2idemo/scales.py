@@ -23,11 +23,10 @@ reward model from the settings when an earlier notebook has not left them in the
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from dataclasses import dataclass
 
-from .runconfig import RECIPES, Round, RoundFolders, RunConfig, RunPaths, changed, preset, round_configs
+from .runconfig import RECIPES, Round, RoundFolders, RunConfig, changed, preset, round_configs
 
 SCALES = ("shapes", "sd15")
 WORK_ENV = "T2IDEMO_WORK"  # environment variable: the notebooks' work folder (default runs/nb)
@@ -191,21 +190,14 @@ def finetune_config(S: RunConfig, P: Paths, recipe: str = "", **changes):
 def ensure_run(S: RunConfig, P: Paths, name: str = "main", recipe: str = "", **changes) -> dict:
     """The results of ``python -m t2idemo run`` on ``S`` (with the fine-tune ``recipe`` and ``changes``, "stage.field"
     keys) in WORK/NAME, run here unless a finished run with the same config is there. Shapes world only (the judge)."""
-    from .run import run
+    from .run import run_or_read
 
     if not S.judge:
         raise ValueError(f"preset={S.preset!r}: the main job labels with the judge, which reads only the shapes world; "
                          "use scale='shapes'")
     if recipe and recipe not in RECIPES:
         raise ValueError(f"recipe={recipe!r} is not allowed; use one of {tuple(RECIPES)}")
-    cfg = changed(S, **{"out": os.path.join(P.work, name), **RECIPES.get(recipe, {}), **changes})
-    done = RunPaths(cfg.out).results
-    if os.path.isfile(done):
-        with open(done) as f:
-            saved = json.load(f)
-        if saved.get("run_config") == dataclasses.asdict(cfg):
-            return saved
-    return run(cfg)
+    return run_or_read(changed(S, **{"out": os.path.join(P.work, name), **RECIPES.get(recipe, {}), **changes}))
 
 
 def overopt_config(S: RunConfig, run: str, **changes):
