@@ -8,11 +8,11 @@ Each level and seed is RUN's own config with `--reuse RUN --train-seed SEED --la
 four-for-three`) `--evaluate.split unseen --out RUN-noise-LEVEL-sSEED`: RUN's images (copied, not drawn
 again), labelled by a rater who flips that share of the judge's verdicts (or passes four shapes for three), then the
 reward model and the fine-tune; SEED seeds the labels' noise, the reward model and the fine-tune. Level 0 at RUN's
-own seed is RUN itself. A finished run with the same config is read, not run again (about 12 min each on 2 cores).
+own seed is RUN itself. A finished run with the same config is read, not run again (about 10 min each on 2 idle cores).
 
-Per level: unseen combinations all right (mean over seeds, min - max, each seed), count within them, "three" drawn
-as four, and the reward model's AUC against the judge on RUN's unlabelled images of unseen prompts (no one labelled
-them), each with the same spread.
+Per level: unseen combinations all right (mean over seeds, min - max, each seed), count, colour and background within
+them, "three" drawn as four (count and combination prompts asking for three), and the reward model's AUC against
+the judge on RUN's unlabelled images of unseen prompts (no one labelled them), each with the same spread.
 """
 
 import argparse
@@ -79,12 +79,21 @@ def summary(run: str, folders: dict) -> list:
         with open(RunPaths(folder).results) as f:
             res = json.load(f)
         tuned = [m for k, m in res["models"].items() if k != "base"][-1]["rates"]["unseen"]
-        base = res["models"]["base"]["rates"]["unseen"]["combination"]["all"]
-        row = rows.setdefault(level, {"level": level, "base": base, "seeds": []})
+        base = res["models"]["base"]["rates"]["unseen"]
+        row = rows.setdefault(level, {"level": level, "base": base["combination"]["all"],
+                                      "base_three_as_four": three_as_four(base), "seeds": []})
         row["seeds"].append({"seed": seed, "combos": 100 * tuned["combination"]["all"]["p"],
                              "count": 100 * tuned["combination"]["count"]["p"],
-                             "three_as_four": 100 * tuned["count"]["three_as_four"]["p"], "auc": aucs[folder]})
+                             "colour": 100 * tuned["combination"]["color"]["p"],
+                             "background": 100 * tuned["combination"]["scene"]["p"],
+                             "three_as_four": three_as_four(tuned), "auc": aucs[folder]})
     return list(rows.values())
+
+
+def three_as_four(rates: dict) -> float:
+    """% of the images whose prompt asks for three shapes (count and combination prompts together) that show four."""
+    cats = [rates[c]["three_as_four"] for c in ("count", "combination") if "three_as_four" in rates.get(c, {})]
+    return 100 * sum(c["k"] for c in cats) / max(1, sum(c["n"] for c in cats))
 
 
 def spread(values: list, fmt: str = "{:.1f}") -> str:
@@ -97,15 +106,19 @@ def spread(values: list, fmt: str = "{:.1f}") -> str:
 def table(rows: list) -> str:
     base = rows[0]["base"]
     lines = [f"Unseen prompts, tuned model; mean over seeds (min - max). The base: combinations {100 * base['p']:.1f} "
-             f"[{100 * base['lo']:.1f}, {100 * base['hi']:.1f}].", "",
-             "| rater | seeds | combinations, all right | each seed | combo: count | count prompts: three drawn as four | reward AUC, held out |",
-             "|---|---|---|---|---|---|---|"]
+             f"[{100 * base['lo']:.1f}, {100 * base['hi']:.1f}], three drawn as four "
+             f"{rows[0].get('base_three_as_four', float('nan')):.1f}.", "",
+             "| rater | seeds | combinations, all right | each seed | combo: count | combo: colour | combo: background "
+             "| three drawn as four | reward AUC, held out |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         s = r["seeds"]
         name = r["level"] if r["level"] in BIASES else f"{100 * float(r['level']):g}% flipped"
         lines.append(f"| {name} | {len(s)} | {spread([x['combos'] for x in s])} | "
-                     + ", ".join(f"{x['combos']:.1f}" for x in s) + f" | {spread([x['count'] for x in s])} | "
-                     f"{spread([x['three_as_four'] for x in s])} | {spread([x['auc'] for x in s], '{:.3f}')} |")
+                     + ", ".join(f"{x['combos']:.1f}" for x in s) + " | "
+                     + " | ".join(spread([x.get(k, float("nan")) for x in s])
+                                  for k in ("count", "colour", "background", "three_as_four"))
+                     + f" | {spread([x['auc'] for x in s], '{:.3f}')} |")
     return "\n".join(lines)
 
 
