@@ -9,6 +9,7 @@ t2idemo, so every stage can import it.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 
@@ -74,3 +75,22 @@ def load_images(folder: str, rows: list[dict]) -> list:
         with Image.open(os.path.join(folder, r["file_name"])) as im:
             images.append(im.convert("RGB"))
     return images
+
+
+def pipeline_digest(path: str) -> str:
+    """sha256 of what ``StableDiffusionPipeline.from_pretrained(path)`` reads: model_index.json and its components'
+    folders (not a fine-tune's checkpoint or snapshots). Two folders with one digest draw the same images. A hub id
+    or a folder without model_index.json: ""."""
+    index = os.path.join(path, "model_index.json")
+    if not os.path.isfile(index):
+        return ""
+    with open(index, encoding="utf-8") as f:
+        parts = sorted(k for k in json.load(f) if not k.startswith("_") and os.path.isdir(os.path.join(path, k)))
+    files = [index] + [os.path.join(root, name) for part in parts
+                       for root, _, names in sorted(os.walk(os.path.join(path, part))) for name in sorted(names)]
+    h = hashlib.sha256()
+    for file in files:
+        h.update(os.path.relpath(file, path).encode() + b"\0")
+        with open(file, "rb") as f:
+            h.update(f.read())
+    return h.hexdigest()

@@ -37,7 +37,7 @@ import torch
 
 from . import world
 from .config import check_ranges, ranged, require_set
-from .data import load_images, load_rows
+from .data import load_images, load_rows, pipeline_digest
 from .stats import wilson
 from .generate import ALIGNED_MODEL, BASE_MODEL, DEFAULT_GUIDANCE, DEFAULT_STEPS, load_pipeline, labelled_grid, sample
 from .judge import judge
@@ -193,9 +193,25 @@ def best_of_n(pipe, reward_fn, metas: list[dict], n: int, cfg: EvalConfig) -> tu
 # ----------------------------------------------------------------------------- the evaluation
 def evaluate_model(pipe, metas: list[dict], cfg: EvalConfig) -> tuple[list, dict]:
     """Generate one image per prompt at fixed seeds and judge it. Returns (images, tally)."""
-    seeds = [cfg.seed * 100_000 + i for i in range(len(metas))]
-    images = sample(pipe, [m["prompt"] for m in metas], seeds, cfg.sample_steps, cfg.guidance)
+    images = draw(pipe, metas, range(len(metas)), cfg)
     return images, tally([judge(im, m) for im, m in zip(images, metas)], metas)
+
+
+def draw(pipe, metas: list[dict], index, cfg: EvalConfig) -> list:
+    """The evaluation's images of prompts ``index``: image i starts from seed ``cfg.seed * 100_000 + i``."""
+    return sample(pipe, [metas[i]["prompt"] for i in index], [cfg.seed * 100_000 + i for i in index],
+                  cfg.sample_steps, cfg.guidance)
+
+
+def reusable(saved: dict, cfg: EvalConfig) -> dict:
+    """{pipeline_digest: result} of the models in ``saved`` (an earlier ``evaluate``'s results) that ``cfg`` would evaluate
+    to the same numbers: same sampler, seed, sizes and FID, and ``cfg``'s splits the first of ``saved``'s (prompts and
+    seeds of a split depend only on the splits before it)."""
+    splits, keys = cfg.split_list(), ("n_combination", "n_single", "sample_steps", "guidance", "seed", "fid")
+    if any(saved["config"][k] != getattr(cfg, k) for k in keys) or split_list(saved["config"]["split"])[:len(splits)] != splits:
+        return {}
+    return {r["digest"]: {**r, "rates": {sp: r["rates"][sp] for sp in splits}}
+            for r in saved["models"].values() if r.get("digest")}
 
 
 def summarise(t: dict) -> dict:
@@ -205,10 +221,12 @@ def summarise(t: dict) -> dict:
                  for cat, c in cats.items()} for sp, cats in t.items()}
 
 
-def evaluate(cfg: EvalConfig, pipes: dict | None = None, reward_fn=None, write: bool = True) -> dict:
+def evaluate(cfg: EvalConfig, pipes: dict | None = None, reward_fn=None, write: bool = True, known: dict | None = None) -> dict:
     """Evaluate every model in ``cfg.models``; draw the report's figures into ``cfg.out``; return the results dict.
     ``pipes`` ({path: pipeline}) reuses pipelines already loaded. ``write``: also write results.json and report.md
-    (``write_report``); the main job passes False and writes them itself once it has added its own fields."""
+    (``write_report``); the main job passes False and writes them itself once it has added its own fields.
+    ``known`` ({digest: result}, from ``reusable``): models evaluated before with these settings; only their sample
+    grid is drawn again (a study's runs share the base: ``run --reuse``)."""
     require_set(cfg)
     metas = eval_prompts(cfg.split, cfg.n_combination, cfg.n_single, cfg.seed)
     first = cfg.split_list()[0]  # FID and best-of-N use the first split's combination prompts
@@ -226,12 +244,16 @@ def evaluate(cfg: EvalConfig, pipes: dict | None = None, reward_fn=None, write: 
     samples = {}
     for name, path in zip(cfg.name_list(), cfg.model_list()):
         pipe = (pipes or {}).get(path) or load_pipeline(path)
-        images, t = evaluate_model(pipe, metas, cfg)
-        res = {"path": path, "rates": summarise(t)}
-        if cfg.fid:
-            res["fid"] = fid(clip_features([images[i] for i in combo]), ref_feats)
-        results["models"][name] = res
-        samples[name] = [images[i] for i in grid]
+        digest = pipeline_digest(path)
+        if digest and digest in (known or {}):  # evaluated before with these settings: read, not drawn again
+            results["models"][name] = {**known[digest], "path": path}
+            samples[name] = draw(pipe, metas, grid, cfg)
+        else:
+            images, t = evaluate_model(pipe, metas, cfg)
+            res = {"path": path, "digest": digest, "rates": summarise(t)}
+            res.update({"fid": fid(clip_features([images[i] for i in combo]), ref_feats)} if cfg.fid else {})
+            results["models"][name] = res
+            samples[name] = [images[i] for i in grid]
         if name == cfg.name_list()[0] and cfg.reward and cfg.best_of_list():
             from .reward import load_reward_fn
 
@@ -420,8 +442,7 @@ def evaluate_main(argv=None):
         print(summary_table(summary(scfg.data, scfg.reward, scfg.device)))
         return
     cfg = parse_args(argv)
-    res = evaluate(cfg)
-    print(markdown_table(res))
+    print(markdown_table(evaluate(cfg)))
     print(f"report: {os.path.join(cfg.out, 'report.md')}")
 
 

@@ -138,7 +138,9 @@ def run(cfg: RunConfig) -> dict:
 
     stage(f"evaluate {len(models)} models on {cfg.evaluate.split} prompts", t0)
     s = time.time()
-    results = ev.evaluate(eval_config(cfg, models, paths), write=False)
+    ecfg = eval_config(cfg, models, paths)
+    saved = saved_results(cfg.reuse) if cfg.reuse else None  # a study's runs share RUN's base: its evaluation is read
+    results = ev.evaluate(ecfg, write=False, known=ev.reusable(saved, ecfg) if saved else {})
     timings["evaluate"] = time.time() - s
     notes = []
     if cfg.betas:
@@ -161,13 +163,19 @@ def run(cfg: RunConfig) -> dict:
 
 def run_or_read(cfg: RunConfig) -> dict:
     """``run(cfg)``'s results, read from ``cfg.out`` instead when a finished run with this very config is there."""
-    done = RunPaths(cfg.out).results
-    if os.path.isfile(done):
-        with open(done) as f:
-            saved = json.load(f)
-        if saved.get("run_config") == dataclasses.asdict(cfg):
-            return saved
+    saved = saved_results(cfg.out)
+    if saved and saved.get("run_config") == dataclasses.asdict(cfg):
+        return saved
     return run(cfg)
+
+
+def saved_results(folder: str) -> dict | None:
+    """A finished run's results.json (every number of its report), or None."""
+    done = RunPaths(folder).results
+    if not os.path.isfile(done):
+        return None
+    with open(done) as f:
+        return json.load(f)
 
 
 def recipe_line(cfg: RunConfig) -> str:

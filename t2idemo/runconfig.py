@@ -74,7 +74,8 @@ class RunConfig:
     #                                    reward model and the fine-tune; -1 = --seed. With --reuse: a study's repeat on
     #                                    the same images (the rater-noise study's seeds)
     reuse: str = ""  # a finished run folder whose round-1 images (feedback and unlabelled, not their labels) this run
-    #                  copies instead of drawing them again; "" = draw them. Its settings must match (generation checks)
+    #                  copies instead of drawing them again; "" = draw them. Its settings must match (generation checks).
+    #                  Its report's evaluation of the same base at the same settings is read, not drawn again
     ship: bool = False  # copy the final aligned model and reward model into t2idemo/assets
     # each stage's options: the stage's own config, starting from the main job's values (MAIN_JOB)
     generate: GenerateConfig = _stage(GenerateConfig, "generate")  # stage 1: the images

@@ -1,13 +1,16 @@
 """Stage 3 evaluation: the prompt set, the tallies, the FID and a tiny end-to-end report."""
 
+import dataclasses
 import json
 import os
+import shutil
 
 import numpy as np
 import pytest
 
 from t2idemo import evaluate as ev
 from t2idemo import world
+from t2idemo.data import pipeline_digest
 from t2idemo.generate import BASE_MODEL
 
 
@@ -94,6 +97,37 @@ def test_evaluate_writes_a_report(tmp_path):
     assert base["rates"]["unseen"]["combination"]["all"]["n"] == 8
     assert json.load(open(out / "results.json"))["n_images"] == 8 + 3 * 4
     assert "| base |" in (out / "report.md").read_text()
+
+
+def test_a_known_evaluation_is_read_not_drawn_again(tmp_path, monkeypatch):
+    both = ev.EvalConfig(models=BASE_MODEL, split="unseen,seen", n_combination=8, n_single=4, sample_steps=4,
+                         best_of="", out=str(tmp_path / "both"))
+    saved = ev.evaluate(both, write=False)
+    unseen = dataclasses.replace(both, split="unseen", out=str(tmp_path / "unseen"))
+    fresh = ev.evaluate(unseen, write=False)["models"]["base"]
+    known = ev.reusable(saved, unseen)
+    assert list(known) == [pipeline_digest(BASE_MODEL)] == [fresh["digest"]]
+    monkeypatch.setattr(ev, "evaluate_model", lambda *a: pytest.fail("a known model was drawn again"))
+    read = ev.evaluate(unseen, write=False, known=known)["models"]["base"]
+    assert read["rates"] == fresh["rates"] and read["fid"] == pytest.approx(fresh["fid"])  # the numbers a fresh evaluation gives
+    assert os.path.getsize(tmp_path / "unseen" / "samples.png") > 0  # its sample grid is still drawn
+    # other settings, or a split that is not the first of the saved ones: nothing is known
+    for other in (dict(seed=1), dict(sample_steps=5), dict(n_single=3), dict(fid=False), dict(split="seen")):
+        assert ev.reusable(saved, dataclasses.replace(unseen, **other)) == {}
+
+
+def test_a_pipeline_digest_changes_with_its_weights(tmp_path):
+    copy = shutil.copytree(BASE_MODEL, tmp_path / "copy")
+    assert pipeline_digest(str(copy)) == pipeline_digest(BASE_MODEL) != ""
+    (copy / "checkpoint").mkdir()  # a fine-tune's checkpoint: from_pretrained does not read it
+    (copy / "checkpoint" / "state.json").write_text("{}")
+    assert pipeline_digest(str(copy)) == pipeline_digest(BASE_MODEL)
+    weights = copy / "unet" / "diffusion_pytorch_model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 1
+    weights.write_bytes(bytes(data))
+    assert pipeline_digest(str(copy)) != pipeline_digest(BASE_MODEL)
+    assert pipeline_digest("org/model") == pipeline_digest(str(tmp_path)) == ""  # a hub id, a folder without a pipeline
 
 
 def test_wilson_interval_always_contains_p():

@@ -224,6 +224,9 @@ def test_reuse_relabels_the_same_images(tmp_path):
     rows_b = [json.loads(l) for l in open(again / "round1" / "feedback" / "metadata.jsonl")]
     assert [r["label"] for r in rows_b] == [{"good": "bad", "bad": "good"}[r["label"]] for r in rows_a]  # every one flipped
     assert json.load(open(again / "round1" / "aligned" / "finetune.json"))["config"]["seed"] == 6
+    # the same base at the same evaluation settings: its evaluation is RUN's, read (tests/test_evaluate.py: exact)
+    base_a, base_b = (json.load(open(r / "report" / "results.json"))["models"]["base"] for r in (first, again))
+    assert base_a == base_b and base_b["digest"]
     # settings that would draw other images refuse the copies
     with pytest.raises(ValueError, match="other settings"):
         run(preset("shapes", out=str(tmp_path / "third"), reuse=str(first), **{**SMALL, "generate.guidance": 4.0}))
