@@ -10,9 +10,10 @@ again), labelled by a rater who flips that share of the judge's verdicts (or pas
 reward model and the fine-tune; SEED seeds the labels' noise, the reward model and the fine-tune. Level 0 at RUN's
 own seed is RUN itself. A finished run with the same config is read, not run again (about 10 min each on 2 idle cores).
 
-Per level: unseen combinations all right (mean over seeds, min - max, each seed), count, colour and background within
-them, "three" drawn as four (count and combination prompts asking for three), and the reward model's AUC against
-the judge on RUN's unlabelled images of unseen prompts (no one labelled them), each with the same spread.
+Per level: how many feedback labels the rater gave otherwise than the honest one, unseen combinations all right
+(mean over seeds, min - max, each seed), count, colour and background within them, "three" drawn as four (count and
+combination prompts asking for three), and the reward model's AUC against the judge on RUN's unlabelled images of
+unseen prompts (no one labelled them), each with the same spread.
 """
 
 import argparse
@@ -86,8 +87,18 @@ def summary(run: str, folders: dict) -> list:
                              "count": 100 * tuned["combination"]["count"]["p"],
                              "colour": 100 * tuned["combination"]["color"]["p"],
                              "background": 100 * tuned["combination"]["scene"]["p"],
-                             "three_as_four": three_as_four(tuned), "auc": aucs[folder]})
+                             "three_as_four": three_as_four(tuned), "auc": aucs[folder],
+                             "changed": labels_changed(run, folder)})
     return list(rows.values())
+
+
+def labels_changed(run: str, folder: str) -> int:
+    """How many of RUN's 968 feedback images this run's rater labelled otherwise than RUN's (the same images)."""
+    from t2idemo.data import load_rows
+    from t2idemo.runconfig import RunPaths
+
+    honest = {r["file_name"]: r.get("label") for r in load_rows(RunPaths(run).round(1).feedback, "feedback")}
+    return sum(honest.get(r["file_name"]) != r.get("label") for r in load_rows(RunPaths(folder).round(1).feedback, "feedback"))
 
 
 def three_as_four(rates: dict) -> float:
@@ -108,13 +119,14 @@ def table(rows: list) -> str:
     lines = [f"Unseen prompts, tuned model; mean over seeds (min - max). The base: combinations {100 * base['p']:.1f} "
              f"[{100 * base['lo']:.1f}, {100 * base['hi']:.1f}], three drawn as four "
              f"{rows[0].get('base_three_as_four', float('nan')):.1f}.", "",
-             "| rater | seeds | combinations, all right | each seed | combo: count | combo: colour | combo: background "
-             "| three drawn as four | reward AUC, held out |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| rater | seeds | labels changed | combinations, all right | each seed | combo: count | combo: colour "
+             "| combo: background | three drawn as four | reward AUC, held out |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         s = r["seeds"]
         name = r["level"] if r["level"] in BIASES else f"{100 * float(r['level']):g}% flipped"
-        lines.append(f"| {name} | {len(s)} | {spread([x['combos'] for x in s])} | "
+        lines.append(f"| {name} | {len(s)} | {spread([x.get('changed', float('nan')) for x in s], '{:.0f}')} | "
+                     f"{spread([x['combos'] for x in s])} | "
                      + ", ".join(f"{x['combos']:.1f}" for x in s) + " | "
                      + " | ".join(spread([x.get(k, float("nan")) for x in s])
                                   for k in ("count", "colour", "background", "three_as_four"))

@@ -43,11 +43,11 @@ def test_dpo_sweep_table_puts_every_rate_beside_the_filtered_recipe():
 def test_rater_noise_table_gives_the_mean_and_spread_over_seeds():
     rn = script("rater_noise")
     rows = [{"level": "0.2", "base": rate(160, 512), "seeds": [
-        {"seed": s, "combos": c, "count": 70.0, "colour": 80.0, "background": 90.0, "three_as_four": f, "auc": a}
-        for s, c, f, a in ((0, 50.0, 10.0, 0.90), (1, 40.0, 30.0, 0.80), (2, 45.0, 20.0, 0.85))],
+        {"seed": s, "combos": c, "count": 70.0, "colour": 80.0, "background": 90.0, "three_as_four": f, "auc": a,
+         "changed": n} for s, c, f, a, n in ((0, 50.0, 10.0, 0.90, 190), (1, 40.0, 30.0, 0.80, 200), (2, 45.0, 20.0, 0.85, 195))],
         "base_three_as_four": 42.4}]
     t = rn.table(rows)
-    assert "| 20% flipped | 3 | 45.0 (40.0 - 50.0) | 50.0, 40.0, 45.0 | 70.0 (70.0 - 70.0) | 80.0 (80.0 - 80.0) | " \
+    assert "| 20% flipped | 3 | 195 (190 - 200) | 45.0 (40.0 - 50.0) | 50.0, 40.0, 45.0 | 70.0 (70.0 - 70.0) | 80.0 (80.0 - 80.0) | " \
            "90.0 (90.0 - 90.0) | 20.0 (10.0 - 30.0) | 0.850 (0.800 - 0.900) |" in t
     assert "The base: combinations 31.2 [" in t and "three drawn as four 42.4." in t
 
