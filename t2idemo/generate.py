@@ -29,7 +29,7 @@ from .data import METADATA, load_rows, save_png, write_rows_atomic
 
 ASSETS = os.path.join(os.path.dirname(__file__), "assets")
 BASE_MODEL = os.path.join(ASSETS, "tiny-sd")  # the shipped base model (a StableDiffusionPipeline folder)
-ALIGNED_MODEL = os.path.join(ASSETS, "tiny-sd-aligned")  # the shipped result of `python -m t2idemo run`
+ALIGNED_MODEL = os.path.join(ASSETS, "tiny-sd-aligned")  # shipped: `python -m t2idemo run --preset shapes-long --ship`
 DEFAULT_STEPS = 15  # DPM-Solver++ steps: the tiny model's default sampler setting
 DEFAULT_GUIDANCE = 3.0  # classifier-free guidance scale at the default setting (3 beats 5 by 8-22 points: docs/findings.md, 1.1)
 

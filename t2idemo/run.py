@@ -2,7 +2,7 @@
 
     python -m t2idemo run                        # one round: each prompt's 2 best good images (filtered, the default)
     python -m t2idemo run --recipe paper         # the paper's soft weights: every image weighted by w = r(x, z)
-    python -m t2idemo run --ship                 # the run that made the shipped aligned model and reward head
+    python -m t2idemo run --preset shapes-long --ship  # the run that made the shipped aligned model and reward head
     python -m t2idemo run --rounds 2             # generate -> label -> tune, twice (round 2 starts from round 1's model)
     python -m t2idemo run --betas 0,0.5,1,2      # one fine-tune per beta: the alignment-fidelity trade-off plot
     python -m t2idemo run --finetune.lr 3e-4 --labels.flip 0.2   # any stage's option: --STAGE.FIELD (see --help)

@@ -60,7 +60,7 @@ def _stage(cls, name):
 
 @dataclass
 class RunConfig:
-    preset: str = "shapes"  # the named preset these values start from (PRESETS): shapes | shapes-small | sd15 | sd15-small
+    preset: str = "shapes"  # named preset of the starting values: shapes | shapes-long | shapes-small | sd15 | sd15-small
     out: str = "runs/main"  # run folder; every stage writes a subfolder; re-running resumes generation
     model: str = BASE_MODEL  # the pre-trained pipeline to align
     rounds: int = ranged(1, 1, 8)  # generate -> label -> tune rounds, each from the previous round's model; 1 - 8
@@ -109,10 +109,17 @@ class RunConfig:
 
 
 # Named presets: changes to RunConfig's values ("stage.field": value). "shapes" is the main job as the README quotes
-# it; "-small" shrinks sizes only (CI executes the notebooks and tests at it); "sd15" is Stable Diffusion v1.5 and CLIP
-# ViT-L/14 with LoRA on a 16 GB GPU (t2idemo/sd.py's plan), for the notebooks: the main job needs the judge.
+# it; "shapes-long" the longer job that made the shipped aligned model; "-small" shrinks sizes only (CI executes the
+# notebooks and tests at it); "sd15" is Stable Diffusion v1.5 and CLIP ViT-L/14 with LoRA on a 16 GB GPU
+# (t2idemo/sd.py's plan), for the notebooks: the main job needs the judge.
 PRESETS = {
     "shapes": {},
+    # what made the shipped tiny-sd-aligned and tiny-reward (`run --preset shapes-long --ship`, 30 min on 2 idle
+    # cores): 4x the feedback labels, 16 unlabelled images per prompt, each prompt's 4 best good images above a
+    # reward floor of 0.7, and 1,600 steps with the paper's pre-training term (beta 1 keeps rising where beta 0
+    # stalls): docs/findings.md, A.4
+    "shapes-long": {"generate.per_prompt": 16, "unlabelled_per_prompt": 16, "finetune.top_k": 4,
+                    "finetune.min_reward": 0.7, "finetune.train_steps": 1600, "finetune.beta": 1.0},
     "shapes-small": {"generate.max_prompts": 12, "unlabelled_per_prompt": 1, "finetune.train_steps": 6,
                      "evaluate.n_combination": 16, "evaluate.n_single": 4, "reward.n_boot": 200, "reward.noise_levels": "0,0.3"},
     "sd15": {"model": "stable-diffusion-v1-5/stable-diffusion-v1-5", "generate.prompt_set": "sd",
