@@ -75,3 +75,26 @@ def test_the_shipped_vae_keeps_what_the_judge_reads_on_the_slotted_world():
 
     r = vae_round_trip(BASE_MODEL, n=300, seed=1)
     assert min(r[a] for a in ("count", "color", "shape", "scene")) >= 0.98, r
+
+
+def test_the_shipped_aligned_model_was_made_by_the_shapes_long_preset():
+    """tiny-sd-aligned's own record of its fine-tune (finetune.json) has the values `run --preset shapes-long` sets, so
+    the README's command reproduces it; and its reward model learnt from the preset's number of feedback labels."""
+    import json
+
+    from t2idemo.generate import ALIGNED_MODEL
+    from t2idemo.reward import REWARD_MODEL
+    from t2idemo.runconfig import PRESETS, preset
+    from t2idemo.world import all_prompts
+
+    cfg = preset("shapes-long")
+    made = json.load(open(os.path.join(ALIGNED_MODEL, "finetune.json")))["config"]
+    for key in PRESETS["shapes-long"]:
+        stage, _, field = key.partition(".")
+        if stage == "finetune":
+            assert made[field] == getattr(cfg.finetune, field), (field, made[field])
+    for field in ("weight", "lr", "batch", "pre_batch", "p_uncond", "ema"):  # the rest is the main job's
+        assert made[field] == getattr(cfg.finetune, field), (field, made[field])
+    trained = json.load(open(os.path.join(REWARD_MODEL, "reward_config.json")))["training"]
+    n_seen = len(all_prompts(unseen=False))
+    assert trained["n_train"] + trained["n_val"] == cfg.generate.per_prompt * n_seen, trained
