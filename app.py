@@ -243,9 +243,12 @@ class App(Backend):
         judged = ""
         if scores:
             b, y = scores["base"], scores["yours"]
+            verdict = ("better than the base, CIs apart" if y["lo"] > b["hi"] else
+                       "worse than the base, CIs apart: a few labels can teach the wrong thing" if y["hi"] < b["lo"] else
+                       "CIs overlapping: a few labels move little")
             judged = (f" The judge on {b['n']} unseen combination prompts (fixed seeds): base {100 * b['p']:.0f}% all right "
                       f"[{100 * b['lo']:.0f}, {100 * b['hi']:.0f}], yours {100 * y['p']:.0f}% [{100 * y['lo']:.0f}, "
-                      f"{100 * y['hi']:.0f}] (Wilson 95% CIs; a short session's few labels move little).")
+                      f"{100 * y['hi']:.0f}] (Wilson 95% CIs; {verdict}; the main job's +25 points take 968 labels).")
         return (f"**Your model is ready** ({steps} steps with the main job's recipe, {time.perf_counter() - t0:.0f} s)."
                 + judged + " Compare now draws it in a third column; only you see it. Share can push it."), \
             {**state, "mine": model}

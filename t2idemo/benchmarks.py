@@ -8,6 +8,7 @@
     python -m t2idemo benchmarks sizes   # bytes of the shipped weights
     python -m t2idemo benchmarks app --runs 5                 # the app's Compare: 4 base + 4 aligned images, 5 times
     python -m t2idemo benchmarks app --runs 5 --during-tune   # ... while a visitor's fine-tune runs
+    python -m t2idemo benchmarks app --visitor --labels 24 --train-steps 60   # one visitor's loop, step by step
     python -m t2idemo benchmarks all     # all but --during-tune
 """
 
@@ -176,6 +177,37 @@ def app_latency_during_tune(backend, runs: int, steps: int = DEFAULT_STEPS,
     return times, done["seconds"]
 
 
+def app_visitor(backend, n_labels: int, train_steps: int) -> dict:
+    """One visitor's loop through the app's backend, timed step by step, the judge as the labeler: Draw ``n_labels``
+    images (in batches of at most 64), How did I do?, Train the reward model, Fine-tune ``train_steps`` steps (then
+    the judge on the loop's unseen combination prompts, base vs yours), Compare (4 + 4 + 4 images). Seconds per step
+    and what each step printed."""
+    from .backend import DEFAULT_PROMPT
+    from .labels import simulate_labels
+    from .loop import judge_agreement
+
+    out, sid = {}, "benchmark"
+    t0 = time.perf_counter()
+    for k in range(0, n_labels, 64):
+        backend.draw_labelling(min(64, n_labels - k))
+    out["draw_s"] = time.perf_counter() - t0
+    simulate_labels(backend.label_dir, labeler=sid)  # the visitor: the judge, every click on disk
+    t0 = time.perf_counter()
+    judge_agreement(backend.label_dir, sid)
+    out["agreement_s"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    reward, out["reward"] = backend.train_reward_model(sid)
+    out["reward_s"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    model, out["eval"] = backend.fine_tune(sid, reward, train_steps)
+    out["tune_s"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    backend.draw_and_rate(DEFAULT_PROMPT, [0, 1, 2, 3], DEFAULT_STEPS, DEFAULT_GUIDANCE,
+                          mine=backend.my_pipeline(sid, model))
+    out["compare_s"] = time.perf_counter() - t0
+    return out
+
+
 def print_app_latency(a) -> list[float]:
     """Build the app's backend (in a temporary folder, so no visitor's work is touched), time it as ``a`` (the
     parsed command line) says, and print the figures."""
@@ -187,6 +219,16 @@ def print_app_latency(a) -> list[float]:
     with tempfile.TemporaryDirectory(prefix="t2idemo-app-") as workdir:
         backend = Backend(a.model, a.aligned, a.reward, workdir, loop=LoopConfig(train_steps=a.train_steps),
                           threads=a.threads)
+        if a.visitor:
+            r = app_visitor(backend, a.labels, a.train_steps)
+            backend.store.close()
+            ev = "  ".join(f"{k} {v['p']:.0%} [{v['lo']:.0%}, {v['hi']:.0%}]" for k, v in r["eval"].items())
+            print(f"one visitor, {a.labels} judge labels, a {a.train_steps}-step fine-tune, {torch.get_num_threads()} "
+                  f"torch threads: Draw {r['draw_s']:.1f} s, How did I do? {r['agreement_s']:.1f} s, Train the reward "
+                  f"model {r['reward_s']:.1f} s (held-out accuracy {r['reward']['val_accuracy'] or float('nan'):.0f}%), "
+                  f"Fine-tune {r['tune_s']:.0f} s (then on {backend.loop.eval_images} unseen combination prompts: {ev}), "
+                  f"Compare {r['compare_s']:.1f} s (4 images a model, 3 models)")
+            return [r["tune_s"]]
         if a.during_tune:
             times, tune_s = app_latency_during_tune(backend, a.runs, a.sample_steps, a.guidance)
             during = f" during a {a.train_steps}-step fine-tune (which took {tune_s:.0f} s)"
@@ -213,6 +255,9 @@ def parser():
     app = p.add_argument_group("app", "the app's Compare latency (the models app.py serves by default)")
     app.add_argument("--runs", type=int, default=5, help="Compare calls to time; 1 - 100")
     app.add_argument("--during-tune", action="store_true", help="time them while a visitor's fine-tune runs")
+    app.add_argument("--visitor", action="store_true", help="time one visitor's loop instead: Draw, How did I do?, "
+                     "Train, Fine-tune (then the judge, base vs yours), Compare; the judge labels")
+    app.add_argument("--labels", type=int, default=24, help="with --visitor: images drawn and labelled; 4 - 512")
     app.add_argument("--train-steps", type=int, default=60, help="steps of that fine-tune; 1 - 400")
     app.add_argument("--aligned", default=ALIGNED_MODEL, help="aligned pipeline folder")
     app.add_argument("--reward", default=REWARD_MODEL, help="reward model folder")
@@ -228,6 +273,8 @@ def parse_args(argv=None):
         p.error(f"--runs {a.runs} is out of range; use 1 to 100")
     if not 1 <= a.train_steps <= 400:
         p.error(f"--train-steps {a.train_steps} is out of range; use 1 to 400")
+    if not 4 <= a.labels <= 512:
+        p.error(f"--labels {a.labels} is out of range; use 4 to 512")
     if a.threads < 0:
         p.error(f"--threads {a.threads} must be >= 0 (0 = one per core)")
     return a

@@ -39,7 +39,8 @@ from . import world
 from .config import check_ranges, ranged, require_set
 from .data import load_images, load_rows, pipeline_digest
 from .stats import wilson
-from .generate import ALIGNED_MODEL, BASE_MODEL, DEFAULT_GUIDANCE, DEFAULT_STEPS, load_pipeline, labelled_grid, sample
+from .generate import (ALIGNED_MODEL, BASE_MODEL, DEFAULT_GUIDANCE, DEFAULT_STEPS, PRECISIONS, load_pipeline, labelled_grid,
+                       sample)
 from .judge import judge
 from .sd import CATEGORIES as SD_CATEGORIES
 
@@ -57,6 +58,8 @@ class EvalConfig:
     n_single: int = ranged(192, 1, 100_000)  # images per model and split for each single-attribute category; 32 - 512
     sample_steps: int = ranged(DEFAULT_STEPS, 1, 1000)  # sampler steps; 5 - 50
     guidance: float = ranged(DEFAULT_GUIDANCE, 0.0, 100.0)  # classifier-free guidance scale; 1 - 10
+    precision: str = "auto"  # "auto": on a CPU with native bfloat16 the networks sample in it (about a quarter faster,
+    #                          judged the same: docs/findings.md, A.3), else float32 | "fp32": always float32
     seed: int = ranged(0, 0, 2_147_483_647)  # image i of every model starts from seed * 100_000 + i
     reward: str = ""  # reward model folder for best-of-N; empty: no rejection-sampling baseline
     best_of: str = "4,16"  # N values for best-of-N on the first model; empty: none
@@ -68,6 +71,8 @@ class EvalConfig:
         check_ranges(self)  # every number within its declared range
         if not self.split_list() or any(sp not in SPLITS for sp in self.split_list()):
             raise ValueError(f"split={self.split!r} is not allowed; use one or more of {SPLITS}, comma-separated, or 'all'")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision={self.precision!r} is not allowed; use one of {PRECISIONS}")
         if self.models is not None and not self.model_list():  # None: the main job sets it (runconfig.eval_config)
             raise ValueError("models is empty; give at least one pipeline folder")
         if self.names and self.models is not None and len(self.name_list()) != len(self.model_list()):
@@ -182,7 +187,7 @@ def best_of_n(pipe, reward_fn, metas: list[dict], n: int, cfg: EvalConfig) -> tu
     chosen, scores = [], []
     for j, m in enumerate(metas):
         seeds = [(cfg.seed + 1) * 1_000_000 + j * n + k for k in range(n)]
-        imgs = sample(pipe, [m["prompt"]] * n, seeds, cfg.sample_steps, cfg.guidance)
+        imgs = sample(pipe, [m["prompt"]] * n, seeds, cfg.sample_steps, cfg.guidance, precision=cfg.precision)
         r = reward_fn(imgs, [m["prompt"]] * n)  # (n,)
         best = int(torch.as_tensor(r).argmax())
         chosen.append(imgs[best])
@@ -200,15 +205,17 @@ def evaluate_model(pipe, metas: list[dict], cfg: EvalConfig) -> tuple[list, dict
 def draw(pipe, metas: list[dict], index, cfg: EvalConfig) -> list:
     """The evaluation's images of prompts ``index``: image i starts from seed ``cfg.seed * 100_000 + i``."""
     return sample(pipe, [metas[i]["prompt"] for i in index], [cfg.seed * 100_000 + i for i in index],
-                  cfg.sample_steps, cfg.guidance)
+                  cfg.sample_steps, cfg.guidance, precision=cfg.precision)
 
 
 def reusable(saved: dict, cfg: EvalConfig) -> dict:
     """{pipeline_digest: result} of the models in ``saved`` (an earlier ``evaluate``'s results) that ``cfg`` would evaluate
-    to the same numbers: same sampler, seed, sizes and FID, and ``cfg``'s splits the first of ``saved``'s (prompts and
+    to the same numbers: same sampler and precision, seed, sizes and FID, and ``cfg``'s splits the first of ``saved``'s (prompts and
     seeds of a split depend only on the splits before it)."""
     splits, keys = cfg.split_list(), ("n_combination", "n_single", "sample_steps", "guidance", "seed", "fid")
     if any(saved["config"][k] != getattr(cfg, k) for k in keys) or split_list(saved["config"]["split"])[:len(splits)] != splits:
+        return {}
+    if saved["config"].get("precision", "fp32") != cfg.precision:  # results written before the option sampled in float32
         return {}
     return {r["digest"]: {**r, "rates": {sp: r["rates"][sp] for sp in splits}}
             for r in saved["models"].values() if r.get("digest")}

@@ -175,6 +175,22 @@ def test_the_compare_benchmark_times_each_run(the_app):
     assert len(times) == 2 and all(t > 0 for t in times)
 
 
+def test_the_visitor_benchmark_times_each_step_of_the_loop(reward_dir, tmp_path):
+    """`python -m t2idemo benchmarks app --visitor` (the guide's table of a visitor's steps) runs Draw, How did I do?,
+    Train, Fine-tune and Compare through the app's backend, the judge labelling, and times each."""
+    from t2idemo.backend import Backend
+    from t2idemo.benchmarks import app_visitor
+    from t2idemo.loop import LoopConfig
+
+    backend = Backend(BASE_MODEL, BASE_MODEL, reward_dir, str(tmp_path), loop=LoopConfig(batch=4, unlabelled_per_prompt=1,
+                                                                                          eval_images=4))
+    r = app_visitor(backend, 12, 2)
+    backend.store.close()
+    assert all(r[k] > 0 for k in ("draw_s", "agreement_s", "reward_s", "tune_s", "compare_s"))
+    assert len(load_rows(backend.label_dir)) == 12 and r["reward"]["good"] + r["reward"]["bad"] == 12
+    assert set(r["eval"]) == {"base", "yours"} and r["eval"]["yours"]["n"] == 4
+
+
 def test_label_handlers_share_the_notebooks_store(the_app, data_dir):
     names = [r["file_name"] for r in the_app.rows]
     with pytest.raises(ValueError, match="name is empty"):
@@ -275,6 +291,7 @@ def test_train_and_tune_add_your_model_for_you_only(drawing_app, monkeypatch):
     text, state = app.tune(2, state)
     assert "Your model is ready" in text and os.path.isfile(os.path.join(state["mine"], "model_index.json"))
     assert re.search(r"on 8 unseen combination prompts \(fixed seeds\): base \d+% all right \[\d+, \d+\], yours", text)
+    assert re.search(r"(better than|worse than) the base, CIs apart|CIs overlapping", text)  # what the CIs say, not a stock line
     base, aligned, mine, summary = app.compare("two red circles on sky", 0, 4, 3.0, 2, state)
     assert len(mine) == 2 and "| yours |" in summary
     *_, other, _ = app.compare("two red circles on sky", 0, 4, 3.0, 2, app.session({}))

@@ -64,6 +64,28 @@ def test_zero_weight_images_teach_nothing():
     assert loss.item() > 0
 
 
+def test_one_unet_call_gives_the_two_terms_of_eq_2():
+    """reward_weighted_loss sends D_model's and D_pre's rows through the UNet together; its terms must be the
+    losses two separate calls give with the same random draws (D_model's noise and t first, then D_pre's)."""
+    from diffusers import DDPMScheduler, UNet2DConditionModel
+
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(sample_size=8, in_channels=4, out_channels=4, block_out_channels=(32, 32),
+                                down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+                                cross_attention_dim=16, layers_per_block=1, norm_num_groups=8).eval()
+    sched = DDPMScheduler(prediction_type="v_prediction")
+    m_lat, m_emb, w = torch.randn(5, 4, 8, 8), torch.randn(5, 6, 16), torch.rand(5)
+    p_lat, p_emb = torch.randn(3, 4, 8, 8), torch.randn(3, 6, 16)
+    with torch.no_grad():
+        total, l_model, l_pre = reward_weighted_loss(unet, sched, m_lat, m_emb, w, p_lat, p_emb, 0.5,
+                                                     torch.Generator().manual_seed(7), t_low=0.3)
+        gen = torch.Generator().manual_seed(7)
+        want_model = (w * denoising_loss(unet, sched, m_lat, m_emb, gen, t_low=0.3)).mean()
+        want_pre = denoising_loss(unet, sched, p_lat, p_emb, gen).mean()
+    assert torch.allclose(l_model, want_model, rtol=1e-4) and torch.allclose(l_pre, want_pre, rtol=1e-4)
+    assert torch.allclose(total, want_model + 0.5 * want_pre, rtol=1e-4)
+
+
 def test_finetune_checkpoints_resumes_and_loads_in_diffusers(render_dataset, tmp_path, capsys):
     from diffusers import StableDiffusionPipeline
 
