@@ -4,25 +4,22 @@ often than the base, and what does it cost in image fidelity?
     python -m t2idemo evaluate --models t2idemo/assets/tiny-sd,runs/aligned --out runs/report
     python -m t2idemo evaluate summary --data DIR --reward RUN    # SD scale: people's labels, per category
 
-For each model, on a fixed prompt set of one or more splits (``--split unseen,seen``: the held-out and the
-feedback prompts, as the paper evaluated both; ``typical``: what the base's LAION-like data shows most, a
-sanity check), at fixed seeds (image i of every model starts from the same noise):
+For each model, on a fixed prompt set of one or more splits (``--split unseen,seen``: the held-out and the feedback
+prompts, as the paper evaluated both; ``typical``: what the base's LAION-like data shows most, a sanity check), at
+fixed seeds (image i of every model starts from the same noise), in the sampler's ``precision`` (generate.sample):
 
-* **alignment**: the judge's verdict per image. For each category (count, color, background,
-  combination) we report the share of images with every named attribute right, and, per attribute, the
-  share right among the images whose prompt names it, each with a Wilson 95% interval.
-* **fidelity**: an FID between the model's generations and fresh renders of the same prompts, computed
-  on the tiny CLIP image tower's pooled features (64-d) instead of Inception's (2048-d): Inception has
-  never seen 32x32 shapes, while the tiny CLIP was trained on exactly this world. Lower is better;
-  renders against other renders give the floor (``fid_floor`` in the results). Compare FIDs only at
-  the same number of images: FID is biased upwards at small n.
-* **rejection sampling** (the paper's baseline): best-of-N by reward, N = 4 and 16: draw N images per
-  prompt and keep the one the reward model scores highest. It costs N times the sampling at test time
-  and no training.
+* **alignment**: the judge's verdict per image. For each category (count, color, background, combination) the share
+  of images with every named attribute right and, per attribute, the share right where the prompt names it (Wilson 95%).
+* **fidelity**: an FID between the model's generations and fresh renders of the same prompts, on the tiny CLIP
+  image tower's pooled features (64-d) instead of Inception's (2048-d): Inception has never seen 32x32 shapes,
+  while the tiny CLIP was trained on exactly this world. Lower is better; renders against other renders give the
+  floor (``fid_floor`` in the results). Compare FIDs only at the same n: FID is biased upwards at small n.
+* **rejection sampling** (the paper's baseline): best-of-N by reward, N = 4 and 16: draw N images per prompt and
+  keep the one the reward model scores highest: N times the sampling at test time, no training.
 
-The report folder gets ``report.md`` (the tables), ``results.json`` (every number), ``bars.png``
-(accuracy per category, with CIs) and ``samples.png`` (the same prompts and seeds, one row per model).
-``plot_tradeoff`` draws the alignment-fidelity trade-off over beta (``python -m t2idemo run --betas``).
+The report folder gets ``report.md`` (the tables), ``results.json`` (every number), ``bars.png`` (accuracy per
+category, with CIs) and ``samples.png`` (the same prompts and seeds, one row per model). ``plot_tradeoff`` draws
+the alignment-fidelity trade-off over beta (``python -m t2idemo run --betas``).
 """
 
 from __future__ import annotations
@@ -39,8 +36,7 @@ from . import world
 from .config import check_ranges, ranged, require_set
 from .data import load_images, load_rows, pipeline_digest
 from .stats import wilson
-from .generate import (ALIGNED_MODEL, BASE_MODEL, DEFAULT_GUIDANCE, DEFAULT_STEPS, PRECISIONS, load_pipeline, labelled_grid,
-                       sample)
+from .generate import ALIGNED_MODEL, BASE_MODEL, DEFAULT_GUIDANCE, DEFAULT_STEPS, PRECISIONS, load_pipeline, labelled_grid, sample
 from .judge import judge
 from .sd import CATEGORIES as SD_CATEGORIES
 
@@ -58,8 +54,7 @@ class EvalConfig:
     n_single: int = ranged(192, 1, 100_000)  # images per model and split for each single-attribute category; 32 - 512
     sample_steps: int = ranged(DEFAULT_STEPS, 1, 1000)  # sampler steps; 5 - 50
     guidance: float = ranged(DEFAULT_GUIDANCE, 0.0, 100.0)  # classifier-free guidance scale; 1 - 10
-    precision: str = "auto"  # "auto": on a CPU with native bfloat16 the networks sample in it (about a quarter faster,
-    #                          judged the same: docs/findings.md, A.3), else float32 | "fp32": always float32
+    precision: str = "auto"  # "auto": bfloat16 on a CPU that has it natively (a quarter faster, judged the same), else float32 | "fp32"
     seed: int = ranged(0, 0, 2_147_483_647)  # image i of every model starts from seed * 100_000 + i
     reward: str = ""  # reward model folder for best-of-N; empty: no rejection-sampling baseline
     best_of: str = "4,16"  # N values for best-of-N on the first model; empty: none
@@ -71,8 +66,6 @@ class EvalConfig:
         check_ranges(self)  # every number within its declared range
         if not self.split_list() or any(sp not in SPLITS for sp in self.split_list()):
             raise ValueError(f"split={self.split!r} is not allowed; use one or more of {SPLITS}, comma-separated, or 'all'")
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"precision={self.precision!r} is not allowed; use one of {PRECISIONS}")
         if self.models is not None and not self.model_list():  # None: the main job sets it (runconfig.eval_config)
             raise ValueError("models is empty; give at least one pipeline folder")
         if self.names and self.models is not None and len(self.name_list()) != len(self.model_list()):
@@ -80,6 +73,8 @@ class EvalConfig:
         for n in self.best_of_list():
             if n < 2:
                 raise ValueError(f"best_of={self.best_of!r}: every N must be >= 2")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision={self.precision!r} is not allowed; use one of {PRECISIONS}")
 
     def split_list(self) -> list:
         return split_list(self.split)
@@ -210,12 +205,10 @@ def draw(pipe, metas: list[dict], index, cfg: EvalConfig) -> list:
 
 def reusable(saved: dict, cfg: EvalConfig) -> dict:
     """{pipeline_digest: result} of the models in ``saved`` (an earlier ``evaluate``'s results) that ``cfg`` would evaluate
-    to the same numbers: same sampler and precision, seed, sizes and FID, and ``cfg``'s splits the first of ``saved``'s (prompts and
-    seeds of a split depend only on the splits before it)."""
-    splits, keys = cfg.split_list(), ("n_combination", "n_single", "sample_steps", "guidance", "seed", "fid")
-    if any(saved["config"][k] != getattr(cfg, k) for k in keys) or split_list(saved["config"]["split"])[:len(splits)] != splits:
-        return {}
-    if saved["config"].get("precision", "fp32") != cfg.precision:  # results written before the option sampled in float32
+    to the same numbers: same sampler and precision (results older than the option have none: they are "fp32"), seed,
+    sizes and FID, and ``cfg``'s splits the first of ``saved``'s (prompts and seeds of a split depend only on the splits before it)."""
+    splits, keys = cfg.split_list(), ("n_combination", "n_single", "sample_steps", "guidance", "seed", "fid", "precision")
+    if any(saved["config"].get(k, "fp32") != getattr(cfg, k) for k in keys) or split_list(saved["config"]["split"])[:len(splits)] != splits:
         return {}
     return {r["digest"]: {**r, "rates": {sp: r["rates"][sp] for sp in splits}}
             for r in saved["models"].values() if r.get("digest")}

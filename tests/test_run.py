@@ -74,7 +74,7 @@ def _other_value(value, name):
                "finetune.train": "cross_attention", "finetune.save_at": "2", "evaluate.split": "seen",
                "evaluate.best_of": "4", "finetune.min_reward": 0.25, "finetune.t_low": 0.5, "finetune.ema": 0.5,
                "finetune.p_uncond": 0.2, "reward.dropout": 0.2, "reward.noise": 0.2, "reward.val_frac": 0.3,
-               "labels.flip": 0.1, "labels.skip": 0.1}
+               "labels.flip": 0.1, "labels.skip": 0.1, "generate.precision": "fp32", "evaluate.precision": "fp32"}
     if name in choices:
         return choices[name]
     if isinstance(value, bool):
