@@ -221,20 +221,21 @@ def print_app_latency(a) -> list[float]:
                           threads=a.threads)
         if a.visitor:
             r = app_visitor(backend, a.labels, a.train_steps)
-            backend.store.close()
-            ev = "  ".join(f"{k} {v['p']:.0%} [{v['lo']:.0%}, {v['hi']:.0%}]" for k, v in r["eval"].items())
-            print(f"one visitor, {a.labels} judge labels, a {a.train_steps}-step fine-tune, {torch.get_num_threads()} "
-                  f"torch threads: Draw {r['draw_s']:.1f} s, How did I do? {r['agreement_s']:.1f} s, Train the reward "
-                  f"model {r['reward_s']:.1f} s (held-out accuracy {r['reward']['val_accuracy'] or float('nan'):.0f}%), "
-                  f"Fine-tune {r['tune_s']:.0f} s (then on {backend.loop.eval_images} unseen combination prompts: {ev}), "
-                  f"Compare {r['compare_s']:.1f} s (4 images a model, 3 models)")
-            return [r["tune_s"]]
-        if a.during_tune:
+        elif a.during_tune:
             times, tune_s = app_latency_during_tune(backend, a.runs, a.sample_steps, a.guidance)
             during = f" during a {a.train_steps}-step fine-tune (which took {tune_s:.0f} s)"
         else:
             times, during = app_latency(backend, a.runs, a.sample_steps, a.guidance), ""
         backend.store.close()
+    if a.visitor:
+        ev = "  ".join(f"{k} {v['p']:.0%} [{v['lo']:.0%}, {v['hi']:.0%}]" for k, v in r["eval"].items())
+        acc = r["reward"]["val_accuracy"]
+        print(f"one visitor, {a.labels} judge labels, a {a.train_steps}-step fine-tune, {torch.get_num_threads()} "
+              f"torch threads: Draw {r['draw_s']:.1f} s, How did I do? {r['agreement_s']:.1f} s, Train the reward "
+              f"model {r['reward_s']:.1f} s (held-out accuracy {'n/a' if acc is None else f'{acc:.0f}%'}), "
+              f"Fine-tune {r['tune_s']:.0f} s (then on {backend.loop.eval_images} unseen combination prompts: {ev}), "
+              f"Compare {r['compare_s']:.1f} s (4 images a model, 3 models)")
+        return [r["tune_s"]]
     print(f"Compare, 4 base + 4 aligned images, {a.sample_steps} steps, guidance {a.guidance}, "
           f"{torch.get_num_threads()} torch threads{during}: " + ", ".join(f"{t:.2f}" for t in times)
           + f" s; median {statistics.median(times):.2f} s")

@@ -36,7 +36,7 @@ from . import world
 from .config import check_ranges, ranged, require_set
 from .data import load_images, load_rows, pipeline_digest
 from .stats import wilson
-from .generate import ALIGNED_MODEL, BASE_MODEL, DEFAULT_GUIDANCE, DEFAULT_STEPS, PRECISIONS, load_pipeline, labelled_grid, sample
+from .generate import ALIGNED_MODEL, BASE_MODEL, DEFAULT_GUIDANCE, DEFAULT_STEPS, check_precision, load_pipeline, labelled_grid, sample
 from .judge import judge
 from .sd import CATEGORIES as SD_CATEGORIES
 
@@ -73,8 +73,7 @@ class EvalConfig:
         for n in self.best_of_list():
             if n < 2:
                 raise ValueError(f"best_of={self.best_of!r}: every N must be >= 2")
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"precision={self.precision!r} is not allowed; use one of {PRECISIONS}")
+        check_precision(self.precision)
 
     def split_list(self) -> list:
         return split_list(self.split)

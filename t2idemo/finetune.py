@@ -157,16 +157,17 @@ def reward_weighted_loss(unet, noise_scheduler, model_latents, model_emb, weight
     """Lee et al. eq. 2: E_model[w * loss] + beta * E_pre[loss]. Returns (total, model term, pre term).
     D_model's and D_pre's rows go through the UNet in one call: the same draws and losses as two calls, and
     faster on a CPU (one batch of B + P instead of two)."""
-    if beta == 0:
-        l_model = denoising_loss(unet, noise_scheduler, model_latents, model_emb, generator, t_low)  # (B,)
-        l_model = (weights * l_model).mean()  # reward-weighted: a bad image (w ~ 0) teaches nothing
-        return l_model, l_model.detach(), torch.zeros(())
     B = model_latents.shape[0]
-    x_m, t_m, y_m = noised(noise_scheduler, model_latents, generator, t_low)  # D_model: t from [t_low * T, T)
-    x_p, t_p, y_p = noised(noise_scheduler, pre_latents, generator)  # D_pre: t from [0, T)
-    pred = unet(torch.cat([x_m, x_p]), torch.cat([t_m, t_p]), torch.cat([model_emb, pre_emb])).sample  # (B + P, 4, h, w)
-    loss = F.mse_loss(pred.float(), torch.cat([y_m, y_p]).float(), reduction="none").mean(dim=(1, 2, 3))  # (B + P,)
+    x_t, t, target = noised(noise_scheduler, model_latents, generator, t_low)  # D_model: t from [t_low * T, T)
+    emb = model_emb  # (B, L, D)
+    if beta > 0:  # D_pre's rows follow D_model's: t from [0, T)
+        x_p, t_p, y_p = noised(noise_scheduler, pre_latents, generator)
+        x_t, t, target, emb = (torch.cat(pair) for pair in ((x_t, x_p), (t, t_p), (target, y_p), (emb, pre_emb)))
+    pred = unet(x_t, t, emb).sample  # (B [+ P], 4, h, w)
+    loss = F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))  # (B [+ P],)
     l_model = (weights * loss[:B]).mean()  # reward-weighted: a bad image (w ~ 0) teaches nothing
+    if beta == 0:
+        return l_model, l_model.detach(), torch.zeros(())
     l_pre = loss[B:].mean()  # (,) the plain loss on pre-training data
     return l_model + beta * l_pre, l_model.detach(), l_pre.detach()
 

@@ -73,12 +73,17 @@ def sample(pipe, prompts: list, seeds: list, steps: int = DEFAULT_STEPS, guidanc
 PRECISIONS = ("auto", "fp32")  # "auto": bfloat16 autocast where the CPU runs it natively | "fp32": never
 
 
+def check_precision(precision: str) -> None:
+    """A one-line ValueError unless ``precision`` is one of PRECISIONS (the configs and ``sample`` call it)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision={precision!r} is not allowed; use one of {PRECISIONS}")
+
+
 def sampling_dtype(pipe, precision: str = "auto"):
     """torch.bfloat16 when ``precision`` is "auto" and a float32 pipeline samples on a CPU with native bfloat16
     (AVX512-BF16 or AMX: the text encoder, UNet and VAE then run under autocast, about a quarter faster for the tiny
     model and judged the same, docs/findings.md, A.3); None otherwise (float32, or the pipeline's own float16 on a GPU)."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision={precision!r} is not allowed; use one of {PRECISIONS}")
+    check_precision(precision)
     if precision == "fp32" or pipe.device.type != "cpu" or pipe.unet.dtype != torch.float32:
         return None
     return torch.bfloat16 if torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported() else None
@@ -204,8 +209,7 @@ class GenerateConfig:
             raise ValueError(f"split={self.split!r} is not one of {SPLITS}")
         if self.prompt_set not in PROMPT_SETS:
             raise ValueError(f"prompt_set={self.prompt_set!r} is not one of {PROMPT_SETS}")
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"precision={self.precision!r} is not allowed; use one of {PRECISIONS}")
+        check_precision(self.precision)
         if self.out == "":  # None: a round of the main job sets it (rounds.round_configs)
             raise ValueError("out='' is not allowed; pass the folder that receives the images")
 
