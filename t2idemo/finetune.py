@@ -51,7 +51,7 @@ from tqdm.auto import tqdm
 from . import world
 from .dpo import dpo_loss
 from .finetune_data import FrozenEncoders, PretrainStream, StepBatches, as_batch, batch_sampler, cached_dataset, dpo_dataset, model_dataset
-from .finetune_params import EMA, LORA_FILE, Checkpoint, make_optimizer, save_lora, trainable_params  # noqa: F401 (LORA_FILE: OUT's adapter)
+from .finetune_params import EMA, LORA_FILE, Checkpoint, make_optimizer, save_lora, trainable_params, trained_parameters  # noqa: F401 (LORA_FILE: OUT's adapter)
 from .config import check_ranges, ranged, require_set
 from .generate import BASE_MODEL
 
@@ -96,7 +96,8 @@ class FinetuneConfig:
     gradient_checkpointing: bool = False  # trade compute for UNet activation memory (SD scale)
     train: str = "all"  # which UNet weights learn: "all" | "cross_attention" (the text-to-image attention, attn2, and the
     #                    text embedding added to the timestep's: where a prompt's words meet the image; the convolutions
-    #                    that draw shapes stay as pre-trained). Ignored with lora_rank > 0
+    #                    that draw shapes stay as pre-trained) | "all_but_convs" (all but the 3x3 convolutions: half
+    #                    the tiny UNet, so git stores the tuned file as a half-size delta of its base). Ignored with lora_rank > 0
     lora_rank: int = ranged(0, 0, 1024)  # 0 = train the whole UNet (the tiny model); 4 - 64 = train only a LoRA adapter of this rank (SD: 8)
     lora_alpha: float = ranged(0.0, 0.0, 4096.0)  # LoRA scale numerator, the update is scaled by alpha / rank; 0 = the rank (scale 1, diffusers' default)
     use_8bit_adam: bool = False  # bitsandbytes' 8-bit AdamW (CUDA only): optimizer state 2 B/param instead of 8; pays off for full SD fine-tuning
@@ -109,7 +110,7 @@ class FinetuneConfig:
     def __post_init__(self):
         check_ranges(self)  # every number within its declared range
         choices = {"weight": ("reward", "label"), "method": ("reward", "dpo"), "balance": ("none", "category", "sqrt"),
-                   "mixed_precision": ("no", "fp16", "bf16"), "train": ("all", "cross_attention")}
+                   "mixed_precision": ("no", "fp16", "bf16"), "train": ("all", "cross_attention", "all_but_convs")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name}={getattr(self, name)!r} is not allowed; use one of {allowed}")
@@ -229,14 +230,14 @@ def finetune(cfg: FinetuneConfig, should_stop=None) -> str:
             accelerator.backward(loss)
             accelerator.clip_grad_norm_(params, 1.0)
             opt.step()
-            opt.zero_grad()
+            unet.zero_grad(set_to_none=True)  # every gradient, the optimizer's and (all_but_convs) the unused ones
             ema.update(step)
             bar.set_postfix({k: f"{v.item():.4f}" for k, v in logs.items()})
             if cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.train_steps:
                 ckpt.save(step + 1)  # the next run resumes from it
             if step + 1 in save_at and accelerator.is_main_process:  # a pipeline of the EMA weights so far
                 save_snapshot(cfg.out, step + 1, pipe, pipe.vae, accelerator.unwrap_model(unet), ema.weights,
-                              noise_scheduler, prior)
+                              noise_scheduler, prior, cfg)
 
     # write the tuned pipeline: the EMA weights
     accelerator.wait_for_everyone()
@@ -342,12 +343,12 @@ def write_pipeline(out: str, pipe, vae, unet, noise_scheduler, prior: str) -> No
     world.write_prior(out, prior)
 
 
-def save_snapshot(out: str, step: int, pipe, vae, unet, ema, noise_scheduler, prior: str) -> str:
+def save_snapshot(out: str, step: int, pipe, vae, unet, ema, noise_scheduler, prior: str, cfg) -> str:
     """Write the EMA weights at ``step`` as the pipeline OUT/step{step}, on copies: training goes on untouched."""
     import copy
 
     snap = copy.deepcopy(unet).eval()  # same parameter order as ``unet``, so ``ema`` maps onto its trainable ones
-    trainable = [p for p in snap.parameters() if p.requires_grad]
+    trainable = [p for _, p in trained_parameters(snap, cfg)]
     assert len(trainable) == len(ema), "the snapshot's trainable parameters differ from the optimiser's"
     with torch.no_grad():
         for e, p in zip(ema, trainable):

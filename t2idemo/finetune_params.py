@@ -1,8 +1,8 @@
-"""What the fine-tune trains, and with what: the whole UNet, only its cross-attention, or a LoRA adapter (SD scale),
-the optimizer (AdamW, or bitsandbytes' 8-bit AdamW), the EMA of the trained weights, and the checkpoint that
-holds them all (OUT/checkpoint, through accelerate's ``save_state`` / ``load_state``). ``cfg`` is a
-``finetune.FinetuneConfig`` (its lora_rank, lora_alpha, train, gradient_checkpointing, mixed_precision, lr and
-use_8bit_adam fields; the whole of it goes into the checkpoint's state.json).
+"""What the fine-tune trains, and with what: the whole UNet, all of it but its 3x3 convolutions, only its
+cross-attention, or a LoRA adapter (SD scale), the optimizer (AdamW, or bitsandbytes' 8-bit AdamW), the EMA of the
+trained weights, and the checkpoint that holds them all (OUT/checkpoint, through accelerate's ``save_state`` /
+``load_state``). ``cfg`` is a ``finetune.FinetuneConfig`` (its lora_rank, lora_alpha, train, gradient_checkpointing,
+mixed_precision, lr and use_8bit_adam fields; the whole of it goes into the checkpoint's state.json).
 """
 
 from __future__ import annotations
@@ -22,14 +22,30 @@ TRAINABLE_FILE = "trainable.safetensors"  # a checkpoint's trained weights (only
 
 
 def trainable_params(unet, cfg) -> list:
-    """Choose what trains (a LoRA adapter, the cross-attention, or the whole UNet) and return those parameters."""
+    """Choose what trains (a LoRA adapter, the cross-attention, all but the 3x3 convolutions, or the whole UNet)
+    and return those parameters."""
     if cfg.lora_rank:
         add_lora(unet, cfg)  # freezes the UNet: only the adapter trains
     elif cfg.train == "cross_attention":
         freeze_all_but_cross_attention(unet)
     if cfg.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
-    return [p for p in unet.parameters() if p.requires_grad]
+    return [p for _, p in trained_parameters(unet, cfg)]
+
+
+def trained_parameters(unet, cfg) -> list:
+    """(name, parameter) for every weight the fine-tune updates, in the UNet's order. That is every weight that
+    requires a gradient, except under train='all_but_convs': there the spatial (3x3) convolutions, the kernels
+    that draw (about half the tiny UNet's weights), stay as pre-trained and the rest learns (attention,
+    feed-forward, norms, 1x1 projections, time and text embeddings), so the tuned file repeats half of its base's
+    bytes and git stores it as a delta of that size. Those convolutions still get gradients, unused: freezing them
+    with requires_grad made torch 2.13's CPU backward segfault in the fine-tune."""
+    named = [(n, p) for n, p in unet.named_parameters() if p.requires_grad]
+    if cfg.train == "all_but_convs" and not cfg.lora_rank:
+        kernels = {f"{m_name}.{p_name}" for m_name, m in unet.named_modules()
+                   if isinstance(m, torch.nn.Conv2d) and m.kernel_size != (1, 1) for p_name, _ in m.named_parameters()}
+        named = [(n, p) for n, p in named if n not in kernels]
+    return named
 
 
 def add_lora(unet, cfg) -> None:
@@ -168,7 +184,7 @@ class Checkpoint:
 
         if self.accelerator.is_main_process:
             unet = self.accelerator.unwrap_model(models[0])
-            named = {n: p.detach().cpu().contiguous() for n, p in unet.named_parameters() if p.requires_grad}
+            named = {n: p.detach().cpu().contiguous() for n, p in trained_parameters(unet, self.cfg)}
             save_file(named, os.path.join(folder, TRAINABLE_FILE))
         weights.pop()
 

@@ -199,11 +199,12 @@ def recipe_line(cfg: RunConfig) -> str:
 
 
 def ship(aligned: str, reward: str):
-    """Copy the aligned pipeline (without its checkpoint) and the reward model into the package assets."""
+    """Copy the aligned pipeline (without its checkpoint and its step{n} snapshots) and the reward model into the
+    package assets."""
     for src, dst in ((aligned, ALIGNED_MODEL), (reward, REWARD_MODEL)):
         if os.path.isdir(dst):
             shutil.rmtree(dst)
-        shutil.copytree(src, dst, ignore=shutil.ignore_patterns("checkpoint", "*.png"))
+        shutil.copytree(src, dst, ignore=shutil.ignore_patterns("checkpoint", "step*", "*.png"))
         print(f"shipped {src} -> {dst}")
 
 
