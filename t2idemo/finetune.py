@@ -97,7 +97,7 @@ class FinetuneConfig:
     train: str = "all"  # which UNet weights learn: "all" | "cross_attention" (the text-to-image attention, attn2, and the
     #                    text embedding added to the timestep's: where a prompt's words meet the image; the convolutions
     #                    that draw shapes stay as pre-trained) | "all_but_convs" (all but the 3x3 convolutions: half
-    #                    the tiny UNet, so git stores the tuned file as a half-size delta of its base). Ignored with lora_rank > 0
+    #                    the tiny UNet; docs/findings.md A.4). Ignored with lora_rank > 0
     lora_rank: int = ranged(0, 0, 1024)  # 0 = train the whole UNet (the tiny model); 4 - 64 = train only a LoRA adapter of this rank (SD: 8)
     lora_alpha: float = ranged(0.0, 0.0, 4096.0)  # LoRA scale numerator, the update is scaled by alpha / rank; 0 = the rank (scale 1, diffusers' default)
     use_8bit_adam: bool = False  # bitsandbytes' 8-bit AdamW (CUDA only): optimizer state 2 B/param instead of 8; pays off for full SD fine-tuning

@@ -38,7 +38,7 @@ def trained_parameters(unet, cfg) -> list:
     requires a gradient, except under train='all_but_convs': there the spatial (3x3) convolutions, the kernels
     that draw (about half the tiny UNet's weights), stay as pre-trained and the rest learns (attention,
     feed-forward, norms, 1x1 projections, time and text embeddings), so the tuned file repeats half of its base's
-    bytes and git stores it as a delta of that size. Those convolutions still get gradients, unused: freezing them
+    bytes (git packs it as a delta only if under half the file changes: docs/findings.md A.4). Those convolutions still get gradients, unused: freezing them
     with requires_grad made torch 2.13's CPU backward segfault in the fine-tune."""
     named = [(n, p) for n, p in unet.named_parameters() if p.requires_grad]
     if cfg.train == "all_but_convs" and not cfg.lora_rank:
