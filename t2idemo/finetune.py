@@ -97,7 +97,8 @@ class FinetuneConfig:
     train: str = "all"  # which UNet weights learn: "all" | "cross_attention" (the text-to-image attention, attn2, and the
     #                    text embedding added to the timestep's: where a prompt's words meet the image; the convolutions
     #                    that draw shapes stay as pre-trained) | "all_but_convs" (all but the 3x3 convolutions: half
-    #                    the tiny UNet; docs/findings.md A.4). Ignored with lora_rank > 0
+    #                    the tiny UNet) | "all_but_convs_and_time" (and not the timestep embedding either: a file git
+    #                    stores as a delta of the base's; docs/findings.md A.4). Ignored with lora_rank > 0
     lora_rank: int = ranged(0, 0, 1024)  # 0 = train the whole UNet (the tiny model); 4 - 64 = train only a LoRA adapter of this rank (SD: 8)
     lora_alpha: float = ranged(0.0, 0.0, 4096.0)  # LoRA scale numerator, the update is scaled by alpha / rank; 0 = the rank (scale 1, diffusers' default)
     use_8bit_adam: bool = False  # bitsandbytes' 8-bit AdamW (CUDA only): optimizer state 2 B/param instead of 8; pays off for full SD fine-tuning
@@ -110,7 +111,8 @@ class FinetuneConfig:
     def __post_init__(self):
         check_ranges(self)  # every number within its declared range
         choices = {"weight": ("reward", "label"), "method": ("reward", "dpo"), "balance": ("none", "category", "sqrt"),
-                   "mixed_precision": ("no", "fp16", "bf16"), "train": ("all", "cross_attention", "all_but_convs")}
+                   "mixed_precision": ("no", "fp16", "bf16"),
+                   "train": ("all", "cross_attention", "all_but_convs", "all_but_convs_and_time")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name}={getattr(self, name)!r} is not allowed; use one of {allowed}")

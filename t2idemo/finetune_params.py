@@ -38,13 +38,17 @@ def trained_parameters(unet, cfg) -> list:
     requires a gradient, except under train='all_but_convs': there the spatial (3x3) convolutions, the kernels
     that draw (about half the tiny UNet's weights), stay as pre-trained and the rest learns (attention,
     feed-forward, norms, 1x1 projections, time and text embeddings), so the tuned file repeats half of its base's
-    bytes (git packs it as a delta only if under half the file changes: docs/findings.md A.4). Those convolutions still get gradients, unused: freezing them
-    with requires_grad made torch 2.13's CPU backward segfault in the fine-tune."""
+    bytes. train='all_but_convs_and_time' also keeps the timestep embedding's MLP: under half the file's bytes then
+    change, which git needs to store it as a delta of its base's (docs/findings.md A.4). Frozen weights still get
+    gradients, unused: freezing them with requires_grad made torch 2.13's CPU backward segfault in the fine-tune."""
     named = [(n, p) for n, p in unet.named_parameters() if p.requires_grad]
-    if cfg.train == "all_but_convs" and not cfg.lora_rank:
+    if cfg.train in ("all_but_convs", "all_but_convs_and_time") and not cfg.lora_rank:
         kernels = {f"{m_name}.{p_name}" for m_name, m in unet.named_modules()
                    if isinstance(m, torch.nn.Conv2d) and m.kernel_size != (1, 1) for p_name, _ in m.named_parameters()}
         named = [(n, p) for n, p in named if n not in kernels]
+    if cfg.train == "all_but_convs_and_time" and not cfg.lora_rank:
+        # the timestep's MLP too (82,432 weights of the tiny UNet): what brings the changed bytes under half the file
+        named = [(n, p) for n, p in named if not n.startswith("time_embedding.")]
     return named
 
 

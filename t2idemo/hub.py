@@ -235,7 +235,7 @@ def model_card(repo_id: str, model_dir: str, reward_dir: str = "", stats: dict |
         lines += ["## Fine-tuning", "",
                   "Reward-weighted loss (the paper's eq. 2), settings of `python -m t2idemo finetune`:", "",
                   "| setting | value |", "| --- | --- |"]
-        shown = ("weight", "top_k", "min_reward", "beta", "train_steps", "steps", "batch", "lr", "seed")  # steps: older files
+        shown = ("weight", "top_k", "min_reward", "beta", "train_steps", "steps", "train", "batch", "lr", "seed")  # steps: older files
         lines += [f"| base model | {os.path.basename(os.path.normpath(cfg.get('model', '')))} |"]  # a name, no local path
         lines += [f"| {k} | {v} |" for k, v in cfg.items() if k in shown]
         lines += [f"| images weighted | {finetune.get('n_model')} (mean weight {finetune.get('mean_weight', 0):.3f}) |", ""]

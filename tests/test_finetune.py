@@ -177,9 +177,12 @@ def test_cross_attention_mode_changes_only_attn2_and_the_text_embedding(render_d
         FinetuneConfig(weight="label", train="convs")
 
 
-def test_all_but_convs_mode_keeps_every_3x3_kernel_bit_for_bit(render_dataset, tmp_path):
+@pytest.mark.parametrize("train", ["all_but_convs", "all_but_convs_and_time"])
+def test_all_but_convs_modes_keep_every_3x3_kernel_bit_for_bit(render_dataset, tmp_path, train):
     """train='all_but_convs': every spatial convolution of the written pipeline and of its snapshot is the base's,
-    byte for byte (so git stores the file as a delta); attention, feed-forward and norms moved."""
+    byte for byte, and attention, feed-forward and norms moved; 'all_but_convs_and_time' also keeps the timestep
+    embedding's MLP (the shipped model's mode: under half of its file differs from the base's, so git stores a
+    delta)."""
     from diffusers import UNet2DConditionModel
 
     from t2idemo.generate import BASE_MODEL
@@ -187,18 +190,21 @@ def test_all_but_convs_mode_keeps_every_3x3_kernel_bit_for_bit(render_dataset, t
     folder, _ = render_dataset
     simulate_labels(folder, seed=0)
     export_labels(folder, labeler="judge")
-    out = str(tmp_path / "abc")
+    out = str(tmp_path / train)
     finetune(FinetuneConfig(data=folder, out=out, weight="label", batch=4, pre_batch=4, train_steps=3, lr=1e-3,
-                            train="all_but_convs", save_at="2", checkpoint_every=0))
+                            train=train, save_at="2", checkpoint_every=0))
     base_unet = UNet2DConditionModel.from_pretrained(BASE_MODEL, subfolder="unet")
-    kernels = {f"{m}.weight" for m, mod in base_unet.named_modules()
-               if isinstance(mod, torch.nn.Conv2d) and mod.kernel_size != (1, 1)}
+    kept = {f"{m}.{p}" for m, mod in base_unet.named_modules()
+            if isinstance(mod, torch.nn.Conv2d) and mod.kernel_size != (1, 1) for p, _ in mod.named_parameters()}
+    time_mlp = {n for n, _ in base_unet.named_parameters() if n.startswith("time_embedding.")}
+    kept |= time_mlp if train == "all_but_convs_and_time" else set()
     base = dict(base_unet.named_parameters())
     for folder_out in (out, os.path.join(out, "step2")):
         tuned = dict(UNet2DConditionModel.from_pretrained(folder_out, subfolder="unet").named_parameters())
         moved = {n for n, p in tuned.items() if not torch.equal(p, base[n])}
-        assert kernels and not moved & kernels
+        assert kept and not moved & kept
         assert any(".ff." in n for n in moved) and any(".attn1." in n for n in moved) and any("norm" in n for n in moved)
+        assert bool(moved & time_mlp) == (train == "all_but_convs")  # the MLP moves where it trains
 
 
 def test_min_reward_drops_low_weights_before_top_k():
