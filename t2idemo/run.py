@@ -27,6 +27,7 @@ Then evaluate base and every round's model on unseen and seen prompts (the judge
 from __future__ import annotations
 
 import dataclasses
+import glob
 import json
 import os
 import shutil
@@ -205,7 +206,31 @@ def ship(aligned: str, reward: str):
         if os.path.isdir(dst):
             shutil.rmtree(dst)
         shutil.copytree(src, dst, ignore=shutil.ignore_patterns("checkpoint", "step*", "*.png"))
+        portable(dst)
         print(f"shipped {src} -> {dst}")
+
+
+def portable(folder: str) -> None:
+    """Keep this machine's paths out of a shipped copy: drop the ``"_name_or_path"`` line that diffusers and
+    transformers write into a config.json (the absolute folder it was loaded from), and write finetune.json's
+    folders that lie in the repository relative to it (the fine-tune's record of what it read stays readable)."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the repository: t2idemo/..
+    for path in glob.glob(os.path.join(folder, "**", "config.json"), recursive=True):
+        with open(path) as f:
+            lines = f.readlines()
+        kept = [line for line in lines if not line.lstrip().startswith('"_name_or_path"')]
+        if kept != lines:
+            with open(path, "w") as f:
+                f.writelines(kept)
+    record = os.path.join(folder, "finetune.json")
+    if os.path.isfile(record):
+        with open(record) as f:
+            saved = json.load(f)
+        for key, value in saved.get("config", {}).items():
+            if isinstance(value, str) and os.path.isabs(value) and value.startswith(root + os.sep):
+                saved["config"][key] = os.path.relpath(value, root)
+        with open(record, "w") as f:
+            json.dump(saved, f, indent=2)  # as finetune() writes it
 
 
 def parse_args(argv=None) -> RunConfig:

@@ -232,3 +232,23 @@ def test_reuse_relabels_the_same_images(tmp_path):
         run(preset("shapes", out=str(tmp_path / "third"), reuse=str(first), **{**SMALL, "generate.guidance": 4.0}))
     with pytest.raises(ValueError, match="reuse='nowhere' has no round-1 feedback images"):
         run(preset("shapes", out=str(tmp_path / "fourth"), reuse="nowhere", **SMALL))
+
+
+def test_shipped_copy_keeps_no_path_of_this_machine(tmp_path):
+    """run.portable: a shipped folder's config.json files lose the absolute `_name_or_path` diffusers wrote, and
+    finetune.json's folders inside the repository become relative to it (others are left as they were)."""
+    from t2idemo.run import portable
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    (tmp_path / "unet").mkdir()
+    (tmp_path / "unet" / "config.json").write_text('{\n  "_class_name": "UNet2DConditionModel",\n'
+                                                  f'  "_name_or_path": "{root}/t2idemo/assets/tiny-sd/unet",\n'
+                                                  '  "in_channels": 4\n}\n')
+    (tmp_path / "finetune.json").write_text(json.dumps({"config": {
+        "model": f"{root}/t2idemo/assets/tiny-sd", "data": "/elsewhere/feedback", "out": "runs/x", "lr": 5e-4}}))
+    portable(str(tmp_path))
+    unet = (tmp_path / "unet" / "config.json").read_text()
+    assert "_name_or_path" not in unet and json.loads(unet) == {"_class_name": "UNet2DConditionModel", "in_channels": 4}
+    saved = json.loads((tmp_path / "finetune.json").read_text())["config"]
+    assert saved == {"model": os.path.join("t2idemo", "assets", "tiny-sd"), "data": "/elsewhere/feedback",
+                     "out": "runs/x", "lr": 5e-4}
