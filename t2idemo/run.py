@@ -217,11 +217,10 @@ def portable(folder: str) -> None:
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the repository: t2idemo/..
     for path in glob.glob(os.path.join(folder, "**", "config.json"), recursive=True):
         with open(path) as f:
-            lines = f.readlines()
-        kept = [line for line in lines if not line.lstrip().startswith('"_name_or_path"')]
-        if kept != lines:
+            config = json.load(f)
+        if config.pop("_name_or_path", None) is not None:
             with open(path, "w") as f:
-                f.writelines(kept)
+                f.write(json.dumps(config, indent=2, sort_keys=True) + "\n")  # as diffusers and transformers write it
     record = os.path.join(folder, "finetune.json")
     if os.path.isfile(record):
         with open(record) as f:
