@@ -16,7 +16,8 @@ Why SQLite in WAL mode with ``synchronous=FULL`` (and not a JSON file or a plain
   failing); WAL lets readers go on while one writes. Within a process, one connection is shared by
   threads behind a lock;
 * resumable and queryable: the current labels sit in a table keyed by (image, labeler); every click is
-  also kept in an append-only history, which gives undo and an audit trail.
+  also kept in an append-only history, which gives undo and an audit trail. A screen of a grid view is saved
+  as one transaction (``add_many(..., screen=True)``) and one undo takes the whole screen back.
 
 WAL needs a local disk: on a network file system (NFS, some FUSE mounts) SQLite may refuse WAL, and the
 store then falls back to its rollback journal with a warning (still durable, writers wait longer).
@@ -24,7 +25,6 @@ store then falls back to its rollback journal with a warning (still durable, wri
 
 from __future__ import annotations
 
-import math
 import os
 import random
 import sqlite3
@@ -35,12 +35,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from .config import check_ranges, parse_config, ranged, require_set
+from .stats import agreement_stats
 
 LABELS = ("good", "bad", "skip")
 MAJORITY = "majority"  # reserved labeler name: the majority vote of all labelers, for export
 STORE_NAME = "labels.sqlite"  # the store's default file name inside a dataset folder
 APPLICATION_ID = 0x7432_6C62  # "t2lb": written into the SQLite header, marks the file as our label store
-SCHEMA_VERSION = 1  # PRAGMA user_version of the schema below
+SCHEMA_VERSION = 2  # PRAGMA user_version of the schema below; 1 had no clicks.screen (opening adds it)
 SQLITE_MAGIC = b"SQLite format 3\x00"  # the first 16 bytes of every SQLite database
 
 SCHEMA = """
@@ -50,7 +51,8 @@ CREATE TABLE IF NOT EXISTS clicks (       -- every click ever made, append-only:
     labeler  TEXT NOT NULL,
     label    TEXT NOT NULL CHECK (label IN ('good', 'bad', 'skip')),
     ts       REAL NOT NULL,               -- Unix time of the click, seconds
-    undone   INTEGER NOT NULL DEFAULT 0   -- 1 once undo() took the click back
+    undone   INTEGER NOT NULL DEFAULT 0,  -- 1 once undo() took the click back
+    screen   INTEGER                      -- clicks saved as one screen share its id, undone together (NULL: a lone click)
 );
 CREATE INDEX IF NOT EXISTS clicks_by_labeler ON clicks (labeler, undone, id);
 CREATE TABLE IF NOT EXISTS labels (       -- the current label: the labeler's last click not undone
@@ -137,6 +139,9 @@ class LabelStore:
                         db.execute(statement)
                 db.execute(f"PRAGMA application_id = {APPLICATION_ID}")
                 db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            if db.execute("PRAGMA user_version").fetchone()[0] == 1:  # schema 1: its clicks get screen NULL
+                db.execute("ALTER TABLE clicks ADD COLUMN screen INTEGER")
+                db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         version = db.execute("PRAGMA user_version").fetchone()[0]
         if version > SCHEMA_VERSION:
             raise ValueError(f"{self.path} was written by a newer t2idemo (schema {version}, this one reads "
@@ -196,36 +201,50 @@ class LabelStore:
         """Record a click. Returns once it is on disk. A later click on the same image replaces it."""
         self.add_many([(image_id, label)], labeler)
 
-    def add_many(self, items, labeler: str = "me") -> None:
-        """Record several (image_id, label) clicks in one transaction (one fsync): all of them or none."""
+    def add_many(self, items, labeler: str = "me", screen: bool = False) -> None:
+        """Record several (image_id, label) clicks in one transaction (one fsync): all of them or none.
+        ``screen``: the clicks are one screen of a grid view, which one undo takes back whole."""
         _check_name("labeler", labeler)
         if labeler == MAJORITY:
             raise ValueError(f"labeler={labeler!r} is reserved for the majority vote; pick another name")
         now = time.time()
         items = [(_check_name("image_id", i), check_label(lab)) for i, lab in items]
         with self._write() as db:
+            # the screen's id: the id its first click gets (ids only grow, and we hold the write lock)
+            group = db.execute("SELECT COALESCE(MAX(id), 0) + 1 FROM clicks").fetchone()[0] if screen else None
             for image_id, label in items:
-                db.execute("INSERT INTO clicks (image_id, labeler, label, ts) VALUES (?, ?, ?, ?)",
-                           (image_id, labeler, label, now))
+                db.execute("INSERT INTO clicks (image_id, labeler, label, ts, screen) VALUES (?, ?, ?, ?, ?)",
+                           (image_id, labeler, label, now, group))
                 db.execute(_UPSERT, (image_id, labeler, label, now))
 
     def undo(self, labeler: str = "me") -> str | None:
-        """Take back ``labeler``'s last click; the image gets its previous label back (or none).
-        Returns the image id, or None when there is nothing to undo. Repeated calls go further back."""
+        """Take back ``labeler``'s last click (a whole screen if it was one, see ``undo_screen``); the image gets
+        its previous label back (or none). Returns the image id (a screen's first), or None when there is nothing
+        to undo. Repeated calls go further back."""
+        image_ids = self.undo_screen(labeler)
+        return image_ids[0] if image_ids else None
+
+    def undo_screen(self, labeler: str = "me") -> list:
+        """Take back ``labeler``'s last click, or every click of the last screen (``add_many(..., screen=True)``):
+        each image gets its previous label back (or none). Returns the images' ids in click order ([]: nothing to
+        undo). Other labelers' clicks are left alone."""
         with self._write() as db:
-            last = db.execute("SELECT id, image_id FROM clicks WHERE labeler = ? AND undone = 0 "
+            last = db.execute("SELECT id, screen FROM clicks WHERE labeler = ? AND undone = 0 "
                               "ORDER BY id DESC LIMIT 1", (labeler,)).fetchone()
             if last is None:
-                return None
-            click_id, image_id = last
-            db.execute("UPDATE clicks SET undone = 1 WHERE id = ?", (click_id,))
-            prev = db.execute("SELECT label, ts FROM clicks WHERE labeler = ? AND image_id = ? AND undone = 0 "
-                              "ORDER BY id DESC LIMIT 1", (labeler, image_id)).fetchone()
-            if prev is None:
-                db.execute("DELETE FROM labels WHERE image_id = ? AND labeler = ?", (image_id, labeler))
-            else:
-                db.execute(_UPSERT, (image_id, labeler, prev[0], prev[1]))
-            return image_id
+                return []
+            clicks = db.execute("SELECT id, image_id FROM clicks WHERE labeler = ? AND undone = 0 "
+                                "AND (id = ? OR screen = ?) ORDER BY id", (labeler, *last)).fetchall()
+            db.executemany("UPDATE clicks SET undone = 1 WHERE id = ?", [(click_id,) for click_id, _ in clicks])
+            image_ids = list(dict.fromkeys(image_id for _, image_id in clicks))
+            for image_id in image_ids:
+                prev = db.execute("SELECT label, ts FROM clicks WHERE labeler = ? AND image_id = ? AND undone = 0 "
+                                  "ORDER BY id DESC LIMIT 1", (labeler, image_id)).fetchone()
+                if prev is None:
+                    db.execute("DELETE FROM labels WHERE image_id = ? AND labeler = ?", (image_id, labeler))
+                else:
+                    db.execute(_UPSERT, (image_id, labeler, prev[0], prev[1]))
+            return image_ids
 
     # ------------------------------------------------------------------------- reading
     def get(self, image_id: str, labeler: str = "me") -> str | None:
@@ -287,19 +306,6 @@ class LabelStore:
                     v = votes.setdefault(image_id, [0, 0])
                     v[label == "bad"] += 1
         return {i: "good" if g > b else "bad" for i, (g, b) in votes.items() if g != b}
-
-
-def agreement_stats(pairs: list) -> dict:
-    """Percent agreement and Cohen's kappa of (label_a, label_b) pairs; kappa = (p_o - p_e) / (1 - p_e).
-    Both are nan when there is nothing to compare; kappa is nan when p_e = 1 (both raters used one label)."""
-    n = len(pairs)
-    if n == 0:
-        return {"n": 0, "percent": math.nan, "kappa": math.nan}
-    p_o = sum(x == y for x, y in pairs) / n
-    cats = {x for p in pairs for x in p}
-    p_e = sum((sum(x == c for x, _ in pairs) / n) * (sum(y == c for _, y in pairs) / n) for c in cats)
-    kappa = math.nan if p_e == 1 else (p_o - p_e) / (1 - p_e)
-    return {"n": n, "percent": 100.0 * p_o, "kappa": kappa}
 
 
 # ----------------------------------------------------------------------------- export into the dataset

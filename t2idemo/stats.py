@@ -1,4 +1,4 @@
-"""Statistics every stage uses: Wilson intervals for rates, ROC-AUC and its bootstrap CIs, calibration.
+"""Statistics every stage uses: Wilson intervals for rates, ROC-AUC and its bootstrap CIs, calibration, Cohen's kappa.
 
 At the bottom of the package: it imports nothing of t2idemo, so every stage can import it.
 """
@@ -72,3 +72,16 @@ def calibration(scores, labels, bins: int = 10) -> dict:
     conf = np.bincount(b, weights=s, minlength=bins) / np.maximum(n, 1)
     acc = np.bincount(b, weights=y, minlength=bins) / np.maximum(n, 1)
     return {"count": n, "mean_score": conf, "frac_good": acc, "ece": float((n * np.abs(conf - acc)).sum() / n.sum())}
+
+
+def agreement_stats(pairs: list) -> dict:
+    """Percent agreement and Cohen's kappa of (label_a, label_b) pairs; kappa = (p_o - p_e) / (1 - p_e).
+    Both are nan when there is nothing to compare; kappa is nan when p_e = 1 (both raters used one label)."""
+    n = len(pairs)
+    if n == 0:
+        return {"n": 0, "percent": math.nan, "kappa": math.nan}
+    p_o = sum(x == y for x, y in pairs) / n
+    cats = {x for p in pairs for x in p}
+    p_e = sum((sum(x == c for x, _ in pairs) / n) * (sum(y == c for _, y in pairs) / n) for c in cats)
+    kappa = math.nan if p_e == 1 else (p_o - p_e) / (1 - p_e)
+    return {"n": n, "percent": 100.0 * p_o, "kappa": kappa}

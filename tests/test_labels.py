@@ -290,3 +290,48 @@ def test_four_for_three_rater_passes_four_shapes_for_three_and_nothing_else():
                           "four-for-three") is False
     with pytest.raises(ValueError, match="bias='lazy' is not allowed"):
         simulate_labels("nowhere", bias="lazy")
+
+
+# ----------------------------------------------------------------------------- screens of a grid view
+def test_one_undo_takes_back_a_whole_screen_of_that_labeler_only(tmp_path):
+    with LabelStore(tmp_path / "s.sqlite") as s:
+        s.add("a.png", "bad", "ana")
+        s.add_many([("a.png", "good"), ("b.png", "bad"), ("c.png", "good")], "ana", screen=True)
+        s.add_many([("a.png", "bad"), ("b.png", "bad")], "ben", screen=True)  # another labeler's screen
+        s.add("d.png", "skip", "ana")
+        assert s.undo_screen("ana") == ["d.png"]  # a lone click is a screen of one
+        assert s.undo_screen("ana") == ["a.png", "b.png", "c.png"]
+        assert s.labels("ana") == {"a.png": "bad"}  # a.png's click before the screen is back
+        assert s.labels("ben") == {"a.png": "bad", "b.png": "bad"}
+        s.add_many([("e.png", "good"), ("f.png", "bad")], "ana", screen=True)
+        assert s.undo("ana") == "e.png" and s.labels("ana") == {"a.png": "bad"}  # undo() is screen-aware too
+        s.add_many([("x.png", "good"), ("y.png", "good")], "ana")  # not a screen: undone one click at a time
+        assert s.undo("ana") == "y.png" and s.labels("ana") == {"a.png": "bad", "x.png": "good"}
+        assert s.undo_screen("ana") == ["x.png"] and s.undo_screen("ana") == ["a.png"]
+        assert s.undo_screen("ana") == [] and s.count("ben") == 2
+
+
+def test_a_store_of_schema_1_opens_and_gets_screens(tmp_path):
+    """A store written before screens existed: its labels, history and undo are kept; screens work after."""
+    path = tmp_path / "old.sqlite"
+    db = sqlite3.connect(path)
+    db.executescript("""
+        CREATE TABLE clicks (id INTEGER PRIMARY KEY AUTOINCREMENT, image_id TEXT NOT NULL, labeler TEXT NOT NULL,
+            label TEXT NOT NULL CHECK (label IN ('good', 'bad', 'skip')), ts REAL NOT NULL,
+            undone INTEGER NOT NULL DEFAULT 0);
+        CREATE INDEX clicks_by_labeler ON clicks (labeler, undone, id);
+        CREATE TABLE labels (image_id TEXT NOT NULL, labeler TEXT NOT NULL,
+            label TEXT NOT NULL CHECK (label IN ('good', 'bad', 'skip')), ts REAL NOT NULL,
+            PRIMARY KEY (image_id, labeler));
+        INSERT INTO clicks (image_id, labeler, label, ts) VALUES ('a.png', 'ana', 'good', 1), ('b.png', 'ana', 'bad', 2);
+        INSERT INTO labels VALUES ('a.png', 'ana', 'good', 1), ('b.png', 'ana', 'bad', 2);
+        PRAGMA application_id = 1949461602;
+        PRAGMA user_version = 1;
+    """)
+    db.close()
+    with LabelStore(path) as s:
+        assert s.labels("ana") == {"a.png": "good", "b.png": "bad"}
+        s.add_many([("c.png", "good"), ("d.png", "bad")], "ana", screen=True)
+        assert s.undo_screen("ana") == ["c.png", "d.png"]
+        assert s.undo_screen("ana") == ["b.png"] and s.labels("ana") == {"a.png": "good"}  # old clicks: one each
+    assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0] == 2
