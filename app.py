@@ -10,8 +10,10 @@ Tabs:
            in Train, your model) draw from the same seeds side by side, each image captioned with the judge's
            verdict and the reward model's score.
   Label    draw a batch of images of seen prompts from the base model (or label --data), then each person types a
-           name and clicks Good / Bad / Skip / Undo; every click is on disk before the next image shows, and several
-           people can label at once (``t2idemo.labels``). "How did I do?" scores you against the judge (Cohen's kappa).
+           name and clicks Good / Bad / Skip / Undo (or presses g / b / s / u); every click is on disk before the next
+           image shows, and several people can label at once (``t2idemo.labels``). The grid view shows 12 images at
+           once: tick the good ones (or the bad ones) and submit the screen. "How did I do?" scores you against the
+           judge (Cohen's kappa). Handlers: ``t2idemo.label_page``.
   Train    the reward model on everyone's labels (seconds), then a short fine-tune with the main job's recipe
            (``t2idemo.loop``), one job at a time, cancellable. The model is yours: only your session sees it.
   Share    pushes your model (or, with --share-shipped, the app's aligned one), its reward model, the labels (labeler
@@ -27,29 +29,43 @@ where the Space says (GRADIO_SERVER_NAME, GRADIO_SERVER_PORT). Needs ``pip insta
 from __future__ import annotations
 
 import functools
-import math
 import os
-import secrets
 import time
 from dataclasses import dataclass
 
 from t2idemo import world
-from t2idemo.backend import (DEFAULT_PROMPT, LIMITS, MAX_NAME, MAX_PROMPT, Backend, big, caption, check_number,
+from t2idemo.backend import (DEFAULT_PROMPT, GRID, LIMITS, MAX_NAME, MAX_PROMPT, big, caption, check_number,
                              check_prompt, example_prompts)
 from t2idemo.config import parse_config
 from t2idemo.generate import ALIGNED_MODEL, BASE_MODEL, DEFAULT_GUIDANCE, DEFAULT_STEPS
+from t2idemo.label_page import LabelPage
 from t2idemo.labels import LABELS
 from t2idemo.loop import LoopConfig
 from t2idemo.reward import CONFIG_FILE as REWARD_CONFIG_FILE, REWARD_MODEL
 
 DEFAULT_DATA = "data/feedback"  # the labelling set of `python -m t2idemo generate`
 GALLERIES = "#base-gallery, #aligned-gallery, #mine-gallery"
-CSS = (f"{', '.join(g + ' img' for g in GALLERIES.split(', '))}, #label-image img {{image-rendering: pixelated;}}\n"
+CSS = (f"{', '.join(g + ' img' for g in GALLERIES.split(', '))}, #label-image img, #label-grid img "
+       "{image-rendering: pixelated;}\n"
        # each image's verdict and reward in full under it, wrapped if need be, never cut off with an ellipsis
        f"{', '.join(g + ' .caption-label' for g in GALLERIES.split(', '))} "
        "{white-space: normal; overflow: visible; text-overflow: clip; max-width: none; font-size: 0.95em;}\n"
        # no blank band under a row of images (gradio keeps a gallery at least 450 px tall on wide screens)
        f"{', '.join(g + ' .fixed-height' for g in GALLERIES.split(', '))} {{min-height: 0;}}")
+LABEL_KEYS_JS = """() => {
+  // the Label tab's single view: g good, b bad, s skip, u undo; not while typing, nor in the grid view
+  const buttons = {g: "label-good", b: "label-bad", s: "label-skip", u: "label-undo"};
+  document.addEventListener("keydown", (event) => {
+    const target = event.target;
+    if (event.ctrlKey || event.metaKey || event.altKey || event.repeat || target.isContentEditable
+        || target.closest("input, textarea, select, #label-grid")) return;
+    const button = document.getElementById(buttons[event.key.toLowerCase()]);
+    if (button && button.offsetParent !== null && !button.disabled) {  // on screen: the Label tab is open
+      event.preventDefault();
+      button.click();
+    }
+  });
+}"""
 MODEL_FLAGS = {  # flag: (the file that marks its folder, what the folder is, an example of a good value)
     "base": ("model_index.json", "a StableDiffusionPipeline folder", "--base t2idemo/assets/tiny-sd"),
     "aligned": ("model_index.json", "a StableDiffusionPipeline folder",
@@ -101,23 +117,14 @@ class AppConfig:
 
 
 # ----------------------------------------------------------------------------- the handlers
-class App(Backend):
-    """The backend (models, labels, jobs) plus one method per UI action: a visitor's input in, UI values out.
-    ``state`` is one visitor's session: {"sid", "labeler", "index", "reward", "mine"}."""
+class App(LabelPage):
+    """The backend (models, labels, jobs) and the Label tab's handlers (``t2idemo.label_page``) plus one method per
+    other UI action: a visitor's input in, UI values out. ``state`` is one visitor's session: {"sid", "labeler",
+    "index", "screen", "reward", "mine"}."""
 
     def __init__(self, cfg: AppConfig):
         self.cfg = cfg
         super().__init__(cfg.base, cfg.aligned, cfg.reward, cfg.workdir, cfg.data, cfg.loop_config(), cfg.threads)
-
-    @staticmethod
-    def session(state: dict | None) -> dict:
-        """The visitor's session, given a random id on first use (gr.State starts every visitor at the same value)."""
-        state = dict(state or {})
-        state.setdefault("labeler", None)
-        state.setdefault("index", None)
-        if not state.get("sid"):
-            state["sid"] = secrets.token_hex(8)
-        return state
 
     # ------------------------------------------------------------------------- Compare
     def compare(self, prompt, seed, steps, guidance, images, state=None):
@@ -141,80 +148,6 @@ class App(Backend):
                              f"{time.perf_counter() - t0:.2f} s"
                              + ("" if mine else " · train your own model in the Train tab to add a third column")])
         return galleries[0], galleries[1], galleries[2] if mine else [], summary
-
-    # ------------------------------------------------------------------------- Label
-    def _require_dataset(self):
-        if not self.rows:
-            raise ValueError("there are no images to label yet; press 'Draw images to label' first")
-
-    def _require_labeler(self, state: dict):
-        self._require_dataset()
-        if not state or not state.get("labeler"):
-            raise ValueError("type your name and press Start before labelling")
-
-    def label_view(self, state: dict, status: str = ""):
-        """-> (image, prompt markdown, progress markdown, status markdown, state)."""
-        state = self.session(state)
-        who, i = state["labeler"], state["index"]
-        counts = self.label_counts()
-        progress = (f"**{counts.get(who, 0)} / {len(self.rows)}** labelled by {who} · everyone: "
-                    + (", ".join(f"{name} {c}" for name, c in sorted(counts.items())) or "no labels yet"))
-        if who is None:
-            return None, "", f"{len(self.rows)} images to label; type your name and press Start", status, state
-        if i is None:
-            return None, f"### All {len(self.rows)} images are labelled. Thank you!", progress, status, state
-        row, mine = self.rows[i], self.store.get(self.rows[i]["file_name"], who)
-        text = f"### {row['prompt']}\n{row['file_name']}" + (f" · your label: **{mine}**" if mine else "")
-        return big(self.label_image(i), 8), text, progress, status, state
-
-    def label_draw(self, n, state=None):
-        """Draw ``n`` more images of seen prompts from the base model into the labelling set."""
-        n = check_number("batch", n)
-        new = self.draw_labelling(n)
-        state = self.session(state)
-        if state["labeler"] and state["index"] is None:  # someone who had finished gets the new ones
-            state["index"] = self.next_unlabelled(state["labeler"], 0)
-        return self.label_view(state, f"drew {len(new)} new images (batch {new[0]['batch']}); "
-                                      f"{len(self.rows)} in the labelling set")
-
-    def label_start(self, name, state=None):
-        """Label as ``name`` from their first unlabelled image."""
-        self._require_dataset()
-        name, index = self.start_labelling(name)
-        return self.label_view({**self.session(state), "labeler": name, "index": index}, f"labelling as **{name}**")
-
-    def label_click(self, label: str, state: dict):
-        """Save ``label`` for the image shown, then show the next one this labeler has not labelled."""
-        self._require_labeler(state)
-        if state["index"] is None:
-            return self.label_view(state, "all images are labelled; Undo reopens your last one")
-        image_id = self.save_label(state["index"], label, state["labeler"])
-        state = {**state, "index": self.next_unlabelled(state["labeler"], state["index"] + 1)}
-        return self.label_view(state, f"saved **{label}** for {image_id}")
-
-    def label_undo(self, state: dict):
-        """Take back this labeler's last label and show its image again."""
-        self._require_labeler(state)
-        image_id, index = self.undo_label(state["labeler"])
-        if image_id is None:
-            return self.label_view(state, "nothing to undo")
-        index = state["index"] if index is None else index
-        return self.label_view({**state, "index": index}, f"took back your last label, on {image_id}")
-
-    def label_score(self, state: dict) -> str:
-        """'How did I do?': this labeler against the judge, the world's ground truth."""
-        from t2idemo.loop import judge_agreement
-
-        if not state or not state.get("labeler"):
-            raise ValueError("type your name and press Start, label some images, then ask how you did")
-        ag = judge_agreement(self.label_dir, state["labeler"])
-        if not ag["n"]:
-            return "You have not labelled any image good or bad yet."
-        kappa = "undefined (you or the judge used one label only)" if math.isnan(ag["kappa"]) else f"{ag['kappa']:.2f}"
-        return (f"**You and the judge agree on {ag['percent']:.0f}% of your {ag['n']} good/bad labels** (Cohen's kappa "
-                f"{kappa}; 1 = always, 0 = as often as chance). You said good where the judge saw a mistake on "
-                f"{len(ag['you_good_judge_bad'])}, bad where it saw none on {len(ag['you_bad_judge_good'])}. "
-                "The paper's reward model assumes people label consistently: this is how consistently you did.")
 
     # ------------------------------------------------------------------------- Train
     def train_reward(self, state=None):
@@ -334,7 +267,8 @@ def _compare_tab(app: App, gr, session):
 
 
 def _label_tab(app: App, gr, session):
-    """Label: Draw (unless the owner passed --data), a name and Start, Good / Bad / Skip / Undo, How did I do?"""
+    """Label: Draw (unless the owner passed --data), a name and Start, Good / Bad / Skip / Undo (keys g / b / s / u),
+    the grid view, How did I do?"""
     if app.fixed_data:
         gr.Markdown(f"Labelling the app's dataset ({len(app.rows)} images). Is the image right for its prompt? "
                     "Every click is saved at once.")
@@ -363,14 +297,58 @@ def _label_tab(app: App, gr, session):
     score_md = gr.Markdown(elem_id="label-score-result")
     view = [image, text, progress, status, session]
     kw = dict(concurrency_limit=8, concurrency_id="labels")
+    show_screen = _label_grid(app, gr, session, view, kw)
     if not app.fixed_data:
         draw.click(ui_errors(app.label_draw, gr), [batch, session], view, concurrency_limit=1, concurrency_id="models")
     for trigger in (start.click, name.submit):
-        trigger(ui_errors(app.label_start, gr), [name, session], view, **kw)
+        trigger(ui_errors(app.label_start, gr), [name, session], view, **kw).success(*show_screen, **kw)
     for label, button in buttons.items():
         button.click(ui_errors(functools.partial(app.label_click, label), gr), [session], view, **kw)
     undo.click(ui_errors(app.label_undo, gr), [session], view, **kw)
     score.click(ui_errors(app.label_score, gr), [session], [score_md], **kw)
+
+
+def _label_grid(app: App, gr, session, view: list, kw: dict) -> tuple:
+    """The Label tab's grid view, in an accordion under the single view: GRID images, each with a tick box
+    labelled with its prompt; the person ticks the good (or the bad) ones and submits the screen, or takes the
+    last screen back. The single ``view`` follows each screen. Returns (handler, inputs, outputs) that show a
+    fresh screen, for Start."""
+    with gr.Accordion(f"Grid view: {GRID} images on one screen", open=False, elem_id="label-grid") as grid:
+        mark = gr.Radio([("I mark the good ones", "good"), ("I mark the bad ones", "bad")], value="good",
+                        show_label=False, elem_id="grid-mark", info="the images left unticked get the other label")
+        images, ticks = [], []
+        for first in range(0, GRID, 4):
+            with gr.Row():
+                for k in range(first, first + 4):
+                    with gr.Column(min_width=120):
+                        images.append(gr.Image(type="pil", show_label=False, interactive=False, height=128,
+                                               width=128, visible=False, elem_id=f"grid-image-{k}"))
+                        ticks.append(gr.Checkbox(label="", visible=False, elem_id=f"grid-tick-{k}"))
+        with gr.Row():
+            submit = gr.Button("Submit screen", variant="primary", elem_id="grid-submit")
+            undo = gr.Button("Undo screen", elem_id="grid-undo")
+        status = gr.Markdown(elem_id="grid-status")
+    outputs = [*images, *ticks, view[2], status, session]  # view[2]: the progress line both views share
+    show, refresh = ui_errors(grid_cells(app.grid_view, gr), gr), (ui_errors(app.label_refresh, gr), [session], view)
+    grid.expand(show, [session], outputs, **kw)
+    submit.click(ui_errors(grid_cells(app.grid_submit, gr), gr), [session, mark, *ticks], outputs,
+                 **kw).success(*refresh, **kw)
+    undo.click(ui_errors(grid_cells(app.grid_undo, gr), gr), [session], outputs, **kw).success(*refresh, **kw)
+    return show, [session], outputs
+
+
+def grid_cells(fn, gr):
+    """Wrap a grid handler: its screen [(image, prompt)] becomes GRID images and unticked boxes labelled with the
+    prompts, then the handler's other values; the cells past the screen's end are hidden."""
+    @functools.wraps(fn)
+    def handler(*args):
+        cells, *rest = fn(*args)
+        cells = cells + [(None, None)] * (GRID - len(cells))
+        return [*(gr.Image(value=im, visible=im is not None) for im, _ in cells),
+                *(gr.Checkbox(value=False, label=prompt or "", visible=prompt is not None) for _, prompt in cells),
+                *rest]
+
+    return handler
 
 
 def _train_tab(app: App, gr, session):
@@ -435,6 +413,7 @@ def build(app: App):
             _train_tab(app, gr, session)
         with gr.Tab("Share"):
             _share_tab(app, gr, session)
+        demo.load(None, js=LABEL_KEYS_JS)  # the single view's keyboard shortcuts
     return demo
 
 

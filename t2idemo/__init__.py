@@ -20,7 +20,8 @@ or one above (tests/test_layers.py parses every import and checks it), so the co
                      steps), overopt (reward over-optimisation)
     7  notebooks     scales (the notebooks' SCALE switch over the presets, their folders)
     8  the app       backend (app.py's models, labelling set and jobs, without Gradio)
-    9  figures       benchmarks (the README's figures, the app's Compare latency included)
+    9  figures, page benchmarks (the README's figures, the app's Compare latency included), label_page (the app's
+                     Label tab without Gradio: one image at a time or a grid of them)
 
 ``python -m t2idemo`` (``__main__``) and ``app.py`` sit above them all.
 """
@@ -35,5 +36,5 @@ LAYERS = (
     ("run", "loop", "overopt"),
     ("scales",),
     ("backend",),
-    ("benchmarks",),
+    ("benchmarks", "label_page"),
 )

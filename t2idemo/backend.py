@@ -23,8 +23,10 @@ import json
 import math
 import os
 import shutil
+import secrets
 import sqlite3
 import threading
+from itertools import islice
 
 from PIL import Image
 
@@ -37,7 +39,10 @@ from .reward import REWARD_MODEL
 
 DEFAULT_PROMPT = "three purple circles on grass"  # Compare's first prompt; the warm-up's and the benchmark's too
 LIMITS = {"seed": (0, 2 ** 31 - 1), "steps": (1, 100), "images": (1, 16), "guidance": (0.0, 20.0),
-          "batch": (1, 64), "train_steps": (1, 200)}  # what a visitor may ask for (a public Space's caps)
+          "batch": (1, 64), "train_steps": (1, 200),
+          "screen": (1, 16)}  # what a visitor may ask for (a public Space's caps)
+GRID = 12  # images on one screen of the Label tab's grid view
+MARKS = ("good", "bad")  # on a screen a person marks the good ones or the bad ones; the rest get the other label
 MAX_PROMPT = 200  # characters: the world's longest prompt is 35
 MAX_NAME = 64  # characters of a labeler's name
 MAX_MODELS = 4  # visitors' models kept loaded at once (about 10 MB each); an older one reloads when used
@@ -132,6 +137,16 @@ class Backend:
         self.mine = {}  # session id -> (model folder, loaded pipeline): each visitor's own model
         self.draw_and_rate(DEFAULT_PROMPT, [0], 2, DEFAULT_GUIDANCE)  # warm-up, so the first visitor waits no longer
 
+    @staticmethod
+    def session(state: dict | None) -> dict:
+        """The visitor's session, given a random id on first use (gr.State starts every visitor at the same value)."""
+        state = dict(state or {})
+        state.setdefault("labeler", None)
+        state.setdefault("index", None)
+        if not state.get("sid"):
+            state["sid"] = secrets.token_hex(8)
+        return state
+
     def session_dir(self, sid: str) -> str:
         """Where a session's reward model and tuned model go."""
         return os.path.join(self.workdir, "sessions", sid)
@@ -180,18 +195,26 @@ class Backend:
             self.rows = load_rows(self.label_dir, missing_ok=True)
         return new
 
+    def _unlabelled(self, labeler: str, start: int):
+        """The rows at or after ``start`` (wrapping round) that ``labeler`` has not labelled, as row indices."""
+        done, n = self.store.labels(labeler), len(self.rows)
+        return (i % n for i in range(start, start + n) if self.rows[i % n]["file_name"] not in done)
+
     def next_unlabelled(self, labeler: str, start: int) -> int | None:
         """The first row at or after ``start`` (wrapping round) that ``labeler`` has not labelled."""
-        done = self.store.labels(labeler)
-        for k in range(len(self.rows)):
-            i = (start + k) % len(self.rows)
-            if self.rows[i]["file_name"] not in done:
-                return i
-        return None
+        return next(self._unlabelled(labeler, start), None)
 
-    def start_labelling(self, name) -> tuple[str, int | None]:
-        """(the labeler's name, stripped; the first row they have not labelled); a ValueError for an empty, reserved
-        or over-long name."""
+    def label_screen(self, labeler: str, start: int = 0, n: int = GRID) -> list[dict]:
+        """One screen of the grid view: the rows of the next ``n`` images at or after row ``start`` (wrapping
+        round) that ``labeler`` has not labelled; fewer near the end, [] when they labelled every image."""
+        n = check_number("screen", n)
+        if isinstance(start, bool) or not isinstance(start, int) or not 0 <= start < max(len(self.rows), 1):
+            last = max(len(self.rows) - 1, 0)
+            raise ValueError(f"start={start!r} is not allowed; use a row number from 0 to {last}")
+        return [self.rows[i] for i in islice(self._unlabelled(labeler, start), n)]
+
+    def check_labeler(self, name) -> str:
+        """The labeler's name, stripped; a ValueError for an empty, reserved or over-long name."""
         name = (name or "").strip()
         if not name:
             raise ValueError("name is empty; type the name your labels are stored under, e.g. 'ana'")
@@ -199,11 +222,17 @@ class Backend:
             raise ValueError(f"name={name!r} is reserved for the majority vote; pick another name")
         if len(name) > MAX_NAME:
             raise ValueError(f"name is {len(name)} characters long; use at most {MAX_NAME}")
+        return name
+
+    def start_labelling(self, name) -> tuple[str, int | None]:
+        """(the labeler's name, checked; the first row they have not labelled)."""
+        name = self.check_labeler(name)
         return name, self.next_unlabelled(name, 0)
 
-    def label_image(self, index: int) -> Image.Image:
-        """Row ``index``'s image of the labelling set (RGB, as drawn)."""
-        with Image.open(os.path.join(self.label_dir, self.rows[index]["file_name"])) as im:
+    def label_image(self, row: int | str) -> Image.Image:
+        """An image of the labelling set, by row index or file name (RGB, as drawn)."""
+        name = self.rows[row]["file_name"] if isinstance(row, int) else row
+        with Image.open(os.path.join(self.label_dir, name)) as im:
             return im.convert("RGB")
 
     def label_counts(self) -> dict:
@@ -211,20 +240,48 @@ class Backend:
         names = {r["file_name"] for r in self.rows}
         return {name: len(names & labels.keys()) for name, labels in self.store.labels().items()}
 
+    def _add_labels(self, items: list, labeler: str, again: str, screen: bool = False) -> None:
+        """Write (image, label) ``items`` in one transaction; a store error becomes a ValueError: nothing saved."""
+        try:
+            self.store.add_many(items, labeler, screen=screen)
+        except sqlite3.Error as e:  # e.g. another writer held the lock past the timeout: nothing moves
+            raise ValueError(f"not saved ({e}); {again}") from None
+
     def save_label(self, index: int, label: str, labeler: str) -> str:
         """Store ``labeler``'s ``label`` for row ``index`` (on disk when this returns) -> the image's file name."""
         image_id = self.rows[index]["file_name"]
-        try:
-            self.store.add(image_id, label, labeler)
-        except sqlite3.Error as e:  # e.g. another writer held the lock past the timeout: nothing moves
-            raise ValueError(f"not saved ({e}); click {label} again") from None
+        self._add_labels([(image_id, label)], labeler, f"click {label} again")
         return image_id
 
+    def save_screen(self, labeler: str, file_names: list, marked: list, mark: str = "good") -> dict:
+        """Store one screen of the grid view: ``mark`` for the ``marked`` images of ``file_names``, the other label
+        of MARKS for the rest, in one transaction (on disk when this returns; one undo takes the whole screen
+        back) -> {"good": n, "bad": n}."""
+        if mark not in MARKS:
+            raise ValueError(f"mark={mark!r} is not allowed; use one of {MARKS}")
+        labeler, names = self.check_labeler(labeler), {r["file_name"] for r in self.rows}
+        unknown = [f for f in file_names if f not in names]
+        if not file_names or unknown:
+            raise ValueError(f"file_names={unknown or list(file_names)!r} is not allowed; use file names of the "
+                             f"labelling set's images (at least one)")
+        stray = [f for f in marked if f not in file_names]
+        if stray:
+            raise ValueError(f"marked={stray!r} is not allowed; mark only images of the screen: {list(file_names)}")
+        other = MARKS[1 - MARKS.index(mark)]
+        items = [(f, mark if f in marked else other) for f in dict.fromkeys(file_names)]
+        self._add_labels(items, labeler, "submit the screen again", screen=True)
+        return {label: sum(lab == label for _, lab in items) for label in MARKS}
+
     def undo_label(self, labeler: str) -> tuple[str | None, int | None]:
-        """Take back ``labeler``'s last label -> (its image, that image's row), (None, None) if there was none."""
+        """Take back ``labeler``'s last label (or last screen) -> (its (first) image, that image's row), (None, None)
+        if there was none."""
         image_id = self.store.undo(labeler)
         index = next((i for i, r in enumerate(self.rows) if r["file_name"] == image_id), None)
         return image_id, index
+
+    def undo_screen(self, labeler: str) -> list[str]:
+        """Take back ``labeler``'s last screen (or last single label) -> the images it labelled ([]: none)."""
+        return self.store.undo_screen(labeler)
 
     # ------------------------------------------------------------------------- Train
     def run_job(self, sid: str, fn):

@@ -52,7 +52,7 @@ CREATE TABLE IF NOT EXISTS clicks (       -- every click ever made, append-only:
     label    TEXT NOT NULL CHECK (label IN ('good', 'bad', 'skip')),
     ts       REAL NOT NULL,               -- Unix time of the click, seconds
     undone   INTEGER NOT NULL DEFAULT 0,  -- 1 once undo() took the click back
-    screen   INTEGER                      -- clicks saved as one screen share its id, undone together (NULL: a lone click)
+    screen   INTEGER                      -- a screen's clicks share its id, undone together (NULL: lone)
 );
 CREATE INDEX IF NOT EXISTS clicks_by_labeler ON clicks (labeler, undone, id);
 CREATE TABLE IF NOT EXISTS labels (       -- the current label: the labeler's last click not undone

@@ -214,6 +214,45 @@ def test_label_handlers_share_the_notebooks_store(the_app, data_dir):
     assert "8 / 8" in progress
 
 
+def test_grid_saves_a_screen_at_once_and_undo_takes_it_back_whole(the_app, data_dir):
+    """The grid view: tick the bad ones of a screen, submit: every label on disk in one transaction; one Undo screen
+    takes back the whole screen, this labeler's only."""
+    names = [r["file_name"] for r in the_app.rows]
+    assert [r["file_name"] for r in the_app.label_screen("yan", 6, 4)] == names[6:] + names[:2]  # wraps round
+    for call, message in [
+            (lambda: the_app.label_screen("yan", 0, 0), "screen=0 is out of range; use an integer from 1 to 16"),
+            (lambda: the_app.label_screen("yan", 99), "start=99 is not allowed; use a row number from 0 to 7"),
+            (lambda: the_app.save_screen("yan", names, [], "meh"), r"mark='meh' is not allowed; use one of \('good', "),
+            (lambda: the_app.save_screen("yan", ["nope.png"], []), r"file_names=\['nope.png'\] is not allowed"),
+            (lambda: the_app.save_screen("yan", names[:2], names[3:4]), r"marked=\['00003.png'\] is not allowed"),
+            (lambda: the_app.save_screen("majority", names, []), "name='majority' is reserved"),
+            (lambda: the_app.grid_submit({"labeler": None}, "good"), "press Start")]:
+        with pytest.raises(ValueError, match=message):
+            call()
+    cells, *_, status, state = the_app.grid_view({})
+    assert cells == [] and "press Start" in status
+    *_, state = the_app.label_start("yan", state)
+    cells, progress, status, state = the_app.grid_view(state)
+    assert [p for _, p in cells] == [r["prompt"] for r in the_app.rows] and state["screen"] == names
+    assert cells[0][0].size == (128, 128) and "0 / 8** labelled by yan" in progress
+    ticked = [k in (1, 4) for k in range(8)]
+    cells, progress, status, state = the_app.grid_submit(state, "bad", *ticked)
+    assert "saved the screen: **6 good, 2 bad**" in status and cells == [] and "All 8 images" in status
+    with LabelStore(default_store_path(data_dir)) as other:  # on disk: another connection sees the whole screen
+        assert other.labels("yan") == {n: "bad" if k in (1, 4) else "good" for k, n in enumerate(names)}
+        zoe = other.labels("zoe")
+    assert the_app.label_refresh(state)[-1]["index"] is None  # the single view moves on too: all done
+    cells, progress, status, state = the_app.grid_undo(state)
+    assert "took back your last screen (8 images)" in status and len(cells) == 8
+    assert the_app.store.labels("yan") == {} and the_app.store.labels("zoe") == zoe
+    *_, status, state = the_app.grid_undo(state)
+    assert "nothing to undo" in status
+    state = the_app.grid_submit(state, "good", True)[-1]  # tick the good ones: the first is good, the rest bad
+    assert the_app.store.labels("yan") == {n: "good" if k == 0 else "bad" for k, n in enumerate(names)}
+    image, text, *_, state = the_app.label_undo(state)  # the single view's Undo takes the screen back too
+    assert the_app.store.labels("yan") == {} and state["index"] == 0 and names[0] in text
+
+
 def test_share_pushes_to_the_hub(the_app, monkeypatch):
     from huggingface_hub import constants
 
@@ -351,6 +390,7 @@ def test_build_wires_four_tabs_and_a_password_field(the_app):
     assert [b.label for b in blocks if isinstance(b, gr.Tab)] == ["Compare", "Label", "Train", "Share"]
     by_id = {b.elem_id: b for b in blocks if getattr(b, "elem_id", None)}
     assert {"prompt", "generate", "base-gallery", "aligned-gallery", "label-good", "label-undo", "share-repo"} <= set(by_id)
+    assert {"label-grid", "grid-mark", "grid-image-11", "grid-tick-11", "grid-submit", "grid-undo"} <= set(by_id)
     assert by_id["share-token"].type == "password"
 
 

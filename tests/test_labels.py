@@ -323,7 +323,8 @@ def test_a_store_of_schema_1_opens_and_gets_screens(tmp_path):
         CREATE TABLE labels (image_id TEXT NOT NULL, labeler TEXT NOT NULL,
             label TEXT NOT NULL CHECK (label IN ('good', 'bad', 'skip')), ts REAL NOT NULL,
             PRIMARY KEY (image_id, labeler));
-        INSERT INTO clicks (image_id, labeler, label, ts) VALUES ('a.png', 'ana', 'good', 1), ('b.png', 'ana', 'bad', 2);
+        INSERT INTO clicks (image_id, labeler, label, ts)
+            VALUES ('a.png', 'ana', 'good', 1), ('b.png', 'ana', 'bad', 2);
         INSERT INTO labels VALUES ('a.png', 'ana', 'good', 1), ('b.png', 'ana', 'bad', 2);
         PRAGMA application_id = 1949461602;
         PRAGMA user_version = 1;

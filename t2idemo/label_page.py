@@ -1,0 +1,147 @@
+"""The app's Label tab, without Gradio: one handler per click, a visitor's session in, the page's values out.
+
+Two views of one labelling set and one label store (``t2idemo.labels``): one image at a time (Good / Bad / Skip /
+Undo, or the keys g / b / s / u), and a grid of GRID images, each with its prompt, where the person ticks the good
+ones (or the bad ones) and submits the screen: the ticked ones get that label, the rest the other, all on disk in
+one transaction, and one Undo screen takes the whole screen back. app.py lays the views out and wires them here.
+
+    page = LabelPage(workdir="runs/app")              # what app.App is, less Compare, Train and Share
+    *_, state = page.label_start("ana", {})
+    cells, progress, status, state = page.grid_view(state)            # [(image, prompt)] of the next screen
+    cells, progress, status, state = page.grid_submit(state, "bad", True, False, ...)  # image 1 bad, the rest good
+"""
+
+from __future__ import annotations
+
+import math
+
+from .backend import GRID, Backend, big, check_number
+
+
+class LabelPage(Backend):
+    """The backend plus the Label tab's handlers. ``state`` is one visitor's session (``Backend.session``):
+    {"sid", "labeler", "index" (the single view's row), "screen" (the grid's file names), ...}."""
+
+    def _require_dataset(self):
+        if not self.rows:
+            raise ValueError("there are no images to label yet; press 'Draw images to label' first")
+
+    def _require_labeler(self, state: dict):
+        self._require_dataset()
+        if not state or not state.get("labeler"):
+            raise ValueError("type your name and press Start before labelling")
+
+    def label_progress(self, who: str | None) -> str:
+        """'**3 / 8** labelled by ana · everyone: ana 3, ben 1' (markdown)."""
+        counts = self.label_counts()
+        return (f"**{counts.get(who, 0)} / {len(self.rows)}** labelled by {who} · everyone: "
+                + (", ".join(f"{name} {c}" for name, c in sorted(counts.items())) or "no labels yet"))
+
+    # ------------------------------------------------------------------------- one image at a time
+    def label_view(self, state: dict, status: str = ""):
+        """-> (image, prompt markdown, progress markdown, status markdown, state)."""
+        state = self.session(state)
+        who, i = state["labeler"], state["index"]
+        if who is None:
+            return None, "", f"{len(self.rows)} images to label; type your name and press Start", status, state
+        if i is None:
+            return None, f"### All {len(self.rows)} images are labelled. Thank you!", self.label_progress(who), \
+                status, state
+        row, mine = self.rows[i], self.store.get(self.rows[i]["file_name"], who)
+        text = f"### {row['prompt']}\n{row['file_name']}" + (f" · your label: **{mine}**" if mine else "")
+        return big(self.label_image(i), 8), text, self.label_progress(who), status, state
+
+    def label_refresh(self, state: dict):
+        """The single view again, moved on to the next unlabelled image if its image got a label elsewhere (in
+        the grid view)."""
+        state = self.session(state)
+        if state["labeler"]:
+            state["index"] = self.next_unlabelled(state["labeler"], state["index"] or 0)
+        return self.label_view(state)
+
+    def label_draw(self, n, state=None):
+        """Draw ``n`` more images of seen prompts from the base model into the labelling set."""
+        n = check_number("batch", n)
+        new = self.draw_labelling(n)
+        state = self.session(state)
+        if state["labeler"] and state["index"] is None:  # someone who had finished gets the new ones
+            state["index"] = self.next_unlabelled(state["labeler"], 0)
+        return self.label_view(state, f"drew {len(new)} new images (batch {new[0]['batch']}); "
+                                      f"{len(self.rows)} in the labelling set")
+
+    def label_start(self, name, state=None):
+        """Label as ``name`` from their first unlabelled image."""
+        self._require_dataset()
+        name, index = self.start_labelling(name)
+        return self.label_view({**self.session(state), "labeler": name, "index": index}, f"labelling as **{name}**")
+
+    def label_click(self, label: str, state: dict):
+        """Save ``label`` for the image shown, then show the next one this labeler has not labelled."""
+        self._require_labeler(state)
+        if state["index"] is None:
+            return self.label_view(state, "all images are labelled; Undo reopens your last one")
+        image_id = self.save_label(state["index"], label, state["labeler"])
+        state = {**state, "index": self.next_unlabelled(state["labeler"], state["index"] + 1)}
+        return self.label_view(state, f"saved **{label}** for {image_id}")
+
+    def label_undo(self, state: dict):
+        """Take back this labeler's last label (a whole screen, if the last was one) and show its (first) image."""
+        self._require_labeler(state)
+        image_id, index = self.undo_label(state["labeler"])
+        if image_id is None:
+            return self.label_view(state, "nothing to undo")
+        index = state["index"] if index is None else index
+        return self.label_view({**state, "index": index}, f"took back your last label, on {image_id}")
+
+    # ------------------------------------------------------------------------- a grid of GRID images
+    def grid_view(self, state: dict, status: str = ""):
+        """-> (screen: [(image, prompt)] of the next GRID images this labeler has not labelled, progress markdown,
+        status markdown, state); the screen's file names go into state["screen"], for grid_submit."""
+        state = self.session(state)
+        if not state["labeler"] or not self.rows:
+            return [], "", status or "type your name and press Start, then label a screen at a time here", state
+        rows = self.label_screen(state["labeler"], 0, GRID)
+        state = {**state, "screen": [r["file_name"] for r in rows]}
+        if not rows:
+            status = " · ".join(filter(None, [status, f"All {len(self.rows)} images are labelled. Thank you!"]))
+        cells = [(big(self.label_image(r["file_name"]), 4), r["prompt"]) for r in rows]
+        return cells, self.label_progress(state["labeler"]), status, state
+
+    def grid_submit(self, state: dict, mark: str, *ticked: bool):
+        """Save the screen shown: ``mark`` ("good" or "bad") for the ticked images (``ticked``: one bool per
+        image, in screen order), the other label for the rest, in one transaction; then show the next screen."""
+        self._require_labeler(state)
+        screen = state.get("screen") or []
+        if not screen:
+            return self.grid_view(state, "nothing to submit: no images on this screen")
+        marked = [name for name, tick in zip(screen, ticked) if tick]
+        counts = self.save_screen(state["labeler"], screen, marked, mark)
+        return self.grid_view(state, f"saved the screen: **{counts['good']} good, {counts['bad']} bad**; "
+                                     "Undo screen takes it back")
+
+    def grid_undo(self, state: dict):
+        """Take back this labeler's last screen (or last single label); its images come back on the next screen."""
+        self._require_labeler(state)
+        taken = self.undo_screen(state["labeler"])
+        if not taken:
+            return self.grid_view(state, "nothing to undo")
+        what = f"screen ({len(taken)} images)" if len(taken) > 1 else f"label, on {taken[0]}"
+        return self.grid_view(state, f"took back your last {what}")
+
+    # ------------------------------------------------------------------------- How did I do?
+    def label_score(self, state: dict) -> str:
+        """'How did I do?': this labeler against the judge, the world's ground truth."""
+        from .loop import judge_agreement
+
+        if not state or not state.get("labeler"):
+            raise ValueError("type your name and press Start, label some images, then ask how you did")
+        ag = judge_agreement(self.label_dir, state["labeler"])
+        if not ag["n"]:
+            return "You have not labelled any image good or bad yet."
+        kappa = f"{ag['kappa']:.2f}"
+        if math.isnan(ag["kappa"]):
+            kappa = "undefined (you or the judge used one label only)"
+        return (f"**You and the judge agree on {ag['percent']:.0f}% of your {ag['n']} good/bad labels** (Cohen's kappa "
+                f"{kappa}; 1 = always, 0 = as often as chance). You said good where the judge saw a mistake on "
+                f"{len(ag['you_good_judge_bad'])}, bad where it saw none on {len(ag['you_bad_judge_good'])}. "
+                "The paper's reward model assumes people label consistently: this is how consistently you did.")
