@@ -276,8 +276,11 @@ class Backend:
         """Take back ``labeler``'s last label (or last screen) -> (its (first) image, that image's row), (None, None)
         if there was none."""
         image_id = self.store.undo(labeler)
-        index = next((i for i, r in enumerate(self.rows) if r["file_name"] == image_id), None)
-        return image_id, index
+        return image_id, self.row_of(image_id)
+
+    def row_of(self, file_name: str | None) -> int | None:
+        """The row of the image ``file_name`` in the labelling set; None if it is not there."""
+        return next((i for i, r in enumerate(self.rows) if r["file_name"] == file_name), None)
 
     def undo_screen(self, labeler: str) -> list[str]:
         """Take back ``labeler``'s last screen (or last single label) -> the images it labelled ([]: none)."""

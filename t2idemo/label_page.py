@@ -120,11 +120,13 @@ class LabelPage(Backend):
                                      "Undo screen takes it back")
 
     def grid_undo(self, state: dict):
-        """Take back this labeler's last screen (or last single label); its images come back on the next screen."""
+        """Take back this labeler's last screen (or last single label); its images come back on the next screen,
+        and the single view goes back to its first image."""
         self._require_labeler(state)
         taken = self.undo_screen(state["labeler"])
         if not taken:
             return self.grid_view(state, "nothing to undo")
+        state = {**state, "index": self.row_of(taken[0])}
         what = f"screen ({len(taken)} images)" if len(taken) > 1 else f"label, on {taken[0]}"
         return self.grid_view(state, f"took back your last {what}")
 

@@ -624,3 +624,45 @@ def test_label_train_tune_compare_and_push_without_a_shell(page, server, hub_ser
         for name in names:
             with open(os.path.join(root, name), "rb") as f:
                 assert TOKEN.encode() not in f.read(), os.path.join(root, name)
+
+
+@browser_test
+def test_grid_labels_a_screen_into_the_store_and_keys_label_one(page, server):
+    """Issue 41: a whole screen of the grid view in one submit, on disk; Undo screen; g / u / b in the single view."""
+    from playwright.sync_api import expect
+
+    data_dir = os.path.join(server[3], "labelling")
+    rows = len(load_rows(data_dir, missing_ok=True))
+    if rows < 14:  # more than one screen
+        draw(page, 14 - rows, total=14)
+    names = [r["file_name"] for r in load_rows(data_dir)]
+    label(page, "hal", [], done=0, total=len(names))
+    page.get_by_text("Grid view: 12 images on one screen").click()
+    expect(page.locator("#grid-tick-11")).to_contain_text(load_rows(data_dir)[11]["prompt"])
+    page.get_by_text("I mark the bad ones").click()
+    for k in (0, 2):
+        page.locator(f"#grid-tick-{k} input").check()
+    t0 = time.time()
+    page.click("#grid-submit")
+    expect(page.locator("#grid-status")).to_contain_text("saved the screen: 10 good, 2 bad")
+    print(f"a screen of 12 labels, submit to the next screen: {time.time() - t0:.2f} s")
+    with LabelStore(default_store_path(data_dir)) as store:
+        assert store.labels("hal") == {n: "bad" if k in (0, 2) else "good" for k, n in enumerate(names[:12])}
+    expect(page.locator("#label-progress")).to_contain_text(f"12 / {len(names)} labelled by hal")
+    expect(page.locator("#grid-tick-0")).to_contain_text(load_rows(data_dir)[12]["prompt"])  # the next screen
+    expect(page.locator("#label-prompt")).to_contain_text(names[12])  # the single view moved on too
+    page.click("#grid-undo")
+    expect(page.locator("#grid-status")).to_contain_text("took back your last screen (12 images)")
+    expect(page.locator("#label-prompt")).to_contain_text(names[0])
+    with LabelStore(default_store_path(data_dir)) as store:
+        assert store.labels("hal") == {}
+    field(page, "labeler-name").press("g")  # typing in a text box labels nothing
+    page.locator("#label-progress").click()  # focus off the text box
+    page.keyboard.press("g")
+    expect(page.locator("#label-status")).to_contain_text(f"saved good for {names[0]}")
+    page.keyboard.press("u")
+    expect(page.locator("#label-status")).to_contain_text(f"took back your last label, on {names[0]}")
+    page.keyboard.press("b")
+    expect(page.locator("#label-status")).to_contain_text(f"saved bad for {names[0]}")
+    with LabelStore(default_store_path(data_dir)) as store:
+        assert store.labels("hal") == {names[0]: "bad"}
