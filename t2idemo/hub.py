@@ -180,9 +180,9 @@ def _front_matter(fields: dict) -> str:
     for key, value in fields.items():
         if isinstance(value, list):
             lines.append(f"{key}:")
-            lines.extend(f"- {json.dumps(v)}" for v in value)
+            lines.extend(f"- {json.dumps(v, ensure_ascii=False)}" for v in value)
         else:
-            lines.append(f"{key}: {json.dumps(value)}")
+            lines.append(f"{key}: {json.dumps(value, ensure_ascii=False)}")
     return "\n".join(lines + ["---", ""])
 
 
@@ -248,7 +248,7 @@ def model_card(repo_id: str, model_dir: str, reward_dir: str = "", stats: dict |
                   f"trained with MSE plus the prompt-classification term (lambda = {cfg.get('lam')}, N = "
                   f"{cfg.get('n_prompts')})" + (f"; validation AUC {training['val_auc']}" if training.get("val_auc") else "")
                   + ".", "", "```python", "from huggingface_hub import snapshot_download",
-                  "from t2idemo.reward import RewardModel  # pip install t2idemo's requirements", "",
+                  "from t2idemo.reward import RewardModel  # pip install t2idemo", "",
                   f'path = snapshot_download("{repo_id}")',
                   'reward = RewardModel.from_pretrained(f"{path}/reward"'
                   + (', clip=f"{path}/reward/clip")' if _local_clip(clip) else ")"),

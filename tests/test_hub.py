@@ -2,6 +2,7 @@
 API that HfApi.create_repo and HfApi.upload_folder use. Nothing here reaches the real Hub."""
 
 import base64
+import hashlib
 import json
 import logging
 import os
@@ -11,7 +12,7 @@ import subprocess
 import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import urlparse
+from urllib.parse import unquote, urlparse
 
 import pytest
 
@@ -26,13 +27,16 @@ TOKEN = "hf_" + "fakeTokenForTests0123456789abcdef"  # fake; split so no scanner
 # ----------------------------------------------------------------------------- the fake Hub
 class FakeHub(ThreadingHTTPServer):
     """In-memory Hub: POST /api/repos/create, /api/validate-yaml, /api/{type}s/{id}/preupload/{rev} (every file
-    "regular", so contents come inline) and /api/{type}s/{id}/commit/{rev} (NDJSON). Requires ``Bearer token``.
-    ``repos[(type, repo_id)]`` is {path: bytes}; ``requests`` records (method, path, {lower-case header: value}, body)."""
+    "regular", so contents come inline), /api/{type}s/{id}/commit/{rev} (NDJSON: files and deletions) and /api/spaces/{id}/secrets
+    (``secrets``); GET /api/{type}s/{id}[/revision/{rev}], /api/{type}s/{id}/tree/{rev} and GET/HEAD
+    /[{type}s/]{id}/resolve/{rev}/{path}, which is what snapshot_download and hf_hub_download read. Requires
+    ``Bearer token`` for writes. ``repos[(type, repo_id)]`` is {path: bytes}; ``requests`` records (method, path,
+    {lower-case header: value}, body)."""
 
     daemon_threads = True
 
     def __init__(self, token: str = TOKEN):
-        self.token, self.repos, self.commits, self.requests = token, {}, [], []
+        self.token, self.repos, self.commits, self.requests, self.secrets = token, {}, [], [], {}
         super().__init__(("127.0.0.1", 0), _Handler)
         threading.Thread(target=self.serve_forever, daemon=True).start()
 
@@ -62,9 +66,40 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(data)
 
-    def do_GET(self):
-        self.server.requests.append(("GET", self.path, {k.lower(): v for k, v in self.headers.items()}, b""))
-        self._reply(404, {"error": "not part of the fake Hub"})
+    def do_HEAD(self):
+        self.do_GET(head=True)
+
+    def do_GET(self, head=False):
+        hub_ = self.server
+        hub_.requests.append(("HEAD" if head else "GET", self.path, {k.lower(): v for k, v in self.headers.items()}, b""))
+        path = unquote(urlparse(self.path).path)
+        m = (re.fullmatch(r"/api/(model|dataset|space)s/([^/]+/[^/]+)(?:/(revision|tree)/([^/]+)(/.*)?)?", path)
+             or re.fullmatch(r"/(?:(dataset|space)s/)?([^/]+/[^/]+)/(resolve)/([^/]+)/(.+)", path))
+        if not m:
+            return self._reply(404, {"error": f"{path} is not part of the fake Hub"})
+        kind, repo_id, action, _revision, rest = m.groups()
+        kind = kind or "model"
+        files = hub_.repos.get((kind, repo_id))
+        sha = next((f"{i + 1:040x}" for i in reversed(range(len(hub_.commits))) if hub_.commits[i][:2] == (kind, repo_id)),
+                   "0" * 40)
+        if files is None:
+            return self._reply(404, {"error": "Repository not found"}, {"X-Error-Code": "RepoNotFound"})
+        if action == "resolve":
+            if rest not in files:
+                return self._reply(404, {"error": "Entry not found"}, {"X-Error-Code": "EntryNotFound",
+                                                                       "X-Repo-Commit": sha})
+            data = files[rest]
+            self.send_response(200)
+            for k, v in {"Content-Length": str(len(data)), "X-Repo-Commit": sha, "ETag": f'"{_git_oid(data)}"',
+                         "Content-Type": "application/octet-stream"}.items():
+                self.send_header(k, v)
+            self.end_headers()
+            return None if head else self.wfile.write(data)
+        tree = [{"type": "file", "path": p, "size": len(b), "oid": _git_oid(b)} for p, b in sorted(files.items())]
+        if action == "tree":
+            return self._reply(200, tree)
+        return self._reply(200, {"id": repo_id, "sha": sha, "private": False,
+                                 "siblings": [{"rfilename": f["path"]} for f in tree]})
 
     def do_POST(self):
         hub_ = self.server
@@ -75,6 +110,11 @@ class _Handler(BaseHTTPRequestHandler):
         path = urlparse(self.path).path
         if path == "/api/validate-yaml":
             return self._reply(200, {"errors": [], "warnings": []})
+        m = re.fullmatch(r"/api/spaces/([^/]+/[^/]+)/secrets", path)
+        if m:
+            req = json.loads(body)
+            hub_.secrets.setdefault(m.group(1), {})[req["key"]] = req["value"]
+            return self._reply(200, {})
         if path == "/api/repos/create":
             req = json.loads(body)
             kind, repo_id = req.get("type") or "model", f"{req['organization']}/{req['name']}"
@@ -96,6 +136,9 @@ class _Handler(BaseHTTPRequestHandler):
         lines = [json.loads(line) for line in body.decode().splitlines() if line.strip()]
         assert lines[0]["key"] == "header"
         for item in lines[1:]:
+            if item["key"] == "deletedFile":
+                hub_.repos[(kind, repo_id)].pop(item["value"]["path"], None)
+                continue
             if item["key"] != "file" or item["value"].get("encoding") != "base64":
                 return self._reply(400, {"error": f"the fake Hub takes inline base64 files only, got {item['key']}"})
             hub_.repos[(kind, repo_id)][item["value"]["path"]] = base64.b64decode(item["value"]["content"])
@@ -103,6 +146,10 @@ class _Handler(BaseHTTPRequestHandler):
         hub_.commits.append((kind, repo_id, lines[0]["value"]["summary"]))
         return self._reply(200, {"commitUrl": f"{hub_.url}/{repo_id}/commit/{oid}", "commitOid": oid,
                                  "success": True, "pullRequestUrl": None})
+
+
+def _git_oid(data: bytes) -> str:
+    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
 
 
 @pytest.fixture
