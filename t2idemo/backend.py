@@ -33,6 +33,7 @@ from PIL import Image
 from . import world
 from .data import load_rows
 from .generate import ALIGNED_MODEL, BASE_MODEL, DEFAULT_GUIDANCE
+from .labeling import MARKS, screen_labels, unlabelled
 from .labels import MAJORITY, LabelStore, default_store_path
 from .loop import LoopConfig
 from .reward import REWARD_MODEL
@@ -42,7 +43,6 @@ LIMITS = {"seed": (0, 2 ** 31 - 1), "steps": (1, 100), "images": (1, 16), "guida
           "batch": (1, 64), "train_steps": (1, 200),
           "screen": (1, 16)}  # what a visitor may ask for (a public Space's caps)
 GRID = 12  # images on one screen of the Label tab's grid view
-MARKS = ("good", "bad")  # on a screen a person marks the good ones or the bad ones; the rest get the other label
 MAX_PROMPT = 200  # characters: the world's longest prompt is 35
 MAX_NAME = 64  # characters of a labeler's name
 MAX_MODELS = 4  # visitors' models kept loaded at once (about 10 MB each); an older one reloads when used
@@ -197,8 +197,7 @@ class Backend:
 
     def _unlabelled(self, labeler: str, start: int):
         """The rows at or after ``start`` (wrapping round) that ``labeler`` has not labelled, as row indices."""
-        done, n = self.store.labels(labeler), len(self.rows)
-        return (i % n for i in range(start, start + n) if self.rows[i % n]["file_name"] not in done)
+        return unlabelled(self.rows, self.store.labels(labeler), start)
 
     def next_unlabelled(self, labeler: str, start: int) -> int | None:
         """The first row at or after ``start`` (wrapping round) that ``labeler`` has not labelled."""
@@ -257,18 +256,12 @@ class Backend:
         """Store one screen of the grid view: ``mark`` for the ``marked`` images of ``file_names``, the other label
         of MARKS for the rest, in one transaction (on disk when this returns; one undo takes the whole screen
         back) -> {"good": n, "bad": n}."""
-        if mark not in MARKS:
-            raise ValueError(f"mark={mark!r} is not allowed; use one of {MARKS}")
         labeler, names = self.check_labeler(labeler), {r["file_name"] for r in self.rows}
         unknown = [f for f in file_names if f not in names]
         if not file_names or unknown:
             raise ValueError(f"file_names={unknown or list(file_names)!r} is not allowed; use file names of the "
                              f"labelling set's images (at least one)")
-        stray = [f for f in marked if f not in file_names]
-        if stray:
-            raise ValueError(f"marked={stray!r} is not allowed; mark only images of the screen: {list(file_names)}")
-        other = MARKS[1 - MARKS.index(mark)]
-        items = [(f, mark if f in marked else other) for f in dict.fromkeys(file_names)]
+        items = screen_labels(file_names, marked, mark)
         self._add_labels(items, labeler, "submit the screen again", screen=True)
         return {label: sum(lab == label for _, lab in items) for label in MARKS}
 
@@ -353,10 +346,13 @@ class Backend:
     def push_to_hub(self, repo_id: str, token: str, model: str, reward: str, private: bool, with_labels: bool,
                     with_names: bool) -> tuple:
         """Push ``model`` with its card, the reward model in ``reward`` (unless empty) and, with ``with_labels``, the
-        labelling set and its labels (labeler names only with ``with_names``) to the Hub repo ``repo_id`` -> (the
-        hub.PushConfig, hub.push's result). The token goes to hub.push and nowhere else."""
+        labelling set and its labels (with ``with_names``, the names of the labelers who agreed themselves,
+        ``share_page.consenting``; the others as 'labeler N') to the Hub repo ``repo_id`` -> (the hub.PushConfig,
+        hub.push's result). The token goes to hub.push and nowhere else."""
         from .hub import PushConfig, push
+        from .share_page import consenting
 
+        names = consenting(self.label_dir) if with_names else False
         cfg = PushConfig(repo_id=repo_id, model=model, private=bool(private), reward=reward,
-                         labeler_names=bool(with_names), data=self.label_dir if with_labels and self.rows else "")
+                         labeler_names=names, data=self.label_dir if with_labels and self.rows else "")
         return cfg, push(cfg, token)

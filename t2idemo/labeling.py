@@ -9,6 +9,10 @@ Bad / Skip / Undo buttons and the progress ("37 / 200"). Every click is written 
 Run the cell again later, or in another kernel, and it resumes at the first image this labeler has not
 labelled. Several people can label the same dataset at once under their own names.
 
+``GridLabeler("data/feedback", labeler="ana", grid=12)`` shows a screen of 12 images at once, each with its
+prompt and a tick box: tick the good ones (or the bad ones), "Submit screen" labels the rest the other way and
+saves the whole screen in one transaction; "Undo screen" takes the last screen back.
+
 Needs ``pip install ipywidgets``. In Colab the custom widget manager is switched on automatically.
 """
 
@@ -17,6 +21,7 @@ from __future__ import annotations
 import html
 import io
 import os
+from itertools import islice
 
 from PIL import Image
 
@@ -28,6 +33,7 @@ BUTTONS = (  # (label, button text, ipywidgets button_style, icon)
     ("bad", "Bad", "danger", "times"),
     ("skip", "Skip", "", "forward"),
 )
+MARKS = ("good", "bad")  # on a screen a person ticks the good ones or the bad ones; the rest get the other label
 
 
 def _ipywidgets():
@@ -55,6 +61,36 @@ def png_bytes(path: str, size: int = 256) -> bytes:
     return buf.getvalue()
 
 
+def screen_labels(file_names: list, marked, mark: str = "good") -> list:
+    """One screen's (image, label) pairs: ``mark`` for the ``marked`` images of ``file_names``, the other label of
+    MARKS for the rest; a ValueError naming a bad ``mark`` or a marked image that is not on the screen."""
+    if mark not in MARKS:
+        raise ValueError(f"mark={mark!r} is not allowed; use one of {MARKS}")
+    stray = [f for f in marked if f not in file_names]
+    if stray:
+        raise ValueError(f"marked={stray!r} is not allowed; mark only images of the screen: {list(file_names)}")
+    other = MARKS[1 - MARKS.index(mark)]
+    return [(f, mark if f in marked else other) for f in dict.fromkeys(file_names)]
+
+
+def _open_dataset(dataset_dir: str, store_path: str | None, labeler: str, size: int) -> tuple:
+    """(rows, label store) of the dataset to label; a ValueError for a bad size, labeler or an empty dataset."""
+    if not 64 <= size <= 1024:
+        raise ValueError(f"size={size!r} is out of range; use 64 to 1024 pixels")
+    rows = load_rows(dataset_dir, missing_ok=True)
+    if not rows:
+        raise ValueError(f"dataset_dir={dataset_dir!r} has no images yet; run "
+                         f"`python -m t2idemo generate --out {dataset_dir}` first")
+    store = LabelStore(store_path or default_store_path(dataset_dir))
+    store.add_many([], labeler)  # validates the labeler name now rather than at the first click
+    return rows, store
+
+
+def unlabelled(rows: list, done, start: int = 0):
+    """Indices of the rows at or after ``start`` (wrapping round) whose image is not in ``done``."""
+    return (i % len(rows) for i in range(start, start + len(rows)) if rows[i % len(rows)]["file_name"] not in done)
+
+
 class Labeler:
     """An ipywidgets labeler for the dataset in ``dataset_dir``.
 
@@ -65,16 +101,9 @@ class Labeler:
 
     def __init__(self, dataset_dir: str, store_path: str | None = None, labeler: str = "me", size: int = 256):
         widgets = _ipywidgets()
-        if not 64 <= size <= 1024:
-            raise ValueError(f"size={size!r} is out of range; use 64 to 1024 pixels")
         self.dataset_dir, self.labeler, self.size = dataset_dir, labeler, size
-        self.rows = load_rows(dataset_dir, missing_ok=True)
-        if not self.rows:
-            raise ValueError(f"dataset_dir={dataset_dir!r} has no images yet; run "
-                             f"`python -m t2idemo generate --out {dataset_dir}` first")
+        self.rows, self.store = _open_dataset(dataset_dir, store_path, labeler, size)
         self.position = {r["file_name"]: i for i, r in enumerate(self.rows)}
-        self.store = LabelStore(store_path or default_store_path(dataset_dir))
-        self.store.add_many([], labeler)  # validates the labeler name now rather than at the first click
 
         self.progress = widgets.Label()
         self.bar = widgets.IntProgress(min=0, max=len(self.rows))
@@ -97,13 +126,7 @@ class Labeler:
     # ------------------------------------------------------------------------- logic (driven by the buttons)
     def next_unlabelled(self, start: int) -> int | None:
         """The first row at or after ``start`` (wrapping round) that this labeler has not labelled."""
-        done = self.store.labels(self.labeler)
-        n = len(self.rows)
-        for k in range(n):
-            i = (start + k) % n
-            if self.rows[i]["file_name"] not in done:
-                return i
-        return None
+        return next(unlabelled(self.rows, self.store.labels(self.labeler), start), None)
 
     def click(self, label: str) -> None:
         """Store ``label`` for the shown image, then move on. Nothing moves unless the store took it."""
@@ -165,3 +188,91 @@ class Labeler:
     def close(self) -> None:
         self.widget.close()
         self.store.close()
+
+
+class GridLabeler:
+    """An ipywidgets grid labeler: a screen of ``grid`` images (8 - 16) of ``dataset_dir`` that this labeler has not
+    labelled, each with its prompt and a tick box. The person ticks the good ones (or, with the toggle, the bad
+    ones) and presses "Submit screen": the ticked ones get that label, the rest the other, all written in one
+    transaction before the next screen shows. "Undo screen" takes the last screen back. Arguments as ``Labeler``'s;
+    ``size``: displayed image size in px (64 - 1024).
+    """
+
+    def __init__(self, dataset_dir: str, store_path: str | None = None, labeler: str = "me", grid: int = 12,
+                 size: int = 128):
+        widgets = _ipywidgets()
+        if isinstance(grid, bool) or not isinstance(grid, int) or not 8 <= grid <= 16:
+            raise ValueError(f"grid={grid!r} is out of range; use 8 to 16 images on a screen")
+        self.dataset_dir, self.labeler, self.grid, self.size = dataset_dir, labeler, grid, size
+        self.rows, self.store = _open_dataset(dataset_dir, store_path, labeler, size)
+        self.mark = widgets.ToggleButtons(options=[("I mark the good ones", "good"), ("I mark the bad ones", "bad")],
+                                          value="good", tooltips=["the rest get bad", "the rest get good"])
+        self.images = [widgets.Image(format="png", width=size, height=size) for _ in range(grid)]
+        self.ticks = [widgets.Checkbox(value=False, indent=False, layout=widgets.Layout(width=f"{size + 8}px"))
+                      for _ in range(grid)]
+        self.cells = [widgets.VBox([image, tick]) for image, tick in zip(self.images, self.ticks)]
+        self.buttons = {"submit": widgets.Button(description="Submit screen", button_style="success", icon="check"),
+                        "undo": widgets.Button(description="Undo screen", button_style="warning", icon="undo")}
+        self.buttons["submit"].on_click(lambda _: self.submit())
+        self.buttons["undo"].on_click(lambda _: self.undo())
+        self.progress, self.bar = widgets.Label(), widgets.IntProgress(min=0, max=len(self.rows))
+        self.status = widgets.HTML()
+        columns = widgets.Layout(grid_template_columns=f"repeat(4, {size + 16}px)")
+        self.widget = widgets.VBox([widgets.HBox([self.bar, self.progress]), self.mark,
+                                    widgets.GridBox(self.cells, layout=columns),
+                                    widgets.HBox(list(self.buttons.values())), self.status])
+        self.screen = self.next_screen()
+        self.show()
+
+    # ------------------------------------------------------------------------- logic (driven by the buttons)
+    def next_screen(self) -> list:
+        """The file names of the first ``grid`` images this labeler has not labelled."""
+        todo = unlabelled(self.rows, self.store.labels(self.labeler))
+        return [self.rows[i]["file_name"] for i in islice(todo, self.grid)]
+
+    def submit(self) -> None:
+        """Save the screen (ticked: the toggle's label, the rest: the other) in one transaction, then the next
+        screen. Nothing moves unless the store took the whole screen."""
+        if not self.screen:
+            return
+        marked = [name for name, tick in zip(self.screen, self.ticks) if tick.value]
+        items = screen_labels(self.screen, marked, self.mark.value)
+        try:
+            self.store.add_many(items, self.labeler, screen=True)  # on disk when this returns
+        except Exception as e:  # keep the screen and its ticks: nothing is saved
+            self.status.value = f"<b style='color:#c62828'>not saved ({html.escape(str(e))}); submit again</b>"
+            return
+        good = sum(label == "good" for _, label in items)
+        self.screen = self.next_screen()
+        self.show(f"saved the screen: <b>{good} good, {len(items) - good} bad</b>")
+
+    def undo(self) -> None:
+        """Take back this labeler's last screen (or last single click); its images come back on the screen."""
+        try:
+            taken = self.store.undo_screen(self.labeler)
+        except Exception as e:
+            self.status.value = f"<b style='color:#c62828'>undo failed ({html.escape(str(e))})</b>"
+            return
+        self.screen = self.next_screen()
+        self.show(f"took back {len(taken)} label{'s' * (len(taken) != 1)}" if taken else "nothing to undo")
+
+    def show(self, status: str = "") -> None:
+        """Bring every widget in line with ``self.screen`` and the store; cells past the screen's end are hidden."""
+        done = len({r["file_name"] for r in self.rows} & self.store.labels(self.labeler).keys())
+        self.progress.value, self.bar.value = f"{done} / {len(self.rows)}", done
+        prompts = {r["file_name"]: r["prompt"] for r in self.rows}
+        for k, (cell, image, tick) in enumerate(zip(self.cells, self.images, self.ticks)):
+            cell.layout.display = "" if k < len(self.screen) else "none"
+            tick.value = False
+            if k < len(self.screen):
+                image.value = png_bytes(os.path.join(self.dataset_dir, self.screen[k]), self.size)
+                tick.description = prompts[self.screen[k]]
+        self.buttons["submit"].disabled = not self.screen
+        if not self.screen:
+            status += f"<h3>All {len(self.rows)} images are labelled. Thank you!</h3>"
+        self.status.value = status
+
+    # ------------------------------------------------------------------------- notebook display
+    display = Labeler.display
+    _repr_mimebundle_ = Labeler._repr_mimebundle_
+    close = Labeler.close

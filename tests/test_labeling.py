@@ -11,7 +11,7 @@ from PIL import Image
 
 pytest.importorskip("ipywidgets")
 
-from t2idemo.labeling import Labeler  # noqa: E402
+from t2idemo.labeling import GridLabeler, Labeler  # noqa: E402
 from t2idemo.labels import LabelStore  # noqa: E402
 
 
@@ -112,3 +112,59 @@ def test_colab_custom_widget_manager_is_enabled(render_dataset, monkeypatch):
         monkeypatch.setitem(sys.modules, name, module)
     Labeler(render_dataset[0])
     assert calls == [1]
+
+
+# ----------------------------------------------------------------------------- the grid labeler
+def test_grid_submits_a_screen_at_once_and_undoes_it_whole(render_dataset):
+    d, rows = render_dataset
+    names = [r["file_name"] for r in rows]
+    grid = GridLabeler(d, labeler="ana", grid=8)
+    assert grid.screen == names and grid.progress.value == "0 / 6"  # 6 images: the last two cells are hidden
+    assert [t.description for t in grid.ticks[:6]] == [r["prompt"] for r in rows]
+    assert [c.layout.display for c in grid.cells] == [""] * 6 + ["none"] * 2
+    grid.mark.value = "bad"
+    grid.ticks[1].value = grid.ticks[4].value = True
+    grid.buttons["submit"].click()
+    expected = {n: "bad" if k in (1, 4) else "good" for k, n in enumerate(names)}
+    assert LabelStore(grid.store.path).labels("ana") == expected  # on disk, seen by another connection
+    assert "4 good, 2 bad" in grid.status.value and "All 6 images are labelled" in grid.status.value
+    assert grid.screen == [] and grid.buttons["submit"].disabled and grid.progress.value == "6 / 6"
+    Labeler(d, labeler="ben").buttons["good"].click()  # another labeler's click is not part of ana's screen
+    grid.buttons["undo"].click()  # one undo takes back the whole screen
+    assert grid.store.labels("ana") == {} and grid.store.labels("ben") == {names[0]: "good"}
+    assert "took back 6 labels" in grid.status.value and grid.screen == names
+    assert not grid.ticks[1].value
+    grid.ticks[0].value = True  # the toggle says bad: the first is bad, the rest good
+    grid.buttons["submit"].click()
+    assert grid.store.labels("ana") == {n: "bad" if k == 0 else "good" for k, n in enumerate(names)}
+    lab = Labeler(d, labeler="ana")  # the single view's undo takes the screen back too
+    lab.buttons["undo"].click()
+    assert lab.store.labels("ana") == {} and shown(lab) == names[0]
+    assert GridLabeler(d, labeler="ana", grid=8).screen == names  # a new session resumes
+
+
+def test_grid_with_a_failed_write_keeps_the_screen_and_its_ticks(render_dataset, monkeypatch):
+    d, rows = render_dataset
+    grid = GridLabeler(d, grid=8)
+    grid.ticks[2].value = True
+
+    def broken(*args, **kwargs):
+        raise sqlite3.OperationalError("database is locked")
+
+    monkeypatch.setattr(grid.store, "add_many", broken)
+    grid.buttons["submit"].click()
+    assert "not saved (database is locked)" in grid.status.value and grid.ticks[2].value and grid.screen
+    monkeypatch.undo()
+    grid.buttons["submit"].click()
+    assert grid.store.labels("me")[rows[2]["file_name"]] == "good" and grid.store.count("me") == 6
+
+
+def test_grid_bad_arguments(render_dataset):
+    d, _ = render_dataset
+    for bad in (7, 17, 12.5):
+        with pytest.raises(ValueError, match=f"grid={bad!r} is out of range; use 8 to 16"):
+            GridLabeler(d, grid=bad)
+    with pytest.raises(ValueError, match="size=10 is out of range"):
+        GridLabeler(d, size=10)
+    with pytest.raises(ValueError, match="labeler='majority' is reserved"):
+        GridLabeler(d, labeler="majority")
