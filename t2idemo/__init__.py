@@ -18,7 +18,8 @@ or one above (tests/test_layers.py parses every import and checks it), so the co
                      a round's stage configs)
     6  on top of it  run (the main job: feedback -> labels -> reward -> fine-tune -> evaluate), loop (the app's
                      steps), overopt (reward over-optimisation)
-    7  notebooks     scales (the notebooks' SCALE switch over the presets, their folders)
+    7  notebooks     scales (the notebooks' SCALE switch over the presets, their folders), colab (their Colab badges
+                     and Setup cells, from pyproject.toml)
     8  the app       backend (app.py's models, labelling set and jobs, without Gradio)
     9  figures, page benchmarks (the README's figures, the app's Compare latency included), label_page (the app's
                      Label tab without Gradio: one image at a time or a grid of them)
@@ -34,7 +35,7 @@ LAYERS = (
     ("finetune", "evaluate", "hub"),
     ("runconfig",),
     ("run", "loop", "overopt"),
-    ("scales",),
+    ("scales", "colab"),
     ("backend",),
     ("benchmarks", "label_page"),
 )

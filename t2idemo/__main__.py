@@ -21,6 +21,7 @@ COMMANDS = {
     "benchmarks": ("t2idemo.benchmarks", "main", "the README's figures: judge | vae | clip | base | speed | sizes | app | all"),
     "sd": ("t2idemo.sd", "main", "SD scale: tiny random stand-in models for a dry run (tiny), the prompt set (prompts)"),
     "strip": ("t2idemo.scales", "strip_main", "clear notebooks' outputs before committing them"),
+    "colab": ("t2idemo.colab", "main", "write the notebooks' Colab badges and Setup cells from pyproject.toml"),
 }
 
 

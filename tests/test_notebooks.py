@@ -47,6 +47,21 @@ def test_outputs_are_stripped(name):
     assert "widgets" not in nb.metadata, f"{name}: saved widget state; {STRIP}"
 
 
+def test_colab_badges_and_setup_cells_follow_pyproject():
+    """pyproject.toml's [project.urls] Repository is the one place naming the repository; every notebook's
+    "Open in Colab" badge and Setup cell are written from it (tests/test_install.py runs the cell's Colab branch)."""
+    from t2idemo import colab
+
+    repo = colab.repo_url()
+    for name in NOTEBOOKS:
+        assert not colab.sync(os.path.join(NB_DIR, name + ".ipynb"), write=False), f"{name}: python -m t2idemo colab"
+        nb = read(name)
+        assert colab.badge(repo, name + ".ipynb") in nb.cells[0].source
+        assert f'os.environ.get("T2IDEMO_REPO", "{repo}")' in [c for c in nb.cells if c.cell_type == "code"][0].source
+    with pytest.raises(ValueError, match=r"repo='https://gitlab.com/a/b' is not a GitHub repository URL"):
+        colab.badge("https://gitlab.com/a/b", "x.ipynb")
+
+
 def test_strip_outputs_clears_an_executed_notebook(tmp_path):
     from t2idemo import scales
 
