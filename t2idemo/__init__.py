@@ -17,7 +17,7 @@ or one above (tests/test_layers.py parses every import and checks it), so the co
     5  the job's config  runconfig (RunConfig, presets and recipes, the run folder's layout, the one derivation of
                      a round's stage configs)
     6  on top of it  run (the main job: feedback -> labels -> reward -> fine-tune -> evaluate), loop (the app's
-                     steps), overopt (reward over-optimisation)
+                     steps), overopt (reward over-optimisation), space (deploy the app as a Hugging Face Space)
     7  notebooks     scales (the notebooks' SCALE switch over the presets, their folders), colab (their Colab badges
                      and Setup cells, from pyproject.toml)
     8  the app       backend (app.py's models, labelling set and jobs, without Gradio)
@@ -34,7 +34,7 @@ LAYERS = (
     ("generate", "labeling", "reward_train"),
     ("finetune", "evaluate", "hub"),
     ("runconfig",),
-    ("run", "loop", "overopt"),
+    ("run", "loop", "overopt", "space"),
     ("scales", "colab"),
     ("backend",),
     ("benchmarks", "label_page"),

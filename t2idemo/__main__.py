@@ -16,6 +16,7 @@ COMMANDS = {
     "label": ("t2idemo.labels", "label_main", "label a dataset with the judge as a simulated, noisy rater"),
     "evaluate": ("t2idemo.evaluate", "evaluate_main", "judge accuracy per category with CIs, FID, best-of-N; a report folder"),
     "push": ("t2idemo.hub", "main", "push a model folder, reward model, labels and a model card to the Hub"),
+    "space": ("t2idemo.space", "main", "create or update a Hugging Face Space running the app (CPU)"),
     "run": ("t2idemo.run", "run_main", "the main job: feedback, labels, reward, fine-tune, evaluate (--rounds, --betas)"),
     "overopt": ("t2idemo.overopt", "overopt_main", "reward over-optimisation: proxy vs judge through a long fine-tune"),
     "benchmarks": ("t2idemo.benchmarks", "main", "the README's figures: judge | vae | clip | base | speed | sizes | app | all"),

@@ -35,12 +35,12 @@ def commands(text: str) -> list:
 
 def config_for(argv: list):
     """(dataclass config class, its arguments) for a t2idemo command line; None where the command takes none."""
-    from t2idemo import evaluate, finetune, generate, hub, labels, overopt, pretrain, reward, run, sd
+    from t2idemo import evaluate, finetune, generate, hub, labels, overopt, pretrain, reward, run, sd, space
 
     by_name = {"run": run.RunConfig, "finetune": finetune.FinetuneConfig, "evaluate": evaluate.EvalConfig,
                "sample": generate.SampleConfig, "generate": generate.GenerateConfig, "label": labels.LabelConfig,
                "push": hub.PushConfig, "hub": hub.PushConfig, "pretrain": pretrain.PretrainConfig,
-               "overopt": overopt.OveroptConfig, "reward": reward.RewardConfig}
+               "overopt": overopt.OveroptConfig, "reward": reward.RewardConfig, "space": space.SpaceConfig}
     head, rest = argv[0], argv[1:]
     if head in ("reward",):  # reward train | eval | study
         assert rest and rest[0] in ("train", "eval", "study"), f"reward needs an action: {argv}"
@@ -50,7 +50,7 @@ def config_for(argv: list):
     if head == "sd":
         assert rest and rest[0] in ("tiny", "prompts"), f"t2idemo.sd has no action {rest[:1]}"
         return (sd.TinyConfig, rest[1:]) if rest[0] == "tiny" else None
-    if head == "strip":
+    if head in ("strip", "colab"):
         return None
     assert head in by_name, f"python -m t2idemo has no command {head!r}"
     return by_name[head], rest
