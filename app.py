@@ -16,9 +16,10 @@ Tabs:
            judge (Cohen's kappa). Handlers: ``t2idemo.label_page``.
   Train    the reward model on everyone's labels (seconds), then a short fine-tune with the main job's recipe
            (``t2idemo.loop``), one job at a time, cancellable. The model is yours: only your session sees it.
-  Share    pushes your model (or, with --share-shipped, the app's aligned one), its reward model, the labels (labeler
-           names only with consent) and a model card to the Hub (``t2idemo.hub.push``). The token is used for that push
-           only: never saved, printed or logged.
+  Share    pushes your model (or, with --share-shipped, the app's aligned one), its reward model, the labels (a
+           labeler named only by their own consent) and a model card to the Hub (``t2idemo.hub.push``). A pasted token
+           is used for that push only: never saved, printed or logged; on a Space visitors sign in with Hugging Face
+           instead (``t2idemo.share_page``), and labels are kept in its dataset repo (``t2idemo.spacesync``).
 
 Handlers only check their inputs, call the library (``t2idemo.backend``: the models, labels and jobs, no Gradio)
 and turn what it returns into the page; a ValueError (bad input) becomes a gr.Error in the page and the app keeps
@@ -33,7 +34,7 @@ import os
 import time
 from dataclasses import dataclass
 
-from t2idemo import world
+from t2idemo import spacesync, world
 from t2idemo.backend import (DEFAULT_PROMPT, GRID, LIMITS, MAX_NAME, MAX_PROMPT, big, caption, check_number,
                              check_prompt, example_prompts)
 from t2idemo.config import parse_config
@@ -42,6 +43,7 @@ from t2idemo.label_page import LabelPage
 from t2idemo.labels import LABELS
 from t2idemo.loop import LoopConfig
 from t2idemo.reward import CONFIG_FILE as REWARD_CONFIG_FILE, REWARD_MODEL
+from t2idemo.share_page import share_tab
 
 DEFAULT_DATA = "data/feedback"  # the labelling set of `python -m t2idemo generate`
 GALLERIES = "#base-gallery, #aligned-gallery, #mine-gallery"
@@ -372,28 +374,6 @@ def _train_tab(app: App, gr, session):
     cancel.click(ui_errors(app.cancel, gr), [session], [tune_md], concurrency_limit=None)
 
 
-def _share_tab(app: App, gr, session):
-    """Share: a repo id, a token and what to push."""
-    gr.Markdown("Push **your model** (made in the Train tab)" + (", or the app's aligned model if you made none,"
-                if app.cfg.share_shipped else "") + " with a model card that records how it was made, its reward "
-                "model and the labels to the Hugging Face Hub. Labeler names go only if you tick the box (everyone "
-                "who labelled agreed); otherwise they are replaced by 'labeler 1', 'labeler 2', ... The token is "
-                "used for this push only: it is not saved or logged.")
-    with gr.Row():
-        repo = gr.Textbox(label="repo id", placeholder="owner/name", elem_id="share-repo", max_length=200)
-        token = gr.Textbox(label="token", type="password", placeholder="hf_... (write access)", elem_id="share-token",
-                           max_length=400)
-    with gr.Row():
-        private = gr.Checkbox(label="private", value=False)
-        with_reward = gr.Checkbox(label="reward model", value=True)
-        with_labels = gr.Checkbox(label="labels dataset", value=True, elem_id="share-labels")
-        with_names = gr.Checkbox(label="labeler names (everyone agreed)", value=False, elem_id="share-names")
-    push = gr.Button("Push to the Hub", variant="primary", elem_id="share-push")
-    result = gr.Markdown(elem_id="share-result")
-    push.click(ui_errors(app.share, gr), [repo, token, private, with_reward, with_labels, with_names, session],
-               [result], concurrency_limit=1, concurrency_id="share")
-
-
 def build(app: App):
     """The four tabs, wired to ``app``'s methods. One gr.State holds the visitor's session."""
     try:
@@ -412,7 +392,7 @@ def build(app: App):
         with gr.Tab("Train"):
             _train_tab(app, gr, session)
         with gr.Tab("Share"):
-            _share_tab(app, gr, session)
+            share_tab(app, gr, session, ui_errors, on_space=spacesync.space_id() is not None)
         demo.load(None, js=LABEL_KEYS_JS)  # the single view's keyboard shortcuts
     return demo
 
@@ -420,7 +400,10 @@ def build(app: App):
 def main(argv=None):
     """Parse the flags, load the models and serve the page."""
     cfg = parse_config(AppConfig, argv, prog="python app.py", description="The t2idemo app: Compare, Label, Train, Share.")
-    build(App(cfg)).launch(server_name=cfg.host, server_port=cfg.port, share=cfg.share, css=CSS)
+    schedule = spacesync.start(cfg)  # on a Space: labels restored from its dataset, then saved to it; locally nothing
+    app = App(cfg)
+    schedule(app)
+    build(app).launch(server_name=cfg.host, server_port=cfg.port, share=cfg.share, css=CSS)
 
 
 if __name__ == "__main__":

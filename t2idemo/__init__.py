@@ -10,7 +10,7 @@ or one above (tests/test_layers.py parses every import and checks it), so the co
                      and Dataset), finetune_params (what trains: the UNet, its cross-attention or a LoRA adapter;
                      the optimizer, the EMA, the checkpoint)
     2  models, sets  prompts (one interface over world and sd), labels (the label store, the simulated rater),
-                     reward (the model r(x, z): frozen CLIP + head)
+                     reward (the model r(x, z): frozen CLIP + head), consent (each labeler's consent to be named)
     3  stages 1-2    generate (draw images), labeling (the ipywidgets labeler), reward_train (fit and evaluate
                      the reward model)
     4  stage 3, etc. finetune (the reward-weighted loss), evaluate (the judge, FID, CIs), hub (push)
@@ -20,9 +20,11 @@ or one above (tests/test_layers.py parses every import and checks it), so the co
                      steps), overopt (reward over-optimisation), space (deploy the app as a Hugging Face Space)
     7  notebooks     scales (the notebooks' SCALE switch over the presets, their folders), colab (their Colab badges
                      and Setup cells, from pyproject.toml)
-    8  the app       backend (app.py's models, labelling set and jobs, without Gradio)
+    8  the app       backend (app.py's models, labelling set and jobs, without Gradio), spacesync (on a Space: the
+                     labels kept in its dataset repo)
     9  figures, page benchmarks (the README's figures, the app's Compare latency included), label_page (the app's
-                     Label tab without Gradio: one image at a time or a grid of them)
+                     Label tab without Gradio: one image at a time or a grid of them), share_page (the Share tab:
+                     a pasted token locally, Sign in with Hugging Face on a Space)
 
 ``python -m t2idemo`` (``__main__``) and ``app.py`` sit above them all.
 """
@@ -30,12 +32,12 @@ or one above (tests/test_layers.py parses every import and checks it), so the co
 LAYERS = (
     ("config", "data", "stats", "dpo", "world"),
     ("judge", "pretrain", "sd", "finetune_data", "finetune_params"),
-    ("prompts", "labels", "reward"),
+    ("prompts", "labels", "reward", "consent"),
     ("generate", "labeling", "reward_train"),
     ("finetune", "evaluate", "hub"),
     ("runconfig",),
     ("run", "loop", "overopt", "space"),
     ("scales", "colab"),
-    ("backend",),
-    ("benchmarks", "label_page"),
+    ("backend", "spacesync"),
+    ("benchmarks", "label_page", "share_page"),
 )

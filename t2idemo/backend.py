@@ -347,10 +347,10 @@ class Backend:
                     with_names: bool) -> tuple:
         """Push ``model`` with its card, the reward model in ``reward`` (unless empty) and, with ``with_labels``, the
         labelling set and its labels (with ``with_names``, the names of the labelers who agreed themselves,
-        ``share_page.consenting``; the others as 'labeler N') to the Hub repo ``repo_id`` -> (the hub.PushConfig,
+        ``consent.consenting``; the others as 'labeler N') to the Hub repo ``repo_id`` -> (the hub.PushConfig,
         hub.push's result). The token goes to hub.push and nowhere else."""
         from .hub import PushConfig, push
-        from .share_page import consenting
+        from .consent import consenting
 
         names = consenting(self.label_dir) if with_names else False
         cfg = PushConfig(repo_id=repo_id, model=model, private=bool(private), reward=reward,

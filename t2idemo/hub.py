@@ -52,6 +52,7 @@ class PushConfig:
     data: str = ""  # dataset folder whose labels.sqlite is exported as the labels dataset; "" pushes none
     private: bool = False  # create the repos private (an existing repo keeps its visibility)
     labeler_names: bool = True  # push the labelers' names with their labels; False replaces them by 'labeler 1', ...
+    #                             (the app passes the set of labelers who agreed themselves: only they are named)
     endpoint: str = ""  # Hub URL; "" = huggingface_hub's default (HF_ENDPOINT, else https://huggingface.co)
     token_env: str = "HF_TOKEN"  # CLI only: the environment variable holding the token (never the token itself)
 
@@ -131,16 +132,24 @@ def pseudonyms(labelers) -> dict:
     return {who: f"labeler {k}" for k, who in enumerate(sorted(labelers), 1)}
 
 
-def label_stats(data_dir: str, names: bool = True) -> dict:
+def aliases(labelers, names=True) -> dict:
+    """{labeler: the name the Hub gets}: ``names`` True names everyone, False no one, a set those in it; the
+    others get pseudonyms."""
+    named = set(labelers) if names is True else set(names or ())
+    alias = pseudonyms(set(labelers) - named)
+    return {who: alias.get(who, who) for who in labelers}
+
+
+def label_stats(data_dir: str, names=True) -> dict:
     """What the label store of ``data_dir`` holds: images, per-labeler counts, pairwise agreement, majority.
-    ``names=False`` replaces each labeler's name by a pseudonym."""
+    Labelers not named by ``names`` (see ``aliases``) appear under a pseudonym."""
     rows = load_rows(data_dir, missing_ok=True)
     with LabelStore(default_store_path(data_dir)) as store:
         per = store.labels()
         majority = store.majority()
         pairs = [(a, b, store.agreement(a, b)) for i, a in enumerate(sorted(per)) for b in sorted(per)[i + 1:]]
-    if not names:
-        alias = pseudonyms(per)
+    if names is not True:
+        alias = aliases(per, names)
         per = {alias[who]: labels for who, labels in per.items()}
         pairs = [(alias[a], alias[b], ag) for a, b, ag in pairs]
     names = {r["file_name"] for r in rows}
@@ -152,10 +161,10 @@ def label_stats(data_dir: str, names: bool = True) -> dict:
             "agreement": [{"a": a, "b": b, **ag} for a, b, ag in pairs]}
 
 
-def stage_dataset(data_dir: str, out: str, names: bool = True) -> dict:
+def stage_dataset(data_dir: str, out: str, names=True) -> dict:
     """Write the labels dataset into ``out``: data/ (images + metadata.jsonl with the majority "label") and
-    labels/labels.jsonl (every labeler's current label; ``names=False``: under pseudonyms). The source dataset is
-    left untouched."""
+    labels/labels.jsonl (every labeler's current label; those not named by ``names``, see ``aliases``, under
+    pseudonyms). The source dataset is left untouched."""
     rows = load_rows(data_dir, missing_ok=True)
     if not rows:
         raise ValueError(f"data={data_dir!r} has no metadata.jsonl rows; generate the dataset first")
@@ -168,8 +177,8 @@ def stage_dataset(data_dir: str, out: str, names: bool = True) -> dict:
     export_labels(os.path.join(out, "data"), store_path, MAJORITY)  # the same export the notebooks use
     os.makedirs(os.path.join(out, "labels"))
     with LabelStore(store_path) as store, open(os.path.join(out, "labels", "labels.jsonl"), "w", encoding="utf-8") as f:
-        records, alias = store.records(), pseudonyms(store.labelers())
-        f.writelines(json.dumps(r if names else {**r, "labeler": alias[r["labeler"]]}) + "\n" for r in records)
+        records, alias = store.records(), aliases(store.labelers(), names)
+        f.writelines(json.dumps({**r, "labeler": alias[r["labeler"]]}) + "\n" for r in records)
     return label_stats(data_dir, names)
 
 

@@ -359,6 +359,7 @@ def test_cancel_stops_the_fine_tune_and_keeps_nothing(drawing_app, monkeypatch):
 
 def test_share_pushes_your_model_and_names_only_with_consent(drawing_app, monkeypatch):
     from huggingface_hub import constants
+    from t2idemo.share_page import consent
 
     app = drawing_app
     with pytest.raises(ValueError, match="no model to share yet"):
@@ -377,8 +378,12 @@ def test_share_pushes_your_model_and_names_only_with_consent(drawing_app, monkey
         card = server.files("dan/mine")["README.md"].decode()
         assert "| top_k | 2 |" in card and "| base model | tiny-sd |" in card and app.cfg.workdir not in card
         assert re.search(r"\| yours \| \d+\.\d% \[[\d.]+, [\d.]+\] of 8 \|", card) and "## Feedback labels" in card
+        app.share("dan/named", TOKEN, False, True, True, True, state)  # names only those who agreed: nobody yet
+        assert '"kim"' not in server.files("dan/named", "dataset")["labels/labels.jsonl"].decode()
+        consent(app, True, {**state, "labeler": "kim"})  # kim's own choice, in kim's session
         app.share("dan/named", TOKEN, False, True, True, True, state)
-        assert '"kim"' in server.files("dan/named", "dataset")["labels/labels.jsonl"].decode()
+        labels = server.files("dan/named", "dataset")["labels/labels.jsonl"].decode()
+        assert '"kim"' in labels and '"ana"' not in labels
     finally:
         server.close()
 
