@@ -58,6 +58,8 @@ def test_colab_badges_and_setup_cells_follow_pyproject():
         nb = read(name)
         assert colab.badge(repo, name + ".ipynb") in nb.cells[0].source
         assert f'os.environ.get("T2IDEMO_REPO", "{repo}")' in [c for c in nb.cells if c.cell_type == "code"][0].source
+    readme = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
+    assert colab.badge(repo, "00_quickstart.ipynb") in readme and f"t2idemo @ git+{repo}" in readme, "README's URLs"
     with pytest.raises(ValueError, match=r"repo='https://gitlab.com/a/b' is not a GitHub repository URL"):
         colab.badge("https://gitlab.com/a/b", "x.ipynb")
 

@@ -97,3 +97,9 @@ def test_cli_reads_the_token_from_the_environment(fake_hub):  # noqa: F811
     assert TOKEN not in r.stdout + r.stderr and "deployed" in r.stdout
     assert "app.py" in fake_hub.files("carol/app", "space")
 
+
+def test_the_readmes_front_matter_says_what_the_space_gets():
+    readme = front_matter(open(os.path.join(ROOT, "README.md"), encoding="utf-8").read())
+    card = front_matter(space.space_card("alice/t2idemo", True))
+    for key in ("sdk", "sdk_version", "python_version", "app_file", "hf_oauth", "hf_oauth_scopes"):
+        assert str(readme[key]) == str(card[key]), f"README.md's front matter: {key}: {readme[key]} != {card[key]}"
