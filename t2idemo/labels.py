@@ -2,25 +2,25 @@
 
     python -m t2idemo label --data data/feedback --flip 0.1     # the judge as a rater with 10% noise
 
-A label is (image, labeler) -> good | bad | skip, with the time of the click. The image id is the image's
-``file_name`` in the dataset (e.g. ``"00012.png"``), so a store belongs to one dataset; by default it lives
-in the dataset folder as ``labels.sqlite``.
+A label is (image, labeler) -> good | bad | skip, with the time of the click. The image id is the image's ``file_name``
+in the dataset (e.g. ``"00012.png"``), so a store belongs to one dataset; by default it lives in the dataset folder as
+``labels.sqlite``.
 
 Why SQLite in WAL mode with ``synchronous=FULL`` (and not a JSON file or a plain append-only log):
 
-* durable at every click: ``add()`` returns only after its transaction is committed and the write-ahead
-  log is fsynced (``synchronous=FULL``), so a label that the UI acknowledged survives a killed kernel, a
-  SIGKILL and even a power cut. A crash mid-commit rolls that one click back, never anything before it;
-* safe with several writers: SQLite locks the file, so notebook kernels, the Gradio app's threads and the
-  simulated labeler can write at once (``busy_timeout`` makes a writer wait for the lock instead of
-  failing); WAL lets readers go on while one writes. Within a process, one connection is shared by
-  threads behind a lock;
-* resumable and queryable: the current labels sit in a table keyed by (image, labeler); every click is
-  also kept in an append-only history, which gives undo and an audit trail. A screen of a grid view is saved
-  as one transaction (``add_many(..., screen=True)``) and one undo takes the whole screen back.
+* durable at every click: ``add()`` returns only after its transaction is committed and the write-ahead log is fsynced
+  (``synchronous=FULL``), so a label that the UI acknowledged survives a killed kernel, a SIGKILL and even a power
+  cut. A crash mid-commit rolls that one click back, never anything before it;
+* safe with several writers: SQLite locks the file, so notebook kernels, the Gradio app's threads and the simulated
+  labeler can write at once (``busy_timeout`` makes a writer wait for the lock instead of failing); WAL lets readers
+  go on while one writes. Within a process, one connection is shared by threads behind a lock;
+* resumable and queryable: the current labels sit in a table keyed by (image, labeler); every click is also kept in
+  an append-only history, which gives undo and an audit trail. A screen of a grid view is saved as one transaction
+  (``add_many(..., screen=True)``) and one undo takes the whole screen back.
 
-WAL needs a local disk: on a network file system (NFS, some FUSE mounts) SQLite may refuse WAL, and the
-store then falls back to its rollback journal with a warning (still durable, writers wait longer).
+WAL needs a local disk: on a network file system (NFS, some FUSE mounts) SQLite may refuse WAL, and the store then
+falls back to its rollback journal with a warning (still durable, writers wait longer). Read a store only through
+SQLite (a connection, the backup API): an open() and close() of the file drops the process's SQLite locks on it.
 """
 
 from __future__ import annotations
@@ -94,12 +94,9 @@ class LabelStore:
         self.path = os.fspath(path)
         if os.path.isdir(self.path):
             raise ValueError(f"{self.path} is a directory; pass the path of a label store file")
-        if os.path.exists(self.path) and os.path.getsize(self.path) > 0:
-            with open(self.path, "rb") as f:
-                head = f.read(len(SQLITE_MAGIC))
-            if head != SQLITE_MAGIC:
-                raise ValueError(f"{self.path} is not a label store: it is not an SQLite database (it starts with "
-                                 f"{head!r}); pass a new file name or an existing label store")
+        # no open() of a file SQLite may use (see the module's docstring); one shorter than a page is no database
+        if 0 < (os.path.getsize(self.path) if os.path.exists(self.path) else 0) < 512:
+            self._refuse(None)
         os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
         self._lock = threading.RLock()
         # isolation_level=None: we open transactions ourselves (BEGIN IMMEDIATE takes the write lock up front)
@@ -108,10 +105,20 @@ class LabelStore:
             self._open(timeout)
         except sqlite3.DatabaseError as e:  # a damaged file: "file is not a database", "malformed", ...
             self._db.close()
-            raise ValueError(f"{self.path} is not a usable label store: {e}") from e
+            self._refuse(e)
         except ValueError:
             self._db.close()
             raise
+
+    def _refuse(self, error: Exception | None):
+        """Raise why SQLite cannot use the file (``error``; None: too short); reads it only if no connection can."""
+        if error is None or "file is not a database" in str(error):
+            with open(self.path, "rb") as f:
+                head = f.read(len(SQLITE_MAGIC))
+            if head != SQLITE_MAGIC:
+                raise ValueError(f"{self.path} is not a label store: it is not an SQLite database (it starts with "
+                                 f"{head!r}); pass a new file name or an existing label store") from error
+        raise ValueError(f"{self.path} is not a usable label store: {error or 'it is cut short'}") from error
 
     def _open(self, timeout: float) -> None:
         db = self._db
@@ -218,9 +225,8 @@ class LabelStore:
                 db.execute(_UPSERT, (image_id, labeler, label, now))
 
     def undo(self, labeler: str = "me") -> str | None:
-        """Take back ``labeler``'s last click (a whole screen if it was one, see ``undo_screen``); the image gets
-        its previous label back (or none). Returns the image id (a screen's first), or None when there is nothing
-        to undo. Repeated calls go further back."""
+        """Take back ``labeler``'s last click (a whole screen if it was one, see ``undo_screen``) -> the image's id (a
+        screen's first), None when there is nothing to undo. Repeated calls go further back."""
         image_ids = self.undo_screen(labeler)
         return image_ids[0] if image_ids else None
 
@@ -277,15 +283,10 @@ class LabelStore:
 
     def count(self, labeler: str | None = None, label: str | None = None) -> int:
         """Number of current labels, optionally of one labeler and/or one label value."""
-        where, args = [], []
-        if labeler is not None:
-            where.append("labeler = ?")
-            args.append(labeler)
-        if label is not None:
-            where.append("label = ?")
-            args.append(check_label(label))
-        sql = "SELECT COUNT(*) FROM labels" + (" WHERE " + " AND ".join(where) if where else "")
-        return self._query(sql, args)[0][0]
+        where = {"labeler": labeler, "label": label if label is None else check_label(label)}
+        where = {column: value for column, value in where.items() if value is not None}
+        sql = "SELECT COUNT(*) FROM labels" + (" WHERE " + " AND ".join(f"{c} = ?" for c in where) if where else "")
+        return self._query(sql, list(where.values()))[0][0]
 
     def agreement(self, labeler_a: str, labeler_b: str) -> dict:
         """How often two labelers agree on the images both rated good or bad (skips left out).

@@ -253,6 +253,24 @@ def test_grid_saves_a_screen_at_once_and_undo_takes_it_back_whole(the_app, data_
     assert the_app.store.labels("yan") == {} and state["index"] == 0 and names[0] in text
 
 
+def test_a_second_store_in_the_apps_process_leaves_its_later_labels_on_disk(the_app, data_dir):
+    """A push or a reward training opens the store again inside the app's process; when another process then reads
+    and closes it, the app's later clicks (here an Undo screen) must still reach the file. Until issue 41's fix
+    LabelStore read the file's header with open(): its close dropped the app's SQLite locks, the reader's close then
+    deleted the write-ahead log under the app, and every later click of the app was lost."""
+    names, store = [r["file_name"] for r in the_app.rows], default_store_path(data_dir)
+    read = [sys.executable, "-c", "import sys; from t2idemo.labels import LabelStore\n"
+            "with LabelStore(sys.argv[1]) as s: print(sorted(s.labels('una').values()))", store]
+    *_, state = the_app.label_start("una")
+    state = the_app.grid_submit(the_app.grid_view(state)[-1], "bad", *[True] * len(names))[-1]
+    LabelStore(store).close()  # what Share and Train do in the app's process
+    seen = subprocess.run(read, capture_output=True, text=True, check=True, cwd=os.path.dirname(t2iapp.__file__))
+    assert seen.stdout.strip() == str(["bad"] * len(names))
+    assert "took back your last screen (8 images)" in the_app.grid_undo(state)[2]
+    seen = subprocess.run(read, capture_output=True, text=True, check=True, cwd=os.path.dirname(t2iapp.__file__))
+    assert seen.stdout.strip() == "[]", "the Undo screen never reached the file"
+
+
 def test_share_pushes_to_the_hub(the_app, monkeypatch):
     from huggingface_hub import constants
 
@@ -641,8 +659,12 @@ def test_grid_labels_a_screen_into_the_store_and_keys_label_one(page, server):
     if rows < 14:  # more than one screen
         draw(page, 14 - rows, total=14)
     names = [r["file_name"] for r in load_rows(data_dir)]
-    label(page, "hal", [], done=0, total=len(names))
+    page.get_by_role("tab", name="Label").click()
+    # the grid opens before Start: Start's screen then comes last. Opened after Start, its own fresh screen may come
+    # after the prompts that Start already showed and wipe the ticks below
     page.get_by_text("Grid view: 12 images on one screen").click()
+    expect(page.locator("#grid-status")).to_contain_text("type your name and press Start")
+    label(page, "hal", [], done=0, total=len(names))
     expect(page.locator("#grid-tick-11")).to_contain_text(load_rows(data_dir)[11]["prompt"])
     page.get_by_text("I mark the bad ones").click()
     for k in (0, 2):
