@@ -86,7 +86,11 @@ def space_card(repo_id: str, labels: bool) -> str:
     """The Space's README.md: the front matter a Space build reads, then a few lines for visitors."""
     import platform
 
-    import gradio
+    try:
+        import gradio
+    except ImportError as e:
+        raise ImportError("python -m t2idemo space pins the Space's gradio to the one installed here; install it "
+                          "with: pip install gradio (or pip install -r requirements.txt)") from e
 
     meta = {"title": repo_id.split("/")[1], "emoji": "🔺", "colorFrom": "blue", "colorTo": "yellow", "sdk": "gradio",
             "sdk_version": gradio.__version__, "python_version": ".".join(platform.python_version_tuple()[:2]),

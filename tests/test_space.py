@@ -64,7 +64,8 @@ def test_deploy_writes_a_space_that_a_space_build_accepts(fake_hub, capsys, capl
     # again: the same repos, one more commit; a module gone from the package is deleted from the Space
     fake_hub.repos[("space", "alice/t2idemo")]["t2idemo/removed.py"] = b"x"
     space.deploy(cfg, TOKEN, log=lambda s: None)
-    assert "t2idemo/removed.py" not in fake_hub.files("alice/t2idemo", "space")
+    again = fake_hub.files("alice/t2idemo", "space")
+    assert "t2idemo/removed.py" not in again and set(again) == set(files)
     assert len([c for c in fake_hub.commits if c[0] == "space"]) == 2
 
 
