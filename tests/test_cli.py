@@ -71,6 +71,8 @@ BAD_VALUES = [
     (["benchmarks", "app", "--runs", "0"], "--runs 0 is out of range"),
     (["sd", "tiny", "--image-size", "12"], "image_size=12 is out of range"),
     (["strip", "/nowhere.ipynb"], "notebook='/nowhere.ipynb' is not a file"),
+    (["space", "--repo-id", "a/b", "--torch", "latest"], "torch='latest' is not a release number"),
+    (["colab", "--write"], "unrecognized arguments: --write"),
 ]
 
 
