@@ -42,6 +42,7 @@ from t2idemo.generate import ALIGNED_MODEL, BASE_MODEL, DEFAULT_GUIDANCE, DEFAUL
 from t2idemo.label_page import LabelPage
 from t2idemo.labels import LABELS
 from t2idemo.loop import LoopConfig
+from t2idemo.session_curve import SESSION_CURVE
 from t2idemo.reward import CONFIG_FILE as REWARD_CONFIG_FILE, REWARD_MODEL
 from t2idemo.share_page import share_tab
 
@@ -87,10 +88,12 @@ class AppConfig:
     workdir: str = "runs/app"  # where the app keeps what visitors make: drawn images, reward models, tuned models
     share_shipped: bool = False  # Share may push the app's own aligned model when a visitor made none (the owner's
     #                              choice: off on a public Space, where visitors push only what they made)
-    batch_images: int = 24  # Label: default images per Draw (a visitor may ask for 1 - 64)
-    train_steps: int = 60  # Train: default fine-tune steps (a visitor may ask for 1 - 200)
-    unlabelled_per_prompt: int = 4  # Train: extra generations per labelled prompt, scored by the reward model; 0 - 16
-    eval_images: int = 64  # Train: after a fine-tune, unseen combination images per model, base vs yours; 0 - 512
+    batch_images: int = LoopConfig.batch_images  # Label: default images per Draw (a visitor may ask for 1 - 64)
+    train_steps: int = LoopConfig.train_steps  # Train: default fine-tune steps (a visitor may ask for 1 - 200)
+    unlabelled_per_prompt: int = LoopConfig.unlabelled_per_prompt  # Train: generations of every prompt, scored by the
+    #                                                                reward model; 0 - 16
+    eval_images: int = LoopConfig.eval_images  # Train: after a fine-tune, unseen combination images per model, base vs
+    #                                            yours; 0 - 512
     host: str = os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1")  # interface to serve on; 0.0.0.0 = every one
     port: int = int(os.environ.get("GRADIO_SERVER_PORT", "7860"))  # TCP port; 1 - 65535
     share: bool = False  # also open a public *.gradio.live link (needs the internet)
@@ -179,12 +182,12 @@ class App(LabelPage):
         if scores:
             b, y = scores["base"], scores["yours"]
             verdict = ("better than the base, CIs apart" if y["lo"] > b["hi"] else
-                       "worse than the base, CIs apart: a few labels can teach the wrong thing" if y["hi"] < b["lo"] else
-                       "CIs overlapping: a few labels move little")
+                       "worse than the base, CIs apart" if y["hi"] < b["lo"] else
+                       f"CIs overlapping: {b['n']} images tell only a large change apart")
             judged = (f" The judge on {b['n']} unseen combination prompts (fixed seeds): base {100 * b['p']:.0f}% all right "
                       f"[{100 * b['lo']:.0f}, {100 * b['hi']:.0f}], yours {100 * y['p']:.0f}% [{100 * y['lo']:.0f}, "
-                      f"{100 * y['hi']:.0f}] (Wilson 95% CIs; {verdict}; the main job's +25 points take 968 labels).")
-        return (f"**Your model is ready** ({steps} steps with the main job's recipe, {time.perf_counter() - t0:.0f} s)."
+                      f"{100 * y['hi']:.0f}] (Wilson 95% CIs; {verdict}). The curve above says what to expect.")
+        return (f"**Your model is ready** ({steps} steps, {time.perf_counter() - t0:.0f} s)."
                 + judged + " Compare now draws it in a third column; only you see it. Share can push it."), \
             {**state, "mine": model}
 
@@ -355,11 +358,15 @@ def grid_cells(fn, gr):
 
 def _train_tab(app: App, gr, session):
     """Train: the reward model, then a fine-tune (steps, Cancel)."""
-    gr.Markdown("The paper's steps 2 and 3 on the labels so far. **1.** The reward model learns from the majority vote "
-                "of everyone's labels (seconds). **2.** The base model is fine-tuned with the main job's recipe: the "
-                "labelled images and more images of the same prompts scored by your reward model, each prompt's best "
-                "good ones, plus the pre-training term. Your model then shows as a third column in Compare, for you "
-                "only. One job runs at a time on this machine.")
+    gr.Markdown("The paper's steps 2 and 3 on the labels so far. **1.** The reward model: its CLIP checks each "
+                "attribute a prompt names, and the majority vote of everyone's labels calibrates it (seconds). **2.** "
+                "The base model draws 8 images of each of the world's 405 prompts, the reward model picks each "
+                "prompt's best good ones, and the model is fine-tuned on them and your good images, plus the "
+                "pre-training term (a few minutes). Your model then shows as a third column in Compare, for you only. "
+                "One job runs at a time on this machine.")
+    if os.path.isfile(SESSION_CURVE):
+        gr.Image(SESSION_CURVE, label="what a session buys at each label count (python -m t2idemo benchmarks "
+                 "session)", interactive=False, height=300, elem_id="session-curve")
     train = gr.Button("1. Train the reward model", elem_id="train-reward")
     reward_md = gr.Markdown(elem_id="train-reward-result")
     with gr.Row():

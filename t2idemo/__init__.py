@@ -4,11 +4,13 @@ The modules, in layers from the bottom. A module imports only from layers below 
 or one above (tests/test_layers.py parses every import and checks it), so the code reads bottom to top:
 
     0  foundations   config (a dataclass -> a command line), data (imagefolder I/O), stats (Wilson, ROC-AUC),
-                     dpo (the Diffusion-DPO loss), world (the shapes world: vocabulary, prompts, renders)
+                     dpo (the Diffusion-DPO loss), world (the shapes world: vocabulary, prompts, renders),
+                     clip (the frozen CLIP that embeds images and prompts)
     1  parts         judge (the shapes world's rater), pretrain (the tiny CLIP, VAE and UNet), sd (the paper's
-                     SD-scale prompt set, tiny random stand-ins), finetune_data (D_model, D_pre, their encoding
-                     and Dataset), finetune_params (what trains: the UNet, its cross-attention or a LoRA adapter;
-                     the optimizer, the EMA, the checkpoint)
+                     SD-scale prompt set, tiny random stand-ins), reward_attr (the short session's few-label
+                     reward: the CLIP's check of each named attribute, calibrated on the labels),
+                     finetune_data (D_model, D_pre, their encoding and Dataset), finetune_params (what trains: the
+                     UNet, its cross-attention or a LoRA adapter; the optimizer, the EMA, the checkpoint)
     2  models, sets  prompts (one interface over world and sd), labels (the label store, the simulated rater),
                      reward (the model r(x, z): frozen CLIP + head), consent (each labeler's consent to be named)
     3  stages 1-2    generate (draw images), labeling (the ipywidgets labeler), reward_train (fit and evaluate
@@ -19,7 +21,8 @@ or one above (tests/test_layers.py parses every import and checks it), so the co
     6  on top of it  run (the main job: feedback -> labels -> reward -> fine-tune -> evaluate), loop (the app's
                      steps), overopt (reward over-optimisation), space (deploy the app as a Hugging Face Space)
     7  notebooks     scales (the notebooks' SCALE switch over the presets, their folders), colab (their Colab badges
-                     and Setup cells, from pyproject.toml)
+                     and Setup cells, from pyproject.toml), session_curve (what a short session buys at each label
+                     count: a simulated person through loop's calls)
     8  the app       backend (app.py's models, labelling set and jobs, without Gradio), spacesync (on a Space: the
                      labels kept in its dataset repo)
     9  figures, page benchmarks (the README's figures, the app's Compare latency included), label_page (the app's
@@ -30,14 +33,14 @@ or one above (tests/test_layers.py parses every import and checks it), so the co
 """
 
 LAYERS = (
-    ("config", "data", "stats", "dpo", "world"),
-    ("judge", "pretrain", "sd", "finetune_data", "finetune_params"),
+    ("config", "data", "stats", "dpo", "world", "clip"),
+    ("judge", "pretrain", "sd", "reward_attr", "finetune_data", "finetune_params"),
     ("prompts", "labels", "reward", "consent"),
     ("generate", "labeling", "reward_train"),
     ("finetune", "evaluate", "hub"),
     ("runconfig",),
     ("run", "loop", "overopt", "space"),
-    ("scales", "colab"),
+    ("scales", "colab", "session_curve"),
     ("backend", "spacesync"),
     ("benchmarks", "label_page", "share_page"),
 )

@@ -9,7 +9,9 @@
     python -m t2idemo benchmarks app --runs 5                 # the app's Compare: 4 base + 4 aligned images, 5 times
     python -m t2idemo benchmarks app --runs 5 --during-tune   # ... while a visitor's fine-tune runs
     python -m t2idemo benchmarks app --visitor --labels 24 --train-steps 60   # one visitor's loop, step by step
-    python -m t2idemo benchmarks all     # all but --during-tune
+    python -m t2idemo benchmarks session --labels 0,24,48,96,192 --flip 0.1   # what a short session buys (minutes
+                                         # a point: t2idemo.session_curve), a table and the curve the app shows
+    python -m t2idemo benchmarks all     # all but --during-tune and session
 """
 
 from __future__ import annotations
@@ -247,7 +249,7 @@ def parser():
     from .config import Parser
 
     p = Parser(prog="python -m t2idemo benchmarks", description="Print the README's figures.")
-    p.add_argument("what", choices=["judge", "vae", "clip", "base", "speed", "sizes", "app", "all"])
+    p.add_argument("what", choices=["judge", "vae", "clip", "base", "speed", "sizes", "app", "session", "all"])
     p.add_argument("--model", default=BASE_MODEL, help="pipeline folder (for 'app': the base model)")
     p.add_argument("--n", type=int, default=150, help="images per category for 'base' (4 categories)")
     p.add_argument("--sample-steps", type=int, default=DEFAULT_STEPS, help="sampler steps")
@@ -258,12 +260,31 @@ def parser():
     app.add_argument("--during-tune", action="store_true", help="time them while a visitor's fine-tune runs")
     app.add_argument("--visitor", action="store_true", help="time one visitor's loop instead: Draw, How did I do?, "
                      "Train, Fine-tune (then the judge, base vs yours), Compare; the judge labels")
-    app.add_argument("--labels", type=int, default=24, help="with --visitor: images drawn and labelled; 4 - 512")
+    app.add_argument("--labels", default=None, help="with --visitor: images drawn and labelled, 4 - 512; for "
+                     "'session': comma-separated label counts, each 0 - 512 (default: 24; for session 0,24,48,96,192)")
     app.add_argument("--train-steps", type=int, default=60, help="steps of that fine-tune; 1 - 400")
     app.add_argument("--aligned", default=ALIGNED_MODEL, help="aligned pipeline folder")
     app.add_argument("--reward", default=REWARD_MODEL, help="reward model folder")
     app.add_argument("--threads", type=int, default=1, help="torch CPU threads (0 = torch's default), as app.py")
+    ses = p.add_argument_group("session", "what a short session buys (t2idemo.session_curve)")
+    ses.add_argument("--flip", type=float, default=0.1, help="the simulated person's share of flipped verdicts; 0 - 0.5")
+    ses.add_argument("--seeds", default="0,1", help="comma-separated training seeds, one session each per label count")
+    ses.add_argument("--eval-images", type=int, default=256, help="unseen combination images per model; 16 - 2048")
+    ses.add_argument("--out", default="runs/session", help="folder for the sessions, session_curve.json and the figure")
+    ses.add_argument("--figure", default=None, help="the curve's PNG (default: the one the app's Train tab shows, "
+                     "t2idemo/assets/session_curve.png); '' = none")
     return p
+
+
+def int_list(p, flag: str, text: str, lo: int, hi: int) -> list:
+    """A comma-separated list of integers from ``lo`` to ``hi``; a parser error naming ``flag`` otherwise."""
+    try:
+        values = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        p.error(f"{flag} {text!r} is not a comma-separated list of integers, e.g. 0,24,96")
+    if not values or not all(lo <= v <= hi for v in values):
+        p.error(f"{flag} {text!r}: every value must be an integer from {lo} to {hi}")
+    return values
 
 
 def parse_args(argv=None):
@@ -274,8 +295,15 @@ def parse_args(argv=None):
         p.error(f"--runs {a.runs} is out of range; use 1 to 100")
     if not 1 <= a.train_steps <= 400:
         p.error(f"--train-steps {a.train_steps} is out of range; use 1 to 400")
-    if not 4 <= a.labels <= 512:
-        p.error(f"--labels {a.labels} is out of range; use 4 to 512")
+    if a.what == "session":
+        a.labels = int_list(p, "--labels", a.labels or "0,24,48,96,192", 0, 512)
+        a.seeds = int_list(p, "--seeds", a.seeds, 0, 1_000_000_000)
+        if not 0 <= a.flip <= 0.5:
+            p.error(f"--flip {a.flip} is out of range; use 0 to 0.5")
+        if not 16 <= a.eval_images <= 2048:
+            p.error(f"--eval-images {a.eval_images} is out of range; use 16 to 2048")
+    else:
+        a.labels = int_list(p, "--labels", a.labels or "24", 4, 512)[0]
     if a.threads < 0:
         p.error(f"--threads {a.threads} must be >= 0 (0 = one per core)")
     return a
@@ -315,6 +343,13 @@ def main(argv=None):
         print("sizes: " + "  ".join(f"{k} {v / 2**20:.2f} MiB" for k, v in r.items()))
     if a.what in ("app", "all"):
         print_app_latency(a)
+    if a.what == "session":
+        from .session_curve import SESSION_CURVE, curve_table, plot_curve, session_curve
+
+        res = session_curve(a.labels, a.flip, a.seeds, a.eval_images, a.out)
+        print(curve_table(res))
+        if a.figure != "":
+            print(f"wrote {plot_curve(res, a.figure or SESSION_CURVE)}")
 
 
 if __name__ == "__main__":

@@ -252,14 +252,18 @@ def model_card(repo_id: str, model_dir: str, reward_dir: str = "", stats: dict |
         training = reward.get("training", {})
         cfg = {**reward.get("config", {}), **training.get("config", {})}  # older files kept every setting under "config"
         clip = reward.get("clip", "")
+        about = ("a frozen CLIP's check of each attribute the prompt names (count, colour, shape, scene) and a "
+                 f"logistic head calibrated on {training.get('n_labels')} labels (t2idemo.reward_attr)"
+                 if reward.get("kind") == "attribute" else
+                 "a frozen CLIP and an MLP head on its image and text embeddings, trained with MSE plus the "
+                 f"prompt-classification term (lambda = {cfg.get('lam')}, N = {cfg.get('n_prompts')})")
         lines += ["## Reward model", "",
-                  "`reward/` holds r(x, z) in [0, 1]: a frozen CLIP and an MLP head on its image and text embeddings, "
-                  f"trained with MSE plus the prompt-classification term (lambda = {cfg.get('lam')}, N = "
-                  f"{cfg.get('n_prompts')})" + (f"; validation AUC {training['val_auc']}" if training.get("val_auc") else "")
+                  f"`reward/` holds r(x, z) in [0, 1]: {about}"
+                  + (f"; validation AUC {training['val_auc']}" if training.get("val_auc") else "")
                   + ".", "", "```python", "from huggingface_hub import snapshot_download",
-                  "from t2idemo.reward import RewardModel  # pip install t2idemo", "",
+                  "from t2idemo.reward import load_reward_fn  # pip install t2idemo", "",
                   f'path = snapshot_download("{repo_id}")',
-                  'reward = RewardModel.from_pretrained(f"{path}/reward"'
+                  'reward = load_reward_fn(f"{path}/reward"'
                   + (', clip=f"{path}/reward/clip")' if _local_clip(clip) else ")"),
                   'scores = reward(images, ["three purple circles on grass"] * len(images))  # PIL images -> (N,)',
                   "```", ""]

@@ -1,4 +1,4 @@
-"""The paper's loop at the size of a browser tab: what the app's Label and Train tabs call.
+"""The paper's loop at the size of a browser tab: what the app's Label and Train tabs and notebook 00 call.
 
     from t2idemo import loop
     from t2idemo.generate import load_pipeline
@@ -8,15 +8,20 @@
     # ... people label them (the app's Label tab, the notebook Labeler, `python -m t2idemo label`) ...
     loop.judge_agreement(folder, "ana")                              # ana against the judge: agreement, kappa
     loop.train_reward_on_labels(folder, "runs/app/reward", cfg)      # seconds: held-out accuracy and AUC
-    loop.tune_on_labels(folder, "runs/app/reward", "runs/app/mine", cfg)  # the main job's recipe, short
+    loop.tune_on_labels(folder, "runs/app/reward", "runs/app/mine", cfg)  # a few minutes on two CPU cores
     loop.quick_eval({"base": base_pipe, "yours": tuned_pipe}, cfg)   # the judge on unseen combinations
 
-Every step is the main job's (``python -m t2idemo run``), at a size that takes seconds to a minute or two on two
-CPU cores: the labelling images are drawn like its feedback images (seen prompts, its sampler settings), the
-reward model is the same head on the same frozen CLIP, trained on the majority vote of everyone's labels, and
-the fine-tune is the main job's (the filtered recipe, beta, lr) with fewer steps and smaller batches. Every
-stage's config comes from ``runconfig.round_configs`` on ``main_job(cfg)``: the main job's preset with the app's
-sizes as overrides, round 0 (its seeds are the app's seed).
+A session is the main job's loop built for tens to a few hundred labels, not a thousand. The labelling images are
+drawn like the main job's feedback images (seen prompts, its sampler settings). The reward model is the few-label
+one (``reward_attr.AttributeReward``): its frozen CLIP checks each attribute the prompt names, and the labels
+calibrate six numbers on top, where the main job's MLP head, trained on so few labels, did worse than its own CLIP
+(``cfg.reward = "head"`` keeps that head, as an ablation). The fine-tune is the main job's filtered recipe (each
+prompt's 2 best images the reward model calls good, at weight 1, beta 1, lr 5e-4) on the labelled images plus
+``unlabelled_per_prompt`` generations of every prompt of the world, seen and unseen: the reward model, not the
+labels, decides which of those to learn from, so a few labels reach every prompt. What a session buys at each
+label count is measured by ``python -m t2idemo benchmarks session`` (docs/guide.md, "A short session"). Every
+stage's config comes from ``runconfig.round_configs`` on ``main_job(cfg)``: the main job's preset with the
+session's sizes as overrides, round 0 (its seeds are the session's seed).
 """
 
 from __future__ import annotations
@@ -34,27 +39,43 @@ from .labels import LabelStore, agreement_stats, default_store_path, export_labe
 from .runconfig import RoundFolders, RunConfig, preset, round_configs
 
 
+REWARDS = ("attribute", "head")  # the session's reward model: reward_attr.AttributeReward | the main job's head
+UNLABELLED_SPLITS = ("all", "seen", "unseen", "labelled")  # whose prompts get unlabelled generations
+VAL_FRAC = 0.25  # share of the labelled prompts held out to score the reward model
+
+
 @dataclass
 class LoopConfig:
     model: str = BASE_MODEL  # the pipeline that draws the labelling images and is tuned
     batch_images: int = ranged(24, 1, 64)  # images per labelling batch; 1 - 64
-    unlabelled_per_prompt: int = ranged(4, 0, 16)  # extra generations per labelled prompt, pseudo-labelled by the reward model; 0 - 16
-    train_steps: int = ranged(60, 1, 400)  # fine-tune optimiser steps; 1 - 400 (the main job: 400 at batch 64)
-    batch: int = ranged(16, 4, 64)  # D_model and D_pre images per fine-tune step; 4 - 64
-    reward_epochs: int = ranged(100, 10, 300)  # at most this many passes of the reward head over the labels; 10 - 300
+    reward: str = "attribute"  # the reward model: "attribute" (CLIP's check of each named attribute, calibrated on the
+    #                            labels: reward_attr) | "head" (the main job's MLP head, trained on the labels alone)
+    unlabelled_per_prompt: int = ranged(8, 0, 16)  # generations of each prompt of unlabelled_split, which the reward
+    #                                                model scores and the fine-tune filters; 0 - 16
+    unlabelled_split: str = "all"  # their prompts: "all" (the world's 405, seen and unseen, as the main job) | "seen" |
+    #                                "unseen" | "labelled" (only the prompts of labelled images)
+    train_steps: int = ranged(200, 1, 400)  # fine-tune optimiser steps; 1 - 400 (the main job: 400 at batch 64)
+    batch: int = ranged(64, 4, 64)  # D_model and D_pre images per fine-tune step; 4 - 64
+    reward_epochs: int = ranged(100, 10, 300)  # reward="head" only: at most this many passes over the labels; 10 - 300
     eval_images: int = ranged(64, 0, 512)  # after the fine-tune: unseen combination images per model, base vs tuned; 0 (skip) - 512
     seed: int = ranged(0, 0, 1_000_000_000)  # seeds the prompts, the images, the reward model and the fine-tune
 
     def __post_init__(self):
         check_ranges(self)  # every number within its declared range
+        if self.reward not in REWARDS:
+            raise ValueError(f"reward={self.reward!r} is not allowed; use one of {REWARDS}")
+        if self.unlabelled_split not in UNLABELLED_SPLITS:
+            raise ValueError(f"unlabelled_split={self.unlabelled_split!r} is not allowed; use one of {UNLABELLED_SPLITS}")
 
 
 def main_job(cfg: LoopConfig) -> RunConfig:
     """The main job's config (``preset("shapes")``: its sampler settings, reward model and fine-tune recipe) at the
     app's size: LoopConfig's fields as overrides, nothing else changed."""
     main = preset("shapes")
-    return preset("shapes", model=cfg.model, seed=cfg.seed, unlabelled_per_prompt=cfg.unlabelled_per_prompt, **{
-        "reward.max_epochs": cfg.reward_epochs, "reward.patience": 10, "reward.val_frac": 0.25,
+    split = "seen" if cfg.unlabelled_split == "labelled" else cfg.unlabelled_split  # "labelled": tune_on_labels names them
+    return preset("shapes", model=cfg.model, seed=cfg.seed, unlabelled_per_prompt=cfg.unlabelled_per_prompt,
+                  unlabelled_split=split, **{
+        "reward.max_epochs": cfg.reward_epochs, "reward.patience": 10, "reward.val_frac": VAL_FRAC,
         "finetune.train_steps": cfg.train_steps, "finetune.batch": cfg.batch, "finetune.pre_batch": cfg.batch,
         "finetune.pre_pool": min(main.finetune.pre_pool, cfg.train_steps * cfg.batch)})
 
@@ -113,51 +134,86 @@ def judge_agreement(folder: str, labeler: str) -> dict:
 
 
 # ----------------------------------------------------------------------------- 3. the reward model
+MIN_LABELS = 2  # good and bad labels each that calibrating a reward model needs
+
+
 def train_reward_on_labels(folder: str, out: str, cfg: LoopConfig, lock=None) -> dict:
-    """Export the majority vote of everyone's labels into ``folder``'s metadata, train the reward model on them
-    (the main job's head and CLIP) into ``out``, and return {"good", "bad", "val_accuracy", "val_auc", "n_val"}:
-    accuracy (r >= 0.5 means good) and AUC on the prompts held out of its training. ``lock``: held while the
-    metadata is rewritten, if another thread may append to it (the app's Draw button)."""
+    """Export the majority vote of everyone's labels into ``folder``'s metadata, fit the session's reward model on
+    them (``cfg.reward``) into ``out``, and return {"good", "bad", "val_accuracy", "val_auc", "n_val"}: accuracy
+    (r >= 0.5 means good) and AUC on a quarter of the labelled prompts, held out of a fit on the rest (the model
+    saved is then fitted on every label). ``lock``: held while the metadata is rewritten, if another thread may
+    append to it (the app's Draw button)."""
     from contextlib import nullcontext
 
-    from .reward import read_saved
+    from .data import load_images
     from .reward_train import split_by_prompt
-    from .data import load_images, load_rows
-    from .reward_train import train as train_reward
+    from .stats import roc_auc
 
     with lock or nullcontext():
         counts = export_labels(folder)  # label = the majority vote; ties, skips and unlabelled images get None
-    if counts["good"] < 2 or counts["bad"] < 2:
-        raise ValueError(f"the reward model needs at least 2 good and 2 bad labels; there are {counts['good']} good "
-                         f"and {counts['bad']} bad so far: label more images")
-    rcfg = app_round(cfg, folder, out).reward
-    model = train_reward(rcfg)
+    if counts["good"] < MIN_LABELS or counts["bad"] < MIN_LABELS:
+        raise ValueError(f"the reward model needs at least {MIN_LABELS} good and {MIN_LABELS} bad labels; there are "
+                         f"{counts['good']} good and {counts['bad']} bad so far: label more images")
     rows = [r for r in load_rows(folder) if r.get("label") in ("good", "bad")]
-    _, val = split_by_prompt(rows, rcfg.val_frac, rcfg.seed)  # the prompts its early stopping held out
-    rows = [rows[i] for i in val]
-    scores = model(load_images(folder, rows), [r["prompt"] for r in rows]).tolist() if rows else []
-    right = [(s >= 0.5) == (r["label"] == "good") for s, r in zip(scores, rows)]
-    summary = read_saved(out).get("training", {})
-    return {"good": counts["good"], "bad": counts["bad"], "n_val": len(rows),
-            "val_accuracy": 100.0 * sum(right) / len(right) if right else None, "val_auc": summary.get("val_auc")}
+    if cfg.reward == "head":
+        model = train_head(folder, out, cfg)
+        _, val = split_by_prompt(rows, model.cfg.val_frac, model.cfg.seed)  # the prompts its early stopping held out
+        val_rows = [rows[i] for i in val]
+        scores = model(load_images(folder, val_rows), [r["prompt"] for r in val_rows]).tolist() if val_rows else []
+    else:
+        scores, val_rows = fit_attribute_reward(folder, rows, out, cfg)
+    truth = [r["label"] == "good" for r in val_rows]
+    right = [(s >= 0.5) == t for s, t in zip(scores, truth)]
+    return {"good": counts["good"], "bad": counts["bad"], "n_val": len(val_rows),
+            "val_accuracy": 100.0 * sum(right) / len(right) if right else None,
+            "val_auc": round(roc_auc(scores, truth), 4) if 0 < sum(truth) < len(truth) else None}
+
+
+def fit_attribute_reward(folder: str, rows: list, out: str, cfg: LoopConfig) -> tuple[list, list]:
+    """The few-label reward (reward_attr): fitted on three quarters of the labelled prompts and scored on the rest
+    (-> (scores, those rows)), then fitted on every label and saved to ``out``."""
+    from .data import load_images
+    from .reward import save_reward_model
+    from .reward_attr import AttributeReward
+    from .reward_train import split_by_prompt
+
+    model = AttributeReward()
+    x = model.features(load_images(folder, rows), [r["prompt"] for r in rows])  # (N, 5) CLIP's attribute margins
+    y = [float(r["label"] == "good") for r in rows]
+    one_prompt = len({r["prompt"] for r in rows}) < 2  # nothing to hold out
+    train, val = (list(range(len(rows))), []) if one_prompt else split_by_prompt(rows, VAL_FRAC, cfg.seed)
+    held_out = AttributeReward(model.clip).fit_features(x[train], [y[i] for i in train])
+    model.fit_features(x, y)
+    save_reward_model(model, out, {"n_labels": len(rows), "good": int(sum(y))})
+    return held_out.score(x[val]).tolist() if val else [], [rows[i] for i in val]
+
+
+def train_head(folder: str, out: str, cfg: LoopConfig):
+    """The main job's reward head (its CLIP, MLP and loss), trained on the labels in ``folder`` into ``out``."""
+    from .reward_train import train as train_reward
+
+    return train_reward(app_round(cfg, folder, out).reward)
 
 
 # ----------------------------------------------------------------------------- 4. the fine-tune
 def tune_on_labels(folder: str, reward: str, out: str, cfg: LoopConfig, pipe=None, should_stop=None) -> str:
-    """The main job's steps 4 and 5 at app size: ``cfg.unlabelled_per_prompt`` more images of every labelled prompt,
-    scored by the reward model in ``reward``, then the main job's fine-tune (its recipe,
-    beta, lr) for ``cfg.train_steps`` steps of ``cfg.batch`` images. Writes the pipeline to OUT/model and
-    returns that folder. ``should_stop`` cancels it (finetune.Cancelled)."""
+    """The main job's steps 4 and 5 at a session's size: ``cfg.unlabelled_per_prompt`` images of every prompt of
+    ``cfg.unlabelled_split``, scored by the reward model in ``reward``, then the main job's fine-tune (its
+    filtered recipe, beta, lr) on them and the labelled images for ``cfg.train_steps`` steps of ``cfg.batch``.
+    Writes the pipeline to OUT/model and returns that folder. ``should_stop`` cancels it (finetune.Cancelled).
+    ``folder`` None: no labels at all, the reward model alone picks the images (the session curve's 0 labels)."""
     from .finetune import finetune
 
-    rows = [r for r in load_rows(folder, missing_ok=True) if r.get("label") in ("good", "bad")]
-    if not rows:
+    rows = [r for r in load_rows(folder, missing_ok=True) if r.get("label") in ("good", "bad")] if folder else []
+    if folder and not rows:
         raise ValueError("no labelled images in the labelling set yet; label some and train the reward model first")
-    rnd = app_round(cfg, folder, reward, out)
-    if rnd.unlabelled:  # the main job's unlabelled generations, of the labelled prompts only
-        prompts = sorted({r["prompt"] for r in rows})
-        generate_dataset(dataclasses.replace(rnd.unlabelled, prompts="|".join(prompts)), pipe)
+    rnd = app_round(cfg, folder or os.path.join(out, "unlabelled"), reward, out)
     (fcfg,) = rnd.finetune.values()
+    if rnd.unlabelled:  # the main job's unlabelled generations
+        prompts = "|".join(sorted({r["prompt"] for r in rows})) if cfg.unlabelled_split == "labelled" else ""
+        generate_dataset(dataclasses.replace(rnd.unlabelled, prompts=prompts), pipe)
+    if not folder:  # D_model: the unlabelled images alone, each weighted by the reward model
+        fcfg = dataclasses.replace(fcfg, data=fcfg.unlabelled, unlabelled="", weight="reward")
     return finetune(fcfg, should_stop=should_stop)
 
 

@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from . import world
+from .clip import CLIP_MEAN, CLIP_STD  # OpenAI CLIP's normalisation, kept for parity
 from .world import TOKEN_LENGTH, build_tokenizer
 from .config import check_ranges, ranged
 
@@ -121,8 +122,6 @@ def clip_config(vocab_size: int):
     return CLIPConfig(text_config=text, vision_config=vision, projection_dim=64)
 
 
-CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]  # OpenAI CLIP's normalisation, kept for parity
-CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
 
 
 def clip_pixels(images: np.ndarray) -> torch.Tensor:

@@ -24,18 +24,14 @@ import json
 import os
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
-from PIL import Image
 
+from .clip import REWARD_CLIP, SHIPPED_CLIP, FrozenCLIP, pixel_values, resolve_clip, resolve_device  # noqa: F401
 from .config import check_ranges, ranged
-from .pretrain import CLIP_MEAN, CLIP_STD  # OpenAI CLIP's normalisation, used when a CLIP has no preprocessor_config.json
+from .reward_attr import KIND as ATTRIBUTE_KIND, AttributeReward
 
 ASSETS = os.path.join(os.path.dirname(__file__), "assets")
-SHIPPED_CLIP = "tiny-clip"  # the value of RewardConfig.clip that means the CLIP shipped in t2idemo/assets
-REWARD_CLIP = "tiny-reward-clip"  # the shipped reward backbone: the same recipe, also trained on VAE-decoded renders
 REWARD_MODEL = os.path.join(ASSETS, "tiny-reward")  # the shipped reward model (head + config; CLIP = tiny-reward-clip)
 HEAD_FILE, CONFIG_FILE = "head.safetensors", "reward_config.json"
 MODEL_FIELDS = ("clip", "hidden", "dropout")  # RewardConfig fields a saved reward model needs to load and score
@@ -90,104 +86,6 @@ class RewardConfig:
         except ValueError:
             raise ValueError(f"noise_levels={self.noise_levels!r} is not a comma-separated list of numbers, "
                              f"e.g. '0,0.1,0.2,0.3'") from None
-
-
-def resolve_device(device: str) -> str:
-    return device or ("cuda" if torch.cuda.is_available() else "cpu")
-
-
-# ----------------------------------------------------------------------------- the frozen CLIP
-def resolve_clip(path: str) -> str:
-    """"tiny-clip" and "tiny-reward-clip" name the CLIPs shipped in t2idemo/assets; anything else is a path or hub id."""
-    return os.path.join(ASSETS, path) if path in (SHIPPED_CLIP, REWARD_CLIP) else path
-
-
-def read_preprocess(path: str, image_size: int) -> dict:
-    """Resize / crop / normalise settings from the CLIP's preprocessor_config.json, when it has one.
-    (transformers' CLIPImageProcessor needs torchvision; this does the same with PIL and torch.)"""
-    pp = {}
-    file = os.path.join(path, "preprocessor_config.json")
-    if not os.path.isdir(path):  # a hub id: the file sits in the hub cache next to the weights
-        try:
-            from huggingface_hub import hf_hub_download
-
-            file = hf_hub_download(path, "preprocessor_config.json")
-        except Exception:  # no file on the hub, or offline: fall back to OpenAI's settings
-            file = ""
-    if file and os.path.isfile(file):
-        with open(file) as f:
-            pp = json.load(f)
-    size, crop = pp.get("size", image_size), pp.get("crop_size", image_size)
-    size = size.get("shortest_edge", size.get("height", image_size)) if isinstance(size, dict) else size
-    crop = (crop["height"], crop["width"]) if isinstance(crop, dict) else (crop, crop)
-    return {"size": int(size), "crop": crop, "resample": int(pp.get("resample", 3)),
-            "mean": pp.get("image_mean", CLIP_MEAN), "std": pp.get("image_std", CLIP_STD)}
-
-
-def pixel_values(images: list, pp: dict) -> torch.Tensor:
-    """PIL images -> (N, 3, H, W) CLIP input: resize the short side, centre-crop, scale to [0, 1], normalise."""
-    out = []
-    for im in images:
-        im = im.convert("RGB")
-        w, h = im.size
-        scale = pp["size"] / min(w, h)
-        if (round(w * scale), round(h * scale)) != (w, h):
-            im = im.resize((round(w * scale), round(h * scale)), Image.Resampling(pp["resample"]))
-            w, h = im.size
-        ch, cw = pp["crop"]
-        left, top = (w - cw) // 2, (h - ch) // 2
-        im = im.crop((left, top, left + cw, top + ch))
-        out.append(torch.from_numpy(np.asarray(im, dtype=np.uint8).copy()))
-    x = torch.stack(out).permute(0, 3, 1, 2).float() / 255.0  # (N, 3, H, W)
-    return (x - torch.tensor(pp["mean"])[:, None, None]) / torch.tensor(pp["std"])[:, None, None]
-
-
-class FrozenCLIP(nn.Module):
-    """A transformers CLIPModel with its tokenizer and preprocessing; returns unit-norm embeddings."""
-
-    def __init__(self, path: str = SHIPPED_CLIP, device: str = ""):
-        from transformers import AutoTokenizer, CLIPModel
-
-        super().__init__()
-        self.path = path
-        local = resolve_clip(path)
-        if not os.path.isdir(local) and (local.startswith((".", "/", "~")) or local.count("/") != 1):
-            raise ValueError(f"clip={path!r} is neither an existing CLIPModel folder nor a hub id like 'org/name'")
-        self.model = CLIPModel.from_pretrained(local, dtype=torch.float32).eval().requires_grad_(False)
-        self.model.to(resolve_device(device))
-        self.tokenizer = AutoTokenizer.from_pretrained(local)
-        self.max_length = min(self.tokenizer.model_max_length, self.model.config.text_config.max_position_embeddings)
-        self.pp = read_preprocess(local, self.model.config.vision_config.image_size)
-
-    @property
-    def dim(self) -> int:
-        return self.model.config.projection_dim
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.model.parameters()).device
-
-    @torch.no_grad()
-    def embed_images(self, images: list, batch_size: int = 256) -> torch.Tensor:
-        """PIL images -> (N, D) unit-norm image embeddings (on the CPU)."""
-        out = []
-        for i in range(0, len(images), batch_size):
-            x = pixel_values(images[i:i + batch_size], self.pp).to(self.device)
-            e = self.model.get_image_features(pixel_values=x)
-            out.append(F.normalize(getattr(e, "pooler_output", e).float(), dim=-1).cpu())
-        return torch.cat(out) if out else torch.zeros(0, self.dim)
-
-    @torch.no_grad()
-    def embed_texts(self, prompts: list, batch_size: int = 256) -> torch.Tensor:
-        """Prompts -> (N, D) unit-norm text embeddings (on the CPU)."""
-        out = []
-        for i in range(0, len(prompts), batch_size):
-            ids = self.tokenizer(list(prompts[i:i + batch_size]), padding="max_length", truncation=True,
-                                 max_length=self.max_length, return_tensors="pt")
-            e = self.model.get_text_features(input_ids=ids["input_ids"].to(self.device),
-                                             attention_mask=ids["attention_mask"].to(self.device))
-            out.append(F.normalize(getattr(e, "pooler_output", e).float(), dim=-1).cpu())
-        return torch.cat(out) if out else torch.zeros(0, self.dim)
 
 
 # ----------------------------------------------------------------------------- the reward model
@@ -293,9 +191,29 @@ def saved_fields(meta: dict) -> dict:
     return {k: v for k, v in saved.items() if k in known}
 
 
-def load_reward_fn(path: str, device: str | None = None):
-    """``reward_fn(images: list[PIL.Image], prompts: list[str]) -> torch.Tensor`` of shape (N,), in [0, 1]."""
-    model = RewardModel.from_pretrained(path, device=device)
+def save_reward_model(model: AttributeReward, path: str, summary: dict | None = None) -> None:
+    """Write the short session's reward model (``reward_attr``) as the main job's is written: its head's weights in
+    head.safetensors, reward_config.json with what loading needs ("kind": "attribute", the CLIP) and, under
+    "training", ``summary`` as a record."""
+    from safetensors.torch import save_file
+
+    os.makedirs(path, exist_ok=True)
+    save_file(model.state_dict(), os.path.join(path, HEAD_FILE))
+    with open(os.path.join(path, CONFIG_FILE), "w") as f:
+        json.dump({**model.config(), "training": summary or {}}, f, indent=2)
+
+
+def load_reward_fn(path: str, device: str | None = None, clip: str | None = None):
+    """``reward_fn(images: list[PIL.Image], prompts: list[str]) -> torch.Tensor`` of shape (N,), in [0, 1]: the main
+    job's reward model, or the short session's (``reward_attr.AttributeReward``, "kind": "attribute"). ``clip``
+    overrides the CLIP path saved with it (a pushed model's reward/clip)."""
+    meta = read_saved(path)
+    if meta.get("kind") == ATTRIBUTE_KIND:
+        from safetensors.torch import load_file
+
+        model = AttributeReward.from_state(load_file(os.path.join(path, HEAD_FILE)), meta, clip)
+    else:
+        model = RewardModel.from_pretrained(path, clip, device)
 
     def reward_fn(images: list, prompts: list) -> torch.Tensor:
         return model(images, prompts)

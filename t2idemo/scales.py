@@ -26,6 +26,7 @@ import dataclasses
 import os
 from dataclasses import dataclass
 
+from .loop import LoopConfig
 from .runconfig import RECIPES, Round, RoundFolders, RunConfig, changed, preset, round_configs
 
 SCALES = ("shapes", "sd15")
@@ -40,6 +41,8 @@ GRIDS = {"shapes": ("two circles", "a red square", "a triangle on snow", "three 
          "sd": ("two dogs", "a green colored dog", "a cat on the moon", "two blue dogs in the forest")}
 HELDOUT = {"shapes": (0, 2), "shapes-small": (32, 2), "sd15": (50, 2), "sd15-small": (8, 2)}
 PRETRAIN_PROMPTS = {"sd15": 400, "sd15-small": 16}
+# the short session (notebook 00's last step) at CI's size: one screen of labels, a few steps, no unlabelled images
+SESSION_SMALL = dict(batch_images=8, train_steps=4, batch=4, unlabelled_per_prompt=0, eval_images=16)
 
 
 def is_small(small: bool | None = None) -> bool:
@@ -61,6 +64,12 @@ def settings(scale: str = "shapes", small: bool | None = None, recipe: str = "fi
 def small(S: RunConfig) -> bool:
     """True for the "-small" presets (CI sizes)."""
     return S.preset.endswith("-small")
+
+
+def session_config(S: RunConfig) -> LoopConfig:
+    """The short session's settings (``t2idemo.loop``): the app's, ``LoopConfig()``, on S's model; CI's sizes when
+    S is small."""
+    return LoopConfig(model=S.model, **(SESSION_SMALL if small(S) else {}))
 
 
 def grid_prompts(S: RunConfig) -> tuple:

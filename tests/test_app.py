@@ -81,7 +81,7 @@ def the_app(reward_dir, data_dir, tmp_path_factory):
 def drawing_app(reward_dir, tmp_path_factory):
     """The app as on a Space: no --data, so it labels what its Draw button draws; small tunes."""
     return t2iapp.App(t2iapp.AppConfig(aligned=BASE_MODEL, reward=reward_dir, workdir=str(tmp_path_factory.mktemp("space")),
-                                       train_steps=3, unlabelled_per_prompt=1, eval_images=8))
+                                       train_steps=3, unlabelled_per_prompt=0, eval_images=8))
 
 
 # ----------------------------------------------------------------------------- config and input checks
@@ -183,6 +183,7 @@ def test_the_visitor_benchmark_times_each_step_of_the_loop(reward_dir, tmp_path)
     from t2idemo.loop import LoopConfig
 
     backend = Backend(BASE_MODEL, BASE_MODEL, reward_dir, str(tmp_path), loop=LoopConfig(batch=4, unlabelled_per_prompt=1,
+                                                                                          unlabelled_split="labelled",
                                                                                           eval_images=4))
     r = app_visitor(backend, 12, 2)
     backend.store.close()
