@@ -184,6 +184,8 @@ def test_00_quickstart(work):
     assert_pipeline(r["quickstart_tuned_model"])
     assert 0 <= r["quickstart_base_combination"] <= 1 and 0 <= r["quickstart_tuned_combination"] <= 1
     assert 0 <= r["quickstart_shipped_combination"] <= 1  # the shipped aligned model, evaluated next to the loop
+    assert_pipeline(r["session_model"])  # step 8: a short session through t2idemo.loop, the app's calls
+    assert 0 <= r["session_base"] <= 1 and 0 <= r["session_yours"] <= 1
 
 
 @pytest.mark.slow
