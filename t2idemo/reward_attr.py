@@ -21,8 +21,10 @@ The features are [min_a m_a, m_count, m_colour, m_shape, m_scene]: the first say
 
 Head. r(x, z) = sigmoid(b + w . features). With no labels it is ``PRIOR_SLOPE`` * min_a m_a: r > 0.5 exactly where
 CLIP finds every named attribute right. Labels fit w and b by logistic regression, pulled towards that start by an
-L2 penalty of ``PULL`` / n_labels per squared deviation, so a few labels move it a little and many move it more;
-6 numbers cannot memorise a few dozen images the way an MLP does. ``reward.save_reward_model`` writes it as
+L2 penalty of ``PULL`` / n_labels (w relative to PRIOR_SLOPE, b in logits), so a few labels move it a little and
+many move it more; 6 numbers cannot memorise a few dozen images the way an MLP does. The pull on the bias
+matters: the fine-tune keeps images with r >= 0.5, and a free bias fitted to 48 labels with a tenth of them flipped
+moved that threshold until a third of the unseen images it kept were wrong (docs/guide.md, "A short session"). ``reward.save_reward_model`` writes it as
 safetensors and reward_config.json ("kind": "attribute"); ``reward.load_reward_fn`` loads it like the main job's.
 """
 
@@ -36,7 +38,7 @@ from .clip import REWARD_CLIP, FrozenCLIP
 
 KIND = "attribute"  # reward_config.json's "kind" for this reward (the main job's head has none)
 PRIOR_SLOPE = 50.0  # the start's weight on min_a m_a: a margin of 0.02 (cosine units) gives r = 0.73
-PULL = 20.0  # L2 pull towards the start, divided by the number of labels: 20 labels weigh as much as the start
+PULL = 200.0  # L2 pull towards the start, divided by the number of labels: 200 labels weigh as much as the start
 VOCAB = {"count": world.COUNTS, "color": tuple(world.COLORS), "shape": world.SHAPES, "scene": tuple(world.SCENES)}
 N_FEATURES = 1 + len(world.ATTRIBUTES)
 
@@ -119,18 +121,19 @@ class AttributeReward:
 
 
 def fit_logistic(x: torch.Tensor, y: torch.Tensor, w0: torch.Tensor, b0: float, steps: int = 100) -> tuple:
-    """Weights and bias minimising the logistic loss on (x (N, K), y (N,)) plus (PULL / N) * |w - w0|^2: the fit
-    stays at the start until the labels say otherwise. L-BFGS, deterministic, milliseconds."""
+    """Weights and bias minimising the logistic loss on (x (N, K), y (N,)) plus (PULL / N) * (|w - w0|^2 /
+    PRIOR_SLOPE^2 + (b - b0)^2): the fit stays at the start until enough labels say otherwise. L-BFGS,
+    deterministic, milliseconds."""
     w = w0.clone().requires_grad_(True)
     b = torch.tensor(float(b0), requires_grad=True)
     opt = torch.optim.LBFGS([w, b], max_iter=steps, line_search_fn="strong_wolfe")
 
     def closure():
         opt.zero_grad()
-        loss = F.binary_cross_entropy_with_logits(x @ w + b, y) + PULL / len(y) * (w - w0).pow(2).sum() / PRIOR_SLOPE ** 2
+        pull = ((w - w0) / PRIOR_SLOPE).pow(2).sum() + (b - b0).pow(2)  # relative to the start's size; bias in logits
+        loss = F.binary_cross_entropy_with_logits(x @ w + b, y) + PULL / len(y) * pull
         loss.backward()
         return loss
 
     opt.step(closure)
     return w.detach(), float(b.detach())
-
