@@ -123,7 +123,7 @@ def test_colab_setup_cell_runs_every_notebook(venv, wheel, tmp_path, monkeypatch
     import time
 
     nbclient = pytest.importorskip("nbclient")
-    from test_notebooks import NOTEBOOKS, read, results
+    from test_notebooks import NOTEBOOKS, TIMEOUT, read, results
 
     stub = tmp_path / "stub" / "google" / "colab"  # google/ is a namespace package, as on Colab
     stub.mkdir(parents=True)
@@ -143,7 +143,7 @@ def test_colab_setup_cell_runs_every_notebook(venv, wheel, tmp_path, monkeypatch
     for name in NOTEBOOKS:
         nb = read(name)
         t0 = time.time()
-        nbclient.NotebookClient(nb, timeout=600, kernel_name="colab",
+        nbclient.NotebookClient(nb, timeout=TIMEOUT, kernel_name="colab",
                                 resources={"metadata": {"path": str(content)}}).execute(env=env)
         setup = "".join(o.get("text", "") for o in nb.cells[[c.cell_type for c in nb.cells].index("code")].outputs)
         print(f"{name}: {time.time() - t0:.1f} s; {setup.strip().splitlines()[-1]}")
