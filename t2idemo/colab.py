@@ -74,14 +74,15 @@ def sync(path: str, repo: str | None = None, write: bool = True) -> bool:
 
     repo = repo or repo_url()
     nb = nbformat.read(path, as_version=4)
-    before = nbformat.writes(nb)
-    title = nb.cells[0].source.split("\n")[0]
-    nb.cells[0].source = f"{title}\n\n{badge(repo, os.path.basename(path))}"
-    md = next(i for i, c in enumerate(nb.cells) if c.cell_type == "markdown" and c.source.startswith("## Setup"))
-    nb.cells[md].source = SETUP_MD.format(repo=repo)
+    md = next(c for c in nb.cells if c.cell_type == "markdown" and c.source.startswith("## Setup"))
     code = next(c for c in nb.cells if c.cell_type == "code")
-    code.source = SETUP.replace("{repo}", repo)
-    changed = nbformat.writes(nb) != before
+    title = nb.cells[0].source.split("\n")[0]
+    want = {id(nb.cells[0]): f"{title}\n\n{badge(repo, os.path.basename(path))}",
+            id(md): SETUP_MD.format(repo=repo), id(code): SETUP.replace("{repo}", repo)}
+    cells = {id(c): c for c in (nb.cells[0], md, code)}
+    changed = any(cells[k].source != v for k, v in want.items())  # only what this writes: other cells as they are
+    for k, v in want.items():
+        cells[k].source = v
     if changed and write:
         nbformat.write(nb, path)
     return changed
