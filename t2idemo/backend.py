@@ -13,7 +13,7 @@ the same methods.
     sides = backend.draw_and_rate("two red circles on sky", [0, 1, 2, 3], 15, 5.0)  # {"base": ..., "aligned": ...}
     backend.draw_labelling(24)                                     # then people label them (the Label tab)
     reward, result = backend.train_reward_model("ana")             # a session id: its files go under sessions/ana
-    model, scores = backend.fine_tune("ana", reward, 60)           # the main job's recipe, 60 steps
+    model, scores = backend.fine_tune("ana", reward, 200)          # the session's fine-tune (t2idemo.loop)
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@
     python -m t2idemo benchmarks sizes   # bytes of the shipped weights
     python -m t2idemo benchmarks app --runs 5                 # the app's Compare: 4 base + 4 aligned images, 5 times
     python -m t2idemo benchmarks app --runs 5 --during-tune   # ... while a visitor's fine-tune runs
-    python -m t2idemo benchmarks app --visitor --labels 24 --train-steps 60   # one visitor's loop, step by step
+    python -m t2idemo benchmarks app --visitor --labels 192   # one visitor's loop, step by step
     python -m t2idemo benchmarks session --labels 0,24,48,96,192 --flip 0.1   # what a short session buys (minutes
                                          # a point: t2idemo.session_curve), a table and the curve the app shows
     python -m t2idemo benchmarks all     # all but --during-tune and session
@@ -26,6 +26,7 @@ import time
 from . import world
 from .generate import ALIGNED_MODEL, BASE_MODEL, DEFAULT_GUIDANCE, DEFAULT_STEPS, load_pipeline, sample
 from .judge import analyse, judge
+from .loop import LoopConfig
 from .reward import REWARD_MODEL
 from .stats import wilson
 
@@ -216,7 +217,6 @@ def print_app_latency(a) -> list[float]:
     import torch
 
     from .backend import Backend
-    from .loop import LoopConfig
 
     with tempfile.TemporaryDirectory(prefix="t2idemo-app-") as workdir:
         backend = Backend(a.model, a.aligned, a.reward, workdir, loop=LoopConfig(train_steps=a.train_steps),
@@ -262,7 +262,7 @@ def parser():
                      "Train, Fine-tune (then the judge, base vs yours), Compare; the judge labels")
     app.add_argument("--labels", default=None, help="with --visitor: images drawn and labelled, 4 - 512; for "
                      "'session': comma-separated label counts, each 0 - 512 (default: 24; for session 0,24,48,96,192)")
-    app.add_argument("--train-steps", type=int, default=60, help="steps of that fine-tune; 1 - 400")
+    app.add_argument("--train-steps", type=int, default=LoopConfig.train_steps, help="steps of that fine-tune; 1 - 400")
     app.add_argument("--aligned", default=ALIGNED_MODEL, help="aligned pipeline folder")
     app.add_argument("--reward", default=REWARD_MODEL, help="reward model folder")
     app.add_argument("--threads", type=int, default=1, help="torch CPU threads (0 = torch's default), as app.py")
