@@ -364,12 +364,19 @@ def main(argv=None):
                        description="Push a model folder, its reward model, the labels dataset and a model card to "
                                    "the Hugging Face Hub. The token is read from the environment variable "
                                    "--token-env names (HF_TOKEN by default).")
+    return run_with_token(push, cfg)
+
+
+def run_with_token(action, cfg):
+    """The push and space commands' ending: ``action(cfg, token)`` with the token read from the environment variable
+    ``cfg.token_env`` names (never from the command line, so it stays out of the shell's history), its errors as one
+    line (exit status 1)."""
     token = os.environ.get(cfg.token_env, "")
     if not token.strip():
         raise SystemExit(f"error: token_env={cfg.token_env!r}: that environment variable is not set or empty; "
                          f"export {cfg.token_env}=<a token with write access> (https://huggingface.co/settings/tokens)")
     try:
-        return push(cfg, token)
+        return action(cfg, token)
     except (ValueError, PushError) as e:
         raise SystemExit(f"error: {e}") from None
 

@@ -26,7 +26,7 @@ import tempfile
 from dataclasses import dataclass
 
 from .config import parse_config
-from .hub import PushError, _front_matter, _link, check_repo_id, check_token, link_tree, scrub
+from .hub import PushError, _front_matter, _link, check_repo_id, check_token, link_tree, run_with_token, scrub
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACKAGE = os.path.dirname(os.path.abspath(__file__))
@@ -155,13 +155,5 @@ def main(argv=None):
                        description="Create or update a Gradio Space running the app (CPU), and the dataset that "
                                    "keeps its labels. The token is read from the environment variable --token-env "
                                    "names (HF_TOKEN by default).")
-    token = os.environ.get(cfg.token_env, "")
-    if not token.strip():
-        raise SystemExit(f"error: token_env={cfg.token_env!r}: that environment variable is not set or empty; "
-                         f"export {cfg.token_env}=<a token with write access> "
-                         f"(https://huggingface.co/settings/tokens)")
-    try:
-        deploy(cfg, token)
-    except (ValueError, PushError) as e:
-        raise SystemExit(f"error: {e}") from None
+    run_with_token(deploy, cfg)
     return 0
