@@ -1,4 +1,4 @@
-"""The app on a simulated Space (SPACE_ID, HF_TOKEN and HF_ENDPOINT -> the fake Hub of tests/test_hub.py): labels are
+"""The app on a simulated Space (SPACE_ID, HF_TOKEN and HF_ENDPOINT -> the fake_hub Hub of tests/test_hub.py): labels are
 kept in the Space's dataset repo and survive SIGKILL and a wiped disk; Share signs in with Hugging Face; a labeler is
 named on the Hub only by their own consent."""
 
@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from test_hub import TOKEN, FakeHub
+from test_hub import TOKEN, fake_hub  # noqa: F401 (fake_hub is a fixture)
 from t2idemo import consent, hub, share_page, spacesync
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -64,11 +64,11 @@ class AppProcess:
         return self.p.stderr.read()
 
 
-def hub_labels(fake, tmp_path) -> dict:
-    """{labeler: {image: label}} of the store backup in the fake Hub's dataset repo."""
+def hub_labels(fake_hub, tmp_path) -> dict:
+    """{labeler: {image: label}} of the store backup in the fake_hub Hub's dataset repo."""
     from t2idemo.labels import LabelStore
 
-    data = fake.files(DATASET, "dataset").get("labelling/labels.sqlite.backup")
+    data = fake_hub.files(DATASET, "dataset").get("labelling/labels.sqlite.backup")
     if data is None:
         return {}
     path = tmp_path / f"backup-{time.time_ns()}.sqlite"
@@ -87,20 +87,10 @@ def wait_for(fn, want, timeout=60):
     assert fn() == want
 
 
-@pytest.fixture
-def fake(monkeypatch):
-    from huggingface_hub import constants
-
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-    server = FakeHub()
-    yield server
-    server.close()
-
-
 @pytest.mark.slow
-def test_labels_survive_sigkill_and_a_wiped_disk(fake, tmp_path):
+def test_labels_survive_sigkill_and_a_wiped_disk(fake_hub, tmp_path):  # noqa: F811
     env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "PYTHONPATH")}
-    env.update(SPACE_ID=SPACE, HF_TOKEN=TOKEN, HF_ENDPOINT=fake.url, HF_HOME=str(tmp_path / "hf"),
+    env.update(SPACE_ID=SPACE, HF_TOKEN=TOKEN, HF_ENDPOINT=fake_hub.url, HF_HOME=str(tmp_path / "hf"),
                T2IDEMO_SYNC_MINUTES="0.01", HF_HUB_DISABLE_TELEMETRY="1")
     space_dir = tmp_path / "space"
     space_dir.mkdir()
@@ -111,7 +101,7 @@ def test_labels_survive_sigkill_and_a_wiped_disk(fake, tmp_path):
     a.do("label 0 good ana")
     a.do("label 1 bad ana")
     state = a.do("label 2 good ben")
-    wait_for(lambda: hub_labels(fake, tmp_path), state["labels"])
+    wait_for(lambda: hub_labels(fake_hub, tmp_path), state["labels"])
     a.do("consent ana")
     a.do("label 3 bad ana")
     latest = a.do("label 4 skip ben")["labels"]
@@ -121,7 +111,7 @@ def test_labels_survive_sigkill_and_a_wiped_disk(fake, tmp_path):
     # 2. the process restarts on the same disk (a crash, a restart of the app): nothing lost, then all committed
     b = AppProcess(space_dir, env)
     assert b.do("show") == {"rows": 6, "labels": latest}
-    wait_for(lambda: hub_labels(fake, tmp_path), latest)
+    wait_for(lambda: hub_labels(fake_hub, tmp_path), latest)
     assert TOKEN not in b.kill()
 
     # 3. the Space restarts on a wiped disk: the labelling folder comes back from the dataset
@@ -130,7 +120,7 @@ def test_labels_survive_sigkill_and_a_wiped_disk(fake, tmp_path):
     assert c.do("show") == {"rows": 6, "labels": latest}
     assert consent.consenting(str(space_dir / "runs" / "app" / "labelling")) == {"ana"}
     c.kill()
-    files = fake.files(DATASET, "dataset")
+    files = fake_hub.files(DATASET, "dataset")
     assert "labelling/metadata.jsonl" in files and sum(k.endswith(".png") for k in files) == 6
     assert not any(k.endswith((".sqlite", "-wal", "-shm")) for k in files)  # live store files never uploaded
     assert not any(TOKEN.encode() in b for b in files.values())
@@ -150,10 +140,10 @@ def test_locally_nothing_changes(monkeypatch):
         spacesync.sync_minutes()
 
 
-def test_restore_of_a_missing_dataset_restores_nothing(fake, tmp_path, monkeypatch):
+def test_restore_of_a_missing_dataset_restores_nothing(fake_hub, tmp_path, monkeypatch):  # noqa: F811
     from huggingface_hub import constants
 
-    monkeypatch.setattr(constants, "ENDPOINT", fake.url)
+    monkeypatch.setattr(constants, "ENDPOINT", fake_hub.url)
     assert spacesync.restore(str(tmp_path / "labelling"), "nobody/none-labels") == []
 
 
