@@ -1,4 +1,4 @@
-"""The app on a simulated Space (SPACE_ID, HF_TOKEN and HF_ENDPOINT -> the fake_hub Hub of tests/test_hub.py): labels are
+"""The app on a simulated Space (SPACE_ID, HF_TOKEN and HF_ENDPOINT -> the fake Hub of tests/test_hub.py): labels are
 kept in the Space's dataset repo and survive SIGKILL and a wiped disk; Share signs in with Hugging Face; a labeler is
 named on the Hub only by their own consent."""
 
@@ -64,11 +64,11 @@ class AppProcess:
         return self.p.stderr.read()
 
 
-def hub_labels(fake_hub, tmp_path) -> dict:
-    """{labeler: {image: label}} of the store backup in the fake_hub Hub's dataset repo."""
+def hub_labels(server, tmp_path) -> dict:
+    """{labeler: {image: label}} of the store backup in the fake Hub's dataset repo."""
     from t2idemo.labels import LabelStore
 
-    data = fake_hub.files(DATASET, "dataset").get("labelling/labels.sqlite.backup")
+    data = server.files(DATASET, "dataset").get("labelling/labels.sqlite.backup")
     if data is None:
         return {}
     path = tmp_path / f"backup-{time.time_ns()}.sqlite"
