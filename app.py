@@ -35,26 +35,39 @@ import time
 from dataclasses import dataclass
 
 from t2idemo import spacesync, world
-from t2idemo.backend import (DEFAULT_PROMPT, GRID, LIMITS, MAX_NAME, MAX_PROMPT, big, caption, check_number,
-                             check_prompt, example_prompts)
+from t2idemo.backend import (
+    DEFAULT_PROMPT,
+    GRID,
+    LIMITS,
+    MAX_NAME,
+    MAX_PROMPT,
+    big,
+    caption,
+    check_number,
+    check_prompt,
+    example_prompts,
+)
 from t2idemo.config import parse_config
 from t2idemo.generate import ALIGNED_MODEL, BASE_MODEL, DEFAULT_GUIDANCE, DEFAULT_STEPS
 from t2idemo.label_page import LabelPage
 from t2idemo.labels import LABELS
 from t2idemo.loop import LoopConfig
+from t2idemo.reward import CONFIG_FILE as REWARD_CONFIG_FILE
+from t2idemo.reward import REWARD_MODEL
 from t2idemo.session_curve import SESSION_CURVE
-from t2idemo.reward import CONFIG_FILE as REWARD_CONFIG_FILE, REWARD_MODEL
 from t2idemo.share_page import share_tab
 
 DEFAULT_DATA = "data/feedback"  # the labelling set of `python -m t2idemo generate`
 GALLERIES = "#base-gallery, #aligned-gallery, #mine-gallery"
-CSS = (f"{', '.join(g + ' img' for g in GALLERIES.split(', '))}, #label-image img, #label-grid img "
-       "{image-rendering: pixelated;}\n"
-       # each image's verdict and reward in full under it, wrapped if need be, never cut off with an ellipsis
-       f"{', '.join(g + ' .caption-label' for g in GALLERIES.split(', '))} "
-       "{white-space: normal; overflow: visible; text-overflow: clip; max-width: none; font-size: 0.95em;}\n"
-       # no blank band under a row of images (gradio keeps a gallery at least 450 px tall on wide screens)
-       f"{', '.join(g + ' .fixed-height' for g in GALLERIES.split(', '))} {{min-height: 0;}}")
+CSS = (
+    f"{', '.join(g + ' img' for g in GALLERIES.split(', '))}, #label-image img, #label-grid img "
+    "{image-rendering: pixelated;}\n"
+    # each image's verdict and reward in full under it, wrapped if need be, never cut off with an ellipsis
+    f"{', '.join(g + ' .caption-label' for g in GALLERIES.split(', '))} "
+    "{white-space: normal; overflow: visible; text-overflow: clip; max-width: none; font-size: 0.95em;}\n"
+    # no blank band under a row of images (gradio keeps a gallery at least 450 px tall on wide screens)
+    f"{', '.join(g + ' .fixed-height' for g in GALLERIES.split(', '))} {{min-height: 0;}}"
+)
 LABEL_KEYS_JS = """() => {
   // the Label tab's single view: g good, b bad, s skip, u undo; not while typing, nor in the grid view
   const buttons = {g: "label-good", b: "label-bad", s: "label-skip", u: "label-undo"};
@@ -71,10 +84,17 @@ LABEL_KEYS_JS = """() => {
 }"""
 MODEL_FLAGS = {  # flag: (the file that marks its folder, what the folder is, an example of a good value)
     "base": ("model_index.json", "a StableDiffusionPipeline folder", "--base t2idemo/assets/tiny-sd"),
-    "aligned": ("model_index.json", "a StableDiffusionPipeline folder",
-                "--aligned runs/aligned from `python -m t2idemo finetune`, or --aligned t2idemo/assets/tiny-sd "
-                "to show the base model on both sides"),
-    "reward": (REWARD_CONFIG_FILE, "a reward model folder", "--reward runs/reward from `python -m t2idemo reward train`"),
+    "aligned": (
+        "model_index.json",
+        "a StableDiffusionPipeline folder",
+        "--aligned runs/aligned from `python -m t2idemo finetune`, or --aligned t2idemo/assets/tiny-sd "
+        "to show the base model on both sides",
+    ),
+    "reward": (
+        REWARD_CONFIG_FILE,
+        "a reward model folder",
+        "--reward runs/reward from `python -m t2idemo reward train`",
+    ),
 }
 
 
@@ -107,8 +127,10 @@ class AppConfig:
                 problem = f"the default, {what}, is not shipped yet" if path == defaults[flag] else f"is not {what}"
                 raise ValueError(f"--{flag} {path!r}: {problem} (no {marker}); pass --{flag} PATH, e.g. {example}")
         if self.data != DEFAULT_DATA and not os.path.isfile(os.path.join(self.data, "metadata.jsonl")):
-            raise ValueError(f"--data {self.data!r} holds no metadata.jsonl; pass a folder made by "
-                             f"`python -m t2idemo generate --out DIR`")
+            raise ValueError(
+                f"--data {self.data!r} holds no metadata.jsonl; pass a folder made by "
+                f"`python -m t2idemo generate --out DIR`"
+            )
         if not 1 <= self.port <= 65535:
             raise ValueError(f"--port {self.port} is out of range; use 1 to 65535")
         if self.threads < 0:
@@ -117,8 +139,13 @@ class AppConfig:
 
     def loop_config(self) -> LoopConfig:
         """The Label and Train tabs' settings, as ``t2idemo.loop`` takes them."""
-        return LoopConfig(model=self.base, batch_images=self.batch_images, train_steps=self.train_steps,
-                          unlabelled_per_prompt=self.unlabelled_per_prompt, eval_images=self.eval_images)
+        return LoopConfig(
+            model=self.base,
+            batch_images=self.batch_images,
+            train_steps=self.train_steps,
+            unlabelled_per_prompt=self.unlabelled_per_prompt,
+            eval_images=self.eval_images,
+        )
 
 
 # ----------------------------------------------------------------------------- the handlers
@@ -145,13 +172,24 @@ class App(LabelPage):
             galleries.append([(big(im, 4), caption(v, meta, r)) for im, v, r in zip(drawn, verdicts, scores)])
             rows.append(f"| {side} | {sum(v['good'] for v in verdicts)} / {n} | {sum(scores) / n:.2f} |")
         kind = "typical" if world.is_typical(meta) else "atypical"
-        note = (f"{kind}, **unseen**: it names a combination held out of the feedback data" if meta["unseen"]
-                else f"{kind}, seen: its combinations occur in the feedback data")
-        summary = "\n".join([f"**{prompt}** ({meta['category']} prompt; {note})", "",
-                             "| model | judged good | mean reward |", "| --- | --- | --- |", *rows, "",
-                             f"seeds {seeds[0]}-{seeds[-1]}, {steps} steps, guidance {guidance:g}; "
-                             f"{time.perf_counter() - t0:.2f} s"
-                             + ("" if mine else " · train your own model in the Train tab to add a third column")])
+        note = (
+            f"{kind}, **unseen**: it names a combination held out of the feedback data"
+            if meta["unseen"]
+            else f"{kind}, seen: its combinations occur in the feedback data"
+        )
+        summary = "\n".join(
+            [
+                f"**{prompt}** ({meta['category']} prompt; {note})",
+                "",
+                "| model | judged good | mean reward |",
+                "| --- | --- | --- |",
+                *rows,
+                "",
+                f"seeds {seeds[0]}-{seeds[-1]}, {steps} steps, guidance {guidance:g}; "
+                f"{time.perf_counter() - t0:.2f} s"
+                + ("" if mine else " · train your own model in the Train tab to add a third column"),
+            ]
+        )
         return galleries[0], galleries[1], galleries[2] if mine else [], summary
 
     # ------------------------------------------------------------------------- Train
@@ -164,9 +202,11 @@ class App(LabelPage):
         state = {**state, "reward": out, "mine": None}
         acc = "n/a" if res["val_accuracy"] is None else f"{res['val_accuracy']:.0f}%"
         auc = "n/a (one class only)" if res["val_auc"] is None else f"{res['val_auc']:.2f}"
-        return (f"**Reward model trained** on the majority vote of everyone's labels ({res['good']} good, {res['bad']} "
-                f"bad) in {time.perf_counter() - t0:.1f} s. On the prompts held out of its training ({res['n_val']} "
-                f"images): accuracy {acc}, AUC {auc}. Now fine-tune with it."), state
+        return (
+            f"**Reward model trained** on the majority vote of everyone's labels ({res['good']} good, {res['bad']} "
+            f"bad) in {time.perf_counter() - t0:.1f} s. On the prompts held out of its training ({res['n_val']} "
+            f"images): accuracy {acc}, AUC {auc}. Now fine-tune with it."
+        ), state
 
     def tune(self, steps, state=None):
         """A short fine-tune of the base model with the main job's recipe on the labels -> (markdown, state)."""
@@ -181,15 +221,23 @@ class App(LabelPage):
         judged = ""
         if scores:
             b, y = scores["base"], scores["yours"]
-            verdict = ("better than the base, CIs apart" if y["lo"] > b["hi"] else
-                       "worse than the base, CIs apart" if y["hi"] < b["lo"] else
-                       f"CIs overlapping: {b['n']} images tell only a large change apart")
-            judged = (f" The judge on {b['n']} unseen combination prompts (fixed seeds): base {100 * b['p']:.0f}% all right "
-                      f"[{100 * b['lo']:.0f}, {100 * b['hi']:.0f}], yours {100 * y['p']:.0f}% [{100 * y['lo']:.0f}, "
-                      f"{100 * y['hi']:.0f}] (Wilson 95% CIs; {verdict}). The curve above says what to expect.")
-        return (f"**Your model is ready** ({steps} steps, {time.perf_counter() - t0:.0f} s)."
-                + judged + " Compare now draws it in a third column; only you see it. Share can push it."), \
-            {**state, "mine": model}
+            verdict = (
+                "better than the base, CIs apart"
+                if y["lo"] > b["hi"]
+                else "worse than the base, CIs apart"
+                if y["hi"] < b["lo"]
+                else f"CIs overlapping: {b['n']} images tell only a large change apart"
+            )
+            judged = (
+                f" The judge on {b['n']} unseen combination prompts (fixed seeds): base {100 * b['p']:.0f}% all right "
+                f"[{100 * b['lo']:.0f}, {100 * b['hi']:.0f}], yours {100 * y['p']:.0f}% [{100 * y['lo']:.0f}, "
+                f"{100 * y['hi']:.0f}] (Wilson 95% CIs; {verdict}). The curve above says what to expect."
+            )
+        return (
+            f"**Your model is ready** ({steps} steps, {time.perf_counter() - t0:.0f} s)."
+            + judged
+            + " Compare now draws it in a third column; only you see it. Share can push it."
+        ), {**state, "mine": model}
 
     def cancel(self, state=None) -> str:
         """Cancel this visitor's fine-tune at its next step."""
@@ -209,14 +257,21 @@ class App(LabelPage):
         elif self.cfg.share_shipped:
             model, reward, whose = self.cfg.aligned, self.cfg.reward, "the app's aligned model"
         else:
-            raise ValueError("you have no model to share yet: label some images, then train and fine-tune in the "
-                             "Train tab")
-        cfg, out = self.push_to_hub(repo_id, token, model, reward if with_reward else "", private, with_labels, with_names)
-        lines = [f"Pushed {whose}, its card{' and the reward model' if cfg.reward else ''}: "
-                 f"[{cfg.repo_id}]({out['model']}) ({out['files']['model']} files)."]
+            raise ValueError(
+                "you have no model to share yet: label some images, then train and fine-tune in the Train tab"
+            )
+        cfg, out = self.push_to_hub(
+            repo_id, token, model, reward if with_reward else "", private, with_labels, with_names
+        )
+        lines = [
+            f"Pushed {whose}, its card{' and the reward model' if cfg.reward else ''}: "
+            f"[{cfg.repo_id}]({out['model']}) ({out['files']['model']} files)."
+        ]
         if out["dataset"]:
-            lines.append(f"Pushed the labels dataset{'' if with_names else ' (labeler names replaced)'}: "
-                         f"[{cfg.repo_id}]({out['dataset']}) ({out['files']['dataset']} files).")
+            lines.append(
+                f"Pushed the labels dataset{'' if with_names else ' (labeler names replaced)'}: "
+                f"[{cfg.repo_id}]({out['dataset']}) ({out['files']['dataset']} files)."
+            )
         return "\n\n".join(lines)
 
 
@@ -238,52 +293,102 @@ def ui_errors(fn, gr):
 
 def with_progress(fn, gr):
     """Wrap a long handler so the page shows a progress bar (the tqdm bars of the steps it calls)."""
+
     def handler(*args, progress=gr.Progress(track_tqdm=True)):
         return fn(*args)
+
     return handler
 
 
 def _compare_tab(app: App, gr, session):
     """Compare: a prompt and the sampler's settings in, one gallery per model and a summary out."""
     with gr.Row():
-        prompt = gr.Textbox(label="prompt", value=DEFAULT_PROMPT, elem_id="prompt", scale=3, max_length=MAX_PROMPT,
-                            info="counts one-four, colours, circle/square/triangle, 'on' sky/sand/grass/night/snow")
+        prompt = gr.Textbox(
+            label="prompt",
+            value=DEFAULT_PROMPT,
+            elem_id="prompt",
+            scale=3,
+            max_length=MAX_PROMPT,
+            info="counts one-four, colours, circle/square/triangle, 'on' sky/sand/grass/night/snow",
+        )
         generate = gr.Button("Generate", variant="primary", elem_id="generate", scale=1)
     with gr.Row():
         seed = gr.Number(label="seed", value=0, precision=0, elem_id="seed", info="image i uses seed + i")
-        steps = gr.Number(label="steps", value=DEFAULT_STEPS, precision=0, elem_id="steps",
-                          info=f"{LIMITS['steps'][0]} to {LIMITS['steps'][1]}")
-        guidance = gr.Slider(*LIMITS["guidance"], value=DEFAULT_GUIDANCE, step=0.5, label="guidance", elem_id="guidance")
-        images = gr.Number(label="images", value=4, precision=0, elem_id="images",
-                           info=f"per model, {LIMITS['images'][0]} to {LIMITS['images'][1]}")
+        steps = gr.Number(
+            label="steps",
+            value=DEFAULT_STEPS,
+            precision=0,
+            elem_id="steps",
+            info=f"{LIMITS['steps'][0]} to {LIMITS['steps'][1]}",
+        )
+        guidance = gr.Slider(
+            *LIMITS["guidance"], value=DEFAULT_GUIDANCE, step=0.5, label="guidance", elem_id="guidance"
+        )
+        images = gr.Number(
+            label="images",
+            value=4,
+            precision=0,
+            elem_id="images",
+            info=f"per model, {LIMITS['images'][0]} to {LIMITS['images'][1]}",
+        )
     examples = example_prompts()
-    gr.Examples([[p] for p, _ in examples], inputs=[prompt], example_labels=[label for _, label in examples],
-                label="examples by category (typical = what the base model's data shows most; unseen = held out of the feedback data)")
+    gr.Examples(
+        [[p] for p, _ in examples],
+        inputs=[prompt],
+        example_labels=[label for _, label in examples],
+        label="examples by category (typical = what the base model's data shows most; unseen = held out of the feedback data)",
+    )
     # one full-width row per model, image i of each from the same seed, so columns line up model to model
-    galleries = [gr.Gallery(label=label, columns=4, format="png", object_fit="contain", height="auto",
-                            elem_id=f"{side}-gallery", interactive=False)
-                 for side, label in (("base", "base model"), ("aligned", "aligned model (shipped)"),
-                                     ("mine", "your model (Train tab)"))]
+    galleries = [
+        gr.Gallery(
+            label=label,
+            columns=4,
+            format="png",
+            object_fit="contain",
+            height="auto",
+            elem_id=f"{side}-gallery",
+            interactive=False,
+        )
+        for side, label in (
+            ("base", "base model"),
+            ("aligned", "aligned model (shipped)"),
+            ("mine", "your model (Train tab)"),
+        )
+    ]
     summary = gr.Markdown(elem_id="summary")
     go = ui_errors(app.compare, gr)
     for trigger in (generate.click, prompt.submit):
-        trigger(go, [prompt, seed, steps, guidance, images, session], [*galleries, summary],
-                concurrency_limit=1, concurrency_id="models")
+        trigger(
+            go,
+            [prompt, seed, steps, guidance, images, session],
+            [*galleries, summary],
+            concurrency_limit=1,
+            concurrency_id="models",
+        )
 
 
 def _label_tab(app: App, gr, session):
     """Label: Draw (unless the owner passed --data), a name and Start, Good / Bad / Skip / Undo (keys g / b / s / u),
     the grid view, How did I do?"""
     if app.fixed_data:
-        gr.Markdown(f"Labelling the app's dataset ({len(app.rows)} images). Is the image right for its prompt? "
-                    "Every click is saved at once.")
+        gr.Markdown(
+            f"Labelling the app's dataset ({len(app.rows)} images). Is the image right for its prompt? "
+            "Every click is saved at once."
+        )
     else:
-        gr.Markdown("Draw images of the feedback prompts from the base model, then label them: is the image right for "
-                    "its prompt? Every click is saved at once; several people can label at once, each under their "
-                    "own name.")
+        gr.Markdown(
+            "Draw images of the feedback prompts from the base model, then label them: is the image right for "
+            "its prompt? Every click is saved at once; several people can label at once, each under their "
+            "own name."
+        )
         with gr.Row():
-            batch = gr.Number(label="images to draw", value=app.cfg.batch_images, precision=0, elem_id="label-n",
-                              info=f"{LIMITS['batch'][0]} to {LIMITS['batch'][1]}")
+            batch = gr.Number(
+                label="images to draw",
+                value=app.cfg.batch_images,
+                precision=0,
+                elem_id="label-n",
+                info=f"{LIMITS['batch'][0]} to {LIMITS['batch'][1]}",
+            )
             draw = gr.Button("Draw images to label", elem_id="label-draw")
     with gr.Row():
         name = gr.Textbox(label="your name", elem_id="labeler-name", scale=3, max_length=MAX_NAME)
@@ -292,9 +397,14 @@ def _label_tab(app: App, gr, session):
     image = gr.Image(type="pil", label="image", interactive=False, height=256, width=256, elem_id="label-image")
     text = gr.Markdown(elem_id="label-prompt")
     with gr.Row():
-        buttons = {label: gr.Button(label.capitalize(), elem_id=f"label-{label}",
-                                    variant={"good": "primary", "bad": "stop"}.get(label, "secondary"))
-                   for label in LABELS}
+        buttons = {
+            label: gr.Button(
+                label.capitalize(),
+                elem_id=f"label-{label}",
+                variant={"good": "primary", "bad": "stop"}.get(label, "secondary"),
+            )
+            for label in LABELS
+        }
         undo = gr.Button("Undo", elem_id="label-undo")
     status = gr.Markdown(elem_id="label-status")
     with gr.Row():
@@ -319,15 +429,29 @@ def _label_grid(app: App, gr, session, view: list, kw: dict) -> tuple:
     last screen back. The single ``view`` follows each screen. Returns (handler, inputs, outputs) that show a
     fresh screen, for Start."""
     with gr.Accordion(f"Grid view: {GRID} images on one screen", open=False, elem_id="label-grid") as grid:
-        mark = gr.Radio([("I mark the good ones", "good"), ("I mark the bad ones", "bad")], value="good",
-                        show_label=False, elem_id="grid-mark", info="the images left unticked get the other label")
+        mark = gr.Radio(
+            [("I mark the good ones", "good"), ("I mark the bad ones", "bad")],
+            value="good",
+            show_label=False,
+            elem_id="grid-mark",
+            info="the images left unticked get the other label",
+        )
         images, ticks = [], []
         for first in range(0, GRID, 4):
             with gr.Row():
                 for k in range(first, first + 4):
                     with gr.Column(min_width=120):
-                        images.append(gr.Image(type="pil", show_label=False, interactive=False, height=128,
-                                               width=128, visible=False, elem_id=f"grid-image-{k}"))
+                        images.append(
+                            gr.Image(
+                                type="pil",
+                                show_label=False,
+                                interactive=False,
+                                height=128,
+                                width=128,
+                                visible=False,
+                                elem_id=f"grid-image-{k}",
+                            )
+                        )
                         ticks.append(gr.Checkbox(label="", visible=False, elem_id=f"grid-tick-{k}"))
         with gr.Row():
             submit = gr.Button("Submit screen", variant="primary", elem_id="grid-submit")
@@ -336,8 +460,9 @@ def _label_grid(app: App, gr, session, view: list, kw: dict) -> tuple:
     outputs = [*images, *ticks, view[2], status, session]  # view[2]: the progress line both views share
     show, refresh = ui_errors(grid_cells(app.grid_view, gr), gr), (ui_errors(app.label_refresh, gr), [session], view)
     grid.expand(show, [session], outputs, **kw)
-    submit.click(ui_errors(grid_cells(app.grid_submit, gr), gr), [session, mark, *ticks], outputs,
-                 **kw).success(*refresh, **kw)
+    submit.click(ui_errors(grid_cells(app.grid_submit, gr), gr), [session, mark, *ticks], outputs, **kw).success(
+        *refresh, **kw
+    )
     undo.click(ui_errors(grid_cells(app.grid_undo, gr), gr), [session], outputs, **kw).success(*refresh, **kw)
     return show, [session], outputs
 
@@ -345,33 +470,48 @@ def _label_grid(app: App, gr, session, view: list, kw: dict) -> tuple:
 def grid_cells(fn, gr):
     """Wrap a grid handler: its screen [(image, prompt)] becomes GRID images and unticked boxes labelled with the
     prompts, then the handler's other values; the cells past the screen's end are hidden."""
+
     @functools.wraps(fn)
     def handler(*args):
         cells, *rest = fn(*args)
         cells = cells + [(None, None)] * (GRID - len(cells))
-        return [*(gr.Image(value=im, visible=im is not None) for im, _ in cells),
-                *(gr.Checkbox(value=False, label=prompt or "", visible=prompt is not None) for _, prompt in cells),
-                *rest]
+        return [
+            *(gr.Image(value=im, visible=im is not None) for im, _ in cells),
+            *(gr.Checkbox(value=False, label=prompt or "", visible=prompt is not None) for _, prompt in cells),
+            *rest,
+        ]
 
     return handler
 
 
 def _train_tab(app: App, gr, session):
     """Train: the reward model, then a fine-tune (steps, Cancel)."""
-    gr.Markdown("The paper's steps 2 and 3 on the labels so far. **1.** The reward model: its CLIP checks each "
-                "attribute a prompt names, and the majority vote of everyone's labels calibrates it (seconds). **2.** "
-                "The base model draws 8 images of each of the world's 405 prompts, the reward model picks each "
-                "prompt's best good ones, and the model is fine-tuned on them and your good images, plus the "
-                "pre-training term (a few minutes). Your model then shows as a third column in Compare, for you only. "
-                "One job runs at a time on this machine.")
+    gr.Markdown(
+        "The paper's steps 2 and 3 on the labels so far. **1.** The reward model: its CLIP checks each "
+        "attribute a prompt names, and the majority vote of everyone's labels calibrates it (seconds). **2.** "
+        "The base model draws 8 images of each of the world's 405 prompts, the reward model picks each "
+        "prompt's best good ones, and the model is fine-tuned on them and your good images, plus the "
+        "pre-training term (a few minutes). Your model then shows as a third column in Compare, for you only. "
+        "One job runs at a time on this machine."
+    )
     if os.path.isfile(SESSION_CURVE):
-        gr.Image(SESSION_CURVE, label="what a session buys at each label count (python -m t2idemo benchmarks "
-                 "session)", interactive=False, height=300, elem_id="session-curve")
+        gr.Image(
+            SESSION_CURVE,
+            label="what a session buys at each label count (python -m t2idemo benchmarks session)",
+            interactive=False,
+            height=300,
+            elem_id="session-curve",
+        )
     train = gr.Button("1. Train the reward model", elem_id="train-reward")
     reward_md = gr.Markdown(elem_id="train-reward-result")
     with gr.Row():
-        train_steps = gr.Number(label="fine-tune steps", value=app.cfg.train_steps, precision=0, elem_id="tune-steps",
-                                info=f"{LIMITS['train_steps'][0]} to {LIMITS['train_steps'][1]}")
+        train_steps = gr.Number(
+            label="fine-tune steps",
+            value=app.cfg.train_steps,
+            precision=0,
+            elem_id="tune-steps",
+            info=f"{LIMITS['train_steps'][0]} to {LIMITS['train_steps'][1]}",
+        )
         tune = gr.Button("2. Fine-tune", variant="primary", elem_id="tune")
         cancel = gr.Button("Cancel", variant="stop", elem_id="tune-cancel")
     tune_md = gr.Markdown(elem_id="tune-result")
@@ -388,9 +528,11 @@ def build(app: App):
     except ImportError as e:
         raise ImportError("app.py needs gradio; install it with: pip install gradio") from e
     with gr.Blocks(title="t2idemo", analytics_enabled=False) as demo:
-        gr.Markdown("# t2idemo: aligning a text-to-image model with human feedback\nThe shapes world of "
-                    "Lee et al. 2023. Be the human in the loop: **Label** images, **Train** a reward model and tune "
-                    "the model on your labels, **Compare** it with the base and the shipped aligned model, **Share** it.")
+        gr.Markdown(
+            "# t2idemo: aligning a text-to-image model with human feedback\nThe shapes world of "
+            "Lee et al. 2023. Be the human in the loop: **Label** images, **Train** a reward model and tune "
+            "the model on your labels, **Compare** it with the base and the shipped aligned model, **Share** it."
+        )
         session = gr.State({})
         with gr.Tab("Compare"):
             _compare_tab(app, gr, session)
@@ -406,7 +548,9 @@ def build(app: App):
 
 def main(argv=None):
     """Parse the flags, load the models and serve the page."""
-    cfg = parse_config(AppConfig, argv, prog="python app.py", description="The t2idemo app: Compare, Label, Train, Share.")
+    cfg = parse_config(
+        AppConfig, argv, prog="python app.py", description="The t2idemo app: Compare, Label, Train, Share."
+    )
     schedule = spacesync.start(cfg)  # on a Space: labels restored from its dataset, then saved to it; locally nothing
     app = App(cfg)
     schedule(app)

@@ -38,8 +38,9 @@ ENV = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH
 
 
 def child(store, labeler, start, n):
-    return subprocess.Popen([sys.executable, "-c", CHILD, store, labeler, str(start), str(n)],
-                            stdout=subprocess.PIPE, text=True, env=ENV)
+    return subprocess.Popen(
+        [sys.executable, "-c", CHILD, store, labeler, str(start), str(n)], stdout=subprocess.PIPE, text=True, env=ENV
+    )
 
 
 def bench_generation(model: str, n: int, tmp: str) -> None:
@@ -52,12 +53,16 @@ def bench_generation(model: str, n: int, tmp: str) -> None:
     t0 = time.perf_counter()
     generate.sample(pipe, batch, list(range(n)))
     dt = time.perf_counter() - t0
-    print(f"sample(): {n} images, batch 64, {generate.DEFAULT_STEPS} steps, guidance {generate.DEFAULT_GUIDANCE}, "
-          f"{pipe.device} x{torch.get_num_threads()} threads: {dt:.2f} s = {n / dt:.1f} images/s")
+    print(
+        f"sample(): {n} images, batch 64, {generate.DEFAULT_STEPS} steps, guidance {generate.DEFAULT_GUIDANCE}, "
+        f"{pipe.device} x{torch.get_num_threads()} threads: {dt:.2f} s = {n / dt:.1f} images/s"
+    )
     cfg = generate.GenerateConfig(out=os.path.join(tmp, "set"), model=model, max_prompts=n // 4, per_prompt=4)
     stats = generate.generate_dataset(cfg, pipe=pipe)
-    print(f"generate_dataset(): {stats['generated']} images with PNG + metadata writes: {stats['seconds']:.2f} s = "
-          f"{stats['generated'] / stats['seconds']:.1f} images/s")
+    print(
+        f"generate_dataset(): {stats['generated']} images with PNG + metadata writes: {stats['seconds']:.2f} s = "
+        f"{stats['generated'] / stats['seconds']:.1f} images/s"
+    )
 
 
 def bench_store(n: int, tmp: str) -> None:
@@ -67,7 +72,9 @@ def bench_store(n: int, tmp: str) -> None:
         for i in range(n):
             s.add(f"{i:06d}.png", "good")
         dt = time.perf_counter() - t0
-        print(f"store add(): {n} clicks, one fsynced transaction each: {n / dt:.0f} labels/s ({1e3 * dt / n:.2f} ms/click)")
+        print(
+            f"store add(): {n} clicks, one fsynced transaction each: {n / dt:.0f} labels/s ({1e3 * dt / n:.2f} ms/click)"
+        )
         t0 = time.perf_counter()
         s.add_many([(f"{i:06d}.png", "bad") for i in range(n)], labeler="batch")
         dt = time.perf_counter() - t0
@@ -76,6 +83,7 @@ def bench_store(n: int, tmp: str) -> None:
         def work(t):
             for i in range(n // 4):
                 s.add(f"{i:06d}.png", "skip", labeler=f"thread{t}")
+
         threads = [threading.Thread(target=work, args=(t,)) for t in range(4)]
         t0 = time.perf_counter()
         for t in threads:
@@ -101,7 +109,7 @@ def bench_label_kills(kills: int, tmp: str) -> None:
     lost = in_flight = acked_total = 0
     for k in range(kills):
         path = os.path.join(tmp, f"kill{k}.sqlite")
-        p = child(path, "kid", 0, 10 ** 6)
+        p = child(path, "kid", 0, 10**6)
         p.stdout.readline()  # running
         time.sleep(rng.uniform(0.0, 0.5))
         os.kill(p.pid, signal.SIGKILL)
@@ -112,16 +120,30 @@ def bench_label_kills(kills: int, tmp: str) -> None:
         lost += sum(f"{i:06d}.png" not in stored for i in acked)
         in_flight += len(stored) - len(acked)
         acked_total += len(acked)
-    print(f"label kill: {kills} SIGKILLs mid-session, {acked_total} acknowledged clicks: {lost} lost; "
-          f"{in_flight} unacknowledged in-flight clicks were committed anyway")
+    print(
+        f"label kill: {kills} SIGKILLs mid-session, {acked_total} acknowledged clicks: {lost} lost; "
+        f"{in_flight} unacknowledged in-flight clicks were committed anyway"
+    )
 
 
 def bench_generate_kills(model: str, kills: int, tmp: str) -> None:
     lost_rows = orphans = 0
     for k in range(kills):
         out = os.path.join(tmp, f"gen{k}")
-        cmd = [sys.executable, "-m", "t2idemo", "generate", "--out", out, "--model", model, "--max-prompts", "32",
-               "--batch", "16"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "t2idemo",
+            "generate",
+            "--out",
+            out,
+            "--model",
+            model,
+            "--max-prompts",
+            "32",
+            "--batch",
+            "16",
+        ]
         p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV, cwd=ROOT)
         deadline = time.time() + 120
         while not os.path.exists(os.path.join(out, "metadata.jsonl")) and time.time() < deadline:
@@ -135,8 +157,10 @@ def bench_generate_kills(model: str, kills: int, tmp: str) -> None:
         orphans += len(pngs - {r["file_name"] for r in rows})  # images drawn but not yet recorded
         stats = generate.generate_dataset(generate.GenerateConfig(out=out, model=model, max_prompts=32, batch=16))
         assert len(data.load_rows(out, missing_ok=True)) == stats["images"]
-    print(f"generate kill: {kills} SIGKILLs: {lost_rows} rows without an image; {orphans} finished PNGs of "
-          f"unrecorded batches redrawn on resume (a kill costs at most the batch in flight); every resume completed")
+    print(
+        f"generate kill: {kills} SIGKILLs: {lost_rows} rows without an image; {orphans} finished PNGs of "
+        f"unrecorded batches redrawn on resume (a kill costs at most the batch in flight); every resume completed"
+    )
 
 
 def main():

@@ -28,8 +28,12 @@ def sweep_runs(run: str, lrs: list) -> dict:
         results = {"filtered": json.load(f)}
     rc = run_config(run)
     for lr in lrs:
-        cfg = changed(rc, out=f"{run.rstrip('/')}-dpo-lr{lr}", reuse=run,
-                      **{**RECIPES["dpo"], "finetune.lr": float(lr), "evaluate.split": "unseen"})
+        cfg = changed(
+            rc,
+            out=f"{run.rstrip('/')}-dpo-lr{lr}",
+            reuse=run,
+            **{**RECIPES["dpo"], "finetune.lr": float(lr), "evaluate.split": "unseen"},
+        )
         results[f"DPO, lr {lr}"] = run_or_read(cfg)
     return results
 
@@ -43,17 +47,23 @@ def table(results: dict) -> str:
     models = {"base": {**base, "rates": {"unseen": base["rates"]["unseen"]}}}
     for name, res in results.items():
         tuned = [m for k, m in res["models"].items() if k != "base"][-1]
-        lr = f'{res["run_config"]["finetune"]["lr"]:.0e}'.replace("e-0", "e-")  # 5e-4
-        models[name if name.startswith("DPO") else f"{name}, lr {lr}"] = \
-            {**tuned, "rates": {"unseen": tuned["rates"]["unseen"]}}
-    times = [f"{name}: {sum(v for k, v in res['timings_s']['round1'].items() if k.startswith('finetune')):.0f} s"
-             for name, res in results.items()]
+        lr = f"{res['run_config']['finetune']['lr']:.0e}".replace("e-0", "e-")  # 5e-4
+        models[name if name.startswith("DPO") else f"{name}, lr {lr}"] = {
+            **tuned,
+            "rates": {"unseen": tuned["rates"]["unseen"]},
+        }
+    times = [
+        f"{name}: {sum(v for k, v in res['timings_s']['round1'].items() if k.startswith('finetune')):.0f} s"
+        for name, res in results.items()
+    ]
     return markdown_table({"models": models}) + "\nfine-tune wall time: " + "; ".join(times)
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
-    p.add_argument("run", help="a finished `python -m t2idemo run` folder (the filtered recipe, its images and labels)")
+    p.add_argument(
+        "run", help="a finished `python -m t2idemo run` folder (the filtered recipe, its images and labels)"
+    )
     p.add_argument("--lrs", default="5e-6,2e-5,1e-4,5e-4", help="DPO learning rates, comma-separated")
     args = p.parse_args(argv)
     lrs = [x.strip() for x in args.lrs.split(",") if x.strip()]

@@ -66,7 +66,7 @@ def held_out_auc(run: str, runs: list) -> dict:
         fn = load_reward_fn(RunPaths(folder).round(1).reward)
         scores = []
         for i in range(0, len(images), 256):
-            scores += fn(images[i:i + 256], [r["prompt"] for r in rows[i:i + 256]]).tolist()
+            scores += fn(images[i : i + 256], [r["prompt"] for r in rows[i : i + 256]]).tolist()
         out[folder] = roc_auc(scores, truth)
     return out
 
@@ -82,14 +82,27 @@ def summary(run: str, folders: dict) -> list:
             res = json.load(f)
         tuned = [m for k, m in res["models"].items() if k != "base"][-1]["rates"]["unseen"]
         base = res["models"]["base"]["rates"]["unseen"]
-        row = rows.setdefault(level, {"level": level, "base": base["combination"]["all"],
-                                      "base_three_as_four": three_as_four(base), "seeds": []})
-        row["seeds"].append({"seed": seed, "combos": 100 * tuned["combination"]["all"]["p"],
-                             "count": 100 * tuned["combination"]["count"]["p"],
-                             "colour": 100 * tuned["combination"]["color"]["p"],
-                             "background": 100 * tuned["combination"]["scene"]["p"],
-                             "three_as_four": three_as_four(tuned), "auc": aucs[folder],
-                             "changed": labels_changed(run, folder)})
+        row = rows.setdefault(
+            level,
+            {
+                "level": level,
+                "base": base["combination"]["all"],
+                "base_three_as_four": three_as_four(base),
+                "seeds": [],
+            },
+        )
+        row["seeds"].append(
+            {
+                "seed": seed,
+                "combos": 100 * tuned["combination"]["all"]["p"],
+                "count": 100 * tuned["combination"]["count"]["p"],
+                "colour": 100 * tuned["combination"]["color"]["p"],
+                "background": 100 * tuned["combination"]["scene"]["p"],
+                "three_as_four": three_as_four(tuned),
+                "auc": aucs[folder],
+                "changed": labels_changed(run, folder),
+            }
+        )
     return list(rows.values())
 
 
@@ -99,7 +112,9 @@ def labels_changed(run: str, folder: str) -> int:
     from t2idemo.runconfig import RunPaths
 
     honest = {r["file_name"]: r.get("label") for r in load_rows(RunPaths(run).round(1).feedback, "feedback")}
-    return sum(honest.get(r["file_name"]) != r.get("label") for r in load_rows(RunPaths(folder).round(1).feedback, "feedback"))
+    return sum(
+        honest.get(r["file_name"]) != r.get("label") for r in load_rows(RunPaths(folder).round(1).feedback, "feedback")
+    )
 
 
 def three_as_four(rates: dict) -> float:
@@ -117,21 +132,28 @@ def spread(values: list, fmt: str = "{:.1f}") -> str:
 
 def table(rows: list) -> str:
     base = rows[0]["base"]
-    lines = [f"Unseen prompts, tuned model; mean over seeds (min - max). The base: combinations {100 * base['p']:.1f} "
-             f"[{100 * base['lo']:.1f}, {100 * base['hi']:.1f}], three drawn as four "
-             f"{rows[0].get('base_three_as_four', float('nan')):.1f}.", "",
-             "| rater | seeds | labels changed | combinations, all right | each seed | combo: count | combo: colour "
-             "| combo: background | three drawn as four | reward AUC, held out |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"Unseen prompts, tuned model; mean over seeds (min - max). The base: combinations {100 * base['p']:.1f} "
+        f"[{100 * base['lo']:.1f}, {100 * base['hi']:.1f}], three drawn as four "
+        f"{rows[0].get('base_three_as_four', float('nan')):.1f}.",
+        "",
+        "| rater | seeds | labels changed | combinations, all right | each seed | combo: count | combo: colour "
+        "| combo: background | three drawn as four | reward AUC, held out |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         s = r["seeds"]
         name = r["level"] if r["level"] in BIASES else f"{100 * float(r['level']):g}% flipped"
-        lines.append(f"| {name} | {len(s)} | {spread([x.get('changed', float('nan')) for x in s], '{:.0f}')} | "
-                     f"{spread([x['combos'] for x in s])} | "
-                     + ", ".join(f"{x['combos']:.1f}" for x in s) + " | "
-                     + " | ".join(spread([x.get(k, float("nan")) for x in s])
-                                  for k in ("count", "colour", "background", "three_as_four"))
-                     + f" | {spread([x['auc'] for x in s], '{:.3f}')} |")
+        lines.append(
+            f"| {name} | {len(s)} | {spread([x.get('changed', float('nan')) for x in s], '{:.0f}')} | "
+            f"{spread([x['combos'] for x in s])} | "
+            + ", ".join(f"{x['combos']:.1f}" for x in s)
+            + " | "
+            + " | ".join(
+                spread([x.get(k, float("nan")) for x in s]) for k in ("count", "colour", "background", "three_as_four")
+            )
+            + f" | {spread([x['auc'] for x in s], '{:.3f}')} |"
+        )
     return "\n".join(lines)
 
 
@@ -152,20 +174,33 @@ def plot(rows: list, out: str):
         ax.plot([xi] * len(r["seeds"]), [s["combos"] for s in r["seeds"]], ".", color="tab:blue", alpha=0.5)
     for r in rows:
         if r["level"] in BIASES:
-            ax.plot([0] * len(r["seeds"]), [s["combos"] for s in r["seeds"]], "x", color="tab:purple", ms=7,
-                    label=f"{r['level']} rater (each seed)")
+            ax.plot(
+                [0] * len(r["seeds"]),
+                [s["combos"] for s in r["seeds"]],
+                "x",
+                color="tab:purple",
+                ms=7,
+                label=f"{r['level']} rater (each seed)",
+            )
     base = rows[0]["base"]
     ax.axhspan(100 * base["lo"], 100 * base["hi"], color="grey", alpha=0.25, label="base model (95% CI)")
     ax.set_xlabel("simulated rater: labels flipped (%)")
     ax.set_ylabel("% all right (n = 512 per point)")
     ax2 = ax.twinx()
-    ax2.plot(x, [sum(s["auc"] for s in r["seeds"]) / len(r["seeds"]) for r in flips], "s--", color="tab:red",
-             label="reward AUC, held out (mean; right axis)")
+    ax2.plot(
+        x,
+        [sum(s["auc"] for s in r["seeds"]) / len(r["seeds"]) for r in flips],
+        "s--",
+        color="tab:red",
+        label="reward AUC, held out (mean; right axis)",
+    )
     ax2.set_ylabel("reward AUC on unseen prompts")
     ax2.set_ylim(0.5, 1.0)
     h1, l1 = ax.get_legend_handles_labels()
     h2, l2 = ax2.get_legend_handles_labels()
-    fig.legend(h1 + h2, l1 + l2, fontsize=7, loc="lower center", ncol=2, frameon=False)  # below the axes: nothing hidden
+    fig.legend(
+        h1 + h2, l1 + l2, fontsize=7, loc="lower center", ncol=2, frameon=False
+    )  # below the axes: nothing hidden
     ax.set_title("Rater noise, end to end (slotted shapes world)", fontsize=9)
     fig.tight_layout(rect=(0, 0.13, 1, 1))
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
@@ -176,9 +211,14 @@ def plot(rows: list, out: str):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
     p.add_argument("run", help="a finished `python -m t2idemo run` folder (the honest rater)")
-    p.add_argument("--levels", default="0,0.1,0.2,0.3,four-for-three",
-                   help="comma-separated: shares of labels flipped (0 - 1) or a bias: " + ", ".join(BIASES))
-    p.add_argument("--seeds", default="0,1,2", help="comma-separated train seeds (the labels' noise, reward, fine-tune)")
+    p.add_argument(
+        "--levels",
+        default="0,0.1,0.2,0.3,four-for-three",
+        help="comma-separated: shares of labels flipped (0 - 1) or a bias: " + ", ".join(BIASES),
+    )
+    p.add_argument(
+        "--seeds", default="0,1,2", help="comma-separated train seeds (the labels' noise, reward, fine-tune)"
+    )
     p.add_argument("--plot", default="", help="write the figure here (PNG); '' = no figure")
     args = p.parse_args(argv)
     levels = [x.strip() for x in args.levels.split(",") if x.strip()]

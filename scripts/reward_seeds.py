@@ -5,6 +5,7 @@
 
 CLIP embeddings are computed once; each head then trains in seconds on one CPU thread.
 """
+
 import argparse
 import dataclasses
 import statistics
@@ -42,8 +43,11 @@ def main():
                     r = head(test.img, test.txt[test.prompt_ids])
                 aucs.append(stats.roc_auc(r, truth))
                 accs.append(float(((r > 0.5).float() == truth).float().mean()))
-            print(f"rho {rho:g} lambda {lam:g}: AUC mean {statistics.mean(aucs):.3f} "
-                  f"({min(aucs):.3f}-{max(aucs):.3f}), accuracy {statistics.mean(accs):.3f}", flush=True)
+            print(
+                f"rho {rho:g} lambda {lam:g}: AUC mean {statistics.mean(aucs):.3f} "
+                f"({min(aucs):.3f}-{max(aucs):.3f}), accuracy {statistics.mean(accs):.3f}",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

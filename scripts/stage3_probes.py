@@ -10,6 +10,7 @@ about 17 minutes on one CPU core) and evaluates it on the unseen prompts at guid
 ``reward`` and ``top2`` need a finished main job (``python -m t2idemo run``: its round-1 reward model and
 unlabelled images). Add ``--steps 300 --lr 1e-4`` for the main job's budget.
 """
+
 import argparse
 import json
 import os
@@ -17,13 +18,12 @@ import random
 
 from t2idemo import evaluate as ev
 from t2idemo import world
+from t2idemo.data import load_images, load_rows, write_rows_atomic
 from t2idemo.finetune import FinetuneConfig, finetune
 from t2idemo.finetune_data import reward_scores, top_k_rows
 from t2idemo.generate import GenerateConfig, generate_dataset
-from t2idemo.data import write_rows_atomic
 from t2idemo.judge import judge
 from t2idemo.reward import load_reward_fn
-from t2idemo.data import load_images, load_rows
 from t2idemo.run import merge_folders
 from t2idemo.runconfig import RunPaths
 
@@ -54,7 +54,9 @@ def top_k_folder(src: str, reward: str, out: str, k: int = 2) -> str:
     rows = load_rows(src, "data")
     images = load_images(src, rows)
     prompts = [r["prompt"] for r in rows]
-    keep = top_k_rows(prompts, reward_scores(load_reward_fn(reward), images, prompts), k)  # what finetune --top-k keeps
+    keep = top_k_rows(
+        prompts, reward_scores(load_reward_fn(reward), images, prompts), k
+    )  # what finetune --top-k keeps
     right = sum(judge(images[i], rows[i])["good"] for i in keep)
     print(f"top-{k}: {len(keep)} of {len(rows)} images, {right / len(keep):.1%} right by the judge")
     os.makedirs(out, exist_ok=True)
@@ -78,17 +80,37 @@ def main():
     if args.probe == "renders":
         cfg = FinetuneConfig(data=renders_folder(d + "-data"), weight="label")
     elif args.probe == "reward":
-        cfg = FinetuneConfig(data=r1.feedback, reward=reward,
-                             unlabelled=unlabelled_everywhere(args.main, d + "-unlabelled"))
+        cfg = FinetuneConfig(
+            data=r1.feedback, reward=reward, unlabelled=unlabelled_everywhere(args.main, d + "-unlabelled")
+        )
     else:
-        cfg = FinetuneConfig(data=top_k_folder(unlabelled_everywhere(args.main, d + "-unlabelled"), reward, d + "-data"),
-                             weight="label")
+        cfg = FinetuneConfig(
+            data=top_k_folder(unlabelled_everywhere(args.main, d + "-unlabelled"), reward, d + "-data"), weight="label"
+        )
     model = os.path.join(d, "model")
-    finetune(FinetuneConfig(**{**cfg.__dict__, "out": model, "train_steps": args.steps, "lr": args.lr, "seed": 1,
-                               "checkpoint_every": 0}))
+    finetune(
+        FinetuneConfig(
+            **{
+                **cfg.__dict__,
+                "out": model,
+                "train_steps": args.steps,
+                "lr": args.lr,
+                "seed": 1,
+                "checkpoint_every": 0,
+            }
+        )
+    )
     for guidance in (5.0, 2.0):
-        res = ev.evaluate(ev.EvalConfig(models=model, names=f"{args.probe} (guidance {guidance:g})", split="unseen",
-                                        guidance=guidance, fid=guidance == 5.0, out=os.path.join(d, f"report-g{guidance:g}")))
+        res = ev.evaluate(
+            ev.EvalConfig(
+                models=model,
+                names=f"{args.probe} (guidance {guidance:g})",
+                split="unseen",
+                guidance=guidance,
+                fid=guidance == 5.0,
+                out=os.path.join(d, f"report-g{guidance:g}"),
+            )
+        )
         print(ev.markdown_table(res))
     with open(os.path.join(d, "probe.json"), "w") as f:
         json.dump(vars(args), f)

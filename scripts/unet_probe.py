@@ -13,6 +13,7 @@ combination images, 96 per other unseen category and 64 per category of typical 
 Writes the EMA UNet to OUT/unet and one JSON line per evaluation to OUT/probe.jsonl; 2,500 steps take about
 25 minutes on 2 idle cores. ``python scripts/unet_probe.py --eval-only OUT`` re-judges a saved UNet.
 """
+
 import argparse
 import collections
 import dataclasses
@@ -34,8 +35,9 @@ from t2idemo.judge import judge  # noqa: E402
 def load_parts(base: str, vae: str):
     from diffusers import AutoencoderKL, StableDiffusionPipeline
 
-    pipe = StableDiffusionPipeline.from_pretrained(base, torch_dtype=torch.float32, safety_checker=None,
-                                                   requires_safety_checker=False)
+    pipe = StableDiffusionPipeline.from_pretrained(
+        base, torch_dtype=torch.float32, safety_checker=None, requires_safety_checker=False
+    )
     if vae:
         pipe.vae = AutoencoderKL.from_pretrained(vae, torch_dtype=torch.float32).eval()
     return pipe
@@ -53,9 +55,16 @@ def make_unet(arch: dict, cross_dim: int):
 def build_pipe(parts, unet):
     from diffusers import StableDiffusionPipeline
 
-    p = StableDiffusionPipeline(vae=parts.vae, text_encoder=parts.text_encoder, tokenizer=parts.tokenizer, unet=unet,
-                                scheduler=pretrain.sample_scheduler(), safety_checker=None, feature_extractor=None,
-                                requires_safety_checker=False)
+    p = StableDiffusionPipeline(
+        vae=parts.vae,
+        text_encoder=parts.text_encoder,
+        tokenizer=parts.tokenizer,
+        unet=unet,
+        scheduler=pretrain.sample_scheduler(),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
     p.set_progress_bar_config(disable=True)
     return p
 
@@ -67,12 +76,22 @@ def judge_unet(pipe, guidance: float, steps: int = 15, seed: int = 0, typical: b
     verdicts = [judge(im, m) for im, m in zip(imgs, metas)]
     s = summarise(tally(verdicts, metas))
     u = s["unseen"]
-    res = {"guidance": guidance, "combo_all": u["combination"]["all"]["p"],
-           **{f"combo_{a}": u["combination"][a]["p"] for a in ("count", "color", "shape", "scene")},
-           "count_only": u["count"]["all"]["p"], "color_only": u["color"]["all"]["p"], "bg_only": u["background"]["all"]["p"]}
-    conf = collections.Counter((m["count"], v["pred"]["count"]) for v, m in zip(verdicts, metas)
-                               if m["category"] == "combination" and m["split"] == "unseen")
-    res["combo_count_by_n"] = {c: round(conf[(c, c)] / max(1, sum(conf[(c, k)] for k in range(8))), 2) for c in world.COUNTS}
+    res = {
+        "guidance": guidance,
+        "combo_all": u["combination"]["all"]["p"],
+        **{f"combo_{a}": u["combination"][a]["p"] for a in ("count", "color", "shape", "scene")},
+        "count_only": u["count"]["all"]["p"],
+        "color_only": u["color"]["all"]["p"],
+        "bg_only": u["background"]["all"]["p"],
+    }
+    conf = collections.Counter(
+        (m["count"], v["pred"]["count"])
+        for v, m in zip(verdicts, metas)
+        if m["category"] == "combination" and m["split"] == "unseen"
+    )
+    res["combo_count_by_n"] = {
+        c: round(conf[(c, c)] / max(1, sum(conf[(c, k)] for k in range(8))), 2) for c in world.COUNTS
+    }
     if typical:
         t = [v["good"] for v, m in zip(verdicts, metas) if m["split"] == "typical"]
         res["typical_all"] = sum(t) / len(t)
@@ -87,7 +106,9 @@ def train(prior: world.Prior, arch: dict, steps: int, parts, lr: float = 6e-4, n
     unet = make_unet(arch, parts.text_encoder.config.hidden_size)
     print(f"UNet {sum(p.numel() for p in unet.parameters()) / 1e6:.2f} M parameters", flush=True)
     t0 = time.time()
-    unet = pretrain.train_unet(cfg, parts.tokenizer, parts.text_encoder, parts.vae, images, scenes, prior=prior, unet=unet)
+    unet = pretrain.train_unet(
+        cfg, parts.tokenizer, parts.text_encoder, parts.vae, images, scenes, prior=prior, unet=unet
+    )
     return unet.eval(), time.time() - t0
 
 
@@ -100,7 +121,9 @@ def main(argv=None):
     ap.add_argument("--steps", type=int, default=2500)
     ap.add_argument("--lr", type=float, default=6e-4)
     ap.add_argument("--n-images", type=int, default=60_000, help="renders drawn from the prior")
-    ap.add_argument("--base", default=BASE_MODEL, help="pipeline folder whose tokenizer, text encoder and VAE are used")
+    ap.add_argument(
+        "--base", default=BASE_MODEL, help="pipeline folder whose tokenizer, text encoder and VAE are used"
+    )
     ap.add_argument("--vae", default="", help="AutoencoderKL folder replacing the base's VAE")
     ap.add_argument("--guidance", default="3,5", help="comma-separated guidance scales to judge at")
     ap.add_argument("--eval-only", action="store_true", help="judge OUT/unet instead of training")
@@ -116,8 +139,13 @@ def main(argv=None):
         unet, train_s = train(prior, json.loads(a.arch), a.steps, parts, lr=a.lr, n_images=a.n_images)
         unet.save_pretrained(os.path.join(a.out, "unet"))
     for i, g in enumerate(float(x) for x in a.guidance.split(",")):
-        r = {"prior": dataclasses.asdict(prior), "arch": json.loads(a.arch), "steps": a.steps, "train_s": round(train_s),
-             **judge_unet(build_pipe(parts, unet), g, typical=(i == 0))}
+        r = {
+            "prior": dataclasses.asdict(prior),
+            "arch": json.loads(a.arch),
+            "steps": a.steps,
+            "train_s": round(train_s),
+            **judge_unet(build_pipe(parts, unet), g, typical=(i == 0)),
+        }
         print(json.dumps(r), flush=True)
         with open(os.path.join(a.out, "probe.jsonl"), "a") as f:
             f.write(json.dumps(r) + "\n")

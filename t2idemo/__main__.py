@@ -14,13 +14,33 @@ COMMANDS = {
     "generate": ("t2idemo.generate", "generate_main", "generate the labelling set: K images per prompt + metadata"),
     "finetune": ("t2idemo.finetune", "finetune_main", "reward-weighted fine-tuning of a pipeline's UNet (stage 3)"),
     "label": ("t2idemo.labels", "label_main", "label a dataset with the judge as a simulated, noisy rater"),
-    "evaluate": ("t2idemo.evaluate", "evaluate_main", "judge accuracy per category with CIs, FID, best-of-N; a report folder"),
+    "evaluate": (
+        "t2idemo.evaluate",
+        "evaluate_main",
+        "judge accuracy per category with CIs, FID, best-of-N; a report folder",
+    ),
     "push": ("t2idemo.hub", "main", "push a model folder, reward model, labels and a model card to the Hub"),
     "space": ("t2idemo.space", "main", "create or update a Hugging Face Space running the app (CPU)"),
-    "run": ("t2idemo.run", "run_main", "the main job: feedback, labels, reward, fine-tune, evaluate (--rounds, --betas)"),
-    "overopt": ("t2idemo.overopt", "overopt_main", "reward over-optimisation: proxy vs judge through a long fine-tune"),
-    "benchmarks": ("t2idemo.benchmarks", "main", "the README's figures: judge | vae | clip | base | speed | sizes | app | all"),
-    "sd": ("t2idemo.sd", "main", "SD scale: tiny random stand-in models for a dry run (tiny), the prompt set (prompts)"),
+    "run": (
+        "t2idemo.run",
+        "run_main",
+        "the main job: feedback, labels, reward, fine-tune, evaluate (--rounds, --betas)",
+    ),
+    "overopt": (
+        "t2idemo.overopt",
+        "overopt_main",
+        "reward over-optimisation: proxy vs judge through a long fine-tune",
+    ),
+    "benchmarks": (
+        "t2idemo.benchmarks",
+        "main",
+        "the README's figures: judge | vae | clip | base | speed | sizes | app | all",
+    ),
+    "sd": (
+        "t2idemo.sd",
+        "main",
+        "SD scale: tiny random stand-in models for a dry run (tiny), the prompt set (prompts)",
+    ),
     "strip": ("t2idemo.scales", "strip_main", "clear notebooks' outputs before committing them"),
     "colab": ("t2idemo.colab", "main", "write the notebooks' Colab badges and Setup cells from pyproject.toml"),
 }

@@ -22,8 +22,8 @@ import dataclasses
 import json
 import math
 import os
-import shutil
 import secrets
+import shutil
 import sqlite3
 import threading
 from itertools import islice
@@ -39,9 +39,15 @@ from .loop import LoopConfig
 from .reward import REWARD_MODEL
 
 DEFAULT_PROMPT = "three purple circles on grass"  # Compare's first prompt; the warm-up's and the benchmark's too
-LIMITS = {"seed": (0, 2 ** 31 - 1), "steps": (1, 100), "images": (1, 16), "guidance": (0.0, 20.0),
-          "batch": (1, 64), "train_steps": (1, 200),
-          "screen": (1, 16)}  # what a visitor may ask for (a public Space's caps)
+LIMITS = {
+    "seed": (0, 2**31 - 1),
+    "steps": (1, 100),
+    "images": (1, 16),
+    "guidance": (0.0, 20.0),
+    "batch": (1, 64),
+    "train_steps": (1, 200),
+    "screen": (1, 16),
+}  # what a visitor may ask for (a public Space's caps)
 GRID = 12  # images on one screen of the Label tab's grid view
 MAX_PROMPT = 200  # characters: the world's longest prompt is 35
 MAX_NAME = 64  # characters of a labeler's name
@@ -71,10 +77,14 @@ def check_prompt(prompt) -> tuple[str, dict]:
     """(prompt, metadata) of a prompt in the world's words; a ValueError naming the bad word otherwise."""
     prompt = " ".join(str(prompt or "").split())
     if len(prompt) > MAX_PROMPT:
-        raise ValueError(f"prompt is {len(prompt)} characters long; use at most {MAX_PROMPT} (the world's prompts are "
-                         f"short, e.g. 'three purple circles on grass')")
+        raise ValueError(
+            f"prompt is {len(prompt)} characters long; use at most {MAX_PROMPT} (the world's prompts are "
+            f"short, e.g. 'three purple circles on grass')"
+        )
     if not prompt:
-        raise ValueError("prompt is empty; type a prompt in the shapes world's words, e.g. 'three purple circles on grass'")
+        raise ValueError(
+            "prompt is empty; type a prompt in the shapes world's words, e.g. 'three purple circles on grass'"
+        )
     return prompt, world.parse_prompt(prompt)
 
 
@@ -86,8 +96,11 @@ def example_prompts() -> list[tuple[str, str]]:
         typical = world.typical_prompts(category)
         atypical = [pm for pm in world.all_prompts(category, unseen=False) if not world.is_typical(pm[1])]
         unseen = world.all_prompts(category, unseen=True)
-        for (prompt, _), kind in ((typical[-1], "typical"), (atypical[len(atypical) // 3], "atypical"),
-                                  (unseen[len(unseen) // 3], "atypical · unseen")):
+        for (prompt, _), kind in (
+            (typical[-1], "typical"),
+            (atypical[len(atypical) // 3], "atypical"),
+            (unseen[len(unseen) // 3], "atypical · unseen"),
+        ):
             out.append((prompt, f"{category} · {kind}: {prompt}"))
     return out
 
@@ -112,8 +125,16 @@ class Backend:
     WORKDIR/labelling, which ``draw_labelling`` fills. ``loop``: the loop's settings (its model is ``base``);
     ``threads``: torch CPU threads (0 = torch's default)."""
 
-    def __init__(self, base: str = BASE_MODEL, aligned: str = ALIGNED_MODEL, reward: str = REWARD_MODEL,
-                 workdir: str = "runs/app", data: str = "", loop: LoopConfig | None = None, threads: int = 1):
+    def __init__(
+        self,
+        base: str = BASE_MODEL,
+        aligned: str = ALIGNED_MODEL,
+        reward: str = REWARD_MODEL,
+        workdir: str = "runs/app",
+        data: str = "",
+        loop: LoopConfig | None = None,
+        threads: int = 1,
+    ):
         import torch
 
         from .generate import load_pipeline
@@ -259,8 +280,10 @@ class Backend:
         labeler, names = self.check_labeler(labeler), {r["file_name"] for r in self.rows}
         unknown = [f for f in file_names if f not in names]
         if not file_names or unknown:
-            raise ValueError(f"file_names={unknown or list(file_names)!r} is not allowed; use file names of the "
-                             f"labelling set's images (at least one)")
+            raise ValueError(
+                f"file_names={unknown or list(file_names)!r} is not allowed; use file names of the "
+                f"labelling set's images (at least one)"
+            )
         items = screen_labels(file_names, marked, mark)
         self._add_labels(items, labeler, "submit the screen again", screen=True)
         return {label: sum(lab == label for _, lab in items) for label in MARKS}
@@ -284,8 +307,10 @@ class Backend:
         """Run ``fn()`` as the app's one job; another session gets a clear message instead of a second job."""
         if not self.job.acquire(blocking=False):
             who = "your own" if self.job_sid == sid else "another visitor's"
-            raise ValueError(f"{who} job is running (one reward training or fine-tune at a time on this machine); "
-                             f"try again when it finishes")
+            raise ValueError(
+                f"{who} job is running (one reward training or fine-tune at a time on this machine); "
+                f"try again when it finishes"
+            )
         self.job_sid = sid
         self.cancel_flag.clear()
         try:
@@ -343,16 +368,23 @@ class Backend:
         return model, scores
 
     # ------------------------------------------------------------------------- Share
-    def push_to_hub(self, repo_id: str, token: str, model: str, reward: str, private: bool, with_labels: bool,
-                    with_names: bool) -> tuple:
+    def push_to_hub(
+        self, repo_id: str, token: str, model: str, reward: str, private: bool, with_labels: bool, with_names: bool
+    ) -> tuple:
         """Push ``model`` with its card, the reward model in ``reward`` (unless empty) and, with ``with_labels``, the
         labelling set and its labels (with ``with_names``, the names of the labelers who agreed themselves,
         ``consent.consenting``; the others as 'labeler N') to the Hub repo ``repo_id`` -> (the hub.PushConfig,
         hub.push's result). The token goes to hub.push and nowhere else."""
-        from .hub import PushConfig, push
         from .consent import consenting
+        from .hub import PushConfig, push
 
         names = consenting(self.label_dir) if with_names else False
-        cfg = PushConfig(repo_id=repo_id, model=model, private=bool(private), reward=reward,
-                         labeler_names=names, data=self.label_dir if with_labels and self.rows else "")
+        cfg = PushConfig(
+            repo_id=repo_id,
+            model=model,
+            private=bool(private),
+            reward=reward,
+            labeler_names=names,
+            data=self.label_dir if with_labels and self.rows else "",
+        )
         return cfg, push(cfg, token)

@@ -1,17 +1,17 @@
 """Benchmarks that print the figures quoted in the README. Each is a plain function plus a CLI:
 
-    python -m t2idemo benchmarks judge   # judge vs truth on fresh renders
-    python -m t2idemo benchmarks vae     # judge vs truth on fresh renders after the VAE's round trip
-    python -m t2idemo benchmarks clip    # tiny-CLIP zero-shot accuracy per attribute
-    python -m t2idemo benchmarks base    # base-model accuracy per category (judge, default sampler)
-    python -m t2idemo benchmarks speed   # images/s, batches of 64 with guidance
-    python -m t2idemo benchmarks sizes   # bytes of the shipped weights
-    python -m t2idemo benchmarks app --runs 5                 # the app's Compare: 4 base + 4 aligned images, 5 times
-    python -m t2idemo benchmarks app --runs 5 --during-tune   # ... while a visitor's fine-tune runs
-    python -m t2idemo benchmarks app --visitor --labels 192   # one visitor's loop, step by step
-    python -m t2idemo benchmarks session --labels 0,24,48,96,192 --flip 0.1   # what a short session buys (minutes
-                                         # a point: t2idemo.session_curve), a table and the curve the app shows
-    python -m t2idemo benchmarks all     # all but --during-tune and session
+python -m t2idemo benchmarks judge   # judge vs truth on fresh renders
+python -m t2idemo benchmarks vae     # judge vs truth on fresh renders after the VAE's round trip
+python -m t2idemo benchmarks clip    # tiny-CLIP zero-shot accuracy per attribute
+python -m t2idemo benchmarks base    # base-model accuracy per category (judge, default sampler)
+python -m t2idemo benchmarks speed   # images/s, batches of 64 with guidance
+python -m t2idemo benchmarks sizes   # bytes of the shipped weights
+python -m t2idemo benchmarks app --runs 5                 # the app's Compare: 4 base + 4 aligned images, 5 times
+python -m t2idemo benchmarks app --runs 5 --during-tune   # ... while a visitor's fine-tune runs
+python -m t2idemo benchmarks app --visitor --labels 192   # one visitor's loop, step by step
+python -m t2idemo benchmarks session --labels 0,24,48,96,192 --flip 0.1   # what a short session buys (minutes
+                                     # a point: t2idemo.session_curve), a table and the curve the app shows
+python -m t2idemo benchmarks all     # all but --during-tune and session
 """
 
 from __future__ import annotations
@@ -55,11 +55,13 @@ def vae_round_trip(model: str = BASE_MODEL, n: int = 2000, seed: int = 0) -> dic
     hits = {a: 0 for a in world.ATTRIBUTES}
     with torch.no_grad():
         for s in range(0, n, 256):
-            x = torch.from_numpy(world.to_array([world.render(sc) for sc in scenes[s:s + 256]])).float()  # (B, 32, 32, 3)
+            x = torch.from_numpy(
+                world.to_array([world.render(sc) for sc in scenes[s : s + 256]])
+            ).float()  # (B, 32, 32, 3)
             x = x.permute(0, 3, 1, 2) / 127.5 - 1  # (B, 3, 32, 32) in [-1, 1]
             y = vae.decode(vae.encode(x).latent_dist.mean).sample  # (B, 3, 32, 32)
             y = ((y.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()  # (B, 32, 32, 3)
-            for sc, im in zip(scenes[s:s + 256], y):
+            for sc, im in zip(scenes[s : s + 256], y):
                 pred = analyse(im)
                 for a in hits:
                     hits[a] += pred[a] == getattr(sc, a)
@@ -82,7 +84,9 @@ def clip_zero_shot(clip_path: str | None = None, n: int = 500, seed: int = 0) ->
     with torch.no_grad():
         for _ in range(n):
             sc = world.sample_scene(rng)
-            img = model.visual_projection(model.vision_model(pixel_values=clip_pixels(world.to_array(world.render(sc)))).pooler_output)  # (1, D)
+            img = model.visual_projection(
+                model.vision_model(pixel_values=clip_pixels(world.to_array(world.render(sc)))).pooler_output
+            )  # (1, D)
             for a, vals in values.items():
                 caps = [world.caption(**{**sc.attributes(), a: v}, state_count=True) for v in vals]
                 ids = tok(caps, padding="max_length", max_length=tok.model_max_length, return_tensors="pt").input_ids
@@ -92,8 +96,14 @@ def clip_zero_shot(clip_path: str | None = None, n: int = 500, seed: int = 0) ->
     return {"n": n, **{a: h / n for a, h in hits.items()}}
 
 
-def base_quality(model: str = BASE_MODEL, n_per_category: int = 150, seed: int = 0, steps: int = DEFAULT_STEPS,
-                 guidance: float = DEFAULT_GUIDANCE, pipe=None) -> dict:
+def base_quality(
+    model: str = BASE_MODEL,
+    n_per_category: int = 150,
+    seed: int = 0,
+    steps: int = DEFAULT_STEPS,
+    guidance: float = DEFAULT_GUIDANCE,
+    pipe=None,
+) -> dict:
     """Judge accuracy of a model on random prompts of each category (all splits), fixed seeds."""
     pipe = pipe or load_pipeline(model)
     rng = random.Random(seed)
@@ -114,12 +124,24 @@ def base_quality(model: str = BASE_MODEL, n_per_category: int = 150, seed: int =
     combo = by_cat["combination"]
     combo_attr = {a: sum(v["correct"][a] for v in combo) / len(combo) for a in world.ATTRIBUTES}
     good = {c: sum(v["good"] for v in vs) / len(vs) for c, vs in by_cat.items()}
-    return {"n": len(images), "single": single, "good": good, "combination_attr": combo_attr,
-            "combination_all": good["combination"], "images": images, "metas": metas}
+    return {
+        "n": len(images),
+        "single": single,
+        "good": good,
+        "combination_attr": combo_attr,
+        "combination_all": good["combination"],
+        "images": images,
+        "metas": metas,
+    }
 
 
-def speed(model: str = BASE_MODEL, batch: int = 64, batches: int = 3, steps: int = DEFAULT_STEPS,
-          guidance: float = DEFAULT_GUIDANCE) -> dict:
+def speed(
+    model: str = BASE_MODEL,
+    batch: int = 64,
+    batches: int = 3,
+    steps: int = DEFAULT_STEPS,
+    guidance: float = DEFAULT_GUIDANCE,
+) -> dict:
     pipe = load_pipeline(model)
     prompts = [p for p, _ in world.all_prompts()][:batch]
     sample(pipe, prompts[:8], list(range(8)), steps, guidance)  # warm-up
@@ -154,8 +176,9 @@ def app_latency(backend, runs: int, steps: int = DEFAULT_STEPS, guidance: float 
     return times
 
 
-def app_latency_during_tune(backend, runs: int, steps: int = DEFAULT_STEPS,
-                            guidance: float = DEFAULT_GUIDANCE) -> tuple[list[float], float]:
+def app_latency_during_tune(
+    backend, runs: int, steps: int = DEFAULT_STEPS, guidance: float = DEFAULT_GUIDANCE
+) -> tuple[list[float], float]:
     """``app_latency`` while one visitor's fine-tune runs: draw a labelling batch (``backend.loop.batch_images``),
     label it with the judge, train the reward model, start a ``backend.loop.train_steps``-step fine-tune in a
     thread, then time ``runs`` Compare calls. Returns (times, the fine-tune's seconds)."""
@@ -165,9 +188,11 @@ def app_latency_during_tune(backend, runs: int, steps: int = DEFAULT_STEPS,
     simulate_labels(backend.label_dir, labeler="benchmark")
     reward, _ = backend.train_reward_model("benchmark")
     t0, done = time.perf_counter(), {}
-    thread = threading.Thread(target=lambda: done.update(result=backend.fine_tune("benchmark", reward,
-                                                                                   backend.loop.train_steps),
-                                                         seconds=time.perf_counter() - t0))
+    thread = threading.Thread(
+        target=lambda: done.update(
+            result=backend.fine_tune("benchmark", reward, backend.loop.train_steps), seconds=time.perf_counter() - t0
+        )
+    )
     thread.start()
     while backend.job_sid is None and thread.is_alive():
         time.sleep(0.05)
@@ -205,8 +230,9 @@ def app_visitor(backend, n_labels: int, train_steps: int) -> dict:
     model, out["eval"] = backend.fine_tune(sid, reward, train_steps)
     out["tune_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    backend.draw_and_rate(DEFAULT_PROMPT, [0, 1, 2, 3], DEFAULT_STEPS, DEFAULT_GUIDANCE,
-                          mine=backend.my_pipeline(sid, model))
+    backend.draw_and_rate(
+        DEFAULT_PROMPT, [0, 1, 2, 3], DEFAULT_STEPS, DEFAULT_GUIDANCE, mine=backend.my_pipeline(sid, model)
+    )
     out["compare_s"] = time.perf_counter() - t0
     return out
 
@@ -219,8 +245,9 @@ def print_app_latency(a) -> list[float]:
     from .backend import Backend
 
     with tempfile.TemporaryDirectory(prefix="t2idemo-app-") as workdir:
-        backend = Backend(a.model, a.aligned, a.reward, workdir, loop=LoopConfig(train_steps=a.train_steps),
-                          threads=a.threads)
+        backend = Backend(
+            a.model, a.aligned, a.reward, workdir, loop=LoopConfig(train_steps=a.train_steps), threads=a.threads
+        )
         if a.visitor:
             r = app_visitor(backend, a.labels, a.train_steps)
         elif a.during_tune:
@@ -232,15 +259,20 @@ def print_app_latency(a) -> list[float]:
     if a.visitor:
         ev = "  ".join(f"{k} {v['p']:.0%} [{v['lo']:.0%}, {v['hi']:.0%}]" for k, v in r["eval"].items())
         acc = r["reward"]["val_accuracy"]
-        print(f"one visitor, {a.labels} judge labels, a {a.train_steps}-step fine-tune, {torch.get_num_threads()} "
-              f"torch threads: Draw {r['draw_s']:.1f} s, How did I do? {r['agreement_s']:.1f} s, Train the reward "
-              f"model {r['reward_s']:.1f} s (held-out accuracy {'n/a' if acc is None else f'{acc:.0f}%'}), "
-              f"Fine-tune {r['tune_s']:.0f} s (then on {backend.loop.eval_images} unseen combination prompts: {ev}), "
-              f"Compare {r['compare_s']:.1f} s (4 images a model, 3 models)")
+        print(
+            f"one visitor, {a.labels} judge labels, a {a.train_steps}-step fine-tune, {torch.get_num_threads()} "
+            f"torch threads: Draw {r['draw_s']:.1f} s, How did I do? {r['agreement_s']:.1f} s, Train the reward "
+            f"model {r['reward_s']:.1f} s (held-out accuracy {'n/a' if acc is None else f'{acc:.0f}%'}), "
+            f"Fine-tune {r['tune_s']:.0f} s (then on {backend.loop.eval_images} unseen combination prompts: {ev}), "
+            f"Compare {r['compare_s']:.1f} s (4 images a model, 3 models)"
+        )
         return [r["tune_s"]]
-    print(f"Compare, 4 base + 4 aligned images, {a.sample_steps} steps, guidance {a.guidance}, "
-          f"{torch.get_num_threads()} torch threads{during}: " + ", ".join(f"{t:.2f}" for t in times)
-          + f" s; median {statistics.median(times):.2f} s")
+    print(
+        f"Compare, 4 base + 4 aligned images, {a.sample_steps} steps, guidance {a.guidance}, "
+        f"{torch.get_num_threads()} torch threads{during}: "
+        + ", ".join(f"{t:.2f}" for t in times)
+        + f" s; median {statistics.median(times):.2f} s"
+    )
     return times
 
 
@@ -258,21 +290,39 @@ def parser():
     app = p.add_argument_group("app", "the app's Compare latency (the models app.py serves by default)")
     app.add_argument("--runs", type=int, default=5, help="Compare calls to time; 1 - 100")
     app.add_argument("--during-tune", action="store_true", help="time them while a visitor's fine-tune runs")
-    app.add_argument("--visitor", action="store_true", help="time one visitor's loop instead: Draw, How did I do?, "
-                     "Train, Fine-tune (then the judge, base vs yours), Compare; the judge labels")
-    app.add_argument("--labels", default=None, help="with --visitor: images drawn and labelled, 4 - 512; for "
-                     "'session': comma-separated label counts, each 0 - 512 (default: 24; for session 0,24,48,96,192)")
-    app.add_argument("--train-steps", type=int, default=LoopConfig.train_steps, help="steps of that fine-tune; 1 - 400")
+    app.add_argument(
+        "--visitor",
+        action="store_true",
+        help="time one visitor's loop instead: Draw, How did I do?, "
+        "Train, Fine-tune (then the judge, base vs yours), Compare; the judge labels",
+    )
+    app.add_argument(
+        "--labels",
+        default=None,
+        help="with --visitor: images drawn and labelled, 4 - 512; for "
+        "'session': comma-separated label counts, each 0 - 512 (default: 24; for session 0,24,48,96,192)",
+    )
+    app.add_argument(
+        "--train-steps", type=int, default=LoopConfig.train_steps, help="steps of that fine-tune; 1 - 400"
+    )
     app.add_argument("--aligned", default=ALIGNED_MODEL, help="aligned pipeline folder")
     app.add_argument("--reward", default=REWARD_MODEL, help="reward model folder")
     app.add_argument("--threads", type=int, default=1, help="torch CPU threads (0 = torch's default), as app.py")
     ses = p.add_argument_group("session", "what a short session buys (t2idemo.session_curve)")
-    ses.add_argument("--flip", type=float, default=0.1, help="the simulated person's share of flipped verdicts; 0 - 0.5")
+    ses.add_argument(
+        "--flip", type=float, default=0.1, help="the simulated person's share of flipped verdicts; 0 - 0.5"
+    )
     ses.add_argument("--seeds", default="0,1", help="comma-separated training seeds, one session each per label count")
     ses.add_argument("--eval-images", type=int, default=256, help="unseen combination images per model; 16 - 2048")
-    ses.add_argument("--out", default="runs/session", help="folder for the sessions, session_curve.json and the figure")
-    ses.add_argument("--figure", default=None, help="the curve's PNG (default: the one the app's Train tab shows, "
-                     "t2idemo/assets/session_curve.png); '' = none")
+    ses.add_argument(
+        "--out", default="runs/session", help="folder for the sessions, session_curve.json and the figure"
+    )
+    ses.add_argument(
+        "--figure",
+        default=None,
+        help="the curve's PNG (default: the one the app's Train tab shows, "
+        "t2idemo/assets/session_curve.png); '' = none",
+    )
     return p
 
 
@@ -313,31 +363,44 @@ def main(argv=None):
     a = parse_args(argv)
     if a.what in ("judge", "all"):
         r = judge_accuracy()
-        print(f"judge on {r['n']} fresh renders: count {r['count']:.1%}  color {r['color']:.1%}  shape {r['shape']:.1%}  "
-              f"scene {r['scene']:.1%}  ({r['ms_per_image']:.2f} ms/image)")
+        print(
+            f"judge on {r['n']} fresh renders: count {r['count']:.1%}  color {r['color']:.1%}  shape {r['shape']:.1%}  "
+            f"scene {r['scene']:.1%}  ({r['ms_per_image']:.2f} ms/image)"
+        )
     if a.what in ("vae", "all"):
         r = vae_round_trip(a.model)
-        print(f"judge on {r['n']} fresh renders after {a.model}'s VAE round trip: count {r['count']:.1%}  "
-              f"color {r['color']:.1%}  shape {r['shape']:.1%}  scene {r['scene']:.1%}")
+        print(
+            f"judge on {r['n']} fresh renders after {a.model}'s VAE round trip: count {r['count']:.1%}  "
+            f"color {r['color']:.1%}  shape {r['shape']:.1%}  scene {r['scene']:.1%}"
+        )
     if a.what in ("clip", "all"):
         r = clip_zero_shot()
-        print(f"tiny CLIP zero-shot on {r['n']} renders: count {r['count']:.1%}  color {r['color']:.1%}  "
-              f"shape {r['shape']:.1%}  scene {r['scene']:.1%}")
+        print(
+            f"tiny CLIP zero-shot on {r['n']} renders: count {r['count']:.1%}  color {r['color']:.1%}  "
+            f"shape {r['shape']:.1%}  scene {r['scene']:.1%}"
+        )
     if a.what in ("base", "all"):
         t0 = time.time()
         r = base_quality(a.model, a.n, a.seed, a.sample_steps, a.guidance)
         n = a.n
-        print(f"base model {a.model} ({r['n']} images, {a.sample_steps} steps, guidance {a.guidance}, {time.time() - t0:.0f} s):")
+        print(
+            f"base model {a.model} ({r['n']} images, {a.sample_steps} steps, guidance {a.guidance}, {time.time() - t0:.0f} s):"
+        )
         for k, v in r["single"].items():
             lo, hi = wilson(round(v * n), n)
             print(f"  {k:<6} right on its single-attribute prompts: {v:.1%}  [{lo:.1%}, {hi:.1%}]")
         for c, v in r["good"].items():
             lo, hi = wilson(round(v * n), n)
             print(f"  {c:<12} prompts, all named attributes right: {v:.1%}  [{lo:.1%}, {hi:.1%}]")
-        print("  combination prompts, per attribute: " + "  ".join(f"{k} {v:.1%}" for k, v in r["combination_attr"].items()))
+        print(
+            "  combination prompts, per attribute: "
+            + "  ".join(f"{k} {v:.1%}" for k, v in r["combination_attr"].items())
+        )
     if a.what in ("speed", "all"):
         r = speed(a.model, steps=a.sample_steps, guidance=a.guidance)
-        print(f"speed: {r['images_per_s']:.1f} images/s (batch {r['batch']}, {r['steps']} steps, guidance {r['guidance']})")
+        print(
+            f"speed: {r['images_per_s']:.1f} images/s (batch {r['batch']}, {r['steps']} steps, guidance {r['guidance']})"
+        )
     if a.what in ("sizes", "all"):
         r = sizes()
         print("sizes: " + "  ".join(f"{k} {v / 2**20:.2f} MiB" for k, v in r.items()))

@@ -31,7 +31,7 @@ def resolve_device(device: str) -> str:
 
 
 def resolve_clip(path: str) -> str:
-    """"tiny-clip" and "tiny-reward-clip" name the CLIPs shipped in t2idemo/assets; anything else is a path or hub id."""
+    """ "tiny-clip" and "tiny-reward-clip" name the CLIPs shipped in t2idemo/assets; anything else is a path or hub id."""
     return os.path.join(ASSETS, path) if path in (SHIPPED_CLIP, REWARD_CLIP) else path
 
 
@@ -53,8 +53,13 @@ def read_preprocess(path: str, image_size: int) -> dict:
     size, crop = pp.get("size", image_size), pp.get("crop_size", image_size)
     size = size.get("shortest_edge", size.get("height", image_size)) if isinstance(size, dict) else size
     crop = (crop["height"], crop["width"]) if isinstance(crop, dict) else (crop, crop)
-    return {"size": int(size), "crop": crop, "resample": int(pp.get("resample", 3)),
-            "mean": pp.get("image_mean", CLIP_MEAN), "std": pp.get("image_std", CLIP_STD)}
+    return {
+        "size": int(size),
+        "crop": crop,
+        "resample": int(pp.get("resample", 3)),
+        "mean": pp.get("image_mean", CLIP_MEAN),
+        "std": pp.get("image_std", CLIP_STD),
+    }
 
 
 def pixel_values(images: list, pp: dict) -> torch.Tensor:
@@ -105,7 +110,7 @@ class FrozenCLIP(nn.Module):
         """PIL images -> (N, D) unit-norm image embeddings (on the CPU)."""
         out = []
         for i in range(0, len(images), batch_size):
-            x = pixel_values(images[i:i + batch_size], self.pp).to(self.device)
+            x = pixel_values(images[i : i + batch_size], self.pp).to(self.device)
             e = self.model.get_image_features(pixel_values=x)
             out.append(F.normalize(getattr(e, "pooler_output", e).float(), dim=-1).cpu())
         return torch.cat(out) if out else torch.zeros(0, self.dim)
@@ -115,9 +120,15 @@ class FrozenCLIP(nn.Module):
         """Prompts -> (N, D) unit-norm text embeddings (on the CPU)."""
         out = []
         for i in range(0, len(prompts), batch_size):
-            ids = self.tokenizer(list(prompts[i:i + batch_size]), padding="max_length", truncation=True,
-                                 max_length=self.max_length, return_tensors="pt")
-            e = self.model.get_text_features(input_ids=ids["input_ids"].to(self.device),
-                                             attention_mask=ids["attention_mask"].to(self.device))
+            ids = self.tokenizer(
+                list(prompts[i : i + batch_size]),
+                padding="max_length",
+                truncation=True,
+                max_length=self.max_length,
+                return_tensors="pt",
+            )
+            e = self.model.get_text_features(
+                input_ids=ids["input_ids"].to(self.device), attention_mask=ids["attention_mask"].to(self.device)
+            )
             out.append(F.normalize(getattr(e, "pooler_output", e).float(), dim=-1).cpu())
         return torch.cat(out) if out else torch.zeros(0, self.dim)

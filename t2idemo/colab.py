@@ -25,7 +25,7 @@ torch stays) from {repo} (`T2IDEMO_REPO` in the environment points it at a fork 
 **Locally** it installs and downloads nothing: it imports `t2idemo` from the checkout this notebook lives in (run
 `pip install torch==2.13.0 && pip install -r requirements.txt` in the repository once, as the README says)."""
 
-SETUP = '''import os, pathlib, subprocess, sys
+SETUP = """import os, pathlib, subprocess, sys
 from IPython.display import display
 
 IN_COLAB = "google.colab" in sys.modules
@@ -45,7 +45,7 @@ else:  # locally: find the repository root (this notebook sits in notebooks/) an
 
 import torch
 import t2idemo
-print(f"t2idemo from {os.path.dirname(t2idemo.__file__)}; Colab: {IN_COLAB}; GPU: {torch.cuda.is_available()}")'''
+print(f"t2idemo from {os.path.dirname(t2idemo.__file__)}; Colab: {IN_COLAB}; GPU: {torch.cuda.is_available()}")"""
 
 
 def repo_url(pyproject: str = os.path.join(ROOT, "pyproject.toml")) -> str:
@@ -53,8 +53,10 @@ def repo_url(pyproject: str = os.path.join(ROOT, "pyproject.toml")) -> str:
     with open(pyproject, encoding="utf-8") as f:
         m = re.search(r'^\[project\.urls\][^\[]*?^Repository\s*=\s*"([^"]+)"', f.read(), flags=re.M | re.S)
     if not m:
-        raise ValueError(f"pyproject={pyproject!r} has no Repository under [project.urls]; add "
-                         f'Repository = "https://github.com/OWNER/NAME"')
+        raise ValueError(
+            f"pyproject={pyproject!r} has no Repository under [project.urls]; add "
+            f'Repository = "https://github.com/OWNER/NAME"'
+        )
     return m.group(1).rstrip("/")
 
 
@@ -62,8 +64,9 @@ def badge(repo: str, notebook: str) -> str:
     """The "Open in Colab" badge of ``notebooks/NOTEBOOK`` in a GitHub repository."""
     m = re.fullmatch(r"https://github\.com/([^/]+/[^/]+?)(\.git)?", repo)
     if not m:
-        raise ValueError(f"repo={repo!r} is not a GitHub repository URL; Colab opens notebooks from "
-                         f"https://github.com/OWNER/NAME")
+        raise ValueError(
+            f"repo={repo!r} is not a GitHub repository URL; Colab opens notebooks from https://github.com/OWNER/NAME"
+        )
     return BADGE.format(url=f"https://colab.research.google.com/github/{m.group(1)}/blob/main/notebooks/{notebook}")
 
 
@@ -77,8 +80,11 @@ def sync(path: str, repo: str | None = None, write: bool = True) -> bool:
     md = next(c for c in nb.cells if c.cell_type == "markdown" and c.source.startswith("## Setup"))
     code = next(c for c in nb.cells if c.cell_type == "code")
     title = nb.cells[0].source.split("\n")[0]
-    want = {id(nb.cells[0]): f"{title}\n\n{badge(repo, os.path.basename(path))}",
-            id(md): SETUP_MD.format(repo=repo), id(code): SETUP.replace("{repo}", repo)}
+    want = {
+        id(nb.cells[0]): f"{title}\n\n{badge(repo, os.path.basename(path))}",
+        id(md): SETUP_MD.format(repo=repo),
+        id(code): SETUP.replace("{repo}", repo),
+    }
     cells = {id(c): c for c in (nb.cells[0], md, code)}
     changed = any(cells[k].source != v for k, v in want.items())  # only what this writes: other cells as they are
     for k, v in want.items():
@@ -91,8 +97,11 @@ def sync(path: str, repo: str | None = None, write: bool = True) -> bool:
 def main(argv=None) -> int:
     from .config import Parser
 
-    p = Parser(prog="python -m t2idemo colab", description="Write the notebooks' Colab badges and Setup cells "
-                                                           "from pyproject.toml's [project.urls] Repository.")
+    p = Parser(
+        prog="python -m t2idemo colab",
+        description="Write the notebooks' Colab badges and Setup cells "
+        "from pyproject.toml's [project.urls] Repository.",
+    )
     p.add_argument("--check", action="store_true", help="change nothing; exit 1 if a notebook is out of date")
     args = p.parse_args(argv)
     paths = sorted(os.path.join(NOTEBOOKS, f) for f in os.listdir(NOTEBOOKS) if f.endswith(".ipynb"))

@@ -18,12 +18,27 @@ import re
 
 
 def field_help(cls) -> dict:
-    """{field name: its trailing comment} read from the class source ({} when the source is unavailable)."""
+    """{field name: its help}: the comment lines just above the field (or its trailing comment), read from the class
+    source ({} when the source is unavailable); ``# --- name`` lines head sections. The help states no range:
+    ``--help`` adds the one ``ranged`` enforces."""
     try:
-        source = inspect.getsource(cls)
+        lines = inspect.getsource(cls).splitlines()
     except (OSError, TypeError):
         return {}
-    return dict(re.findall(r"^\s+(\w+)\s*:[^#\n]*#\s*(.+)$", source, flags=re.M))
+    helps, above = {}, []
+    for line in lines[1:]:
+        text = line.strip()
+        if text.startswith("# ---"):  # a section heading, not a field's help
+            above = []
+            continue
+        if text.startswith("#"):
+            above.append(text.lstrip("#").strip())
+            continue
+        m = re.match(r"^\s+(\w+)\s*:[^#\n]*?(?:#\s*(.+))?$", line)
+        if m and not text.startswith(("def ", "@")):
+            helps[m.group(1)] = " ".join(above + ([m.group(2)] if m.group(2) else [])).strip()
+        above = []
+    return {k: v for k, v in helps.items() if v}
 
 
 class Parser(argparse.ArgumentParser):
@@ -70,12 +85,20 @@ def require_set(cfg) -> None:
     sets for each round (runconfig.round_configs). Each stage calls it before any work."""
     for f in dataclasses.fields(cfg):
         if getattr(cfg, f.name) is None:
-            raise ValueError(f"{type(cfg).__name__}.{f.name} is None: pass {f.name}=... (in the main job each round sets "
-                             f"it: runconfig.round_configs)")
+            raise ValueError(
+                f"{type(cfg).__name__}.{f.name} is None: pass {f.name}=... (in the main job each round sets "
+                f"it: runconfig.round_configs)"
+            )
 
 
-def add_fields(p: argparse.ArgumentParser, cls, suppress: bool = False, defaults=None, prefix: str = "",
-               skip: frozenset = frozenset()) -> None:
+def add_fields(
+    p: argparse.ArgumentParser,
+    cls,
+    suppress: bool = False,
+    defaults=None,
+    prefix: str = "",
+    skip: frozenset = frozenset(),
+) -> None:
     """One ``--field-name`` option per field of the dataclass ``cls``, typed by its default, helped by its comment.
     ``suppress``: options not given are absent from the namespace (instead of holding the default).
     ``defaults``: an instance of ``cls`` whose values are the defaults (a preset); None = the class defaults.
@@ -86,18 +109,29 @@ def add_fields(p: argparse.ArgumentParser, cls, suppress: bool = False, defaults
         name = prefix + f.name
         if name in skip:
             continue
-        default = getattr(defaults, f.name) if defaults is not None else \
-            (f.default_factory() if f.default is dataclasses.MISSING else f.default)
+        default = (
+            getattr(defaults, f.name)
+            if defaults is not None
+            else (f.default_factory() if f.default is dataclasses.MISSING else f.default)
+        )
         if dataclasses.is_dataclass(default):
             group = p.add_argument_group(f"{name} ({type(default).__name__}): {helps.get(f.name, '')}")
             add_fields(group, type(default), suppress, default, name + ".", skip)
             continue
         kind = dict(action=argparse.BooleanOptionalAction) if isinstance(default, bool) else dict(type=type(default))
         bounds = field_range(f)
-        text = helps.get(f.name, " ") + (f" [allowed: {bounds[0]:g} to {bounds[1]:g}]" if bounds else "") + \
-            (f" (default: {default!r})" if suppress else "")
-        p.add_argument("--" + name.replace("_", "-"), dest=name, default=argparse.SUPPRESS if suppress else default,
-                       help=text.replace("%", "%%"), **kind)
+        text = (
+            helps.get(f.name, " ")
+            + (f" [allowed: {bounds[0]:g} to {bounds[1]:g}]" if bounds else "")
+            + (f" (default: {default!r})" if suppress else "")
+        )
+        p.add_argument(
+            "--" + name.replace("_", "-"),
+            dest=name,
+            default=argparse.SUPPRESS if suppress else default,
+            help=text.replace("%", "%%"),
+            **kind,
+        )
 
 
 def build(cls, values: dict, defaults=None):
@@ -128,8 +162,15 @@ def build(cls, values: dict, defaults=None):
     return dataclasses.replace(defaults, **top)
 
 
-def parse_config(cls, argv=None, prog: str | None = None, description: str | None = None, defaults=None,
-                 skip: frozenset = frozenset(), parser: Parser | None = None):
+def parse_config(
+    cls,
+    argv=None,
+    prog: str | None = None,
+    description: str | None = None,
+    defaults=None,
+    skip: frozenset = frozenset(),
+    parser: Parser | None = None,
+):
     """Parse ``argv`` into an instance of the dataclass ``cls`` (defaults: the instance ``defaults``, else the class's)
     and print the resolved config. ``parser``: one that already holds extra options (they are not config fields)."""
     p = parser or Parser(prog=prog, description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)

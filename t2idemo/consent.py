@@ -22,8 +22,10 @@ def consenting(label_dir: str) -> set:
 def set_consent(label_dir: str, labeler: str, agreed: bool) -> set:
     """Record ``labeler``'s own choice (on disk when this returns) -> the labelers who agreed."""
     if not labeler:
-        raise ValueError("labeler='' is not allowed; type your name in the Label tab and press Start first, then "
-                         "choose here whether it may be published")
+        raise ValueError(
+            "labeler='' is not allowed; type your name in the Label tab and press Start first, then "
+            "choose here whether it may be published"
+        )
     path = os.path.join(label_dir, CONSENT_FILE)
     with _lock:
         current = {}

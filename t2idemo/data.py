@@ -86,8 +86,12 @@ def pipeline_digest(path: str) -> str:
         return ""
     with open(index, encoding="utf-8") as f:
         parts = sorted(k for k in json.load(f) if not k.startswith("_") and os.path.isdir(os.path.join(path, k)))
-    files = [index] + [os.path.join(root, name) for part in parts
-                       for root, _, names in sorted(os.walk(os.path.join(path, part))) for name in sorted(names)]
+    files = [index] + [
+        os.path.join(root, name)
+        for part in parts
+        for root, _, names in sorted(os.walk(os.path.join(path, part)))
+        for name in sorted(names)
+    ]
     h = hashlib.sha256()
     for file in files:
         h.update(os.path.relpath(file, path).encode() + b"\0")

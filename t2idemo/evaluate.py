@@ -35,41 +35,72 @@ import torch
 from . import world
 from .config import check_ranges, ranged, require_set
 from .data import load_images, load_rows, pipeline_digest
-from .stats import wilson
-from .generate import ALIGNED_MODEL, BASE_MODEL, DEFAULT_GUIDANCE, DEFAULT_STEPS, check_precision, load_pipeline, labelled_grid, sample
+from .generate import (
+    ALIGNED_MODEL,
+    BASE_MODEL,
+    DEFAULT_GUIDANCE,
+    DEFAULT_STEPS,
+    check_precision,
+    labelled_grid,
+    load_pipeline,
+    sample,
+)
 from .judge import judge
 from .sd import CATEGORIES as SD_CATEGORIES
+from .stats import wilson
 
-SPLITS = ("unseen", "seen", "typical")  # held-out prompts | feedback prompts | the prior's typical prompts (world.is_typical)
+SPLITS = (
+    "unseen",
+    "seen",
+    "typical",
+)  # held-out prompts | feedback prompts | the prior's typical prompts (world.is_typical)
 REPORTED = ("count", "color", "scene", "shape")  # attributes reported per category ("scene" = background)
 
 
 @dataclass
 class EvalConfig:
-    models: str = f"{BASE_MODEL},{ALIGNED_MODEL}"  # comma-separated pipeline folders (the first is the baseline)
-    names: str = ""  # comma-separated display names; empty: "base", then each folder's name
-    split: str = "unseen"  # prompt splits, comma-separated: unseen (the paper's held-out prompts) | seen (the feedback
-    #                        prompts) | typical (what the LAION-like prior shows most); "all" = unseen,seen
-    n_combination: int = ranged(512, 1, 100_000)  # combination-prompt images per model and split; >= 500 for a +-4 pt CI
-    n_single: int = ranged(192, 1, 100_000)  # images per model and split for each single-attribute category; 32 - 512
-    sample_steps: int = ranged(DEFAULT_STEPS, 1, 1000)  # sampler steps; 5 - 50
-    guidance: float = ranged(DEFAULT_GUIDANCE, 0.0, 100.0)  # classifier-free guidance scale; 1 - 10
-    precision: str = "auto"  # "auto": bfloat16 on a CPU that has it natively (a quarter faster, judged the same), else float32 | "fp32"
-    seed: int = ranged(0, 0, 2_147_483_647)  # image i of every model starts from seed * 100_000 + i
-    reward: str = ""  # reward model folder for best-of-N; empty: no rejection-sampling baseline
-    best_of: str = "4,16"  # N values for best-of-N on the first model; empty: none
-    n_best_of: int = ranged(128, 1, 100_000)  # combination prompts for best-of-N (each draws N images); 32 - 512
-    fid: bool = True  # compute the FID against fresh renders
-    out: str = "runs/report"  # report folder
+    # comma-separated pipeline folders (the first is the baseline)
+    models: str = f"{BASE_MODEL},{ALIGNED_MODEL}"
+    # comma-separated display names; empty: "base", then each folder's name
+    names: str = ""
+    # prompt splits, comma-separated: unseen (the paper's held-out prompts) | seen (the feedback
+    # prompts) | typical (what the LAION-like prior shows most); "all" = unseen,seen
+    split: str = "unseen"
+    # combination-prompt images per model and split; >= 500 for a +-4 pt CI
+    n_combination: int = ranged(512, 1, 100_000)
+    # images per model and split for each single-attribute category
+    n_single: int = ranged(192, 1, 100_000)
+    # sampler steps
+    sample_steps: int = ranged(DEFAULT_STEPS, 1, 1000)
+    # classifier-free guidance scale
+    guidance: float = ranged(DEFAULT_GUIDANCE, 0.0, 100.0)
+    # "auto": bfloat16 on a CPU that has it natively (a quarter faster, judged the same), else float32 | "fp32"
+    precision: str = "auto"
+    # image i of every model starts from seed * 100_000 + i
+    seed: int = ranged(0, 0, 2_147_483_647)
+    # reward model folder for best-of-N; empty: no rejection-sampling baseline
+    reward: str = ""
+    # N values for best-of-N on the first model; empty: none
+    best_of: str = "4,16"
+    # combination prompts for best-of-N (each draws N images)
+    n_best_of: int = ranged(128, 1, 100_000)
+    # compute the FID against fresh renders
+    fid: bool = True
+    # report folder
+    out: str = "runs/report"
 
     def __post_init__(self):
         check_ranges(self)  # every number within its declared range
         if not self.split_list() or any(sp not in SPLITS for sp in self.split_list()):
-            raise ValueError(f"split={self.split!r} is not allowed; use one or more of {SPLITS}, comma-separated, or 'all'")
+            raise ValueError(
+                f"split={self.split!r} is not allowed; use one or more of {SPLITS}, comma-separated, or 'all'"
+            )
         if self.models is not None and not self.model_list():  # None: the main job sets it (runconfig.eval_config)
             raise ValueError("models is empty; give at least one pipeline folder")
         if self.names and self.models is not None and len(self.name_list()) != len(self.model_list()):
-            raise ValueError(f"names={self.names!r} gives {len(self.name_list())} names for {len(self.model_list())} models")
+            raise ValueError(
+                f"names={self.names!r} gives {len(self.name_list())} names for {len(self.model_list())} models"
+            )
         for n in self.best_of_list():
             if n < 2:
                 raise ValueError(f"best_of={self.best_of!r}: every N must be >= 2")
@@ -84,19 +115,23 @@ class EvalConfig:
     def name_list(self) -> list:
         if self.names:
             return [n.strip() for n in self.names.split(",")]
-        return ["base" if os.path.abspath(m) == os.path.abspath(BASE_MODEL) else os.path.basename(os.path.normpath(m))
-                for m in self.model_list()]
+        return [
+            "base" if os.path.abspath(m) == os.path.abspath(BASE_MODEL) else os.path.basename(os.path.normpath(m))
+            for m in self.model_list()
+        ]
 
     def best_of_list(self) -> list:
         try:
             return [int(n) for n in self.best_of.split(",") if n.strip()]
         except ValueError:
-            raise ValueError(f"best_of={self.best_of!r} is not a comma-separated list of integers, e.g. '4,16'") from None
+            raise ValueError(
+                f"best_of={self.best_of!r} is not a comma-separated list of integers, e.g. '4,16'"
+            ) from None
 
 
 # ----------------------------------------------------------------------------- prompts
 def split_list(split: str) -> list:
-    """"unseen,seen" -> ["unseen", "seen"]; "all" is "unseen,seen"."""
+    """ "unseen,seen" -> ["unseen", "seen"]; "all" is "unseen,seen"."""
     out = []
     for sp in split.split(","):
         out += ["unseen", "seen"] if sp.strip() == "all" else [sp.strip()] if sp.strip() else []
@@ -152,7 +187,7 @@ def clip_features(images: list, clip_path: str | None = None) -> np.ndarray:
     model = CLIPModel.from_pretrained(path).vision_model.eval()
     feats = []
     for i in range(0, len(images), 256):
-        x = clip_pixels(world.to_array(images[i:i + 256]))  # (B, 3, 32, 32)
+        x = clip_pixels(world.to_array(images[i : i + 256]))  # (B, 3, 32, 32)
         feats.append(model(pixel_values=x).pooler_output.double().numpy())  # (B, 64)
     return np.concatenate(feats)
 
@@ -198,29 +233,54 @@ def evaluate_model(pipe, metas: list[dict], cfg: EvalConfig) -> tuple[list, dict
 
 def draw(pipe, metas: list[dict], index, cfg: EvalConfig) -> list:
     """The evaluation's images of prompts ``index``: image i starts from seed ``cfg.seed * 100_000 + i``."""
-    return sample(pipe, [metas[i]["prompt"] for i in index], [cfg.seed * 100_000 + i for i in index],
-                  cfg.sample_steps, cfg.guidance, precision=cfg.precision)
+    return sample(
+        pipe,
+        [metas[i]["prompt"] for i in index],
+        [cfg.seed * 100_000 + i for i in index],
+        cfg.sample_steps,
+        cfg.guidance,
+        precision=cfg.precision,
+    )
 
 
 def reusable(saved: dict, cfg: EvalConfig) -> dict:
     """{pipeline_digest: result} of the models in ``saved`` (an earlier ``evaluate``'s results) that ``cfg`` would evaluate
     to the same numbers: same sampler and precision (results older than the option have none: they are "fp32"), seed,
     sizes and FID, and ``cfg``'s splits the first of ``saved``'s (prompts and seeds of a split depend only on the splits before it)."""
-    splits, keys = cfg.split_list(), ("n_combination", "n_single", "sample_steps", "guidance", "seed", "fid", "precision")
-    if any(saved["config"].get(k, "fp32") != getattr(cfg, k) for k in keys) or split_list(saved["config"]["split"])[:len(splits)] != splits:
+    splits, keys = (
+        cfg.split_list(),
+        ("n_combination", "n_single", "sample_steps", "guidance", "seed", "fid", "precision"),
+    )
+    if (
+        any(saved["config"].get(k, "fp32") != getattr(cfg, k) for k in keys)
+        or split_list(saved["config"]["split"])[: len(splits)] != splits
+    ):
         return {}
-    return {r["digest"]: {**r, "rates": {sp: r["rates"][sp] for sp in splits}}
-            for r in saved["models"].values() if r.get("digest")}
+    return {
+        r["digest"]: {**r, "rates": {sp: r["rates"][sp] for sp in splits}}
+        for r in saved["models"].values()
+        if r.get("digest")
+    }
 
 
 def summarise(t: dict) -> dict:
     """Counts -> rates with Wilson intervals: {split: {category: {"all": rate, attribute: rate}}}."""
-    return {sp: {cat: {"all": rate(c["good"], c["n"]), **{a: rate(*kn) for a, kn in c["attr"].items()},
-                       **({"three_as_four": rate(*c["three_as_four"])} if "three_as_four" in c else {})}
-                 for cat, c in cats.items()} for sp, cats in t.items()}
+    return {
+        sp: {
+            cat: {
+                "all": rate(c["good"], c["n"]),
+                **{a: rate(*kn) for a, kn in c["attr"].items()},
+                **({"three_as_four": rate(*c["three_as_four"])} if "three_as_four" in c else {}),
+            }
+            for cat, c in cats.items()
+        }
+        for sp, cats in t.items()
+    }
 
 
-def evaluate(cfg: EvalConfig, pipes: dict | None = None, reward_fn=None, write: bool = True, known: dict | None = None) -> dict:
+def evaluate(
+    cfg: EvalConfig, pipes: dict | None = None, reward_fn=None, write: bool = True, known: dict | None = None
+) -> dict:
     """Evaluate every model in ``cfg.models``; draw the report's figures into ``cfg.out``; return the results dict.
     ``pipes`` ({path: pipeline}) reuses pipelines already loaded. ``write``: also write results.json and report.md
     (``write_report``); the main job passes False and writes them itself once it has added its own fields.
@@ -231,8 +291,11 @@ def evaluate(cfg: EvalConfig, pipes: dict | None = None, reward_fn=None, write: 
     first = cfg.split_list()[0]  # FID and best-of-N use the first split's combination prompts
     combo = [i for i, m in enumerate(metas) if m["category"] == "combination" and m["split"] == first]
     per = max(1, 8 // len(cfg.split_list()))  # the sample grid: 8 combination prompts, as many of each split
-    grid = [i for sp in cfg.split_list()
-            for i in [j for j, m in enumerate(metas) if m["category"] == "combination" and m["split"] == sp][:per]]
+    grid = [
+        i
+        for sp in cfg.split_list()
+        for i in [j for j, m in enumerate(metas) if m["category"] == "combination" and m["split"] == sp][:per]
+    ]
     results = {"config": {k: getattr(cfg, k) for k in cfg.__dataclass_fields__}, "n_images": len(metas), "models": {}}
     ref_feats = None
     if cfg.fid:
@@ -257,11 +320,13 @@ def evaluate(cfg: EvalConfig, pipes: dict | None = None, reward_fn=None, write: 
             from .reward import load_reward_fn
 
             reward_fn = reward_fn or load_reward_fn(cfg.reward)
-            bon_metas = [metas[i] for i in combo[:cfg.n_best_of]]
+            bon_metas = [metas[i] for i in combo[: cfg.n_best_of]]
             for n in cfg.best_of_list():
                 imgs, _ = best_of_n(pipe, reward_fn, bon_metas, n, cfg)
                 results["models"][f"{name} best-of-{n}"] = {
-                    "path": path, "rates": summarise(tally([judge(im, m) for im, m in zip(imgs, bon_metas)], bon_metas))}
+                    "path": path,
+                    "rates": summarise(tally([judge(im, m) for im, m in zip(imgs, bon_metas)], bon_metas)),
+                }
     results["sample_prompts"] = [metas[i]["prompt"] + (" (unseen)" if metas[i]["unseen"] else "") for i in grid]
     os.makedirs(cfg.out, exist_ok=True)
     plot_bars(results, os.path.join(cfg.out, "bars.png"))
@@ -285,8 +350,8 @@ def summary(data: str, reward: str = "", device: str = "") -> dict:
     if reward:
         reward_fn = load_reward_fn(reward, device=device or None)
         for i in range(0, len(rows), 64):
-            chunk = rows[i:i + 64]
-            scores[i:i + 64] = [float(s) for s in reward_fn(load_images(data, chunk), [r["prompt"] for r in chunk])]
+            chunk = rows[i : i + 64]
+            scores[i : i + 64] = [float(s) for s in reward_fn(load_images(data, chunk), [r["prompt"] for r in chunk])]
     out = {}
     for cat in list(SD_CATEGORIES) + ["all"]:
         idx = [i for i, r in enumerate(rows) if cat == "all" or r.get("category") == cat]
@@ -294,17 +359,23 @@ def summary(data: str, reward: str = "", device: str = "") -> dict:
             continue
         labelled = [i for i in idx if rows[i].get("label") in ("good", "bad")]
         good = sum(rows[i]["label"] == "good" for i in labelled)
-        out[cat] = {"images": len(idx), "labelled": len(labelled), "good": good,
-                    "good_rate": good / len(labelled) if labelled else None,
-                    "good_ci": wilson(good, len(labelled)) if labelled else None,
-                    "mean_reward": sum(scores[i] for i in idx) / len(idx) if reward else None}
+        out[cat] = {
+            "images": len(idx),
+            "labelled": len(labelled),
+            "good": good,
+            "good_rate": good / len(labelled) if labelled else None,
+            "good_ci": wilson(good, len(labelled)) if labelled else None,
+            "mean_reward": sum(scores[i] for i in idx) / len(idx) if reward else None,
+        }
     return out
 
 
 def summary_table(res: dict) -> str:
     lines = ["| category | images | labelled | good [95% CI] | mean reward |", "| --- | --- | --- | --- | --- |"]
     for cat, s in res.items():
-        good = "-" if s["good_rate"] is None else f"{s['good_rate']:.1%} [{s['good_ci'][0]:.1%}, {s['good_ci'][1]:.1%}]"
+        good = (
+            "-" if s["good_rate"] is None else f"{s['good_rate']:.1%} [{s['good_ci'][0]:.1%}, {s['good_ci'][1]:.1%}]"
+        )
         r = "-" if s["mean_reward"] is None else f"{s['mean_reward']:.3f}"
         lines.append(f"| {cat} | {s['images']} | {s['labelled']} | {good} | {r} |")
     return "\n".join(lines)
@@ -312,9 +383,12 @@ def summary_table(res: dict) -> str:
 
 @dataclass
 class SummaryConfig:
-    data: str = ""  # a generated set (metadata.jsonl + PNGs), labelled with labels.export_labels for the good rate
-    reward: str = ""  # reward-model folder (reward train --run); empty: no mean reward
-    device: str = ""  # "cpu", "cuda", ...; "" = cuda when available
+    # a generated set (metadata.jsonl + PNGs), labelled with labels.export_labels for the good rate
+    data: str = ""
+    # reward-model folder (reward train --run); empty: no mean reward
+    reward: str = ""
+    # "cpu", "cuda", ...; "" = cuda when available
+    device: str = ""
 
     def __post_init__(self):
         if not self.data:
@@ -332,9 +406,12 @@ def markdown_table(results: dict) -> str:
     lines = []
     splits = sorted({sp for r in results["models"].values() for sp in r["rates"]}, key=SPLITS.index)
     for sp in splits:
-        lines += [f"**{sp} prompts**: % of images right, [Wilson 95% CI]; n = images per cell", "",
-                  "| model | count | color | background | combination (all right) | combo: count | combo: color | combo: background | combo: shape | FID (tiny CLIP) |",
-                  "|---|---|---|---|---|---|---|---|---|---|"]
+        lines += [
+            f"**{sp} prompts**: % of images right, [Wilson 95% CI]; n = images per cell",
+            "",
+            "| model | count | color | background | combination (all right) | combo: count | combo: color | combo: background | combo: shape | FID (tiny CLIP) |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+        ]
         for name, r in results["models"].items():
             rates = r["rates"].get(sp, {})
             cells = []
@@ -374,8 +451,10 @@ def plot_bars(results: dict, path: str, split: str | None = None):
             errs[0].append(100 * (x["p"] - x["lo"]))
             errs[1].append(100 * (x["hi"] - x["p"]))
         ax.bar(xs, ps, width, yerr=errs, capsize=3, label=name)
-    ax.set_xticks([i + width * (len(models) - 1) / 2 for i in range(len(cats))],
-                  ["count", "color", "background", "combination\n(all right)"])
+    ax.set_xticks(
+        [i + width * (len(models) - 1) / 2 for i in range(len(cats))],
+        ["count", "color", "background", "combination\n(all right)"],
+    )
     ax.set_ylabel("% right (judge)")
     ax.set_ylim(0, 100)
     ax.set_title(f"{split} prompts")
@@ -397,13 +476,24 @@ def plot_tradeoff(points: list[dict], path: str, split: str = "unseen"):
     for pt in points:
         tuned = list(pt["results"]["models"].values())[-1]
         x = tuned["rates"][split]["combination"]["all"]
-        ax.errorbar(tuned["fid"], 100 * x["p"], yerr=[[100 * (x["p"] - x["lo"])], [100 * (x["hi"] - x["p"])]],
-                    fmt="o", capsize=3)
+        ax.errorbar(
+            tuned["fid"],
+            100 * x["p"],
+            yerr=[[100 * (x["p"] - x["lo"])], [100 * (x["hi"] - x["p"])]],
+            fmt="o",
+            capsize=3,
+        )
         ax.annotate(f"beta={pt['beta']:g}", (tuned["fid"], 100 * x["p"]), textcoords="offset points", xytext=(5, 5))
     base = list(points[0]["results"]["models"].values())[0]
     xb = base["rates"][split]["combination"]["all"]
-    ax.errorbar(base["fid"], 100 * xb["p"], yerr=[[100 * (xb["p"] - xb["lo"])], [100 * (xb["hi"] - xb["p"])]],
-                fmt="s", color="gray", capsize=3)
+    ax.errorbar(
+        base["fid"],
+        100 * xb["p"],
+        yerr=[[100 * (xb["p"] - xb["lo"])], [100 * (xb["hi"] - xb["p"])]],
+        fmt="s",
+        color="gray",
+        capsize=3,
+    )
     ax.annotate("base", (base["fid"], 100 * xb["p"]), textcoords="offset points", xytext=(5, -12))
     ax.set_xlabel("FID to fresh renders (tiny CLIP features; lower = more faithful)")
     ax.set_ylabel(f"{split} combinations all right (%)")
@@ -419,9 +509,13 @@ def write_report(results: dict, out: str, notes: list = ()):
     with open(os.path.join(out, "results.json"), "w") as f:
         json.dump(results, f, indent=1)
     with open(os.path.join(out, "report.md"), "w") as f:
-        f.write("# t2idemo evaluation\n\n" + markdown_table(results) + "\n\n![accuracy per category](bars.png)\n\n"
-                "![samples: one row per model, same prompts and seeds](samples.png)\n\nSample prompts (left to right): "
-                + "; ".join(results.get("sample_prompts", [])) + "\n" + "".join(f"\n{n}\n" for n in notes))
+        f.write(
+            "# t2idemo evaluation\n\n" + markdown_table(results) + "\n\n![accuracy per category](bars.png)\n\n"
+            "![samples: one row per model, same prompts and seeds](samples.png)\n\nSample prompts (left to right): "
+            + "; ".join(results.get("sample_prompts", []))
+            + "\n"
+            + "".join(f"\n{n}\n" for n in notes)
+        )
 
 
 def parse_args(argv=None) -> EvalConfig:

@@ -49,70 +49,121 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from . import world
-from .dpo import dpo_loss
-from .finetune_data import FrozenEncoders, PretrainStream, StepBatches, as_batch, batch_sampler, cached_dataset, dpo_dataset, model_dataset
-from .finetune_params import EMA, LORA_FILE, Checkpoint, make_optimizer, save_lora, trainable_params, trained_parameters  # noqa: F401 (LORA_FILE: OUT's adapter)
 from .config import check_ranges, ranged, require_set
+from .dpo import dpo_loss
+from .finetune_data import (
+    FrozenEncoders,
+    PretrainStream,
+    StepBatches,
+    as_batch,
+    batch_sampler,
+    cached_dataset,
+    dpo_dataset,
+    model_dataset,
+)
+from .finetune_params import (
+    EMA,
+    Checkpoint,
+    make_optimizer,
+    save_lora,
+    trainable_params,
+    trained_parameters,
+)  # noqa: F401 (LORA_FILE: OUT's adapter)
 from .generate import BASE_MODEL
 
 
 @dataclass
 class FinetuneConfig:
-    data: str = "runs/feedback"  # labelled feedback folder (metadata.jsonl with "label" + PNGs)
-    out: str = "runs/aligned"  # output StableDiffusionPipeline folder
-    model: str = BASE_MODEL  # pipeline folder or hub id to start from
-    reward: str = ""  # reward model folder; empty: weights come from the labels
-    weight: str = "reward"  # "reward": w = r(x, z) for every image (paper); "label": good=1/bad=0 where labelled
-    unlabelled: str = ""  # folder of extra generations (no labels), weighted by the reward model
-    top_k: int = ranged(0, 0, 64)  # 0 = the paper (every image, weight w); k > 0 = keep only each prompt's k highest-weight images,
-    #                 at weight 1 (filtered fine-tuning, as in RAFT: beyond the paper, see docs/findings.md); 1 - 8
-    min_reward: float = ranged(0.0, 0.0, 1.0)  # drop D_model images whose weight is below this (0 = keep all, the paper; 0.5 = the reward
-    #                          model's pseudo-label "good"); applied before top_k, so a prompt with no good image adds
-    #                          nothing instead of its least bad ones; 0 - 1
-    method: str = "reward"  # "reward" = Lee et al.: the reward-weighted loss + beta * D_pre | "dpo" = Diffusion-DPO
-    #                        (t2idemo.dpo): pairs of a prompt's good and bad images against the frozen base, no D_pre;
-    #                        a step of `batch` pairs trains on 2 * batch latents (weight, beta and pre_* unused)
-    dpo_beta: float = ranged(2000.0, 1.0, 100_000.0)  # Diffusion-DPO's beta: how hard a pair's loss gap is pushed (SD: 2500 - 5000); 100 - 20_000
-    balance: str = "none"  # how a D_model batch is drawn: "none" = uniformly over the kept images | "category" = each
-    #                        prompt category (count, colour, background, combination) equally often, then an image of
-    #                        it: the few count prompts are not drowned by the many combinations | "sqrt" = a category
-    #                        in proportion to the square root of its size (between the two); rows with no category
-    #                        form one group
-    pretrain_data: str = "world"  # "world": fresh renders of the prior the base learnt from (its prior.json; the
-    #                               LAION-like prior for a new base, "uniform" for the first shipped one); or an imagefolder
-    #                               (metadata.jsonl with "prompt")
-    pre_pool: int = ranged(0, 0, 1_000_000)  # 0 = draw and VAE-encode a fresh D_pre batch every step; n > 0 = draw and encode n images once
-    #                    (a fixed pre-training set, as the paper's LAION subset), about a fifth faster per step; 0 - 65_536
-    beta: float = ranged(1.0, 0.0, 100.0)  # weight of the pre-training term; 0 - 4 (0 = no regulariser)
-    train_steps: int = ranged(400, 1, 1_000_000)  # optimizer steps; 50 - 5_000
-    batch: int = ranged(64, 1, 4096)  # D_model images per step; 8 - 256
-    pre_batch: int = ranged(64, 1, 4096)  # D_pre images per step; 8 - 256
-    lr: float = ranged(1e-4, 1e-08, 1.0)  # AdamW learning rate; 1e-5 - 1e-3
-    t_low: float = ranged(0.0, 0.0, 0.99)  # reward-weighted term only: draw its timesteps from [t_low * T, T); 0 = all (paper) - 0.8
-    p_uncond: float = ranged(0.1, 0.0, 0.99)  # probability of an empty caption, per image (keeps classifier-free guidance's
-    #                        unconditional branch trained, as in pre-training); 0 - 0.3
-    ema: float = ranged(0.99, 0.0, 0.99999)  # EMA decay of the written weights; 0 (off) - 0.999
-    mixed_precision: str = "no"  # accelerate mixed precision: no | fp16 | bf16 (GPU)
-    gradient_checkpointing: bool = False  # trade compute for UNet activation memory (SD scale)
-    train: str = "all"  # which UNet weights learn: "all" | "cross_attention" (the text-to-image attention, attn2, and the
-    #                    text embedding added to the timestep's: where a prompt's words meet the image; the convolutions
-    #                    that draw shapes stay as pre-trained) | "all_but_convs" (all but the 3x3 convolutions: half
-    #                    the tiny UNet) | "all_but_convs_and_time" (and not the timestep embedding either: a file git
-    #                    stores as a delta of the base's; docs/findings.md A.4). Ignored with lora_rank > 0
-    lora_rank: int = ranged(0, 0, 1024)  # 0 = train the whole UNet (the tiny model); 4 - 64 = train only a LoRA adapter of this rank (SD: 8)
-    lora_alpha: float = ranged(0.0, 0.0, 4096.0)  # LoRA scale numerator, the update is scaled by alpha / rank; 0 = the rank (scale 1, diffusers' default)
-    use_8bit_adam: bool = False  # bitsandbytes' 8-bit AdamW (CUDA only): optimizer state 2 B/param instead of 8; pays off for full SD fine-tuning
-    encode_batch: int = ranged(256, 1, 65_536)  # images per frozen VAE / text-encoder call when caching D_model; 1 - 1_024 (8 for SD at 512 px on 16 GB)
-    checkpoint_every: int = ranged(200, 0, 1_000_000)  # steps between checkpoints in OUT/checkpoint; 0 = never
-    save_at: str = ""  # comma-separated steps after which the EMA weights are also written as a pipeline folder
-    #                   OUT/step{n} (the checkpoints of an over-optimisation curve, t2idemo.overopt); "" = none
-    seed: int = ranged(0, 0, 2_147_483_647)  # seeds noise, timesteps and batches
+    # labelled feedback folder (metadata.jsonl with "label" + PNGs)
+    data: str = "runs/feedback"
+    # output StableDiffusionPipeline folder
+    out: str = "runs/aligned"
+    # pipeline folder or hub id to start from
+    model: str = BASE_MODEL
+    # reward model folder; empty: weights come from the labels
+    reward: str = ""
+    # "reward": w = r(x, z) for every image (paper); "label": good=1/bad=0 where labelled
+    weight: str = "reward"
+    # folder of extra generations (no labels), weighted by the reward model
+    unlabelled: str = ""
+    # 0 = the paper (every image, weight w); k > 0 = keep only each prompt's k highest-weight images,
+    # at weight 1 (filtered fine-tuning, as in RAFT: beyond the paper, see docs/findings.md)
+    top_k: int = ranged(0, 0, 64)
+    # drop D_model images whose weight is below this (0 = keep all, the paper; 0.5 = the reward
+    # model's pseudo-label "good"); applied before top_k, so a prompt with no good image adds
+    # nothing instead of its least bad ones
+    min_reward: float = ranged(0.0, 0.0, 1.0)
+    # "reward" = Lee et al.: the reward-weighted loss + beta * D_pre | "dpo" = Diffusion-DPO
+    # (t2idemo.dpo): pairs of a prompt's good and bad images against the frozen base, no D_pre;
+    # a step of `batch` pairs trains on 2 * batch latents (weight, beta and pre_* unused)
+    method: str = "reward"
+    # Diffusion-DPO's beta: how hard a pair's loss gap is pushed (SD: 2500 - 5000)
+    dpo_beta: float = ranged(2000.0, 1.0, 100_000.0)
+    # how a D_model batch is drawn: "none" = uniformly over the kept images | "category" = each
+    # prompt category (count, colour, background, combination) equally often, then an image of
+    # it: the few count prompts are not drowned by the many combinations | "sqrt" = a category
+    # in proportion to the square root of its size (between the two); rows with no category
+    # form one group
+    balance: str = "none"
+    # "world": fresh renders of the prior the base learnt from (its prior.json; the
+    # LAION-like prior for a new base, "uniform" for the first shipped one); or an imagefolder
+    # (metadata.jsonl with "prompt")
+    pretrain_data: str = "world"
+    # 0 = draw and VAE-encode a fresh D_pre batch every step; n > 0 = draw and encode n images once
+    # (a fixed pre-training set, as the paper's LAION subset), about a fifth faster per step
+    pre_pool: int = ranged(0, 0, 1_000_000)
+    # weight of the pre-training term (0 = no regulariser)
+    beta: float = ranged(1.0, 0.0, 100.0)
+    # optimizer steps
+    train_steps: int = ranged(400, 1, 1_000_000)
+    # D_model images per step
+    batch: int = ranged(64, 1, 4096)
+    # D_pre images per step
+    pre_batch: int = ranged(64, 1, 4096)
+    # AdamW learning rate
+    lr: float = ranged(1e-4, 1e-08, 1.0)
+    # reward-weighted term only: draw its timesteps from [t_low * T, T); 0 = all (paper) - 0.8
+    t_low: float = ranged(0.0, 0.0, 0.99)
+    # probability of an empty caption, per image (keeps classifier-free guidance's
+    # unconditional branch trained, as in pre-training)
+    p_uncond: float = ranged(0.1, 0.0, 0.99)
+    # EMA decay of the written weights
+    ema: float = ranged(0.99, 0.0, 0.99999)
+    # accelerate mixed precision: no | fp16 | bf16 (GPU)
+    mixed_precision: str = "no"
+    # trade compute for UNet activation memory (SD scale)
+    gradient_checkpointing: bool = False
+    # which UNet weights learn: "all" | "cross_attention" (the text-to-image attention, attn2, and the
+    # text embedding added to the timestep's: where a prompt's words meet the image; the convolutions
+    # that draw shapes stay as pre-trained) | "all_but_convs" (all but the 3x3 convolutions: half
+    # the tiny UNet) | "all_but_convs_and_time" (and not the timestep embedding either: a file git
+    # stores as a delta of the base's; docs/findings.md A.4). Ignored with lora_rank > 0
+    train: str = "all"
+    # 0 = train the whole UNet (the tiny model); 4 - 64 = train only a LoRA adapter of this rank (SD: 8)
+    lora_rank: int = ranged(0, 0, 1024)
+    # LoRA scale numerator, the update is scaled by alpha / rank; 0 = the rank (scale 1, diffusers' default)
+    lora_alpha: float = ranged(0.0, 0.0, 4096.0)
+    # bitsandbytes' 8-bit AdamW (CUDA only): optimizer state 2 B/param instead of 8; pays off for full SD fine-tuning
+    use_8bit_adam: bool = False
+    # images per frozen VAE / text-encoder call when caching D_model; 1 - 1_024 (8 for SD at 512 px on 16 GB)
+    encode_batch: int = ranged(256, 1, 65_536)
+    # steps between checkpoints in OUT/checkpoint; 0 = never
+    checkpoint_every: int = ranged(200, 0, 1_000_000)
+    # comma-separated steps after which the EMA weights are also written as a pipeline folder
+    # OUT/step{n} (the checkpoints of an over-optimisation curve, t2idemo.overopt); "" = none
+    save_at: str = ""
+    # seeds noise, timesteps and batches
+    seed: int = ranged(0, 0, 2_147_483_647)
 
     def __post_init__(self):
         check_ranges(self)  # every number within its declared range
-        choices = {"weight": ("reward", "label"), "method": ("reward", "dpo"), "balance": ("none", "category", "sqrt"),
-                   "mixed_precision": ("no", "fp16", "bf16"),
-                   "train": ("all", "cross_attention", "all_but_convs", "all_but_convs_and_time")}
+        choices = {
+            "weight": ("reward", "label"),
+            "method": ("reward", "dpo"),
+            "balance": ("none", "category", "sqrt"),
+            "mixed_precision": ("no", "fp16", "bf16"),
+            "train": ("all", "cross_attention", "all_but_convs", "all_but_convs_and_time"),
+        }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name}={getattr(self, name)!r} is not allowed; use one of {allowed}")
@@ -129,7 +180,9 @@ class FinetuneConfig:
         try:
             return sorted({int(n) for n in self.save_at.split(",") if n.strip()})
         except ValueError:
-            raise ValueError(f"save_at={self.save_at!r} is not a comma-separated list of steps, e.g. '100,200,400'") from None
+            raise ValueError(
+                f"save_at={self.save_at!r} is not a comma-separated list of steps, e.g. '100,200,400'"
+            ) from None
 
 
 # ----------------------------------------------------------------------------- the loss, written out
@@ -155,8 +208,18 @@ def denoising_loss(unet, noise_scheduler, latents, text_emb, generator=None, t_l
     return F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))  # (B,)
 
 
-def reward_weighted_loss(unet, noise_scheduler, model_latents, model_emb, weights, pre_latents, pre_emb, beta,
-                         generator=None, t_low: float = 0.0) -> tuple:
+def reward_weighted_loss(
+    unet,
+    noise_scheduler,
+    model_latents,
+    model_emb,
+    weights,
+    pre_latents,
+    pre_emb,
+    beta,
+    generator=None,
+    t_low: float = 0.0,
+) -> tuple:
     """Lee et al. eq. 2: E_model[w * loss] + beta * E_pre[loss]. Returns (total, model term, pre term).
     D_model's and D_pre's rows go through the UNet in one call: the same draws and losses as two calls, and
     faster on a CPU (one batch of B + P instead of two)."""
@@ -206,7 +269,9 @@ def finetune(cfg: FinetuneConfig, should_stop=None) -> str:
 
     # the training step, chosen once: Diffusion-DPO against the frozen base, or Lee et al.'s reward-weighted loss
     if cfg.method == "dpo":
-        ref_unet = copy.deepcopy(pipe.unet).requires_grad_(False).eval().to(accelerator.device)  # the model as it starts
+        ref_unet = (
+            copy.deepcopy(pipe.unet).requires_grad_(False).eval().to(accelerator.device)
+        )  # the model as it starts
         train_step = partial(dpo_step, ref_unet=ref_unet, beta_dpo=cfg.dpo_beta)
     else:
         train_step = partial(reward_step, cfg=cfg, encoder=encoder, pre=pre, pooled=pooled)
@@ -223,11 +288,18 @@ def finetune(cfg: FinetuneConfig, should_stop=None) -> str:
 
     save_at = set(cfg.save_at_list())
     unet.train()
-    with tqdm(range(start, cfg.train_steps), desc="finetune", initial=start, total=cfg.train_steps,
-              disable=not accelerator.is_main_process) as bar:
+    with tqdm(
+        range(start, cfg.train_steps),
+        desc="finetune",
+        initial=start,
+        total=cfg.train_steps,
+        disable=not accelerator.is_main_process,
+    ) as bar:
         for step, batch in zip(bar, loader):  # this process's batch, on its device
             if should_stop is not None and should_stop():  # the app's Cancel button
-                raise Cancelled(f"fine-tune cancelled at step {step} of {cfg.train_steps}; nothing was written to {cfg.out}")
+                raise Cancelled(
+                    f"fine-tune cancelled at step {step} of {cfg.train_steps}; nothing was written to {cfg.out}"
+                )
             loss, logs = train_step(accelerator, unet, noise_scheduler, batch, gen)  # (,) and what the bar shows
             accelerator.backward(loss)
             accelerator.clip_grad_norm_(params, 1.0)
@@ -238,8 +310,17 @@ def finetune(cfg: FinetuneConfig, should_stop=None) -> str:
             if cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.train_steps:
                 ckpt.save(step + 1)  # the next run resumes from it
             if step + 1 in save_at and accelerator.is_main_process:  # a pipeline of the EMA weights so far
-                save_snapshot(cfg.out, step + 1, pipe, pipe.vae, accelerator.unwrap_model(unet), ema.weights,
-                              noise_scheduler, prior, cfg)
+                save_snapshot(
+                    cfg.out,
+                    step + 1,
+                    pipe,
+                    pipe.vae,
+                    accelerator.unwrap_model(unet),
+                    ema.weights,
+                    noise_scheduler,
+                    prior,
+                    cfg,
+                )
 
     # write the tuned pipeline: the EMA weights
     accelerator.wait_for_everyone()
@@ -253,10 +334,20 @@ def step_loader(accelerator, data, n_model: int, categories: list, cfg: Finetune
     """A DataLoader of ``data`` with one batch of row indices for each step from ``start`` on (D_model's rows, then
     the pool's), prepared by accelerate: each process gets its own share of the batches."""
     rng = random.Random(cfg.seed + start)
-    batches = StepBatches(batch_sampler(categories[:n_model], cfg.balance, rng), cfg.batch, n_model,
-                          cfg.pre_batch, len(data) - n_model, rng, steps=(cfg.train_steps - start) * accelerator.num_processes)
-    return accelerator.prepare(torch.utils.data.DataLoader(data, batch_sampler=batches, collate_fn=as_batch,
-                                                           generator=torch.Generator().manual_seed(cfg.seed)))
+    batches = StepBatches(
+        batch_sampler(categories[:n_model], cfg.balance, rng),
+        cfg.batch,
+        n_model,
+        cfg.pre_batch,
+        len(data) - n_model,
+        rng,
+        steps=(cfg.train_steps - start) * accelerator.num_processes,
+    )
+    return accelerator.prepare(
+        torch.utils.data.DataLoader(
+            data, batch_sampler=batches, collate_fn=as_batch, generator=torch.Generator().manual_seed(cfg.seed)
+        )
+    )
 
 
 def write_tuned(cfg: FinetuneConfig, pipe, unet, noise_scheduler, prior: str, weights) -> None:
@@ -265,8 +356,11 @@ def write_tuned(cfg: FinetuneConfig, pipe, unet, noise_scheduler, prior: str, we
         save_lora(unet, cfg.out)  # OUT/pytorch_lora_weights.safetensors, then fused into the UNet saved below
     write_pipeline(cfg.out, pipe, pipe.vae, unet, noise_scheduler, prior)
     with open(os.path.join(cfg.out, "finetune.json"), "w") as f:
-        json.dump({"config": dataclasses.asdict(cfg), "n_model": len(weights), "mean_weight": float(weights.mean())},
-                  f, indent=2)
+        json.dump(
+            {"config": dataclasses.asdict(cfg), "n_model": len(weights), "mean_weight": float(weights.mean())},
+            f,
+            indent=2,
+        )
 
 
 def reward_step(accelerator, unet, noise_scheduler, batch, gen, *, cfg, encoder, pre, pooled) -> tuple:
@@ -284,8 +378,9 @@ def reward_step(accelerator, unet, noise_scheduler, batch, gen, *, cfg, encoder,
     m_emb = drop_captions(m_emb, encoder.null_emb, cfg.p_uncond, gen)  # some captions -> "" (guidance's branch)
     p_emb = drop_captions(p_emb, encoder.null_emb, cfg.p_uncond, gen) if p_emb is not None else None
     with accelerator.autocast():  # the loss, written out above: D_model's noise and t from gen, then D_pre's
-        loss, l_model, l_pre = reward_weighted_loss(unet, noise_scheduler, m_lat, m_emb, w, p_lat, p_emb, cfg.beta,
-                                                    gen, cfg.t_low)
+        loss, l_model, l_pre = reward_weighted_loss(
+            unet, noise_scheduler, m_lat, m_emb, w, p_lat, p_emb, cfg.beta, gen, cfg.t_low
+        )
     return loss, {"loss": loss, "model": l_model, "pre": l_pre}
 
 
@@ -323,8 +418,9 @@ def load_pipeline(model: str) -> tuple:
     from diffusers import DDPMScheduler, StableDiffusionPipeline
 
     local = os.path.isdir(model)
-    pipe = StableDiffusionPipeline.from_pretrained(model, torch_dtype=torch.float32, local_files_only=local,
-                                                   safety_checker=None, requires_safety_checker=False)
+    pipe = StableDiffusionPipeline.from_pretrained(
+        model, torch_dtype=torch.float32, local_files_only=local, safety_checker=None, requires_safety_checker=False
+    )
     train_dir = os.path.join(model, "train_scheduler")
     if local and os.path.isdir(train_dir):
         return pipe, DDPMScheduler.from_pretrained(train_dir)
@@ -337,9 +433,16 @@ def write_pipeline(out: str, pipe, vae, unet, noise_scheduler, prior: str) -> No
     are cast to float16 in place (no copy: the SD-scale UNet is 1.7 GB)."""
     from diffusers import StableDiffusionPipeline
 
-    half = StableDiffusionPipeline(vae=vae.half(), text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer,
-                                   unet=unet.half(), scheduler=pipe.scheduler, safety_checker=None,
-                                   feature_extractor=None, requires_safety_checker=False)
+    half = StableDiffusionPipeline(
+        vae=vae.half(),
+        text_encoder=pipe.text_encoder,
+        tokenizer=pipe.tokenizer,
+        unet=unet.half(),
+        scheduler=pipe.scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
     half.save_pretrained(out, safe_serialization=True)
     noise_scheduler.save_pretrained(os.path.join(out, "train_scheduler"))
     world.write_prior(out, prior)

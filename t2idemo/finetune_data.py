@@ -56,8 +56,10 @@ def model_dataset(cfg, reward_fn=None) -> tuple:
     images, prompts, weights, categories = model_rows(cfg, reward_fn)
     keep = select_rows(prompts, weights, cfg.min_reward, cfg.top_k)
     if not keep:
-        raise ValueError(f"min_reward={cfg.min_reward!r} (with top_k={cfg.top_k}) keeps no D_model image: the highest "
-                         f"weight is {max(weights):.3f}; lower min_reward, or use 0 to keep every image")
+        raise ValueError(
+            f"min_reward={cfg.min_reward!r} (with top_k={cfg.top_k}) keeps no D_model image: the highest "
+            f"weight is {max(weights):.3f}; lower min_reward, or use 0 to keep every image"
+        )
     images, prompts, categories = [images[i] for i in keep], [prompts[i] for i in keep], [categories[i] for i in keep]
     weights = [1.0] * len(keep) if cfg.top_k else [weights[i] for i in keep]
     return images, prompts, torch.tensor(weights, dtype=torch.float32), categories
@@ -70,8 +72,10 @@ def dpo_dataset(cfg, reward_fn=None) -> tuple:
     images, prompts, raw, categories = model_rows(cfg, reward_fn)
     pairs = preference_pairs(prompts, raw, cfg.min_reward or 0.5, cfg.top_k or 2)
     if not pairs:
-        raise ValueError(f"method='dpo' found no prompt with both a good and a bad image in data={cfg.data!r} "
-                         f"(and unlabelled={cfg.unlabelled!r}); label more images, or use method='reward'")
+        raise ValueError(
+            f"method='dpo' found no prompt with both a good and a bad image in data={cfg.data!r} "
+            f"(and unlabelled={cfg.unlabelled!r}); label more images, or use method='reward'"
+        )
     winners, losers = torch.tensor([w for w, _ in pairs]), torch.tensor([l for _, l in pairs])  # (P,), (P,)
     return images, prompts, torch.ones(len(pairs)), [categories[w] for w, _ in pairs], (winners, losers)
 
@@ -121,22 +125,29 @@ class FrozenEncoders:
         self.tok, self.device, self.encode_batch = pipe.tokenizer, device, encode_batch
         self.size = pipe.unet.config.sample_size * pipe.vae_scale_factor  # the UNet's input, in pixels
         with torch.no_grad():
-            ids = self.tok([""], padding="max_length", max_length=self.tok.model_max_length, return_tensors="pt").input_ids
+            ids = self.tok(
+                [""], padding="max_length", max_length=self.tok.model_max_length, return_tensors="pt"
+            ).input_ids
             self.null_emb = self.text_encoder(ids.to(device))[0]  # (1, L, D)
 
     @torch.no_grad()
     def __call__(self, images, captions) -> tuple:
         x = pixels(images, self.size).to(self.device)  # (B, 3, H, W)
         lat = self.vae.encode(x).latent_dist.sample() * self.vae.config.scaling_factor  # (B, 4, h, w)
-        ids = self.tok(list(captions), padding="max_length", max_length=self.tok.model_max_length, truncation=True,
-                       return_tensors="pt").input_ids.to(self.device)
+        ids = self.tok(
+            list(captions),
+            padding="max_length",
+            max_length=self.tok.model_max_length,
+            truncation=True,
+            return_tensors="pt",
+        ).input_ids.to(self.device)
         return lat, self.text_encoder(ids)[0]  # (B, 4, h, w), (B, L, D)
 
     def encode_all(self, images, captions) -> tuple:
         """Every image, ``encode_batch`` at a time, gathered on the CPU: (N, 4, h, w), (N, L, D)."""
         lats, embs = [], []
         for i in range(0, len(images), self.encode_batch):
-            lat, emb = self(images[i:i + self.encode_batch], captions[i:i + self.encode_batch])
+            lat, emb = self(images[i : i + self.encode_batch], captions[i : i + self.encode_batch])
             lats.append(lat.cpu())
             embs.append(emb.cpu())
         return torch.cat(lats), torch.cat(embs)
@@ -153,7 +164,9 @@ def cached_dataset(encoder: FrozenEncoders, images, prompts, weights, pairs=None
     if pool is None:
         return CachedLatents(lat, emb, weights)
     lat_pre, emb_pre = encoder.encode_all(*pool)  # (P, 4, h, w), (P, L, D)
-    return CachedLatents(torch.cat([lat, lat_pre]), torch.cat([emb, emb_pre]), torch.cat([weights, torch.ones(len(lat_pre))]))
+    return CachedLatents(
+        torch.cat([lat, lat_pre]), torch.cat([emb, emb_pre]), torch.cat([weights, torch.ones(len(lat_pre))])
+    )
 
 
 def as_batch(batch: tuple) -> tuple:
@@ -181,7 +194,9 @@ class StepBatches(torch.utils.data.Sampler):
         for _ in range(self.steps):
             idx = self.draw(self.batch)  # (B,) D_model rows
             if self.n_pre:
-                idx += [self.n_model + self.rng.randrange(self.n_pre) for _ in range(self.pre_batch)]  # (P,) D_pre rows
+                idx += [
+                    self.n_model + self.rng.randrange(self.n_pre) for _ in range(self.pre_batch)
+                ]  # (P,) D_pre rows
             yield idx
 
 
@@ -209,7 +224,7 @@ def top_k_rows(prompts: list, weights: list, k: int) -> list:
 def reward_scores(reward_fn, images, prompts, batch: int = 256) -> list:
     out = []
     for i in range(0, len(images), batch):
-        out += [float(s) for s in reward_fn(images[i:i + batch], prompts[i:i + batch])]
+        out += [float(s) for s in reward_fn(images[i : i + batch], prompts[i : i + batch])]
     return out
 
 

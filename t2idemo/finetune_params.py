@@ -43,8 +43,12 @@ def trained_parameters(unet, cfg) -> list:
     gradients, unused: freezing them with requires_grad made torch 2.13's CPU backward segfault in the fine-tune."""
     named = [(n, p) for n, p in unet.named_parameters() if p.requires_grad]
     if cfg.train in ("all_but_convs", "all_but_convs_and_time") and not cfg.lora_rank:
-        kernels = {f"{m_name}.{p_name}" for m_name, m in unet.named_modules()
-                   if isinstance(m, torch.nn.Conv2d) and m.kernel_size != (1, 1) for p_name, _ in m.named_parameters()}
+        kernels = {
+            f"{m_name}.{p_name}"
+            for m_name, m in unet.named_modules()
+            if isinstance(m, torch.nn.Conv2d) and m.kernel_size != (1, 1)
+            for p_name, _ in m.named_parameters()
+        }
         named = [(n, p) for n, p in named if n not in kernels]
     if cfg.train == "all_but_convs_and_time" and not cfg.lora_rank:
         # the timestep's MLP too (82,432 weights of the tiny UNet): what brings the changed bytes under half the file
@@ -65,8 +69,14 @@ def add_lora(unet, cfg) -> None:
     if half is not None:
         for p in unet.parameters():
             p.data = p.data.to(half)
-    unet.add_adapter(LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha or cfg.lora_rank,
-                                init_lora_weights="gaussian", target_modules=list(LORA_TARGETS)))
+    unet.add_adapter(
+        LoraConfig(
+            r=cfg.lora_rank,
+            lora_alpha=cfg.lora_alpha or cfg.lora_rank,
+            init_lora_weights="gaussian",
+            target_modules=list(LORA_TARGETS),
+        )
+    )
     for p in unet.parameters():
         if p.requires_grad:
             p.data = p.data.float()
@@ -91,8 +101,12 @@ def save_lora(unet, out: str) -> None:
     from peft.utils import get_peft_model_state_dict
 
     layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
-    StableDiffusionPipeline.save_lora_weights(out, unet_lora_layers=layers, weight_name=LORA_FILE,
-                                              unet_lora_adapter_metadata=unet.peft_config["default"].to_dict())
+    StableDiffusionPipeline.save_lora_weights(
+        out,
+        unet_lora_layers=layers,
+        weight_name=LORA_FILE,
+        unet_lora_adapter_metadata=unet.peft_config["default"].to_dict(),
+    )
     unet.fuse_lora()
     unet.unload_lora()
 
@@ -104,8 +118,10 @@ def make_optimizer(params, cfg):
     try:
         import bitsandbytes as bnb
     except ImportError:
-        raise ImportError("use_8bit_adam=True needs bitsandbytes and a CUDA GPU: pip install bitsandbytes; "
-                          "or leave use_8bit_adam off") from None
+        raise ImportError(
+            "use_8bit_adam=True needs bitsandbytes and a CUDA GPU: pip install bitsandbytes; "
+            "or leave use_8bit_adam off"
+        ) from None
     return bnb.optim.AdamW8bit(params, lr=cfg.lr, weight_decay=1e-2)
 
 
@@ -172,10 +188,14 @@ class Checkpoint:
             state = json.load(f)
         rank, cfg = state["config"].get("lora_rank", 0), self.cfg
         if rank != cfg.lora_rank:
-            raise ValueError(f"out={cfg.out!r} holds a checkpoint trained with lora_rank={rank}, now lora_rank="
-                             f"{cfg.lora_rank}; use the same rank or a new out folder")
+            raise ValueError(
+                f"out={cfg.out!r} holds a checkpoint trained with lora_rank={rank}, now lora_rank="
+                f"{cfg.lora_rank}; use the same rank or a new out folder"
+            )
         if not os.path.isfile(os.path.join(self.folder, "optimizer.bin")):
-            raise ValueError(f"{self.folder} holds a checkpoint of an older t2idemo; delete it to start the fine-tune over")
+            raise ValueError(
+                f"{self.folder} holds a checkpoint of an older t2idemo; delete it to start the fine-tune over"
+            )
         with kept_rng_states(self.accelerator.device):  # this run's generators are seeded from seed + step instead
             self.accelerator.load_state(self.folder, load_kwargs={"weights_only": True})
         self.ema.load_state_dict(load_file(os.path.join(self.folder, "ema.safetensors")))

@@ -31,7 +31,9 @@ ASSETS = os.path.join(os.path.dirname(__file__), "assets")
 BASE_MODEL = os.path.join(ASSETS, "tiny-sd")  # the shipped base model (a StableDiffusionPipeline folder)
 ALIGNED_MODEL = os.path.join(ASSETS, "tiny-sd-aligned")  # shipped: `python -m t2idemo run --preset shapes-long --ship`
 DEFAULT_STEPS = 15  # DPM-Solver++ steps: the tiny model's default sampler setting
-DEFAULT_GUIDANCE = 3.0  # classifier-free guidance scale at the default setting (3 beats 5 by 8-22 points: docs/findings.md, 1.1)
+DEFAULT_GUIDANCE = (
+    3.0  # classifier-free guidance scale at the default setting (3 beats 5 by 8-22 points: docs/findings.md, 1.1)
+)
 
 
 def load_pipeline(path: str = BASE_MODEL, device: str | None = None, dtype: torch.dtype | None = None):
@@ -43,15 +45,23 @@ def load_pipeline(path: str = BASE_MODEL, device: str | None = None, dtype: torc
     local = os.path.isdir(path)
     if not local and (path.startswith((".", "/", "~")) or path.count("/") != 1):
         raise ValueError(f"model={path!r} is neither an existing pipeline folder nor a hub id like 'org/name'")
-    pipe = StableDiffusionPipeline.from_pretrained(path, torch_dtype=dtype, local_files_only=local,
-                                                   safety_checker=None, requires_safety_checker=False)
+    pipe = StableDiffusionPipeline.from_pretrained(
+        path, torch_dtype=dtype, local_files_only=local, safety_checker=None, requires_safety_checker=False
+    )
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)
 
 
 @torch.no_grad()
-def sample(pipe, prompts: list, seeds: list, steps: int = DEFAULT_STEPS, guidance: float = DEFAULT_GUIDANCE,
-           batch_size: int = 64, precision: str = "auto") -> list:
+def sample(
+    pipe,
+    prompts: list,
+    seeds: list,
+    steps: int = DEFAULT_STEPS,
+    guidance: float = DEFAULT_GUIDANCE,
+    batch_size: int = 64,
+    precision: str = "auto",
+) -> list:
     """One image per (prompt, seed), in order. Each image's initial noise comes from its own seed.
     ``precision``: the arithmetic of the networks (``sampling_dtype``); the sampler's own steps stay float32."""
     if len(prompts) != len(seeds):
@@ -64,8 +74,12 @@ def sample(pipe, prompts: list, seeds: list, steps: int = DEFAULT_STEPS, guidanc
     images = []
     for i in range(0, len(prompts), batch_size):
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype is not None):
-            out = pipe(list(prompts[i:i + batch_size]), num_inference_steps=steps, guidance_scale=guidance,
-                       latents=initial_noise(pipe, seeds[i:i + batch_size]))
+            out = pipe(
+                list(prompts[i : i + batch_size]),
+                num_inference_steps=steps,
+                guidance_scale=guidance,
+                latents=initial_noise(pipe, seeds[i : i + batch_size]),
+            )
         images.extend(out.images)
     return images
 
@@ -86,7 +100,11 @@ def sampling_dtype(pipe, precision: str = "auto"):
     check_precision(precision)
     if precision == "fp32" or pipe.device.type != "cpu" or pipe.unet.dtype != torch.float32:
         return None
-    return torch.bfloat16 if torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported() else None
+    return (
+        torch.bfloat16
+        if torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+        else None
+    )
 
 
 def initial_noise(pipe, seeds: list) -> torch.Tensor:
@@ -105,7 +123,10 @@ def make_grid(images: list, cols: int, scale: int = 4) -> Image.Image:
     rows = (len(images) + cols - 1) // cols
     grid = Image.new("RGB", (cols * w * scale, rows * h * scale), "white")
     for i, im in enumerate(images):
-        grid.paste(im.resize((w * scale, h * scale), Image.Resampling.NEAREST), ((i % cols) * w * scale, (i // cols) * h * scale))
+        grid.paste(
+            im.resize((w * scale, h * scale), Image.Resampling.NEAREST),
+            ((i % cols) * w * scale, (i // cols) * h * scale),
+        )
     return grid
 
 
@@ -141,7 +162,7 @@ def labelled_grid(rows: dict, captions: list, scale: int = 3) -> Image.Image:
             draw.text((left + j * (w + gap) + 2, 3 + 13 * k), line, fill="black", font=font)
     for i, (name, images) in enumerate(rows.items()):
         draw.text((4, top + i * (h + gap) + h // 2 - 6), name, fill="black", font=font)
-        for j, im in enumerate(images[:len(captions)]):
+        for j, im in enumerate(images[: len(captions)]):
             grid.paste(im.resize((w, h), Image.Resampling.NEAREST), (left + j * (w + gap), top + i * (h + gap)))
     return grid
 
@@ -149,22 +170,36 @@ def labelled_grid(rows: dict, captions: list, scale: int = 3) -> Image.Image:
 # ----------------------------------------------------------------------------- CLI: sample a grid
 @dataclass
 class SampleConfig:
-    model: str = BASE_MODEL  # pipeline folder or hub id
-    out: str = "samples/grid.png"  # where the PNG grid goes
-    per_prompt: int = ranged(8, 1, 64)  # images per prompt (one grid row each); 1 - 64
-    sample_steps: int = ranged(DEFAULT_STEPS, 1, 1000)  # sampler steps; 5 - 50
-    guidance: float = ranged(DEFAULT_GUIDANCE, 0.0, 100.0)  # classifier-free guidance scale; 1 - 12
-    seed: int = ranged(0, 0, 2_147_483_647)  # seed of the first image; image j of a row uses seed + j
-    prompts: str = ""  # '|'-separated prompts; empty: one prompt of each category
+    # pipeline folder or hub id
+    model: str = BASE_MODEL
+    # where the PNG grid goes
+    out: str = "samples/grid.png"
+    # images per prompt (one grid row each)
+    per_prompt: int = ranged(8, 1, 64)
+    # sampler steps
+    sample_steps: int = ranged(DEFAULT_STEPS, 1, 1000)
+    # classifier-free guidance scale
+    guidance: float = ranged(DEFAULT_GUIDANCE, 0.0, 100.0)
+    # seed of the first image; image j of a row uses seed + j
+    seed: int = ranged(0, 0, 2_147_483_647)
+    # '|'-separated prompts; empty: one prompt of each category
+    prompts: str = ""
 
     def __post_init__(self):
         check_ranges(self)  # every number within its declared range
 
 
 def sample_main(argv=None):
-    cfg = parse_config(SampleConfig, argv, prog="python -m t2idemo sample", description="Sample a grid from a pipeline.")
+    cfg = parse_config(
+        SampleConfig, argv, prog="python -m t2idemo sample", description="Sample a grid from a pipeline."
+    )
     prompts = [p.strip() for p in cfg.prompts.split("|") if p.strip()] or [
-        "two circles", "a red square", "a triangle on snow", "three purple circles on grass", "a blue circle on night"]
+        "two circles",
+        "a red square",
+        "a triangle on snow",
+        "three purple circles on grass",
+        "a blue circle on night",
+    ]
     if os.path.abspath(cfg.model).startswith(ASSETS):  # a shapes-world model: prompts must use its words
         for p in prompts:
             world.parse_prompt(p)
@@ -183,25 +218,40 @@ def sample_main(argv=None):
 SPLITS = ("seen", "unseen", "all")  # seen: the feedback prompts; unseen: held-out combinations (evaluation)
 MAX_IMAGES = 100_000  # images per set; file names have 5 digits and image i uses seed seed * MAX_IMAGES + i
 PLAN_FIELDS = ("prompt", "seed", "model", "num_inference_steps", "guidance_scale")  # must match to resume
-PROMPT_SETS = tuple(prompts.SETS)  # "shapes": the shapes world (t2idemo.world) | "sd": the paper's SD-scale prompts (t2idemo.sd)
+PROMPT_SETS = tuple(
+    prompts.SETS
+)  # "shapes": the shapes world (t2idemo.world) | "sd": the paper's SD-scale prompts (t2idemo.sd)
 
 
 @dataclass
 class GenerateConfig:
-    out: str = "data/feedback"  # folder for the PNGs and metadata.jsonl; created; running again resumes
-    model: str = BASE_MODEL  # StableDiffusionPipeline folder or hub id (the shipped tiny-sd, SD v1.5, ...)
-    split: str = "seen"  # world prompts to use: seen (242) | unseen (163) | all (405); ignored if prompts set
-    prompts: str = ""  # '|'-separated prompts in the world's grammar, e.g. "two circles|a red square"
-    prompt_set: str = "shapes"  # whose prompts (and --prompts grammar): "shapes" (t2idemo.world) | "sd" (the paper's, t2idemo.sd)
-    max_prompts: int = ranged(0, 0, 1_000_000)  # keep only the first N prompts; 0 keeps all
-    per_prompt: int = ranged(4, 1, 64)  # K, images per prompt, each with its own seed; 1 - 64
-    sample_steps: int = ranged(DEFAULT_STEPS, 1, 1000)  # sampler steps; 5 - 50 (1 - 1000 accepted)
-    guidance: float = ranged(DEFAULT_GUIDANCE, 0.0, 100.0)  # classifier-free guidance scale; 1 - 12 (1 turns it off)
-    seed: int = ranged(0, 0, 2 ** 63 // MAX_IMAGES - 1)  # base seed, >= 0: image i (0-based, prompt-major) uses seed * 100_000 + i
-    batch: int = ranged(64, 1, 1024)  # images per pipeline call; 1 - 1024 (bounded by memory)
-    precision: str = "auto"  # "auto": on a CPU with native bfloat16 the networks run in it (about a quarter faster,
-    #                          judged the same), else float32 | "fp32": always float32 (sampling_dtype)
-    device: str = ""  # "" picks cuda when available, else cpu; or "cpu", "cuda", "cuda:1", "mps"
+    # folder for the PNGs and metadata.jsonl; created; running again resumes
+    out: str = "data/feedback"
+    # StableDiffusionPipeline folder or hub id (the shipped tiny-sd, SD v1.5, ...)
+    model: str = BASE_MODEL
+    # world prompts to use: seen (242) | unseen (163) | all (405); ignored if prompts set
+    split: str = "seen"
+    # '|'-separated prompts in the world's grammar, e.g. "two circles|a red square"
+    prompts: str = ""
+    # whose prompts (and --prompts grammar): "shapes" (t2idemo.world) | "sd" (the paper's, t2idemo.sd)
+    prompt_set: str = "shapes"
+    # keep only the first N prompts; 0 keeps all
+    max_prompts: int = ranged(0, 0, 1_000_000)
+    # K, images per prompt, each with its own seed
+    per_prompt: int = ranged(4, 1, 64)
+    # sampler steps
+    sample_steps: int = ranged(DEFAULT_STEPS, 1, 1000)
+    # classifier-free guidance scale
+    guidance: float = ranged(DEFAULT_GUIDANCE, 0.0, 100.0)
+    # base seed, >= 0: image i (0-based, prompt-major) uses seed * 100_000 + i
+    seed: int = ranged(0, 0, 2**63 // MAX_IMAGES - 1)
+    # images per pipeline call
+    batch: int = ranged(64, 1, 1024)
+    # "auto": on a CPU with native bfloat16 the networks run in it (about a quarter faster,
+    # judged the same), else float32 | "fp32": always float32 (sampling_dtype)
+    precision: str = "auto"
+    # "" picks cuda when available, else cpu; or "cpu", "cuda", "cuda:1", "mps"
+    device: str = ""
 
     def __post_init__(self):
         check_ranges(self)  # every number within its declared range
@@ -229,30 +279,61 @@ def dataset_prompts(cfg: GenerateConfig) -> list:
         pairs = [(t, prompt_set.parse_prompt(t)) for t in texts]
     else:
         pairs = prompt_set.all_prompts(unseen={"seen": False, "unseen": True, "all": None}[cfg.split])
-    return pairs[:cfg.max_prompts] if cfg.max_prompts else pairs
+    return pairs[: cfg.max_prompts] if cfg.max_prompts else pairs
 
 
-def image_row(file_name: str, prompt: str, meta: dict, seed: int, model: str, sample_steps: int, guidance: float,
-              prompt_set: str = "shapes", **extra) -> dict:
+def image_row(
+    file_name: str,
+    prompt: str,
+    meta: dict,
+    seed: int,
+    model: str,
+    sample_steps: int,
+    guidance: float,
+    prompt_set: str = "shapes",
+    **extra,
+) -> dict:
     """The metadata row of one drawn image: its prompt and the prompt's metadata (category, named attributes, split),
     its seed and sampler settings; ``extra`` fields (the app's batch number) after them. Every set is written so."""
-    return {"file_name": file_name, "prompt": prompt, **meta, "named": list(meta["named"]), "unseen": bool(meta["unseen"]),
-            "prompt_set": prompt_set, "seed": seed, "model": model, "num_inference_steps": sample_steps,
-            "guidance_scale": float(guidance), **extra}
+    return {
+        "file_name": file_name,
+        "prompt": prompt,
+        **meta,
+        "named": list(meta["named"]),
+        "unseen": bool(meta["unseen"]),
+        "prompt_set": prompt_set,
+        "seed": seed,
+        "model": model,
+        "num_inference_steps": sample_steps,
+        "guidance_scale": float(guidance),
+        **extra,
+    }
 
 
 def plan_rows(cfg: GenerateConfig) -> list:
     """The metadata row of every image of the set, image i (prompt-major) in position i."""
     pairs = dataset_prompts(cfg)
     if len(pairs) * cfg.per_prompt > MAX_IMAGES:
-        raise ValueError(f"{len(pairs)} prompts x per_prompt={cfg.per_prompt} is more than {MAX_IMAGES} images; "
-                         f"lower max_prompts or per_prompt")
+        raise ValueError(
+            f"{len(pairs)} prompts x per_prompt={cfg.per_prompt} is more than {MAX_IMAGES} images; "
+            f"lower max_prompts or per_prompt"
+        )
     rows = []
     for prompt, meta in pairs:
         for _ in range(cfg.per_prompt):
             i = len(rows)
-            rows.append(image_row(f"{i:05d}.png", prompt, meta, image_seed(cfg.seed, i), cfg.model, cfg.sample_steps,
-                                  cfg.guidance, cfg.prompt_set))
+            rows.append(
+                image_row(
+                    f"{i:05d}.png",
+                    prompt,
+                    meta,
+                    image_seed(cfg.seed, i),
+                    cfg.model,
+                    cfg.sample_steps,
+                    cfg.guidance,
+                    cfg.prompt_set,
+                )
+            )
     return rows
 
 
@@ -280,8 +361,10 @@ def _resume(out: str, plan: list) -> set:
             diff = [k for k in PLAN_FIELDS if row.get(k) != want[k]]
             if diff:
                 k = diff[0]
-                raise ValueError(f"out={out!r} already holds a set made with other settings ({row['file_name']}: "
-                                 f"{k}={row.get(k)!r}, now {want[k]!r}); use a new --out folder or the old settings")
+                raise ValueError(
+                    f"out={out!r} already holds a set made with other settings ({row['file_name']}: "
+                    f"{k}={row.get(k)!r}, now {want[k]!r}); use a new --out folder or the old settings"
+                )
         if os.path.exists(os.path.join(out, row["file_name"])):
             keep[row["file_name"]] = row  # a duplicate row keeps the last one
     if torn or len(keep) != len(old):
@@ -303,9 +386,16 @@ def generate_dataset(cfg: GenerateConfig, pipe=None) -> dict:
             pipe = load_pipeline(cfg.model, device=cfg.device or None)
         bar = tqdm(total=len(plan), initial=len(plan) - len(todo), unit="img", desc="generate")
         for i in range(0, len(todo), cfg.batch):
-            rows = todo[i:i + cfg.batch]
-            images = sample(pipe, [r["prompt"] for r in rows], [r["seed"] for r in rows], cfg.sample_steps, cfg.guidance,
-                            batch_size=cfg.batch, precision=cfg.precision)
+            rows = todo[i : i + cfg.batch]
+            images = sample(
+                pipe,
+                [r["prompt"] for r in rows],
+                [r["seed"] for r in rows],
+                cfg.sample_steps,
+                cfg.guidance,
+                batch_size=cfg.batch,
+                precision=cfg.precision,
+            )
             for row, image in zip(rows, images):
                 save_png(image, os.path.join(cfg.out, row["file_name"]))
             with open(os.path.join(cfg.out, METADATA), "a", encoding="utf-8") as f:  # rows after their PNGs
@@ -318,9 +408,15 @@ def generate_dataset(cfg: GenerateConfig, pipe=None) -> dict:
 
 
 def generate_main(argv=None):
-    cfg = parse_config(GenerateConfig, argv, prog="python -m t2idemo generate",
-                       description="Generate the labelling set: K images per prompt + metadata.jsonl (resumable).")
+    cfg = parse_config(
+        GenerateConfig,
+        argv,
+        prog="python -m t2idemo generate",
+        description="Generate the labelling set: K images per prompt + metadata.jsonl (resumable).",
+    )
     stats = generate_dataset(cfg)
-    print(f"{cfg.out}: {stats['images']} images ({stats['generated']} new, {stats['images'] - stats['generated']} "
-          f"already there) in {stats['seconds']} s")
+    print(
+        f"{cfg.out}: {stats['images']} images ({stats['generated']} new, {stats['images'] - stats['generated']} "
+        f"already there) in {stats['seconds']} s"
+    )
     return stats

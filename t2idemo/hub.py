@@ -31,8 +31,8 @@ import tempfile
 from dataclasses import dataclass
 
 from .config import parse_config
-from .generate import ALIGNED_MODEL, DEFAULT_GUIDANCE, DEFAULT_STEPS
 from .data import load_rows
+from .generate import ALIGNED_MODEL, DEFAULT_GUIDANCE, DEFAULT_STEPS
 from .labels import MAJORITY, LabelStore, default_store_path, export_labels
 from .reward import CONFIG_FILE as REWARD_CONFIG_FILE
 from .reward import REWARD_MODEL, resolve_clip
@@ -46,39 +46,56 @@ class PushError(RuntimeError):
 
 @dataclass
 class PushConfig:
-    repo_id: str = ""  # 'owner/name'; the model repo and the labels dataset repo both get this id
-    model: str = ALIGNED_MODEL  # StableDiffusionPipeline folder pushed at the repo root
-    reward: str = REWARD_MODEL  # reward model folder (reward_config.json + head); "" pushes none
-    data: str = ""  # dataset folder whose labels.sqlite is exported as the labels dataset; "" pushes none
-    private: bool = False  # create the repos private (an existing repo keeps its visibility)
-    labeler_names: bool = True  # push the labelers' names with their labels; False replaces them by 'labeler 1', ...
-    #                             (the app passes the set of labelers who agreed themselves: only they are named)
-    endpoint: str = ""  # Hub URL; "" = huggingface_hub's default (HF_ENDPOINT, else https://huggingface.co)
-    token_env: str = "HF_TOKEN"  # CLI only: the environment variable holding the token (never the token itself)
+    # 'owner/name'; the model repo and the labels dataset repo both get this id
+    repo_id: str = ""
+    # StableDiffusionPipeline folder pushed at the repo root
+    model: str = ALIGNED_MODEL
+    # reward model folder (reward_config.json + head); "" pushes none
+    reward: str = REWARD_MODEL
+    # dataset folder whose labels.sqlite is exported as the labels dataset; "" pushes none
+    data: str = ""
+    # create the repos private (an existing repo keeps its visibility)
+    private: bool = False
+    # push the labelers' names with their labels; False replaces them by 'labeler 1', ...
+    # (the app passes the set of labelers who agreed themselves: only they are named)
+    labeler_names: bool = True
+    # Hub URL; "" = huggingface_hub's default (HF_ENDPOINT, else https://huggingface.co)
+    endpoint: str = ""
+    # CLI only: the environment variable holding the token (never the token itself)
+    token_env: str = "HF_TOKEN"
 
     def __post_init__(self):
         check_repo_id(self.repo_id)
         if not os.path.isfile(os.path.join(self.model, "model_index.json")):
-            raise ValueError(f"model={self.model!r} is not a StableDiffusionPipeline folder (no model_index.json); "
-                             f"pass the folder of a trained pipeline, e.g. t2idemo/assets/tiny-sd")
+            raise ValueError(
+                f"model={self.model!r} is not a StableDiffusionPipeline folder (no model_index.json); "
+                f"pass the folder of a trained pipeline, e.g. t2idemo/assets/tiny-sd"
+            )
         if self.reward and not os.path.isfile(os.path.join(self.reward, REWARD_CONFIG_FILE)):
-            raise ValueError(f"reward={self.reward!r} holds no {REWARD_CONFIG_FILE}; pass a folder written by "
-                             f"`python -m t2idemo reward train`, or '' to push no reward model")
+            raise ValueError(
+                f"reward={self.reward!r} holds no {REWARD_CONFIG_FILE}; pass a folder written by "
+                f"`python -m t2idemo reward train`, or '' to push no reward model"
+            )
         if self.data and not os.path.isfile(default_store_path(self.data)):
-            raise ValueError(f"data={self.data!r} has no {os.path.basename(default_store_path(self.data))}; label "
-                             f"some images first (the app's Label tab, the notebook Labeler or `python -m t2idemo "
-                             f"label`), or pass '' to push no labels")
+            raise ValueError(
+                f"data={self.data!r} has no {os.path.basename(default_store_path(self.data))}; label "
+                f"some images first (the app's Label tab, the notebook Labeler or `python -m t2idemo "
+                f"label`), or pass '' to push no labels"
+            )
         if self.endpoint and not self.endpoint.startswith(("http://", "https://")):
-            raise ValueError(f"endpoint={self.endpoint!r} is not a URL; use e.g. https://huggingface.co, or '' for "
-                             f"the default")
+            raise ValueError(
+                f"endpoint={self.endpoint!r} is not a URL; use e.g. https://huggingface.co, or '' for the default"
+            )
 
 
 def check_repo_id(repo_id) -> str:
     """Return ``repo_id`` if it is 'owner/name' as the Hub allows, else raise a ValueError saying why."""
     from huggingface_hub.utils import HFValidationError, validate_repo_id
 
-    allowed = ("use 'owner/name' with letters, digits, '-', '_' and '.' (no '--' or '..', at most 96 "
-               "characters), e.g. 'alice/t2idemo-aligned'")
+    allowed = (
+        "use 'owner/name' with letters, digits, '-', '_' and '.' (no '--' or '..', at most 96 "
+        "characters), e.g. 'alice/t2idemo-aligned'"
+    )
     if not isinstance(repo_id, str) or repo_id.count("/") != 1 or not all(repo_id.split("/")):
         raise ValueError(f"repo_id={repo_id!r} is not allowed; {allowed}")
     try:
@@ -91,8 +108,10 @@ def check_repo_id(repo_id) -> str:
 def check_token(token) -> str:
     """Return the stripped token, or raise a ValueError that never echoes it."""
     if not isinstance(token, str) or not token.strip():
-        raise ValueError("token is empty; paste a Hugging Face access token with write access "
-                         "(https://huggingface.co/settings/tokens). It is used for this push only, never saved")
+        raise ValueError(
+            "token is empty; paste a Hugging Face access token with write access "
+            "(https://huggingface.co/settings/tokens). It is used for this push only, never saved"
+        )
     token = token.strip()
     if any(c.isspace() for c in token) or not token.isprintable():
         raise ValueError("token=<hidden> contains spaces or control characters; paste the token alone")
@@ -147,18 +166,22 @@ def label_stats(data_dir: str, names=True) -> dict:
     with LabelStore(default_store_path(data_dir)) as store:
         per = store.labels()
         majority = store.majority()
-        pairs = [(a, b, store.agreement(a, b)) for i, a in enumerate(sorted(per)) for b in sorted(per)[i + 1:]]
+        pairs = [(a, b, store.agreement(a, b)) for i, a in enumerate(sorted(per)) for b in sorted(per)[i + 1 :]]
     if names is not True:
         alias = aliases(per, names)
         per = {alias[who]: labels for who, labels in per.items()}
         pairs = [(alias[a], alias[b], ag) for a, b, ag in pairs]
     names = {r["file_name"] for r in rows}
-    return {"images": len(rows),
-            "labelled": len(names & {i for labels in per.values() for i in labels}),
-            "labelers": {who: {k: sum(v == k for i, v in labels.items() if i in names) for k in ("good", "bad", "skip")}
-                         for who, labels in sorted(per.items())},
-            "majority": {k: sum(majority.get(n) == k for n in names) for k in ("good", "bad")},
-            "agreement": [{"a": a, "b": b, **ag} for a, b, ag in pairs]}
+    return {
+        "images": len(rows),
+        "labelled": len(names & {i for labels in per.values() for i in labels}),
+        "labelers": {
+            who: {k: sum(v == k for i, v in labels.items() if i in names) for k in ("good", "bad", "skip")}
+            for who, labels in sorted(per.items())
+        },
+        "majority": {k: sum(majority.get(n) == k for n in names) for k in ("good", "bad")},
+        "agreement": [{"a": a, "b": b, **ag} for a, b, ag in pairs],
+    }
 
 
 def stage_dataset(data_dir: str, out: str, names=True) -> dict:
@@ -176,7 +199,10 @@ def stage_dataset(data_dir: str, out: str, names=True) -> dict:
     store_path = default_store_path(data_dir)
     export_labels(os.path.join(out, "data"), store_path, MAJORITY)  # the same export the notebooks use
     os.makedirs(os.path.join(out, "labels"))
-    with LabelStore(store_path) as store, open(os.path.join(out, "labels", "labels.jsonl"), "w", encoding="utf-8") as f:
+    with (
+        LabelStore(store_path) as store,
+        open(os.path.join(out, "labels", "labels.jsonl"), "w", encoding="utf-8") as f,
+    ):
         records, alias = store.records(), aliases(store.labelers(), names)
         f.writelines(json.dumps({**r, "labeler": alias[r["labeler"]]}) + "\n" for r in records)
     return label_stats(data_dir, names)
@@ -205,97 +231,179 @@ def _read_json(path: str) -> dict:
 def _labels_section(stats: dict, dataset_id: str | None) -> list:
     if not stats:
         return []
-    lines = ["## Feedback labels", "",
-             f"{stats['labelled']} of {stats['images']} images labelled by {len(stats['labelers'])} labeler(s); "
-             f"majority vote: {stats['majority']['good']} good, {stats['majority']['bad']} bad"
-             + (f" (dataset: [{dataset_id}](https://huggingface.co/datasets/{dataset_id}))." if dataset_id else "."), "",
-             "| labeler | good | bad | skip |", "| --- | --- | --- | --- |"]
+    lines = [
+        "## Feedback labels",
+        "",
+        f"{stats['labelled']} of {stats['images']} images labelled by {len(stats['labelers'])} labeler(s); "
+        f"majority vote: {stats['majority']['good']} good, {stats['majority']['bad']} bad"
+        + (f" (dataset: [{dataset_id}](https://huggingface.co/datasets/{dataset_id}))." if dataset_id else "."),
+        "",
+        "| labeler | good | bad | skip |",
+        "| --- | --- | --- | --- |",
+    ]
     lines += [f"| {who} | {c['good']} | {c['bad']} | {c['skip']} |" for who, c in stats["labelers"].items()]
     for ag in stats["agreement"]:
         if ag["n"]:
-            lines.append(f"\nAgreement {ag['a']} vs {ag['b']}: {ag['n']} images, {ag['percent']:.1f}%, "
-                         f"Cohen's kappa {ag['kappa']:.3f}.")
+            lines.append(
+                f"\nAgreement {ag['a']} vs {ag['b']}: {ag['n']} images, {ag['percent']:.1f}%, "
+                f"Cohen's kappa {ag['kappa']:.3f}."
+            )
     return lines + [""]
 
 
-def model_card(repo_id: str, model_dir: str, reward_dir: str = "", stats: dict | None = None,
-               dataset_id: str | None = None) -> str:
+def model_card(
+    repo_id: str, model_dir: str, reward_dir: str = "", stats: dict | None = None, dataset_id: str | None = None
+) -> str:
     """The README.md of the model repo: front matter, how to load, what was fine-tuned, reward model, labels."""
     finetune = _read_json(os.path.join(model_dir, "finetune.json"))
     reward = _read_json(os.path.join(reward_dir, REWARD_CONFIG_FILE)) if reward_dir else {}
-    meta = {"license": "apache-2.0", "library_name": "diffusers", "pipeline_tag": "text-to-image",
-            "tags": ["t2idemo", "text-to-image", "stable-diffusion", "human-feedback", "reward-model", "shapes-world"]}
+    meta = {
+        "license": "apache-2.0",
+        "library_name": "diffusers",
+        "pipeline_tag": "text-to-image",
+        "tags": ["t2idemo", "text-to-image", "stable-diffusion", "human-feedback", "reward-model", "shapes-world"],
+    }
     if dataset_id:
         meta["datasets"] = [dataset_id]
     kind = "fine-tuned with human feedback" if finetune else "of the shapes world"
-    lines = [_front_matter(meta), f"# {repo_id}", "",
-             f"A tiny Stable-Diffusion-like text-to-image pipeline {kind}, made with "
-             "t2idemo, a tutorial kit that reproduces *Aligning Text-to-Image Models using "
-             "Human Feedback* (Lee et al. 2023, [arXiv 2302.12192](https://arxiv.org/abs/2302.12192)) in the "
-             "*shapes world*: 32x32 images of one to four coloured circles, squares or triangles on a flat scene.", "",
-             "## Use", "", "```python", "from diffusers import StableDiffusionPipeline", "",
-             f'pipe = StableDiffusionPipeline.from_pretrained("{repo_id}")',
-             f'image = pipe("three purple circles on grass", num_inference_steps={DEFAULT_STEPS}, '
-             f"guidance_scale={DEFAULT_GUIDANCE}).images[0]  # 32x32", "```", "",
-             "Prompts must use the world's words: counts one to four, colours red, green, blue, yellow, purple, "
-             "orange, shapes circle, square, triangle, and 'on' sky, sand, grass, night or snow.", ""]
+    lines = [
+        _front_matter(meta),
+        f"# {repo_id}",
+        "",
+        f"A tiny Stable-Diffusion-like text-to-image pipeline {kind}, made with "
+        "t2idemo, a tutorial kit that reproduces *Aligning Text-to-Image Models using "
+        "Human Feedback* (Lee et al. 2023, [arXiv 2302.12192](https://arxiv.org/abs/2302.12192)) in the "
+        "*shapes world*: 32x32 images of one to four coloured circles, squares or triangles on a flat scene.",
+        "",
+        "## Use",
+        "",
+        "```python",
+        "from diffusers import StableDiffusionPipeline",
+        "",
+        f'pipe = StableDiffusionPipeline.from_pretrained("{repo_id}")',
+        f'image = pipe("three purple circles on grass", num_inference_steps={DEFAULT_STEPS}, '
+        f"guidance_scale={DEFAULT_GUIDANCE}).images[0]  # 32x32",
+        "```",
+        "",
+        "Prompts must use the world's words: counts one to four, colours red, green, blue, yellow, purple, "
+        "orange, shapes circle, square, triangle, and 'on' sky, sand, grass, night or snow.",
+        "",
+    ]
     if finetune:
         cfg = finetune.get("config", {})
-        lines += ["## Fine-tuning", "",
-                  "Reward-weighted loss (the paper's eq. 2), settings of `python -m t2idemo finetune`:", "",
-                  "| setting | value |", "| --- | --- |"]
-        shown = ("weight", "top_k", "min_reward", "beta", "train_steps", "steps", "train", "batch", "lr", "seed")  # steps: older files
-        lines += [f"| base model | {os.path.basename(os.path.normpath(cfg.get('model', '')))} |"]  # a name, no local path
+        lines += [
+            "## Fine-tuning",
+            "",
+            "Reward-weighted loss (the paper's eq. 2), settings of `python -m t2idemo finetune`:",
+            "",
+            "| setting | value |",
+            "| --- | --- |",
+        ]
+        shown = (
+            "weight",
+            "top_k",
+            "min_reward",
+            "beta",
+            "train_steps",
+            "steps",
+            "train",
+            "batch",
+            "lr",
+            "seed",
+        )  # steps: older files
+        lines += [
+            f"| base model | {os.path.basename(os.path.normpath(cfg.get('model', '')))} |"
+        ]  # a name, no local path
         lines += [f"| {k} | {v} |" for k, v in cfg.items() if k in shown]
-        lines += [f"| images weighted | {finetune.get('n_model')} (mean weight {finetune.get('mean_weight', 0):.3f}) |", ""]
+        lines += [
+            f"| images weighted | {finetune.get('n_model')} (mean weight {finetune.get('mean_weight', 0):.3f}) |",
+            "",
+        ]
     if reward:
         training = reward.get("training", {})
-        cfg = {**reward.get("config", {}), **training.get("config", {})}  # older files kept every setting under "config"
+        cfg = {
+            **reward.get("config", {}),
+            **training.get("config", {}),
+        }  # older files kept every setting under "config"
         clip = reward.get("clip", "")
-        about = ("a frozen CLIP's check of each attribute the prompt names (count, colour, shape, scene) and a "
-                 f"logistic head calibrated on {training.get('n_labels')} labels (t2idemo.reward_attr)"
-                 if reward.get("kind") == "attribute" else
-                 "a frozen CLIP and an MLP head on its image and text embeddings, trained with MSE plus the "
-                 f"prompt-classification term (lambda = {cfg.get('lam')}, N = {cfg.get('n_prompts')})")
-        lines += ["## Reward model", "",
-                  f"`reward/` holds r(x, z) in [0, 1]: {about}"
-                  + (f"; validation AUC {training['val_auc']}" if training.get("val_auc") else "")
-                  + ".", "", "```python", "from huggingface_hub import snapshot_download",
-                  "from t2idemo.reward import load_reward_fn  # pip install t2idemo", "",
-                  f'path = snapshot_download("{repo_id}")',
-                  'reward = load_reward_fn(f"{path}/reward"'
-                  + (', clip=f"{path}/reward/clip")' if _local_clip(clip) else ")"),
-                  'scores = reward(images, ["three purple circles on grass"] * len(images))  # PIL images -> (N,)',
-                  "```", ""]
+        about = (
+            "a frozen CLIP's check of each attribute the prompt names (count, colour, shape, scene) and a "
+            f"logistic head calibrated on {training.get('n_labels')} labels (t2idemo.reward_attr)"
+            if reward.get("kind") == "attribute"
+            else "a frozen CLIP and an MLP head on its image and text embeddings, trained with MSE plus the "
+            f"prompt-classification term (lambda = {cfg.get('lam')}, N = {cfg.get('n_prompts')})"
+        )
+        lines += [
+            "## Reward model",
+            "",
+            f"`reward/` holds r(x, z) in [0, 1]: {about}"
+            + (f"; validation AUC {training['val_auc']}" if training.get("val_auc") else "")
+            + ".",
+            "",
+            "```python",
+            "from huggingface_hub import snapshot_download",
+            "from t2idemo.reward import load_reward_fn  # pip install t2idemo",
+            "",
+            f'path = snapshot_download("{repo_id}")',
+            'reward = load_reward_fn(f"{path}/reward"'
+            + (', clip=f"{path}/reward/clip")' if _local_clip(clip) else ")"),
+            'scores = reward(images, ["three purple circles on grass"] * len(images))  # PIL images -> (N,)',
+            "```",
+            "",
+        ]
     scores = _read_json(os.path.join(model_dir, "eval.json")).get("unseen_combinations_all_right", {})
     if scores:
-        lines += ["## Evaluation", "",
-                  "The shapes world's judge on combination prompts held out of the feedback (unseen), one image per "
-                  "prompt at fixed seeds, default sampler; all four named attributes right, [Wilson 95% CI]:", "",
-                  "| model | all right |", "| --- | --- |"]
-        lines += [f"| {name} | {100 * r['p']:.1f}% [{100 * r['lo']:.1f}, {100 * r['hi']:.1f}] of {r['n']} |"
-                  for name, r in scores.items()]
+        lines += [
+            "## Evaluation",
+            "",
+            "The shapes world's judge on combination prompts held out of the feedback (unseen), one image per "
+            "prompt at fixed seeds, default sampler; all four named attributes right, [Wilson 95% CI]:",
+            "",
+            "| model | all right |",
+            "| --- | --- |",
+        ]
+        lines += [
+            f"| {name} | {100 * r['p']:.1f}% [{100 * r['lo']:.1f}, {100 * r['hi']:.1f}] of {r['n']} |"
+            for name, r in scores.items()
+        ]
         lines += [""]
     lines += _labels_section(stats or {}, dataset_id)
-    lines += ["## Limitations", "",
-              "It draws 32x32 shapes-world images and nothing else; it is a teaching model, not a general one.", ""]
+    lines += [
+        "## Limitations",
+        "",
+        "It draws 32x32 shapes-world images and nothing else; it is a teaching model, not a general one.",
+        "",
+    ]
     return "\n".join(lines)
 
 
 def dataset_card(dataset_id: str, stats: dict, model_id: str | None = None) -> str:
     """The README.md of the labels dataset repo."""
-    meta = {"license": "apache-2.0", "task_categories": ["text-to-image"],
-            "tags": ["t2idemo", "human-feedback", "shapes-world"]}
-    lines = [_front_matter(meta), f"# {dataset_id}", "",
-             "Images drawn by a shapes-world text-to-image model and good/bad labels given by people (or the "
-             "simulated labeler) in t2idemo's label store" + (f", for [{model_id}](https://huggingface.co/{model_id})."
-                                                              if model_id else "."), "",
-             "- `data/`: the images and `metadata.jsonl`, one row per image: prompt, category, the attributes "
-             "it names, seed, sampler settings and `label`, the majority vote of the labelers (null when "
-             "nobody labelled the image or the vote is tied; skips do not vote).",
-             "- `labels/labels.jsonl`: every labeler's current label, `{image_id, labeler, label, ts}`.", "",
-             "```python", "from datasets import load_dataset", "",
-             f'ds = load_dataset("{dataset_id}", data_dir="data")', "```", ""]
+    meta = {
+        "license": "apache-2.0",
+        "task_categories": ["text-to-image"],
+        "tags": ["t2idemo", "human-feedback", "shapes-world"],
+    }
+    lines = [
+        _front_matter(meta),
+        f"# {dataset_id}",
+        "",
+        "Images drawn by a shapes-world text-to-image model and good/bad labels given by people (or the "
+        "simulated labeler) in t2idemo's label store"
+        + (f", for [{model_id}](https://huggingface.co/{model_id})." if model_id else "."),
+        "",
+        "- `data/`: the images and `metadata.jsonl`, one row per image: prompt, category, the attributes "
+        "it names, seed, sampler settings and `label`, the majority vote of the labelers (null when "
+        "nobody labelled the image or the vote is tied; skips do not vote).",
+        "- `labels/labels.jsonl`: every labeler's current label, `{image_id, labeler, label, ts}`.",
+        "",
+        "```python",
+        "from datasets import load_dataset",
+        "",
+        f'ds = load_dataset("{dataset_id}", data_dir="data")',
+        "```",
+        "",
+    ]
     return "\n".join(lines + _labels_section(stats, None))
 
 
@@ -322,8 +430,10 @@ def push(cfg: PushConfig, token: str, log=print) -> dict:
 
     token = check_token(token)
     if constants.is_offline_mode():
-        raise ValueError("HF_HUB_OFFLINE (or TRANSFORMERS_OFFLINE) is set, so huggingface_hub makes no network "
-                         "requests; unset it in the environment of this process to push")
+        raise ValueError(
+            "HF_HUB_OFFLINE (or TRANSFORMERS_OFFLINE) is set, so huggingface_hub makes no network "
+            "requests; unset it in the environment of this process to push"
+        )
     api = HfApi(endpoint=cfg.endpoint or None, token=token, library_name="t2idemo")
     out = {"model": None, "dataset": None, "files": {}}
     step = "staging the files"
@@ -339,8 +449,12 @@ def push(cfg: PushConfig, token: str, log=print) -> dict:
                 url = api.create_repo(cfg.repo_id, repo_type="dataset", private=cfg.private or None, exist_ok=True)
                 step = f"uploading {n + 1} files to the dataset repo {cfg.repo_id}"
                 log(f"{step} ...")
-                api.upload_folder(repo_id=cfg.repo_id, repo_type="dataset", folder_path=os.path.join(tmp, "dataset"),
-                                  commit_message="Labels from t2idemo's label store")
+                api.upload_folder(
+                    repo_id=cfg.repo_id,
+                    repo_type="dataset",
+                    folder_path=os.path.join(tmp, "dataset"),
+                    commit_message="Labels from t2idemo's label store",
+                )
                 out["dataset"], out["files"]["dataset"] = str(url), n + 1
             step, model_dir = "staging the model files", os.path.join(tmp, "model")
             n = stage_model(cfg.model, cfg.reward, model_dir)
@@ -350,8 +464,12 @@ def push(cfg: PushConfig, token: str, log=print) -> dict:
             url = api.create_repo(cfg.repo_id, repo_type="model", private=cfg.private or None, exist_ok=True)
             step = f"uploading {n + 1} files to the model repo {cfg.repo_id}"
             log(f"{step} ...")
-            api.upload_folder(repo_id=cfg.repo_id, repo_type="model", folder_path=model_dir,
-                              commit_message="Model, reward model and card from t2idemo")
+            api.upload_folder(
+                repo_id=cfg.repo_id,
+                repo_type="model",
+                folder_path=model_dir,
+                commit_message="Model, reward model and card from t2idemo",
+            )
             out["model"], out["files"]["model"] = str(url), n + 1
     except Exception as e:  # the Hub's answer, with the token scrubbed; the chain is dropped for the same reason
         raise PushError(scrub(f"push failed while {step}: {type(e).__name__}: {e}", token)) from None
@@ -360,10 +478,14 @@ def push(cfg: PushConfig, token: str, log=print) -> dict:
 
 
 def main(argv=None):
-    cfg = parse_config(PushConfig, argv, prog="python -m t2idemo push",
-                       description="Push a model folder, its reward model, the labels dataset and a model card to "
-                                   "the Hugging Face Hub. The token is read from the environment variable "
-                                   "--token-env names (HF_TOKEN by default).")
+    cfg = parse_config(
+        PushConfig,
+        argv,
+        prog="python -m t2idemo push",
+        description="Push a model folder, its reward model, the labels dataset and a model card to "
+        "the Hugging Face Hub. The token is read from the environment variable "
+        "--token-env names (HF_TOKEN by default).",
+    )
     return run_with_token(push, cfg)
 
 
@@ -373,8 +495,10 @@ def run_with_token(action, cfg):
     line (exit status 1)."""
     token = os.environ.get(cfg.token_env, "")
     if not token.strip():
-        raise SystemExit(f"error: token_env={cfg.token_env!r}: that environment variable is not set or empty; "
-                         f"export {cfg.token_env}=<a token with write access> (https://huggingface.co/settings/tokens)")
+        raise SystemExit(
+            f"error: token_env={cfg.token_env!r}: that environment variable is not set or empty; "
+            f"export {cfg.token_env}=<a token with write access> (https://huggingface.co/settings/tokens)"
+        )
     try:
         return action(cfg, token)
     except (ValueError, PushError) as e:

@@ -48,7 +48,7 @@ def _coverage(shape: str, cx: float, cy: float, s: float, h: int, w: int, k: int
     dy, dx = ys[:, None] - cy, xs[None, :] - cx  # (H*k, W*k)
     r = s / 2
     if shape == "circle":
-        inside = dx ** 2 + dy ** 2 <= r ** 2
+        inside = dx**2 + dy**2 <= r**2
     elif shape == "square":
         inside = (np.abs(dx) <= r) & (np.abs(dy) <= r)
     else:  # upright triangle: apex at dy = -r, base at dy = +r, half-width grows linearly
@@ -61,7 +61,9 @@ def analyse(image) -> dict:
     x = np.asarray(image.convert("RGB") if isinstance(image, Image.Image) else image, dtype=np.float32)
     h, w, _ = x.shape
     # 1. background from the median of a 2-px frame
-    frame = np.concatenate([x[:2].reshape(-1, 3), x[-2:].reshape(-1, 3), x[2:-2, :2].reshape(-1, 3), x[2:-2, -2:].reshape(-1, 3)])
+    frame = np.concatenate(
+        [x[:2].reshape(-1, 3), x[-2:].reshape(-1, 3), x[2:-2, :2].reshape(-1, 3), x[2:-2, -2:].reshape(-1, 3)]
+    )
     bg = np.median(frame, axis=0)
     out = {"scene": _nearest(bg, _SCENE_NAMES, _SCENE_RGB), "count": 0, "color": None, "shape": None}
     # 2. foreground colour from the core pixels

@@ -34,8 +34,9 @@ class LabelPage(Backend):
     def label_progress(self, who: str | None) -> str:
         """'**3 / 8** labelled by ana · everyone: ana 3, ben 1' (markdown)."""
         counts = self.label_counts()
-        return (f"**{counts.get(who, 0)} / {len(self.rows)}** labelled by {who} · everyone: "
-                + (", ".join(f"{name} {c}" for name, c in sorted(counts.items())) or "no labels yet"))
+        return f"**{counts.get(who, 0)} / {len(self.rows)}** labelled by {who} · everyone: " + (
+            ", ".join(f"{name} {c}" for name, c in sorted(counts.items())) or "no labels yet"
+        )
 
     # ------------------------------------------------------------------------- one image at a time
     def label_view(self, state: dict, status: str = ""):
@@ -45,8 +46,13 @@ class LabelPage(Backend):
         if who is None:
             return None, "", f"{len(self.rows)} images to label; type your name and press Start", status, state
         if i is None:
-            return None, f"### All {len(self.rows)} images are labelled. Thank you!", self.label_progress(who), \
-                status, state
+            return (
+                None,
+                f"### All {len(self.rows)} images are labelled. Thank you!",
+                self.label_progress(who),
+                status,
+                state,
+            )
         row, mine = self.rows[i], self.store.get(self.rows[i]["file_name"], who)
         text = f"### {row['prompt']}\n{row['file_name']}" + (f" · your label: **{mine}**" if mine else "")
         return big(self.label_image(i), 8), text, self.label_progress(who), status, state
@@ -66,8 +72,9 @@ class LabelPage(Backend):
         state = self.session(state)
         if state["labeler"] and state["index"] is None:  # someone who had finished gets the new ones
             state["index"] = self.next_unlabelled(state["labeler"], 0)
-        return self.label_view(state, f"drew {len(new)} new images (batch {new[0]['batch']}); "
-                                      f"{len(self.rows)} in the labelling set")
+        return self.label_view(
+            state, f"drew {len(new)} new images (batch {new[0]['batch']}); {len(self.rows)} in the labelling set"
+        )
 
     def label_start(self, name, state=None):
         """Label as ``name`` from their first unlabelled image."""
@@ -116,8 +123,9 @@ class LabelPage(Backend):
             return self.grid_view(state, "nothing to submit: no images on this screen")
         marked = [name for name, tick in zip(screen, ticked) if tick]
         counts = self.save_screen(state["labeler"], screen, marked, mark)
-        return self.grid_view(state, f"saved the screen: **{counts['good']} good, {counts['bad']} bad**; "
-                                     "Undo screen takes it back")
+        return self.grid_view(
+            state, f"saved the screen: **{counts['good']} good, {counts['bad']} bad**; Undo screen takes it back"
+        )
 
     def grid_undo(self, state: dict):
         """Take back this labeler's last screen (or last single label); its images come back on the next screen,
@@ -143,7 +151,9 @@ class LabelPage(Backend):
         kappa = f"{ag['kappa']:.2f}"
         if math.isnan(ag["kappa"]):
             kappa = "undefined (you or the judge used one label only)"
-        return (f"**You and the judge agree on {ag['percent']:.0f}% of your {ag['n']} good/bad labels** (Cohen's kappa "
-                f"{kappa}; 1 = always, 0 = as often as chance). You said good where the judge saw a mistake on "
-                f"{len(ag['you_good_judge_bad'])}, bad where it saw none on {len(ag['you_bad_judge_good'])}. "
-                "The paper's reward model assumes people label consistently: this is how consistently you did.")
+        return (
+            f"**You and the judge agree on {ag['percent']:.0f}% of your {ag['n']} good/bad labels** (Cohen's kappa "
+            f"{kappa}; 1 = always, 0 = as often as chance). You said good where the judge saw a mistake on "
+            f"{len(ag['you_good_judge_bad'])}, bad where it saw none on {len(ag['you_bad_judge_good'])}. "
+            "The paper's reward model assumes people label consistently: this is how consistently you did."
+        )

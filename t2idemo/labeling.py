@@ -79,8 +79,10 @@ def _open_dataset(dataset_dir: str, store_path: str | None, labeler: str, size: 
         raise ValueError(f"size={size!r} is out of range; use 64 to 1024 pixels")
     rows = load_rows(dataset_dir, missing_ok=True)
     if not rows:
-        raise ValueError(f"dataset_dir={dataset_dir!r} has no images yet; run "
-                         f"`python -m t2idemo generate --out {dataset_dir}` first")
+        raise ValueError(
+            f"dataset_dir={dataset_dir!r} has no images yet; run "
+            f"`python -m t2idemo generate --out {dataset_dir}` first"
+        )
     store = LabelStore(store_path or default_store_path(dataset_dir))
     store.add_many([], labeler)  # validates the labeler name now rather than at the first click
     return rows, store
@@ -115,11 +117,19 @@ class Labeler:
             b = widgets.Button(description=text, button_style=style, icon=icon, tooltip=f"label this image {label}")
             b.on_click(lambda _, label=label: self.click(label))
             self.buttons[label] = b
-        self.buttons["undo"] = widgets.Button(description="Undo", button_style="warning", icon="undo",
-                                              tooltip="take back your last click")
+        self.buttons["undo"] = widgets.Button(
+            description="Undo", button_style="warning", icon="undo", tooltip="take back your last click"
+        )
         self.buttons["undo"].on_click(lambda _: self.undo())
-        self.widget = widgets.VBox([widgets.HBox([self.bar, self.progress]), self.image, self.prompt,
-                                    widgets.HBox(list(self.buttons.values())), self.status])
+        self.widget = widgets.VBox(
+            [
+                widgets.HBox([self.bar, self.progress]),
+                self.image,
+                self.prompt,
+                widgets.HBox(list(self.buttons.values())),
+                self.status,
+            ]
+        )
         self.index = self.next_unlabelled(0)
         self.show()
 
@@ -172,8 +182,10 @@ class Labeler:
             self.image.value = png_bytes(os.path.join(self.dataset_dir, row["file_name"]), self.size)
             current = self.store.get(row["file_name"], self.labeler)
             note = f" &nbsp; <i>(your label: {current})</i>" if current else ""
-            self.prompt.value = (f"<h3 style='margin:4px 0'>{html.escape(row['prompt'])}</h3>"
-                                 f"<small>{html.escape(row['file_name'])}</small>{note}")
+            self.prompt.value = (
+                f"<h3 style='margin:4px 0'>{html.escape(row['prompt'])}</h3>"
+                f"<small>{html.escape(row['file_name'])}</small>{note}"
+            )
         self.status.value = status
 
     # ------------------------------------------------------------------------- notebook display
@@ -198,29 +210,43 @@ class GridLabeler:
     ``size``: displayed image size in px (64 - 1024).
     """
 
-    def __init__(self, dataset_dir: str, store_path: str | None = None, labeler: str = "me", grid: int = 12,
-                 size: int = 128):
+    def __init__(
+        self, dataset_dir: str, store_path: str | None = None, labeler: str = "me", grid: int = 12, size: int = 128
+    ):
         widgets = _ipywidgets()
         if isinstance(grid, bool) or not isinstance(grid, int) or not 8 <= grid <= 16:
             raise ValueError(f"grid={grid!r} is out of range; use 8 to 16 images on a screen")
         self.dataset_dir, self.labeler, self.grid, self.size = dataset_dir, labeler, grid, size
         self.rows, self.store = _open_dataset(dataset_dir, store_path, labeler, size)
-        self.mark = widgets.ToggleButtons(options=[("I mark the good ones", "good"), ("I mark the bad ones", "bad")],
-                                          value="good", tooltips=["the rest get bad", "the rest get good"])
+        self.mark = widgets.ToggleButtons(
+            options=[("I mark the good ones", "good"), ("I mark the bad ones", "bad")],
+            value="good",
+            tooltips=["the rest get bad", "the rest get good"],
+        )
         self.images = [widgets.Image(format="png", width=size, height=size) for _ in range(grid)]
-        self.ticks = [widgets.Checkbox(value=False, indent=False, layout=widgets.Layout(width=f"{size + 8}px"))
-                      for _ in range(grid)]
+        self.ticks = [
+            widgets.Checkbox(value=False, indent=False, layout=widgets.Layout(width=f"{size + 8}px"))
+            for _ in range(grid)
+        ]
         self.cells = [widgets.VBox([image, tick]) for image, tick in zip(self.images, self.ticks)]
-        self.buttons = {"submit": widgets.Button(description="Submit screen", button_style="success", icon="check"),
-                        "undo": widgets.Button(description="Undo screen", button_style="warning", icon="undo")}
+        self.buttons = {
+            "submit": widgets.Button(description="Submit screen", button_style="success", icon="check"),
+            "undo": widgets.Button(description="Undo screen", button_style="warning", icon="undo"),
+        }
         self.buttons["submit"].on_click(lambda _: self.submit())
         self.buttons["undo"].on_click(lambda _: self.undo())
         self.progress, self.bar = widgets.Label(), widgets.IntProgress(min=0, max=len(self.rows))
         self.status = widgets.HTML()
         columns = widgets.Layout(grid_template_columns=f"repeat(4, {size + 16}px)")
-        self.widget = widgets.VBox([widgets.HBox([self.bar, self.progress]), self.mark,
-                                    widgets.GridBox(self.cells, layout=columns),
-                                    widgets.HBox(list(self.buttons.values())), self.status])
+        self.widget = widgets.VBox(
+            [
+                widgets.HBox([self.bar, self.progress]),
+                self.mark,
+                widgets.GridBox(self.cells, layout=columns),
+                widgets.HBox(list(self.buttons.values())),
+                self.status,
+            ]
+        )
         self.screen = self.next_screen()
         self.show()
 

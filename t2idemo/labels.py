@@ -63,8 +63,10 @@ CREATE TABLE IF NOT EXISTS labels (       -- the current label: the labeler's la
     PRIMARY KEY (image_id, labeler)
 );
 """
-_UPSERT = ("INSERT INTO labels (image_id, labeler, label, ts) VALUES (?, ?, ?, ?) "
-           "ON CONFLICT (image_id, labeler) DO UPDATE SET label = excluded.label, ts = excluded.ts")
+_UPSERT = (
+    "INSERT INTO labels (image_id, labeler, label, ts) VALUES (?, ?, ?, ?) "
+    "ON CONFLICT (image_id, labeler) DO UPDATE SET label = excluded.label, ts = excluded.ts"
+)
 
 
 def default_store_path(dataset_dir: str) -> str:
@@ -116,8 +118,10 @@ class LabelStore:
             with open(self.path, "rb") as f:
                 head = f.read(len(SQLITE_MAGIC))
             if head != SQLITE_MAGIC:
-                raise ValueError(f"{self.path} is not a label store: it is not an SQLite database (it starts with "
-                                 f"{head!r}); pass a new file name or an existing label store") from error
+                raise ValueError(
+                    f"{self.path} is not a label store: it is not an SQLite database (it starts with "
+                    f"{head!r}); pass a new file name or an existing label store"
+                ) from error
         raise ValueError(f"{self.path} is not a usable label store: {error or 'it is cut short'}") from error
 
     def _open(self, timeout: float) -> None:
@@ -136,8 +140,10 @@ class LabelStore:
                     raise
                 time.sleep(0.01)
         if mode.lower() != "wal":
-            warnings.warn(f"{self.path}: SQLite refused WAL mode here (journal_mode={mode}); labels stay durable "
-                          f"but writers wait longer. Put the store on a local disk for WAL.")
+            warnings.warn(
+                f"{self.path}: SQLite refused WAL mode here (journal_mode={mode}); labels stay durable "
+                f"but writers wait longer. Put the store on a local disk for WAL."
+            )
         db.execute("PRAGMA synchronous = FULL")  # fsync the log at every commit: durable at every click
         with self._write():  # check and create under the write lock: processes opening a new store at once
             if self._check_foreign() == 0:  # see either an empty file or a finished store, never half of one
@@ -151,8 +157,10 @@ class LabelStore:
                 db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         version = db.execute("PRAGMA user_version").fetchone()[0]
         if version > SCHEMA_VERSION:
-            raise ValueError(f"{self.path} was written by a newer t2idemo (schema {version}, this one reads "
-                             f"{SCHEMA_VERSION}); upgrade t2idemo")
+            raise ValueError(
+                f"{self.path} was written by a newer t2idemo (schema {version}, this one reads "
+                f"{SCHEMA_VERSION}); upgrade t2idemo"
+            )
         check = db.execute("PRAGMA quick_check").fetchall()
         if check != [("ok",)]:
             raise ValueError(f"{self.path} is damaged: SQLite quick_check says {check[:3]}")
@@ -169,8 +177,10 @@ class LabelStore:
             if own:
                 self._db.execute("COMMIT")
         if app_id != APPLICATION_ID and (app_id != 0 or tables):
-            raise ValueError(f"{self.path} is an SQLite database but not a t2idemo label store (application_id="
-                             f"{app_id:#x}, tables {tables}); pass a new file name or an existing label store")
+            raise ValueError(
+                f"{self.path} is an SQLite database but not a t2idemo label store (application_id="
+                f"{app_id:#x}, tables {tables}); pass a new file name or an existing label store"
+            )
         return app_id
 
     # ------------------------------------------------------------------------- plumbing
@@ -220,8 +230,10 @@ class LabelStore:
             # the screen's id: the id its first click gets (ids only grow, and we hold the write lock)
             group = db.execute("SELECT COALESCE(MAX(id), 0) + 1 FROM clicks").fetchone()[0] if screen else None
             for image_id, label in items:
-                db.execute("INSERT INTO clicks (image_id, labeler, label, ts, screen) VALUES (?, ?, ?, ?, ?)",
-                           (image_id, labeler, label, now, group))
+                db.execute(
+                    "INSERT INTO clicks (image_id, labeler, label, ts, screen) VALUES (?, ?, ?, ?, ?)",
+                    (image_id, labeler, label, now, group),
+                )
                 db.execute(_UPSERT, (image_id, labeler, label, now))
 
     def undo(self, labeler: str = "me") -> str | None:
@@ -235,17 +247,24 @@ class LabelStore:
         each image gets its previous label back (or none). Returns the images' ids in click order ([]: nothing to
         undo). Other labelers' clicks are left alone."""
         with self._write() as db:
-            last = db.execute("SELECT id, screen FROM clicks WHERE labeler = ? AND undone = 0 "
-                              "ORDER BY id DESC LIMIT 1", (labeler,)).fetchone()
+            last = db.execute(
+                "SELECT id, screen FROM clicks WHERE labeler = ? AND undone = 0 ORDER BY id DESC LIMIT 1", (labeler,)
+            ).fetchone()
             if last is None:
                 return []
-            clicks = db.execute("SELECT id, image_id FROM clicks WHERE labeler = ? AND undone = 0 "
-                                "AND (id = ? OR screen = ?) ORDER BY id", (labeler, *last)).fetchall()
+            clicks = db.execute(
+                "SELECT id, image_id FROM clicks WHERE labeler = ? AND undone = 0 "
+                "AND (id = ? OR screen = ?) ORDER BY id",
+                (labeler, *last),
+            ).fetchall()
             db.executemany("UPDATE clicks SET undone = 1 WHERE id = ?", [(click_id,) for click_id, _ in clicks])
             image_ids = list(dict.fromkeys(image_id for _, image_id in clicks))
             for image_id in image_ids:
-                prev = db.execute("SELECT label, ts FROM clicks WHERE labeler = ? AND image_id = ? AND undone = 0 "
-                                  "ORDER BY id DESC LIMIT 1", (labeler, image_id)).fetchone()
+                prev = db.execute(
+                    "SELECT label, ts FROM clicks WHERE labeler = ? AND image_id = ? AND undone = 0 "
+                    "ORDER BY id DESC LIMIT 1",
+                    (labeler, image_id),
+                ).fetchone()
                 if prev is None:
                     db.execute("DELETE FROM labels WHERE image_id = ? AND labeler = ?", (image_id, labeler))
                 else:
@@ -326,8 +345,10 @@ def export_labels(dataset_dir: str, store_path: str | None = None, labeler: str 
             labels = store.majority()
         else:
             if labeler not in store.labelers():
-                raise ValueError(f"labeler={labeler!r} has no labels in {store.path}; labelers there: "
-                                 f"{store.labelers()} (or {MAJORITY!r})")
+                raise ValueError(
+                    f"labeler={labeler!r} has no labels in {store.path}; labelers there: "
+                    f"{store.labelers()} (or {MAJORITY!r})"
+                )
             labels = store.labels(labeler)
     counts = {"good": 0, "bad": 0, "none": 0}
     for row in rows:
@@ -347,16 +368,31 @@ BIASES = {  # systematically biased simulated raters: name -> what the rater get
 
 def biased_verdict(verdict: dict, meta: dict, bias: str) -> bool:
     """The rater's good/bad for a judge ``verdict`` on a prompt ``meta``, with the systematic ``bias`` (BIASES)."""
-    if bias == "four-for-three" and "count" in meta["named"] and meta.get("count") == 3 and verdict["pred"]["count"] == 4:
+    if (
+        bias == "four-for-three"
+        and "count" in meta["named"]
+        and meta.get("count") == 3
+        and verdict["pred"]["count"] == 4
+    ):
         return all(verdict["correct"][a] for a in meta["named"] if a != "count")
     return verdict["good"]
 
 
-def simulate_labels(dataset_dir: str, store_path: str | None = None, labeler: str = "judge", flip: float = 0.0,
-                    skip: float = 0.0, seed: int = 0, bias: str = "") -> dict:
+def simulate_labels(
+    dataset_dir: str,
+    store_path: str | None = None,
+    labeler: str = "judge",
+    flip: float = 0.0,
+    skip: float = 0.0,
+    seed: int = 0,
+    bias: str = "",
+) -> dict:
     """``simulate(LabelConfig(...))`` from keyword arguments (the notebooks' short form); the config checks them."""
-    return simulate(LabelConfig(data=dataset_dir, store=store_path or "", labeler=labeler, flip=flip, skip=skip,
-                                seed=seed, bias=bias))
+    return simulate(
+        LabelConfig(
+            data=dataset_dir, store=store_path or "", labeler=labeler, flip=flip, skip=skip, seed=seed, bias=bias
+        )
+    )
 
 
 def simulate(cfg: LabelConfig, chunk: int = 64) -> dict:
@@ -406,8 +442,10 @@ def label(cfg: LabelConfig) -> dict:
     written into the metadata rows. Returns the counts, plus "exported"."""
     counts = simulate(cfg)
     store_path = cfg.store or default_store_path(cfg.data)
-    print(f"{cfg.labeler}: {counts['good']} good, {counts['bad']} bad, {counts['skip']} skipped, "
-          f"{counts['flipped']} flipped, {counts['already']} already labelled -> {store_path}")
+    print(
+        f"{cfg.labeler}: {counts['good']} good, {counts['bad']} bad, {counts['skip']} skipped, "
+        f"{counts['flipped']} flipped, {counts['already']} already labelled -> {store_path}"
+    )
     with LabelStore(store_path) as store:
         for other in store.labelers():
             if other != cfg.labeler:
@@ -421,14 +459,22 @@ def label(cfg: LabelConfig) -> dict:
 
 @dataclass
 class LabelConfig:
-    data: str = "data/feedback"  # dataset folder made by `python -m t2idemo generate`
-    store: str = ""  # label store file; "" means DATA/labels.sqlite
-    labeler: str = "judge"  # name the simulated rater's labels are stored under
-    flip: float = ranged(0.0, 0.0, 1.0)  # probability of flipping the judge's good/bad verdict, 0 - 1 (0.1 - 0.3 is a noisy rater)
-    skip: float = ranged(0.0, 0.0, 1.0)  # probability of skipping an image, 0 - 1
-    seed: int = ranged(0, 0, 2_147_483_647)  # seeds the flips and skips (each image draws from its own seed:file_name stream)
-    bias: str = ""  # a systematic error: "" (none) | "four-for-three" (four shapes pass for three)
-    export: str = ""  # then write labels into metadata.jsonl: "" (no), "majority" or a labeler name
+    # dataset folder made by `python -m t2idemo generate`
+    data: str = "data/feedback"
+    # label store file; "" means DATA/labels.sqlite
+    store: str = ""
+    # name the simulated rater's labels are stored under
+    labeler: str = "judge"
+    # probability of flipping the judge's good/bad verdict, 0 - 1 (0.1 - 0.3 is a noisy rater)
+    flip: float = ranged(0.0, 0.0, 1.0)
+    # probability of skipping an image, 0 - 1
+    skip: float = ranged(0.0, 0.0, 1.0)
+    # seeds the flips and skips (each image draws from its own seed:file_name stream)
+    seed: int = ranged(0, 0, 2_147_483_647)
+    # a systematic error: "" (none) | "four-for-three" (four shapes pass for three)
+    bias: str = ""
+    # then write labels into metadata.jsonl: "" (no), "majority" or a labeler name
+    export: str = ""
 
     def __post_init__(self):
         check_ranges(self)  # every number within its declared range
@@ -446,5 +492,11 @@ class LabelConfig:
 
 
 def label_main(argv=None):
-    return label(parse_config(LabelConfig, argv, prog="python -m t2idemo label",
-                              description="Label a dataset with the judge as a simulated (optionally noisy) rater."))
+    return label(
+        parse_config(
+            LabelConfig,
+            argv,
+            prog="python -m t2idemo label",
+            description="Label a dataset with the judge as a simulated (optionally noisy) rater.",
+        )
+    )

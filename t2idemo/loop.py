@@ -33,11 +33,10 @@ from dataclasses import dataclass
 
 from . import world
 from .config import check_ranges, ranged
-from .generate import BASE_MODEL, generate_dataset, image_row, image_seed, sample
 from .data import load_rows, save_png, write_rows_atomic
+from .generate import BASE_MODEL, generate_dataset, image_row, image_seed, sample
 from .labels import LabelStore, agreement_stats, default_store_path, export_labels
 from .runconfig import RoundFolders, RunConfig, preset, round_configs
-
 
 REWARDS = ("attribute", "head")  # the session's reward model: reward_attr.AttributeReward | the main job's head
 UNLABELLED_SPLITS = ("all", "seen", "unseen", "labelled")  # whose prompts get unlabelled generations
@@ -46,45 +45,75 @@ VAL_FRAC = 0.25  # share of the labelled prompts held out to score the reward mo
 
 @dataclass
 class LoopConfig:
-    model: str = BASE_MODEL  # the pipeline that draws the labelling images and is tuned
-    batch_images: int = ranged(24, 1, 64)  # images per labelling batch; 1 - 64
-    reward: str = "attribute"  # the reward model: "attribute" (CLIP's check of each named attribute, calibrated on the
-    #                            labels: reward_attr) | "head" (the main job's MLP head, trained on the labels alone)
-    unlabelled_per_prompt: int = ranged(8, 0, 16)  # generations of each prompt of unlabelled_split, which the reward
-    #                                                model scores and the fine-tune filters; 0 - 16
-    unlabelled_split: str = "all"  # their prompts: "all" (the world's 405, seen and unseen, as the main job) | "seen" |
-    #                                "unseen" | "labelled" (only the prompts of labelled images)
-    train_steps: int = ranged(200, 1, 400)  # fine-tune optimiser steps; 1 - 400 (the main job: 400 at batch 64)
-    batch: int = ranged(64, 4, 64)  # D_model and D_pre images per fine-tune step; 4 - 64
-    reward_epochs: int = ranged(100, 10, 300)  # reward="head" only: at most this many passes over the labels; 10 - 300
-    eval_images: int = ranged(64, 0, 512)  # after the fine-tune: unseen combination images per model, base vs tuned; 0 (skip) - 512
-    seed: int = ranged(0, 0, 1_000_000_000)  # seeds the prompts, the images, the reward model and the fine-tune
+    # the pipeline that draws the labelling images and is tuned
+    model: str = BASE_MODEL
+    # images per labelling batch
+    batch_images: int = ranged(24, 1, 64)
+    # the reward model: "attribute" (CLIP's check of each named attribute, calibrated on the
+    # labels: reward_attr) | "head" (the main job's MLP head, trained on the labels alone)
+    reward: str = "attribute"
+    # generations of each prompt of unlabelled_split, which the reward
+    # model scores and the fine-tune filters
+    unlabelled_per_prompt: int = ranged(8, 0, 16)
+    # their prompts: "all" (the world's 405, seen and unseen, as the main job) | "seen" |
+    # "unseen" | "labelled" (only the prompts of labelled images)
+    unlabelled_split: str = "all"
+    # fine-tune optimiser steps
+    train_steps: int = ranged(200, 1, 400)
+    # D_model and D_pre images per fine-tune step
+    batch: int = ranged(64, 4, 64)
+    # reward="head" only: at most this many passes over the labels
+    reward_epochs: int = ranged(100, 10, 300)
+    # after the fine-tune: unseen combination images per model, base vs tuned
+    eval_images: int = ranged(64, 0, 512)
+    # seeds the prompts, the images, the reward model and the fine-tune
+    seed: int = ranged(0, 0, 1_000_000_000)
 
     def __post_init__(self):
         check_ranges(self)  # every number within its declared range
         if self.reward not in REWARDS:
             raise ValueError(f"reward={self.reward!r} is not allowed; use one of {REWARDS}")
         if self.unlabelled_split not in UNLABELLED_SPLITS:
-            raise ValueError(f"unlabelled_split={self.unlabelled_split!r} is not allowed; use one of {UNLABELLED_SPLITS}")
+            raise ValueError(
+                f"unlabelled_split={self.unlabelled_split!r} is not allowed; use one of {UNLABELLED_SPLITS}"
+            )
 
 
 def main_job(cfg: LoopConfig) -> RunConfig:
     """The main job's config (``preset("shapes")``: its sampler settings, reward model and fine-tune recipe) at the
     app's size: LoopConfig's fields as overrides, nothing else changed."""
     main = preset("shapes")
-    split = "seen" if cfg.unlabelled_split == "labelled" else cfg.unlabelled_split  # "labelled": tune_on_labels names them
-    return preset("shapes", model=cfg.model, seed=cfg.seed, unlabelled_per_prompt=cfg.unlabelled_per_prompt,
-                  unlabelled_split=split, **{
-        "reward.max_epochs": cfg.reward_epochs, "reward.patience": 10, "reward.val_frac": VAL_FRAC,
-        "finetune.train_steps": cfg.train_steps, "finetune.batch": cfg.batch, "finetune.pre_batch": cfg.batch,
-        "finetune.pre_pool": min(main.finetune.pre_pool, cfg.train_steps * cfg.batch)})
+    split = (
+        "seen" if cfg.unlabelled_split == "labelled" else cfg.unlabelled_split
+    )  # "labelled": tune_on_labels names them
+    return preset(
+        "shapes",
+        model=cfg.model,
+        seed=cfg.seed,
+        unlabelled_per_prompt=cfg.unlabelled_per_prompt,
+        unlabelled_split=split,
+        **{
+            "reward.max_epochs": cfg.reward_epochs,
+            "reward.patience": 10,
+            "reward.val_frac": VAL_FRAC,
+            "finetune.train_steps": cfg.train_steps,
+            "finetune.batch": cfg.batch,
+            "finetune.pre_batch": cfg.batch,
+            "finetune.pre_pool": min(main.finetune.pre_pool, cfg.train_steps * cfg.batch),
+        },
+    )
 
 
 def app_round(cfg: LoopConfig, folder: str, reward: str, out: str = ""):
     """Every stage's config for the app's round (round 0): labels in ``folder``, the reward model in ``reward``,
     the unlabelled images in OUT/unlabelled and the tuned pipeline in OUT/model."""
-    folders = RoundFolders(feedback=folder, reward_data=folder, reward=reward,
-                           unlabelled=os.path.join(out, "unlabelled"), aligned=os.path.join(out, "model"))
+    folders = RoundFolders(
+        feedback=folder,
+        reward_data=folder,
+        reward=reward,
+        unlabelled=os.path.join(out, "unlabelled"),
+        aligned=os.path.join(out, "model"),
+    )
     return round_configs(main_job(cfg), 0, cfg.model, folders)
 
 
@@ -152,8 +181,10 @@ def train_reward_on_labels(folder: str, out: str, cfg: LoopConfig, lock=None) ->
     with lock or nullcontext():
         counts = export_labels(folder)  # label = the majority vote; ties, skips and unlabelled images get None
     if counts["good"] < MIN_LABELS or counts["bad"] < MIN_LABELS:
-        raise ValueError(f"the reward model needs at least {MIN_LABELS} good and {MIN_LABELS} bad labels; there are "
-                         f"{counts['good']} good and {counts['bad']} bad so far: label more images")
+        raise ValueError(
+            f"the reward model needs at least {MIN_LABELS} good and {MIN_LABELS} bad labels; there are "
+            f"{counts['good']} good and {counts['bad']} bad so far: label more images"
+        )
     rows = [r for r in load_rows(folder) if r.get("label") in ("good", "bad")]
     if cfg.reward == "head":
         model = train_head(folder, out, cfg)
@@ -164,9 +195,13 @@ def train_reward_on_labels(folder: str, out: str, cfg: LoopConfig, lock=None) ->
         scores, val_rows = fit_attribute_reward(folder, rows, out, cfg)
     truth = [r["label"] == "good" for r in val_rows]
     right = [(s >= 0.5) == t for s, t in zip(scores, truth)]
-    return {"good": counts["good"], "bad": counts["bad"], "n_val": len(val_rows),
-            "val_accuracy": 100.0 * sum(right) / len(right) if right else None,
-            "val_auc": round(roc_auc(scores, truth), 4) if 0 < sum(truth) < len(truth) else None}
+    return {
+        "good": counts["good"],
+        "bad": counts["bad"],
+        "n_val": len(val_rows),
+        "val_accuracy": 100.0 * sum(right) / len(right) if right else None,
+        "val_auc": round(roc_auc(scores, truth), 4) if 0 < sum(truth) < len(truth) else None,
+    }
 
 
 def fit_attribute_reward(folder: str, rows: list, out: str, cfg: LoopConfig) -> tuple[list, list]:

@@ -28,39 +28,52 @@ import torch
 
 from . import evaluate as ev
 from .config import check_ranges, ranged
-from .runconfig import RunPaths, changed, from_saved, round_configs
 from .finetune import finetune
 from .generate import load_pipeline
 from .judge import judge
+from .runconfig import RunPaths, changed, from_saved, round_configs
 from .world import CATEGORIES
 
 
 @dataclass
 class OveroptConfig:
-    run: str = "runs/main"  # a finished `python -m t2idemo run` folder: its round-1 labels, reward model and unlabelled
-    #                         images are reused, with its fine-tune recipe (report/results.json)
-    out: str = ""  # output folder; "" = RUN/overopt
-    train_steps: str = "0,100,200,400,800,1600"  # fine-tune steps at which to score the model (0 = the base); the
-    #                                              fine-tune runs to the largest; each 1 - 5_000
-    betas: str = "1,0"  # one fine-tune per beta (the pre-training term's weight); each 0 - 4
-    rounds_run: str = ""  # optional: a `run --rounds N` folder whose round models are scored too; "" = none
-    split: str = "unseen,seen"  # prompt splits, comma-separated: unseen | seen
-    n_combination: int = ranged(256, 16, 2048)  # combination images per checkpoint and split; 16 - 2_048
-    n_single: int = ranged(32, 8, 512)  # images per checkpoint, split and single-attribute category; 8 - 512
-    seed: int = ranged(0, 0, 2_147_483_647)  # evaluation seeds (image i starts from seed * 100_000 + i, as in evaluate)
+    # a finished `python -m t2idemo run` folder: its round-1 labels, reward model and unlabelled
+    # images are reused, with its fine-tune recipe (report/results.json)
+    run: str = "runs/main"
+    # output folder; "" = RUN/overopt
+    out: str = ""
+    # fine-tune steps at which to score the model (0 = the base); the
+    # fine-tune runs to the largest; each 1 - 5_000
+    train_steps: str = "0,100,200,400,800,1600"
+    # one fine-tune per beta (the pre-training term's weight); each 0 - 4
+    betas: str = "1,0"
+    # optional: a `run --rounds N` folder whose round models are scored too; "" = none
+    rounds_run: str = ""
+    # prompt splits, comma-separated: unseen | seen
+    split: str = "unseen,seen"
+    # combination images per checkpoint and split
+    n_combination: int = ranged(256, 16, 2048)
+    # images per checkpoint, split and single-attribute category
+    n_single: int = ranged(32, 8, 512)
+    # evaluation seeds (image i starts from seed * 100_000 + i, as in evaluate)
+    seed: int = ranged(0, 0, 2_147_483_647)
 
     def __post_init__(self):
         check_ranges(self)  # every number within its declared range
         steps, betas = self.step_list(), self.beta_list()
         if not steps or any(not 0 <= s <= 5000 for s in steps):
-            raise ValueError(f"train_steps={self.train_steps!r} must list fine-tune steps in 0 - 5000, e.g. '0,100,400'")
+            raise ValueError(
+                f"train_steps={self.train_steps!r} must list fine-tune steps in 0 - 5000, e.g. '0,100,400'"
+            )
         if not betas or any(not 0 <= b <= 4 for b in betas):
             raise ValueError(f"betas={self.betas!r} must list betas in 0 - 4, e.g. '1,0'")
         if any(sp not in ("unseen", "seen") for sp in ev.split_list(self.split)) or not ev.split_list(self.split):
             raise ValueError(f"split={self.split!r} is not allowed; use 'unseen', 'seen' or 'unseen,seen'")
 
     def step_list(self) -> list:
-        return sorted({int(_number(s, "train_steps", self.train_steps)) for s in self.train_steps.split(",") if s.strip()})
+        return sorted(
+            {int(_number(s, "train_steps", self.train_steps)) for s in self.train_steps.split(",") if s.strip()}
+        )
 
     def beta_list(self) -> list:
         return [_number(b, "betas", self.betas) for b in self.betas.split(",") if b.strip()]
@@ -104,8 +117,12 @@ def score(pipe, reward_fn, metas: list, ecfg: ev.EvalConfig, ref_feats: dict) ->
 
 def reference_features(metas: list, split: str, seed: int) -> dict:
     """{split: CLIP features of fresh renders of its combination prompts} (the FID's real side)."""
-    return {sp: ev.clip_features(ev.renders([m for m in metas if m["split"] == sp and m["category"] == "combination"], seed))
-            for sp in ev.split_list(split)}
+    return {
+        sp: ev.clip_features(
+            ev.renders([m for m in metas if m["split"] == sp and m["category"] == "combination"], seed)
+        )
+        for sp in ev.split_list(split)
+    }
 
 
 # ----------------------------------------------------------------------------- the experiment
@@ -130,12 +147,16 @@ def overoptimisation(cfg: OveroptConfig) -> dict:
         if last and not os.path.isfile(os.path.join(folder, "finetune.json")):
             # the run's round-1 fine-tune (its data, recipe and seed: its first steps are the same) at this beta
             (fc,) = round_configs(changed(rc, betas="", **{"finetune.beta": beta}), 1, rc.model, r1).finetune.values()
-            fc = dataclasses.replace(fc, out=folder, train_steps=last,
-                                     save_at=",".join(str(s) for s in steps if 0 < s < last))
+            fc = dataclasses.replace(
+                fc, out=folder, train_steps=last, save_at=",".join(str(s) for s in steps if 0 < s < last)
+            )
             finetune(fc)
         for s in steps:
-            models[f"beta {beta:g}, step {s}"] = (beta, s, rc.model if s == 0 else folder if s == last
-                                                  else os.path.join(folder, f"step{s}"))
+            models[f"beta {beta:g}, step {s}"] = (
+                beta,
+                s,
+                rc.model if s == 0 else folder if s == last else os.path.join(folder, f"step{s}"),
+            )
     if cfg.rounds_run:
         for r in range(1, 9):
             path = RunPaths(cfg.rounds_run).round(r).aligned
@@ -143,7 +164,9 @@ def overoptimisation(cfg: OveroptConfig) -> dict:
                 models[f"round {r}"] = (None, r, path)
 
     # 2. score each model on the same prompts and seeds (step 0 is the base, once)
-    ecfg = ev.EvalConfig(split=cfg.split, n_combination=cfg.n_combination, n_single=cfg.n_single, seed=cfg.seed, fid=True)
+    ecfg = ev.EvalConfig(
+        split=cfg.split, n_combination=cfg.n_combination, n_single=cfg.n_single, seed=cfg.seed, fid=True
+    )
     metas = ev.eval_prompts(cfg.split, cfg.n_combination, cfg.n_single, cfg.seed)
     ref = reference_features(metas, cfg.split, cfg.seed)
     results = {"config": dataclasses.asdict(cfg), "reward": reward_dir, "points": []}
@@ -181,8 +204,12 @@ def overopt_table(results: dict, category: str = "combination") -> str:
         for sp in splits:
             s = p["scores"][sp]
             j, c = s[category]["judge"], s.get("count", {}).get("judge")
-            cells += [f"{s[category]['reward']:.3f}", f"{100 * j['p']:.1f} [{100 * j['lo']:.1f}, {100 * j['hi']:.1f}]",
-                      f"{100 * c['p']:.1f}" if c else "-", f"{s['fid']:.2f}"]
+            cells += [
+                f"{s[category]['reward']:.3f}",
+                f"{100 * j['p']:.1f} [{100 * j['lo']:.1f}, {100 * j['hi']:.1f}]",
+                f"{100 * c['p']:.1f}" if c else "-",
+                f"{s['fid']:.2f}",
+            ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -205,15 +232,43 @@ def plot(results: dict, path: str, category: str = "combination"):
         for b, ls in zip(betas, styles):
             line = sorted((p for p in pts if p["beta"] == b), key=lambda p: p["step"])
             x = [p["step"] for p in line]
-            ax.plot(x, [p["scores"][sp][category]["reward"] for p in line], ls, color="tab:blue", marker="o", ms=3,
-                    label=f"proxy: reward r, beta {b:g}")
-            ax.plot(x, [p["scores"][sp][category]["judge"]["p"] for p in line], ls, color="tab:orange", marker="o", ms=3,
-                    label=f"truth: judge, beta {b:g}")
+            ax.plot(
+                x,
+                [p["scores"][sp][category]["reward"] for p in line],
+                ls,
+                color="tab:blue",
+                marker="o",
+                ms=3,
+                label=f"proxy: reward r, beta {b:g}",
+            )
+            ax.plot(
+                x,
+                [p["scores"][sp][category]["judge"]["p"] for p in line],
+                ls,
+                color="tab:orange",
+                marker="o",
+                ms=3,
+                label=f"truth: judge, beta {b:g}",
+            )
         rounds = [p for p in pts if p["beta"] is None]
         if rounds:
             x = [p["step"] * round_steps for p in rounds]
-            ax.plot(x, [p["scores"][sp][category]["reward"] for p in rounds], "s", color="tab:blue", mfc="none", label="rounds: proxy")
-            ax.plot(x, [p["scores"][sp][category]["judge"]["p"] for p in rounds], "s", color="tab:orange", mfc="none", label="rounds: truth")
+            ax.plot(
+                x,
+                [p["scores"][sp][category]["reward"] for p in rounds],
+                "s",
+                color="tab:blue",
+                mfc="none",
+                label="rounds: proxy",
+            )
+            ax.plot(
+                x,
+                [p["scores"][sp][category]["judge"]["p"] for p in rounds],
+                "s",
+                color="tab:orange",
+                mfc="none",
+                label="rounds: truth",
+            )
         ax.set_title(f"{sp} {category} prompts")
         ax.set_xlabel("fine-tune steps")
         ax.set_ylim(0, 1)
@@ -223,8 +278,15 @@ def plot(results: dict, path: str, category: str = "combination"):
     for b, ls in zip(betas, styles):
         line = sorted((p for p in pts if p["beta"] == b), key=lambda p: p["step"])
         for sp, c in zip(splits, ("tab:green", "tab:purple")):
-            ax.plot([p["step"] for p in line], [p["scores"][sp]["fid"] for p in line], ls, color=c, marker="o", ms=3,
-                    label=f"{sp}, beta {b:g}")
+            ax.plot(
+                [p["step"] for p in line],
+                [p["scores"][sp]["fid"] for p in line],
+                ls,
+                color=c,
+                marker="o",
+                ms=3,
+                label=f"{sp}, beta {b:g}",
+            )
     ax.set_title("FID (lower = closer to real renders)")
     ax.set_xlabel("fine-tune steps")
     ax.grid(alpha=0.3)

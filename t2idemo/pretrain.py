@@ -39,44 +39,70 @@ from tqdm.auto import tqdm
 
 from . import world
 from .clip import CLIP_MEAN, CLIP_STD  # OpenAI CLIP's normalisation, kept for parity
-from .world import TOKEN_LENGTH, build_tokenizer
 from .config import check_ranges, ranged
+from .world import TOKEN_LENGTH, build_tokenizer
 
 ASSETS = os.path.join(os.path.dirname(__file__), "assets")
 
 
 @dataclass
 class PretrainConfig:
-    out: str = ASSETS  # folder that receives tiny-clip/, tiny-sd/ and tiny-reward-clip/
-    part: str = "all"  # which piece to train: tokenizer | clip | vae | unet | reward_clip | all
-    seed: int = ranged(0, 0, 2_147_483_647)  # seeds the renders, the captions and the initial weights
-    n_images: int = ranged(60_000, 1, 10_000_000)  # renders in the training set (about 15 s per 60k); 1_000 - 200_000
-    # CLIP (contrastive, multi-positive: a caption matches every image that has what it states)
-    clip_steps: int = ranged(1_200, 1, 1_000_000)  # optimizer steps; 1_000 - 5_000
-    clip_batch: int = ranged(256, 1, 65_536)  # image-caption pairs per step; 64 - 1_024
-    clip_lr: float = ranged(1e-3, 1e-08, 1.0)  # AdamW peak learning rate, cosine decay; 1e-4 - 3e-3
-    clip_p_count: float = ranged(0.5, 0.0, 1.0)  # probability that a CLIP caption states the count, 0 - 1
-    # reward CLIP: the same recipe, a separate model for the reward (as the paper's reward uses its own CLIP)
-    rclip_steps: int = ranged(2_000, 1, 1_000_000)  # optimizer steps; 1_000 - 5_000
-    rclip_p_count: float = ranged(0.8, 0.0, 1.0)  # probability that a caption states the count, 0 - 1
-    rclip_p_decoded: float = ranged(0.5, 0.0, 1.0)  # fraction of renders passed through the VAE (encode, sample, decode), 0 - 1
-    # VAE (reconstruction MSE + a small KL term)
-    vae_steps: int = ranged(1_200, 1, 1_000_000)  # optimizer steps; 500 - 5_000
-    vae_batch: int = ranged(32, 1, 65_536)  # images per step; 16 - 256
-    vae_lr: float = ranged(1e-3, 1e-08, 1.0)  # AdamW peak learning rate; 1e-4 - 3e-3
-    vae_kl: float = ranged(1e-3, 0.0, 1.0)  # weight of the per-element KL term; 1e-6 - 1e-2
-    vae_decoder_steps: int = ranged(1_000, 0, 1_000_000)  # then the decoder alone, on the posterior means (as Stability's ft-MSE decoder for
-    #                                  SD): small squares stop decoding as circles; 0 (off) - 5_000
-    # UNet (v-prediction on zero-terminal-SNR noise)
-    unet_steps: int = ranged(2_500, 1, 1_000_000)  # optimizer steps; 1_000 - 20_000
-    unet_batch: int = ranged(128, 1, 65_536)  # latents per step; 32 - 512
-    unet_lr: float = ranged(6e-4, 1e-08, 1.0)  # AdamW peak learning rate, cosine decay; 1e-4 - 1e-3
-    unet_ema: float = ranged(0.999, 0.0, 0.99999)  # EMA decay of the saved weights; 0 (off) - 0.9999
-    p_uncond: float = ranged(0.1, 0.0, 0.99)  # probability of an empty caption (for classifier-free guidance), 0 - 0.3
-    prior: str = "laion"  # what the UNet learns from (world.PRIORS): "laion" (typical colours and scenes, mostly one
-    #                       shape, count seldom and scene often unstated: the shipped base) | "balanced" (every pair and
-    #                       count, every attribute often stated: the reference) | "uniform" (every pair, counts rarely
-    #                       stated: the first base, until commit 04a6051)
+    # folder that receives tiny-clip/, tiny-sd/ and tiny-reward-clip/
+    out: str = ASSETS
+    # which piece to train: tokenizer | clip | vae | unet | reward_clip | all
+    part: str = "all"
+    # seeds the renders, the captions and the initial weights
+    seed: int = ranged(0, 0, 2_147_483_647)
+    # renders in the training set (about 15 s per 60k)
+    n_images: int = ranged(60_000, 1, 10_000_000)
+
+    # --- CLIP (contrastive, multi-positive: a caption matches every image that has what it states)
+    # optimizer steps
+    clip_steps: int = ranged(1_200, 1, 1_000_000)
+    # image-caption pairs per step
+    clip_batch: int = ranged(256, 1, 65_536)
+    # AdamW peak learning rate, cosine decay
+    clip_lr: float = ranged(1e-3, 1e-08, 1.0)
+    # probability that a CLIP caption states the count
+    clip_p_count: float = ranged(0.5, 0.0, 1.0)
+
+    # --- reward CLIP: the same recipe, a separate model for the reward (as the paper's reward uses its own CLIP)
+    # optimizer steps
+    rclip_steps: int = ranged(2_000, 1, 1_000_000)
+    # probability that a caption states the count
+    rclip_p_count: float = ranged(0.8, 0.0, 1.0)
+    # fraction of renders passed through the VAE (encode, sample, decode)
+    rclip_p_decoded: float = ranged(0.5, 0.0, 1.0)
+
+    # --- VAE (reconstruction MSE + a small KL term)
+    # optimizer steps
+    vae_steps: int = ranged(1_200, 1, 1_000_000)
+    # images per step
+    vae_batch: int = ranged(32, 1, 65_536)
+    # AdamW peak learning rate
+    vae_lr: float = ranged(1e-3, 1e-08, 1.0)
+    # weight of the per-element KL term
+    vae_kl: float = ranged(1e-3, 0.0, 1.0)
+    # then the decoder alone, on the posterior means (as Stability's ft-MSE decoder for
+    # SD): small squares stop decoding as circles
+    vae_decoder_steps: int = ranged(1_000, 0, 1_000_000)
+
+    # --- UNet (v-prediction on zero-terminal-SNR noise)
+    # optimizer steps
+    unet_steps: int = ranged(2_500, 1, 1_000_000)
+    # latents per step
+    unet_batch: int = ranged(128, 1, 65_536)
+    # AdamW peak learning rate, cosine decay
+    unet_lr: float = ranged(6e-4, 1e-08, 1.0)
+    # EMA decay of the saved weights
+    unet_ema: float = ranged(0.999, 0.0, 0.99999)
+    # probability of an empty caption (for classifier-free guidance)
+    p_uncond: float = ranged(0.1, 0.0, 0.99)
+    # what the UNet learns from (world.PRIORS): "laion" (typical colours and scenes, mostly one
+    # shape, count seldom and scene often unstated: the shipped base) | "balanced" (every pair and
+    # count, every attribute often stated: the reference) | "uniform" (every pair, counts rarely
+    # stated: the first base, until commit 04a6051)
+    prior: str = "laion"
 
     def __post_init__(self):
         check_ranges(self)  # every number within its declared range
@@ -115,13 +141,26 @@ def save_json(obj, path):
 def clip_config(vocab_size: int):
     from transformers import CLIPConfig
 
-    text = dict(vocab_size=vocab_size, hidden_size=64, intermediate_size=256, num_hidden_layers=3,
-                num_attention_heads=4, max_position_embeddings=TOKEN_LENGTH, bos_token_id=0, eos_token_id=1, pad_token_id=1)
-    vision = dict(image_size=world.IMAGE_SIZE, patch_size=4, hidden_size=64, intermediate_size=256,
-                  num_hidden_layers=3, num_attention_heads=4)
+    text = dict(
+        vocab_size=vocab_size,
+        hidden_size=64,
+        intermediate_size=256,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        max_position_embeddings=TOKEN_LENGTH,
+        bos_token_id=0,
+        eos_token_id=1,
+        pad_token_id=1,
+    )
+    vision = dict(
+        image_size=world.IMAGE_SIZE,
+        patch_size=4,
+        hidden_size=64,
+        intermediate_size=256,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+    )
     return CLIPConfig(text_config=text, vision_config=vision, projection_dim=64)
-
-
 
 
 def clip_pixels(images: np.ndarray) -> torch.Tensor:
@@ -132,8 +171,17 @@ def clip_pixels(images: np.ndarray) -> torch.Tensor:
 
 def scene_codes(scenes) -> torch.Tensor:
     """(N, 4) integer codes of count, colour, shape and scene, for vectorised caption matching."""
-    return torch.tensor([[sc.count, list(world.COLORS).index(sc.color), world.SHAPES.index(sc.shape),
-                          list(world.SCENES).index(sc.scene)] for sc in scenes])
+    return torch.tensor(
+        [
+            [
+                sc.count,
+                list(world.COLORS).index(sc.color),
+                world.SHAPES.index(sc.shape),
+                list(world.SCENES).index(sc.scene),
+            ]
+            for sc in scenes
+        ]
+    )
 
 
 def caption_match(stated: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
@@ -193,7 +241,7 @@ def vae_round_trip(vae, images: np.ndarray, frac: float, seed: int) -> np.ndarra
     images = images.copy()
     idx = np.where(np.random.default_rng(seed).random(len(images)) < frac)[0]
     for s in tqdm(range(0, len(idx), 512), desc="vae round trip", leave=False):
-        b = idx[s:s + 512]
+        b = idx[s : s + 512]
         y = vae.decode(vae.encode(to_tensor(images[b])).latent_dist.sample()).sample  # (B, 3, 32, 32) in [-1, 1]
         images[b] = ((y.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
     return images
@@ -202,20 +250,40 @@ def vae_round_trip(vae, images: np.ndarray, frac: float, seed: int) -> np.ndarra
 def save_clip(model, tok, path: str):
     model.save_pretrained(path)
     tok.save_pretrained(path)
-    save_json({"image_processor_type": "CLIPImageProcessor", "do_resize": True, "size": {"shortest_edge": world.IMAGE_SIZE},
-               "do_center_crop": True, "crop_size": {"height": world.IMAGE_SIZE, "width": world.IMAGE_SIZE},
-               "do_normalize": True, "image_mean": CLIP_MEAN, "image_std": CLIP_STD, "resample": 3,
-               "do_convert_rgb": True, "do_rescale": True, "rescale_factor": 1 / 255},
-              os.path.join(path, "preprocessor_config.json"))
+    save_json(
+        {
+            "image_processor_type": "CLIPImageProcessor",
+            "do_resize": True,
+            "size": {"shortest_edge": world.IMAGE_SIZE},
+            "do_center_crop": True,
+            "crop_size": {"height": world.IMAGE_SIZE, "width": world.IMAGE_SIZE},
+            "do_normalize": True,
+            "image_mean": CLIP_MEAN,
+            "image_std": CLIP_STD,
+            "resample": 3,
+            "do_convert_rgb": True,
+            "do_rescale": True,
+            "rescale_factor": 1 / 255,
+        },
+        os.path.join(path, "preprocessor_config.json"),
+    )
 
 
 # ----------------------------------------------------------------------------- 3. VAE
 def vae_model():
     from diffusers import AutoencoderKL
 
-    return AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 3,
-                         up_block_types=("UpDecoderBlock2D",) * 3, block_out_channels=(32, 64, 64),
-                         layers_per_block=1, latent_channels=4, norm_num_groups=16, sample_size=world.IMAGE_SIZE)
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 3,
+        up_block_types=("UpDecoderBlock2D",) * 3,
+        block_out_channels=(32, 64, 64),
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=16,
+        sample_size=world.IMAGE_SIZE,
+    )
 
 
 def train_vae(cfg: PretrainConfig, images):
@@ -272,40 +340,68 @@ def finetune_decoder(cfg: PretrainConfig, vae, images):
 def unet_model(cross_attention_dim: int):
     from diffusers import UNet2DConditionModel
 
-    return UNet2DConditionModel(sample_size=world.IMAGE_SIZE // 4, in_channels=4, out_channels=4,
-                                down_block_types=("CrossAttnDownBlock2D",) * 2, up_block_types=("CrossAttnUpBlock2D",) * 2,
-                                block_out_channels=(64, 96), layers_per_block=1, cross_attention_dim=cross_attention_dim,
-                                attention_head_dim=8, norm_num_groups=16,
-                                # the text's pooled embedding is added to the timestep embedding, so every block sees the
-                                # whole prompt (diffusers' "text" addition embedding; docs/findings.md, section 1.1)
-                                addition_embed_type="text", addition_embed_type_num_heads=4)
+    return UNet2DConditionModel(
+        sample_size=world.IMAGE_SIZE // 4,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("CrossAttnDownBlock2D",) * 2,
+        up_block_types=("CrossAttnUpBlock2D",) * 2,
+        block_out_channels=(64, 96),
+        layers_per_block=1,
+        cross_attention_dim=cross_attention_dim,
+        attention_head_dim=8,
+        norm_num_groups=16,
+        # the text's pooled embedding is added to the timestep embedding, so every block sees the
+        # whole prompt (diffusers' "text" addition embedding; docs/findings.md, section 1.1)
+        addition_embed_type="text",
+        addition_embed_type_num_heads=4,
+    )
 
 
 def train_scheduler():
     """The training noise schedule: SD's scaled-linear betas, rescaled to zero terminal SNR."""
     from diffusers import DDPMScheduler
 
-    return DDPMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                         prediction_type="v_prediction", rescale_betas_zero_snr=True, timestep_spacing="trailing", clip_sample=False)
+    return DDPMScheduler(
+        num_train_timesteps=1000,
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        prediction_type="v_prediction",
+        rescale_betas_zero_snr=True,
+        timestep_spacing="trailing",
+        clip_sample=False,
+    )
 
 
 def sample_scheduler():
     """The fast sampler the pipeline ships with: DPM-Solver++ (2M) on the same schedule."""
     from diffusers import DPMSolverMultistepScheduler
 
-    return DPMSolverMultistepScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                                       prediction_type="v_prediction", rescale_betas_zero_snr=True, timestep_spacing="trailing",
-                                       final_sigmas_type="zero")
+    return DPMSolverMultistepScheduler(
+        num_train_timesteps=1000,
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        prediction_type="v_prediction",
+        rescale_betas_zero_snr=True,
+        timestep_spacing="trailing",
+        final_sigmas_type="zero",
+    )
 
 
 @torch.no_grad()
 def encode_text(text_encoder, tok, captions: list) -> torch.Tensor:
     """Exactly what StableDiffusionPipeline.encode_prompt does: pad to model_max_length, no mask."""
-    ids = tok(captions, padding="max_length", max_length=tok.model_max_length, truncation=True, return_tensors="pt").input_ids
+    ids = tok(
+        captions, padding="max_length", max_length=tok.model_max_length, truncation=True, return_tensors="pt"
+    ).input_ids
     return text_encoder(ids)[0]  # (B, L, D) last hidden state
 
 
-def train_unet(cfg: PretrainConfig, tok, text_encoder, vae, images, scenes, prior: world.Prior | None = None, unet=None):
+def train_unet(
+    cfg: PretrainConfig, tok, text_encoder, vae, images, scenes, prior: world.Prior | None = None, unet=None
+):
     """Train the UNet on (images, scenes), drawn from ``cfg.prior``, whose captions it also draws. ``prior`` and
     ``unet`` replace ``cfg.prior`` and a fresh ``unet_model`` (scripts/unet_probe.py tries variants of both)."""
     torch.manual_seed(cfg.seed)
@@ -315,7 +411,7 @@ def train_unet(cfg: PretrainConfig, tok, text_encoder, vae, images, scenes, prio
     mean, std = [], []
     with torch.no_grad():
         for i in tqdm(range(0, len(images), 512), desc="encode", leave=False):
-            post = vae.encode(to_tensor(images[i:i + 512])).latent_dist
+            post = vae.encode(to_tensor(images[i : i + 512])).latent_dist
             mean.append(post.mean)
             std.append(post.std)
     mean, std = torch.cat(mean), torch.cat(std)  # (N, 4, 8, 8) each
@@ -372,9 +468,16 @@ def save_pipeline(path: str, tok, text_encoder, vae, unet, prior: str):
     the prior its UNet learnt from (the fine-tune's D_pre draws from it)."""
     from diffusers import StableDiffusionPipeline
 
-    pipe = StableDiffusionPipeline(vae=vae.half(), text_encoder=text_encoder, tokenizer=tok, unet=unet.half(),
-                                   scheduler=sample_scheduler(), safety_checker=None, feature_extractor=None,
-                                   requires_safety_checker=False)
+    pipe = StableDiffusionPipeline(
+        vae=vae.half(),
+        text_encoder=text_encoder,
+        tokenizer=tok,
+        unet=unet.half(),
+        scheduler=sample_scheduler(),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
     pipe.save_pretrained(path, safe_serialization=True)
     train_scheduler().save_pretrained(os.path.join(path, "train_scheduler"))  # the schedule training uses
     world.write_prior(path, prior)
@@ -392,7 +495,11 @@ def main(cfg: PretrainConfig):
     times = {}
     parts = ["tokenizer", "clip", "vae", "unet", "reward_clip"] if cfg.part == "all" else [cfg.part]
     images = scenes = None
-    if set(parts) & {"clip", "vae", "reward_clip"}:  # uniform renders: the encoders are not where the blind spots live (README)
+    if set(parts) & {
+        "clip",
+        "vae",
+        "reward_clip",
+    }:  # uniform renders: the encoders are not where the blind spots live (README)
         images, scenes = render_dataset(cfg.n_images, cfg.seed)
     for part in parts:
         t0 = time.time()
@@ -411,7 +518,9 @@ def main(cfg: PretrainConfig):
             tok = CLIPTokenizer.from_pretrained(clip_dir)
             text_encoder = text_tower(CLIPModel.from_pretrained(clip_dir, dtype=torch.float32))
             vae = AutoencoderKL.from_pretrained(os.path.join(sd_dir, "vae"), torch_dtype=torch.float32)
-            unet = train_unet(cfg, tok, text_encoder, vae, *render_dataset(cfg.n_images, cfg.seed, world.get_prior(cfg.prior)))
+            unet = train_unet(
+                cfg, tok, text_encoder, vae, *render_dataset(cfg.n_images, cfg.seed, world.get_prior(cfg.prior))
+            )
             save_pipeline(sd_dir, tok, text_encoder, vae, unet, cfg.prior)
         elif part == "reward_clip":
             from diffusers import AutoencoderKL

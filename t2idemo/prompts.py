@@ -21,8 +21,19 @@ from __future__ import annotations
 from . import sd, world
 
 SETS = {world.NAME: world, sd.NAME: sd}
-INTERFACE = ("NAME", "JUDGE", "CATEGORIES", "ATTRIBUTES", "NAMED", "make_prompt", "all_prompts", "parse_prompt",
-             "is_unseen", "in_grammar", "perturbations")
+INTERFACE = (
+    "NAME",
+    "JUDGE",
+    "CATEGORIES",
+    "ATTRIBUTES",
+    "NAMED",
+    "make_prompt",
+    "all_prompts",
+    "parse_prompt",
+    "is_unseen",
+    "in_grammar",
+    "perturbations",
+)
 
 
 def get(name: str):

@@ -29,48 +29,89 @@ import torch.nn as nn
 
 from .clip import REWARD_CLIP, SHIPPED_CLIP, FrozenCLIP, pixel_values, resolve_clip, resolve_device  # noqa: F401
 from .config import check_ranges, ranged
-from .reward_attr import KIND as ATTRIBUTE_KIND, AttributeReward
+from .reward_attr import KIND as ATTRIBUTE_KIND
+from .reward_attr import AttributeReward
 
 ASSETS = os.path.join(os.path.dirname(__file__), "assets")
 REWARD_MODEL = os.path.join(ASSETS, "tiny-reward")  # the shipped reward model (head + config; CLIP = tiny-reward-clip)
 HEAD_FILE, CONFIG_FILE = "head.safetensors", "reward_config.json"
 MODEL_FIELDS = ("clip", "hidden", "dropout")  # RewardConfig fields a saved reward model needs to load and score
-TRAINING_FIELDS = ("lam", "n_prompts", "temperature", "mlp_penalty", "labels", "noise", "val_frac", "batch", "lr",
-                   "weight_decay", "max_epochs", "patience", "seed")  # how it was trained: saved as a record
+TRAINING_FIELDS = (
+    "lam",
+    "n_prompts",
+    "temperature",
+    "mlp_penalty",
+    "labels",
+    "noise",
+    "val_frac",
+    "batch",
+    "lr",
+    "weight_decay",
+    "max_epochs",
+    "patience",
+    "seed",
+)  # how it was trained: saved as a record
 
 
 # ----------------------------------------------------------------------------- config
 @dataclass
 class RewardConfig:
-    # model
-    clip: str = REWARD_CLIP  # frozen CLIP: a CLIPModel folder or hub id; "tiny-reward-clip" / "tiny-clip" = shipped ones
-    hidden: int = ranged(256, 1, 65_536)  # width of the head's two hidden layers; 32 - 1_024
-    dropout: float = ranged(0.1, 0.0, 0.99)  # dropout after each hidden layer; 0 - 0.5
-    # loss
-    lam: float = ranged(0.5, 0.0, 100.0)  # lambda, weight of the prompt-classification CE; 0 (MSE only) - 2
-    n_prompts: int = ranged(4, 2, 16)  # N, candidates per good image: its prompt + N-1 one-attribute swaps; 2 - 6
-    temperature: float = ranged(1.0, 0.0001, 100.0)  # T, the CE's logits are r / T (1 = the paper's raw rewards); 0.05 - 1
-    mlp_penalty: float = ranged(0.1, 0.0, 100.0)  # rho, weight of mean(MLP(x)^2): keeps the head near the calibrated CLIPScore it
-    #                           starts as, correcting it only where the labels insist; 0 (off) - 1
-    # data
-    data: str = ""  # training dataset folder: metadata.jsonl + PNGs (generate.generate_dataset)
-    labels: str = "metadata"  # where y comes from: "metadata" (the rows' "label" field) | "judge" (noise-free, on the fly)
-    noise: float = ranged(0.0, 0.0, 0.5)  # probability of flipping each training label (seeded), for the noise study; 0 - 0.5
-    val_frac: float = ranged(0.15, 0.01, 0.99)  # fraction of distinct training prompts held out for validation / early stopping; 0.05 - 0.5
-    # optimisation
-    batch: int = ranged(64, 1, 65_536)  # labelled images per step; 16 - 512
-    lr: float = ranged(1e-3, 1e-08, 1.0)  # AdamW learning rate, constant; 1e-4 - 3e-3
-    weight_decay: float = ranged(1e-2, 0.0, 10.0)  # AdamW weight decay; 0 - 0.1
-    max_epochs: int = ranged(300, 1, 100_000)  # upper bound on passes over the training split; 10 - 2_000
-    patience: int = ranged(25, 1, 100_000)  # stop after this many epochs without a better validation loss; 5 - 100
-    seed: int = ranged(0, 0, 2_147_483_647)  # seeds the split, the label noise, the perturbations and the initial weights
-    device: str = ""  # "cpu", "cuda", ...; "" = cuda when available
-    # output and evaluation
-    run: str = "runs/reward"  # folder: train writes head.safetensors + reward_config.json here, eval reads them
-    eval_data: str = ""  # held-out dataset folder (rows with "unseen": true are evaluated), for eval and study
-    n_boot: int = ranged(2_000, 100, 1_000_000)  # bootstrap resamples for the AUC CIs; 200 - 10_000
-    plot: str = ""  # calibration PNG written by eval; "" = RUN/calibration.png
-    noise_levels: str = "0,0.1,0.2,0.3"  # comma-separated flip probabilities for the study, each 0 - 0.5
+    # --- model
+    # frozen CLIP: a CLIPModel folder or hub id; "tiny-reward-clip" / "tiny-clip" = shipped ones
+    clip: str = REWARD_CLIP
+    # width of the head's two hidden layers
+    hidden: int = ranged(256, 1, 65_536)
+    # dropout after each hidden layer
+    dropout: float = ranged(0.1, 0.0, 0.99)
+
+    # --- loss
+    # lambda, weight of the prompt-classification CE
+    lam: float = ranged(0.5, 0.0, 100.0)
+    # N, candidates per good image: its prompt + N-1 one-attribute swaps
+    n_prompts: int = ranged(4, 2, 16)
+    # T, the CE's logits are r / T (1 = the paper's raw rewards)
+    temperature: float = ranged(1.0, 0.0001, 100.0)
+    # rho, weight of mean(MLP(x)^2): keeps the head near the calibrated CLIPScore it
+    # starts as, correcting it only where the labels insist
+    mlp_penalty: float = ranged(0.1, 0.0, 100.0)
+
+    # --- data
+    # training dataset folder: metadata.jsonl + PNGs (generate.generate_dataset)
+    data: str = ""
+    # where y comes from: "metadata" (the rows' "label" field) | "judge" (noise-free, on the fly)
+    labels: str = "metadata"
+    # probability of flipping each training label (seeded), for the noise study
+    noise: float = ranged(0.0, 0.0, 0.5)
+    # fraction of distinct training prompts held out for validation / early stopping
+    val_frac: float = ranged(0.15, 0.01, 0.99)
+
+    # --- optimisation
+    # labelled images per step
+    batch: int = ranged(64, 1, 65_536)
+    # AdamW learning rate, constant
+    lr: float = ranged(1e-3, 1e-08, 1.0)
+    # AdamW weight decay
+    weight_decay: float = ranged(1e-2, 0.0, 10.0)
+    # upper bound on passes over the training split
+    max_epochs: int = ranged(300, 1, 100_000)
+    # stop after this many epochs without a better validation loss
+    patience: int = ranged(25, 1, 100_000)
+    # seeds the split, the label noise, the perturbations and the initial weights
+    seed: int = ranged(0, 0, 2_147_483_647)
+    # "cpu", "cuda", ...; "" = cuda when available
+    device: str = ""
+
+    # --- output and evaluation
+    # folder: train writes head.safetensors + reward_config.json here, eval reads them
+    run: str = "runs/reward"
+    # held-out dataset folder (rows with "unseen": true are evaluated), for eval and study
+    eval_data: str = ""
+    # bootstrap resamples for the AUC CIs
+    n_boot: int = ranged(2_000, 100, 1_000_000)
+    # calibration PNG written by eval; "" = RUN/calibration.png
+    plot: str = ""
+    # comma-separated flip probabilities for the study, each 0 - 0.5
+    noise_levels: str = "0,0.1,0.2,0.3"
 
     def __post_init__(self):
         check_ranges(self)  # every number within its declared range
@@ -84,8 +125,9 @@ class RewardConfig:
         try:
             return [float(x) for x in self.noise_levels.split(",") if x.strip()]
         except ValueError:
-            raise ValueError(f"noise_levels={self.noise_levels!r} is not a comma-separated list of numbers, "
-                             f"e.g. '0,0.1,0.2,0.3'") from None
+            raise ValueError(
+                f"noise_levels={self.noise_levels!r} is not a comma-separated list of numbers, e.g. '0,0.1,0.2,0.3'"
+            ) from None
 
 
 # ----------------------------------------------------------------------------- the reward model
@@ -99,8 +141,15 @@ class RewardHead(nn.Module):
 
     def __init__(self, dim: int, hidden: int = 256, dropout: float = 0.1):
         super().__init__()
-        self.net = nn.Sequential(nn.Linear(3 * dim, hidden), nn.GELU(), nn.Dropout(dropout),
-                                 nn.Linear(hidden, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, 1))
+        self.net = nn.Sequential(
+            nn.Linear(3 * dim, hidden),
+            nn.GELU(),
+            nn.Dropout(dropout),
+            nn.Linear(hidden, hidden),
+            nn.GELU(),
+            nn.Dropout(dropout),
+            nn.Linear(hidden, 1),
+        )
         nn.init.zeros_(self.net[-1].weight)
         nn.init.zeros_(self.net[-1].bias)
         self.cos_scale = nn.Parameter(torch.tensor(10.0))  # a: the cosine's slope
@@ -109,7 +158,7 @@ class RewardHead(nn.Module):
     def correction(self, img: torch.Tensor, txt: torch.Tensor) -> torch.Tensor:
         """The MLP's term (...,): what the head adds to the calibrated cosine."""
         d = img.shape[-1]
-        x = torch.cat([img * d ** 0.5, txt * d ** 0.5, img * txt * d], dim=-1)  # (..., 3D)
+        x = torch.cat([img * d**0.5, txt * d**0.5, img * txt * d], dim=-1)  # (..., 3D)
         return self.net(x).squeeze(-1)
 
     def forward(self, img: torch.Tensor, txt: torch.Tensor) -> torch.Tensor:
@@ -148,16 +197,22 @@ class RewardModel(nn.Module):
         from safetensors.torch import save_file
 
         os.makedirs(path, exist_ok=True)
-        save_file({k: v.detach().cpu().contiguous() for k, v in self.head.state_dict().items()},
-                  os.path.join(path, HEAD_FILE))
+        save_file(
+            {k: v.detach().cpu().contiguous() for k, v in self.head.state_dict().items()},
+            os.path.join(path, HEAD_FILE),
+        )
         cfg = dataclasses.asdict(self.cfg)
-        meta = {"config": {k: cfg[k] for k in MODEL_FIELDS}, "clip": self.cfg.clip, "embed_dim": self.clip.dim,
-                "training": {**(summary or {}), "config": {k: cfg[k] for k in TRAINING_FIELDS}}}
+        meta = {
+            "config": {k: cfg[k] for k in MODEL_FIELDS},
+            "clip": self.cfg.clip,
+            "embed_dim": self.clip.dim,
+            "training": {**(summary or {}), "config": {k: cfg[k] for k in TRAINING_FIELDS}},
+        }
         with open(os.path.join(path, CONFIG_FILE), "w") as f:
             json.dump(meta, f, indent=2)
 
     @classmethod
-    def from_pretrained(cls, path: str, clip: str | None = None, device: str | None = None) -> "RewardModel":
+    def from_pretrained(cls, path: str, clip: str | None = None, device: str | None = None) -> RewardModel:
         """Load a folder written by ``save_pretrained``; ``clip`` overrides the CLIP path stored there."""
         from safetensors.torch import load_file
 
@@ -165,10 +220,12 @@ class RewardModel(nn.Module):
         cfg = RewardConfig(**saved_fields(meta))
         cfg = dataclasses.replace(cfg, clip=clip or cfg.clip, device="" if device is None else device)
         with torch.random.fork_rng():  # the head's random init is overwritten below: loading must not move torch's
-            model = cls(cfg)            # global random stream (a fine-tune seeded before it would draw otherwise)
+            model = cls(cfg)  # global random stream (a fine-tune seeded before it would draw otherwise)
         if model.clip.dim != meta["embed_dim"]:
-            raise ValueError(f"clip={cfg.clip!r} gives {model.clip.dim}-d embeddings but the head in {path!r} "
-                             f"was trained on {meta['embed_dim']}-d ones; use the CLIP it was trained with")
+            raise ValueError(
+                f"clip={cfg.clip!r} gives {model.clip.dim}-d embeddings but the head in {path!r} "
+                f"was trained on {meta['embed_dim']}-d ones; use the CLIP it was trained with"
+            )
         model.head.load_state_dict(load_file(os.path.join(path, HEAD_FILE)))
         return model.eval()
 
@@ -178,7 +235,9 @@ def read_saved(path: str, name: str = "path") -> dict:
     the argument ``name`` when there is none)."""
     file = os.path.join(path, CONFIG_FILE)
     if not os.path.isfile(file):
-        raise ValueError(f"{name}={path!r} holds no {CONFIG_FILE}; pass a folder written by `python -m t2idemo reward train`")
+        raise ValueError(
+            f"{name}={path!r} holds no {CONFIG_FILE}; pass a folder written by `python -m t2idemo reward train`"
+        )
     with open(file) as f:
         return json.load(f)
 

@@ -47,8 +47,10 @@ def swapped_prompts(meta: dict) -> dict:
     """{attribute: the prompts that differ from ``meta``'s in that one named attribute} (held-out ones included:
     nothing is trained on them, they only ask CLIP a question)."""
     values = {a: meta.get(a) for a in world.ATTRIBUTES}
-    return {a: [world.make_prompt(meta["category"], **{**values, a: v})[0] for v in VOCAB[a] if v != values[a]]
-            for a in meta["named"]}
+    return {
+        a: [world.make_prompt(meta["category"], **{**values, a: v})[0] for v in VOCAB[a] if v != values[a]]
+        for a in meta["named"]
+    }
 
 
 class AttributeReward:
@@ -87,12 +89,12 @@ class AttributeReward:
 
     # ------------------------------------------------------------------------- fitting
     @classmethod
-    def fit(cls, images: list, prompts: list, labels, clip: str | FrozenCLIP = REWARD_CLIP) -> "AttributeReward":
+    def fit(cls, images: list, prompts: list, labels, clip: str | FrozenCLIP = REWARD_CLIP) -> AttributeReward:
         """The start, then the head fitted on ``labels`` (1 good, 0 bad), one per (image, prompt)."""
         model = cls(clip)
         return model.fit_features(model.features(images, prompts), labels)
 
-    def fit_features(self, features: torch.Tensor, labels) -> "AttributeReward":
+    def fit_features(self, features: torch.Tensor, labels) -> AttributeReward:
         """Logistic regression of the head on (N, N_FEATURES) ``features`` and ``labels``, pulled towards the start;
         no labels leave it at the start. Returns self."""
         if len(labels):
@@ -115,7 +117,7 @@ class AttributeReward:
         return {"kind": KIND, "clip": self.clip.path, "features": ["min", *world.ATTRIBUTES]}
 
     @classmethod
-    def from_state(cls, state: dict, meta: dict, clip: str | None = None) -> "AttributeReward":
+    def from_state(cls, state: dict, meta: dict, clip: str | None = None) -> AttributeReward:
         """The model ``reward.load_reward_fn`` reads back: ``state`` (state_dict's tensors), ``meta`` (config's)."""
         return cls(clip or meta["clip"], state["weight"], float(state["bias"][0]))
 

@@ -76,8 +76,10 @@ def judge_labels(images: list, rows: list[dict]) -> torch.Tensor:
     from .judge import judge
 
     if not all(prompts.of_row(r).JUDGE for r in rows):
-        raise ValueError("the judge reads only the shapes world; rows of the SD-scale prompt set (t2idemo.sd) need "
-                         "people's labels: export them with labels.export_labels and use labels='metadata'")
+        raise ValueError(
+            "the judge reads only the shapes world; rows of the SD-scale prompt set (t2idemo.sd) need "
+            "people's labels: export them with labels.export_labels and use labels='metadata'"
+        )
     return torch.tensor([float(judge(im, r)["good"]) for im, r in zip(images, rows)])
 
 
@@ -101,13 +103,16 @@ def split_by_prompt(rows: list[dict], val_frac: float, seed: int) -> tuple[list[
     if len(prompts) < 2:
         raise ValueError(f"the training data has {len(prompts)} distinct prompt(s); a split by prompt needs 2 or more")
     random.Random(seed).shuffle(prompts)
-    val = set(prompts[:min(len(prompts) - 1, max(1, round(val_frac * len(prompts))))])
-    return [i for i, r in enumerate(rows) if r["prompt"] not in val], [i for i, r in enumerate(rows) if r["prompt"] in val]
+    val = set(prompts[: min(len(prompts) - 1, max(1, round(val_frac * len(prompts))))])
+    return [i for i, r in enumerate(rows) if r["prompt"] not in val], [
+        i for i, r in enumerate(rows) if r["prompt"] in val
+    ]
 
 
 @dataclass
 class Embedded:
     """A dataset's CLIP embeddings, computed once; everything training and evaluation read."""
+
     rows: list  # the dataset's rows, in order
     img: torch.Tensor  # (N, D) unit-norm image embeddings
     texts: list  # distinct prompt strings: the rows' prompts, then their perturbations
@@ -127,12 +132,20 @@ def embed_dataset(clip: FrozenCLIP, images: list, rows: list[dict], perturb: boo
     k = max([len(ps) for ps in per_row] + [1])
     cands = torch.full((len(rows), k), -1, dtype=torch.long)
     for i, ps in enumerate(per_row):
-        cands[i, :len(ps)] = torch.tensor([index[p] for p in ps], dtype=torch.long)
-    return Embedded(rows, clip.embed_images(images), texts, clip.embed_texts(texts),
-                    torch.tensor([index[r["prompt"]] for r in rows]), cands)
+        cands[i, : len(ps)] = torch.tensor([index[p] for p in ps], dtype=torch.long)
+    return Embedded(
+        rows,
+        clip.embed_images(images),
+        texts,
+        clip.embed_texts(texts),
+        torch.tensor([index[r["prompt"]] for r in rows]),
+        cands,
+    )
 
 
-def draw_candidates(emb: Embedded, idx: torch.Tensor, n: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+def draw_candidates(
+    emb: Embedded, idx: torch.Tensor, n: int, gen: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
     """For rows ``idx``: (B, n) text indices [true prompt, n-1 random perturbations] and a (B, n) validity
     mask (False where a prompt has fewer than n-1 perturbations)."""
     cands = emb.cands[idx]  # (B, K)
@@ -144,16 +157,18 @@ def draw_candidates(emb: Embedded, idx: torch.Tensor, n: int, gen: torch.Generat
 
 
 # ----------------------------------------------------------------------------- loss and training
-def prompt_classification_loss(head: RewardHead, img: torch.Tensor, txt: torch.Tensor, mask: torch.Tensor,
-                               temperature: float) -> torch.Tensor:
+def prompt_classification_loss(
+    head: RewardHead, img: torch.Tensor, txt: torch.Tensor, mask: torch.Tensor, temperature: float
+) -> torch.Tensor:
     """CE of picking candidate 0 (the true prompt): img (G, D), txt (G, N, D), mask (G, N) -> scalar."""
     r = head(img[:, None, :].expand_as(txt), txt)  # (G, N)
     logits = (r / temperature).masked_fill(~mask, float("-inf"))
     return F.cross_entropy(logits, torch.zeros(len(r), dtype=torch.long))
 
 
-def reward_loss(cfg: RewardConfig, head: RewardHead, emb: Embedded, y: torch.Tensor, idx: torch.Tensor,
-                gen: torch.Generator) -> tuple[torch.Tensor, dict]:
+def reward_loss(
+    cfg: RewardConfig, head: RewardHead, emb: Embedded, y: torch.Tensor, idx: torch.Tensor, gen: torch.Generator
+) -> tuple[torch.Tensor, dict]:
     """MSE(r, y) + lambda * CE_pc + rho * mean(MLP^2) over the rows ``idx`` (y is indexed like emb.rows)."""
     img, yb, txt = emb.img[idx], y[idx], emb.txt[emb.prompt_ids[idx]]
     mse = F.mse_loss(head(img, txt), yb)
@@ -163,7 +178,11 @@ def reward_loss(cfg: RewardConfig, head: RewardHead, emb: Embedded, y: torch.Ten
     if cfg.lam > 0 and len(good):
         ids, mask = draw_candidates(emb, good, cfg.n_prompts, gen)
         ce = prompt_classification_loss(head, emb.img[good], emb.txt[ids], mask, cfg.temperature)
-    return mse + cfg.lam * ce + cfg.mlp_penalty * penalty, {"mse": mse.item(), "ce": ce.item(), "penalty": penalty.item()}
+    return mse + cfg.lam * ce + cfg.mlp_penalty * penalty, {
+        "mse": mse.item(),
+        "ce": ce.item(),
+        "penalty": penalty.item(),
+    }
 
 
 def fit_head(cfg: RewardConfig, emb: Embedded, y: torch.Tensor, progress: bool = True) -> tuple[RewardHead, dict]:
@@ -222,10 +241,16 @@ def _fit_head(cfg: RewardConfig, emb: Embedded, y: torch.Tensor, progress: bool)
     head.eval()
     with torch.no_grad():
         r_val = head(emb.img[va], emb.txt[emb.prompt_ids[va]])
-    summary = {"epochs": epoch + 1, "best_epoch": best_epoch + 1, "val_loss": round(best, 4),
-               **{f"val_{k}": round(v, 4) for k, v in best_parts.items()},
-               "val_auc": round(roc_auc(r_val, y[va]), 4) if 0 < y[va].sum() < len(va) else None,
-               "n_train": len(tr), "n_val": len(va), "head_seconds": round(time.time() - t0, 2)}
+    summary = {
+        "epochs": epoch + 1,
+        "best_epoch": best_epoch + 1,
+        "val_loss": round(best, 4),
+        **{f"val_{k}": round(v, 4) for k, v in best_parts.items()},
+        "val_auc": round(roc_auc(r_val, y[va]), 4) if 0 < y[va].sum() < len(va) else None,
+        "n_train": len(tr),
+        "n_val": len(va),
+        "head_seconds": round(time.time() - t0, 2),
+    }
     return head, summary
 
 
@@ -238,8 +263,10 @@ def training_set(cfg: RewardConfig, clip: FrozenCLIP) -> tuple[Embedded, torch.T
     else:
         y, keep = metadata_labels(rows)
         if not keep:
-            raise ValueError(f"data={cfg.data!r} has no row labelled 'good' or 'bad'; run labels.export_labels "
-                             f"first, or pass --labels judge")
+            raise ValueError(
+                f"data={cfg.data!r} has no row labelled 'good' or 'bad'; run labels.export_labels "
+                f"first, or pass --labels judge"
+            )
         rows, images = [rows[i] for i in keep], [images[i] for i in keep]
     return embed_dataset(clip, images, rows), flip_labels(y, cfg.noise, cfg.seed)
 
@@ -251,8 +278,10 @@ def train(cfg: RewardConfig, save: bool = True) -> RewardModel:
     model = RewardModel(cfg)
     emb, y = training_set(cfg, model.clip)
     t_embed = time.time() - t0
-    print(f"embedded {len(emb.rows)} images and {len(emb.texts)} prompts in {t_embed:.1f} s; "
-          f"{int(y.sum())} good / {len(y) - int(y.sum())} bad")
+    print(
+        f"embedded {len(emb.rows)} images and {len(emb.texts)} prompts in {t_embed:.1f} s; "
+        f"{int(y.sum())} good / {len(y) - int(y.sum())} bad"
+    )
     model.head, summary = fit_head(cfg, emb, y)
     summary["embed_seconds"] = round(t_embed, 2)
     print("training:", json.dumps(summary))
@@ -293,14 +322,18 @@ def heldout_set(cfg: RewardConfig, clip: FrozenCLIP) -> tuple[Embedded, torch.Te
     rows = load_rows(cfg.eval_data, "eval_data")
     keep = [i for i, r in enumerate(rows) if r.get("unseen", world.is_unseen(r))]
     if not keep:
-        raise ValueError(f"eval_data={cfg.eval_data!r} has no rows with unseen prompts; generate it from "
-                         f"world.all_prompts(unseen=True)")
+        raise ValueError(
+            f"eval_data={cfg.eval_data!r} has no rows with unseen prompts; generate it from "
+            f"world.all_prompts(unseen=True)"
+        )
     rows = [rows[i] for i in keep]
     if not all(prompts.of_row(r).JUDGE for r in rows):  # SD scale: no judge, the truth is people's labels
         y, labelled = metadata_labels(rows)
         if not labelled:
-            raise ValueError(f"eval_data={cfg.eval_data!r} has no unseen row labelled 'good' or 'bad'; label it and "
-                             f"run labels.export_labels (the judge reads only the shapes world)")
+            raise ValueError(
+                f"eval_data={cfg.eval_data!r} has no unseen row labelled 'good' or 'bad'; label it and "
+                f"run labels.export_labels (the judge reads only the shapes world)"
+            )
         rows = [rows[i] for i in labelled]
         return embed_dataset(clip, load_images(cfg.eval_data, rows), rows, perturb=False), y
     images = load_images(cfg.eval_data, rows)
@@ -316,7 +349,9 @@ def metrics(scores, truth, threshold: float | None, ci: tuple) -> dict:
     return out
 
 
-def evaluate_reward(cfg: RewardConfig, model: RewardModel | None = None, baseline: bool = True, plot: bool = True) -> dict:
+def evaluate_reward(
+    cfg: RewardConfig, model: RewardModel | None = None, baseline: bool = True, plot: bool = True
+) -> dict:
     """Held-out accuracy and AUC of the reward model (``model``, or the one saved in cfg.run), CLIPScore and
     (``baseline``) a head trained like it with lambda = 0. ``cfg`` is the run's config (as ``reward eval``
     builds it: the saved one plus command-line options); its data and labels, when given, train the baseline and
@@ -332,7 +367,9 @@ def evaluate_reward(cfg: RewardConfig, model: RewardModel | None = None, baselin
         train_emb, y = training_set(cfg, model.clip)  # for the lambda = 0 head and CLIPScore's threshold
         overlap = {r["prompt"] for r in test.rows} & {r["prompt"] for r in train_emb.rows}
         if overlap:
-            print(f"warning: {len(overlap)} held-out prompts also occur in the training data, e.g. {sorted(overlap)[:3]}")
+            print(
+                f"warning: {len(overlap)} held-out prompts also occur in the training data, e.g. {sorted(overlap)[:3]}"
+            )
         thresholds["CLIPScore (cosine)"] = best_threshold(clipscore(train_emb), y)
     if baseline:
         head0, _ = fit_head(dataclasses.replace(cfg, lam=0.0), train_emb, y, progress=False)
@@ -342,19 +379,31 @@ def evaluate_reward(cfg: RewardConfig, model: RewardModel | None = None, baselin
     table = {k: metrics(v.numpy(), truth.numpy(), thresholds.get(k, 0.5), cis[k]) for k, v in scores.items()}
     first = next(iter(scores))
     deltas = {k: cis[(first, k)] for k in scores if k != first}
-    out = {"n_images": len(truth), "n_prompts": len(set(test.texts)), "good_rate": float(truth.mean()),
-           "table": table, "delta_auc_ci": deltas, "thresholds": thresholds}
+    out = {
+        "n_images": len(truth),
+        "n_prompts": len(set(test.texts)),
+        "good_rate": float(truth.mean()),
+        "table": table,
+        "delta_auc_ci": deltas,
+        "thresholds": thresholds,
+    }
     if plot:
         path = cfg.plot or os.path.join(cfg.run, "calibration.png")
-        plot_calibration({k: (v.numpy(), truth.numpy()) for k, v in scores.items() if not k.startswith("CLIPScore")}, path)
+        plot_calibration(
+            {k: (v.numpy(), truth.numpy()) for k, v in scores.items() if not k.startswith("CLIPScore")}, path
+        )
         out["plot"] = path
     return out
 
 
 def reward_table(res: dict) -> str:
-    lines = [f"Held-out (unseen) prompts: {res['n_images']} images of {res['n_prompts']} prompts, "
-             f"{res['good_rate']:.1%} judged good. 95% CIs: Wilson (accuracy), paired bootstrap (AUC).", "",
-             "| method | held-out accuracy [95% CI] | ROC-AUC [95% CI] |", "| --- | --- | --- |"]
+    lines = [
+        f"Held-out (unseen) prompts: {res['n_images']} images of {res['n_prompts']} prompts, "
+        f"{res['good_rate']:.1%} judged good. 95% CIs: Wilson (accuracy), paired bootstrap (AUC).",
+        "",
+        "| method | held-out accuracy [95% CI] | ROC-AUC [95% CI] |",
+        "| --- | --- | --- |",
+    ]
     for name, m in res["table"].items():
         acc = "-" if m["acc"] is None else f"{m['acc']:.3f} [{m['acc_ci'][0]:.3f}, {m['acc_ci'][1]:.3f}]"
         lines.append(f"| {name} | {acc} | {m['auc']:.3f} [{m['auc_ci'][0]:.3f}, {m['auc_ci'][1]:.3f}] |")
@@ -362,8 +411,11 @@ def reward_table(res: dict) -> str:
     for name, (lo, hi) in res["delta_auc_ci"].items():
         lines.append(f"AUC(reward model) - AUC({name}): 95% CI [{lo:+.3f}, {hi:+.3f}]")
     t = res["thresholds"]["CLIPScore (cosine)"]
-    lines.append(f"CLIPScore accuracy uses the threshold {t:.3f} that is best on the training labels; the heads use r > 0.5."
-                 if t is not None else "No training set given (--data): no CLIPScore threshold, no lambda = 0 baseline.")
+    lines.append(
+        f"CLIPScore accuracy uses the threshold {t:.3f} that is best on the training labels; the heads use r > 0.5."
+        if t is not None
+        else "No training set given (--data): no CLIPScore threshold, no lambda = 0 baseline."
+    )
     return "\n".join(lines)
 
 
@@ -386,12 +438,17 @@ def noise_study(cfg: RewardConfig) -> list[dict]:
 
 
 def study_table(cfg: RewardConfig, results: list[dict]) -> str:
-    lines = [f"| flip noise | labels flipped | AUC, lambda={cfg.lam:g} [95% CI] | accuracy, lambda={cfg.lam:g} "
-             f"| AUC, lambda=0 [95% CI] |", "| --- | --- | --- | --- | --- |"]
+    lines = [
+        f"| flip noise | labels flipped | AUC, lambda={cfg.lam:g} [95% CI] | accuracy, lambda={cfg.lam:g} "
+        f"| AUC, lambda=0 [95% CI] |",
+        "| --- | --- | --- | --- | --- |",
+    ]
     for r in results:
         a, b = r["model"], r["lambda0"]
-        lines.append(f"| {r['noise']:.0%} | {r['flipped']} / {r['n']} | {a['auc']:.3f} [{a['auc_ci'][0]:.3f}, "
-                     f"{a['auc_ci'][1]:.3f}] | {a['acc']:.3f} | {b['auc']:.3f} [{b['auc_ci'][0]:.3f}, {b['auc_ci'][1]:.3f}] |")
+        lines.append(
+            f"| {r['noise']:.0%} | {r['flipped']} / {r['n']} | {a['auc']:.3f} [{a['auc_ci'][0]:.3f}, "
+            f"{a['auc_ci'][1]:.3f}] | {a['acc']:.3f} | {b['auc']:.3f} [{b['auc_ci'][0]:.3f}, {b['auc_ci'][1]:.3f}] |"
+        )
     return "\n".join(lines)
 
 
@@ -402,10 +459,17 @@ ACTIONS = ("train", "eval", "study")
 def parse_args(argv=None) -> tuple[str, RewardConfig]:
     from .config import Parser, add_fields
 
-    p = Parser(prog="python -m t2idemo reward", description="Stage 2: train and evaluate the reward model.",
-               formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("action", choices=ACTIONS, help="train: fit and save the head; eval: held-out table + calibration "
-                   "PNG for --run; study: held-out AUC vs label-flip noise")
+    p = Parser(
+        prog="python -m t2idemo reward",
+        description="Stage 2: train and evaluate the reward model.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument(
+        "action",
+        choices=ACTIONS,
+        help="train: fit and save the head; eval: held-out table + calibration "
+        "PNG for --run; study: held-out AUC vs label-flip noise",
+    )
     add_fields(p, RewardConfig, suppress=True)  # eval: options not given come from the saved config
     args = vars(p.parse_args(argv))
     action = args.pop("action")

@@ -110,7 +110,9 @@ def reuse_images(run: str, paths: RunPaths) -> None:
     for name in ("feedback", "unlabelled"):
         s, d = getattr(src, name), getattr(dst, name)
         if not os.path.isfile(os.path.join(s, "metadata.jsonl")):
-            raise ValueError(f"reuse={run!r} has no round-1 {name} images ({s}); run `python -m t2idemo run --out {run}` first")
+            raise ValueError(
+                f"reuse={run!r} has no round-1 {name} images ({s}); run `python -m t2idemo run --out {run}` first"
+            )
         if os.path.isdir(d):
             continue  # copied before (a resumed run)
         shutil.rmtree(d + ".tmp", ignore_errors=True)  # a copy a crash cut short
@@ -123,8 +125,10 @@ def reuse_images(run: str, paths: RunPaths) -> None:
 
 def run(cfg: RunConfig) -> dict:
     if not cfg.judge:
-        raise ValueError(f"preset={cfg.preset!r} (prompt_set={cfg.generate.prompt_set!r}): the main job labels with the "
-                         "judge, which reads only the shapes world; at SD scale people label (notebooks 00-04)")
+        raise ValueError(
+            f"preset={cfg.preset!r} (prompt_set={cfg.generate.prompt_set!r}): the main job labels with the "
+            "judge, which reads only the shapes world; at SD scale people label (notebooks 00-04)"
+        )
     t0 = time.time()
     paths = RunPaths(cfg.out)
     os.makedirs(cfg.out, exist_ok=True)
@@ -145,13 +149,23 @@ def run(cfg: RunConfig) -> dict:
     timings["evaluate"] = time.time() - s
     notes = []
     if cfg.betas:
-        points = [{"beta": b, "results": {"models": {"base": results["models"]["base"],
-                                                      f"beta {b:g}": results["models"][f"beta {b:g}"]}}}
-                  for b in cfg.beta_list()]
-        ev.plot_tradeoff(points, os.path.join(paths.report, "tradeoff.png"), split=ev.split_list(cfg.evaluate.split)[0])
+        points = [
+            {
+                "beta": b,
+                "results": {
+                    "models": {"base": results["models"]["base"], f"beta {b:g}": results["models"][f"beta {b:g}"]}
+                },
+            }
+            for b in cfg.beta_list()
+        ]
+        ev.plot_tradeoff(
+            points, os.path.join(paths.report, "tradeoff.png"), split=ev.split_list(cfg.evaluate.split)[0]
+        )
         notes.append("![alignment-fidelity trade-off over beta](tradeoff.png)")
     timings["total"] = time.time() - t0
-    results["timings_s"] = {k: v if isinstance(v, float) else {a: round(b, 1) for a, b in v.items()} for k, v in timings.items()}
+    results["timings_s"] = {
+        k: v if isinstance(v, float) else {a: round(b, 1) for a, b in v.items()} for k, v in timings.items()
+    }
     results["run_config"] = dataclasses.asdict(cfg)
     results["recipe"] = recipe_line(cfg)
     ev.write_report(results, paths.report, notes=notes + [results["recipe"]])  # the one writer of the report
@@ -183,9 +197,11 @@ def recipe_line(cfg: RunConfig) -> str:
     """One line naming the fine-tune recipe, for the printed report."""
     f = cfg.finetune
     if f.method == "dpo":
-        data = (f"Diffusion-DPO (`--recipe dpo`, beta_dpo {f.dpo_beta:g}): each prompt's {f.top_k or 2} best good "
-                f"images against its worst bad ones (good: labelled good, or r(x, z) >= {f.min_reward or 0.5:g}), the "
-                f"base as reference, no D_pre term")
+        data = (
+            f"Diffusion-DPO (`--recipe dpo`, beta_dpo {f.dpo_beta:g}): each prompt's {f.top_k or 2} best good "
+            f"images against its worst bad ones (good: labelled good, or r(x, z) >= {f.min_reward or 0.5:g}), the "
+            f"base as reference, no D_pre term"
+        )
         return f"Fine-tune recipe: {data}; {f.train_steps} steps of {f.batch} pairs at lr {f.lr:g}, {cfg.rounds} round(s)."
     if not f.top_k and not f.min_reward and f.weight == "reward":
         data = "every image weighted by the reward model's r(x, z) (the paper's recipe)"
@@ -193,10 +209,14 @@ def recipe_line(cfg: RunConfig) -> str:
         good = "labelled good" if f.weight == "label" else f"r >= {f.min_reward:g} when labelled too"
         kept = f"each prompt's {f.top_k} best images that are good" if f.top_k else "every good image"
         weight = "at weight 1" if f.top_k else "weighted by r (labelled: the label)"
-        data = (f"filtered: {kept} ({good}; unlabelled: r(x, z) >= {f.min_reward:g}), {weight} "
-                f"(`--recipe paper`: every image weighted by r)")
-    return (f"Fine-tune recipe: {data}; beta {cfg.beta_list() if cfg.betas else f.beta}, {f.train_steps} steps at lr "
-            f"{f.lr:g}, {cfg.rounds} round(s).")
+        data = (
+            f"filtered: {kept} ({good}; unlabelled: r(x, z) >= {f.min_reward:g}), {weight} "
+            f"(`--recipe paper`: every image weighted by r)"
+        )
+    return (
+        f"Fine-tune recipe: {data}; beta {cfg.beta_list() if cfg.betas else f.beta}, {f.train_steps} steps at lr "
+        f"{f.lr:g}, {cfg.rounds} round(s)."
+    )
 
 
 def ship(aligned: str, reward: str):
@@ -247,13 +267,22 @@ def parse_args(argv=None) -> RunConfig:
         base = preset(chosen.preset, chosen.recipe)
     except ValueError as e:
         first.error(str(e))
-    p = Parser(prog=prog, description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-               usage=f"{prog} [--preset NAME] [--recipe NAME] [--FIELD VALUE ...] [--STAGE.FIELD VALUE ...]",
-               epilog="Set by each round, so not options: " + ", ".join(sorted(ROUND_SETS)) + ". Options of `python -m "
-               "t2idemo reward eval|study`, which the main job does not run: " + ", ".join(sorted(NOT_RUN)) + ".")
-    p.add_argument("--recipe", default="filtered", choices=tuple(RECIPES), help="the fine-tune recipe, applied to "
-                   "the preset before the --finetune.* flags: " + "; ".join(f"{k}: {v or 'the preset as it is'}"
-                                                                            for k, v in RECIPES.items()))
+    p = Parser(
+        prog=prog,
+        description=description,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        usage=f"{prog} [--preset NAME] [--recipe NAME] [--FIELD VALUE ...] [--STAGE.FIELD VALUE ...]",
+        epilog="Set by each round, so not options: " + ", ".join(sorted(ROUND_SETS)) + ". Options of `python -m "
+        "t2idemo reward eval|study`, which the main job does not run: " + ", ".join(sorted(NOT_RUN)) + ".",
+    )
+    p.add_argument(
+        "--recipe",
+        default="filtered",
+        choices=tuple(RECIPES),
+        help="the fine-tune recipe, applied to "
+        "the preset before the --finetune.* flags: "
+        + "; ".join(f"{k}: {v or 'the preset as it is'}" for k, v in RECIPES.items()),
+    )
     return parse_config(RunConfig, argv, defaults=base, skip=ROUND_SETS | NOT_RUN, parser=p)
 
 

@@ -26,17 +26,44 @@ from .reward import RewardConfig
 
 # What each round sets itself, so no preset, recipe or flag may: its folders, the model it starts from, the seeds it
 # derives from --seed, the simulated rater's name and store. In a RunConfig the folder and model fields hold None.
-ROUND_SETS = frozenset({
-    "generate.out", "generate.model", "generate.split", "generate.prompts", "generate.seed",
-    "labels.data", "labels.store", "labels.labeler", "labels.seed", "labels.export",
-    "reward.data", "reward.run", "reward.seed",
-    "finetune.data", "finetune.out", "finetune.model", "finetune.reward", "finetune.unlabelled", "finetune.seed",
-    "evaluate.models", "evaluate.names", "evaluate.reward", "evaluate.seed", "evaluate.out"})
+ROUND_SETS = frozenset(
+    {
+        "generate.out",
+        "generate.model",
+        "generate.split",
+        "generate.prompts",
+        "generate.seed",
+        "labels.data",
+        "labels.store",
+        "labels.labeler",
+        "labels.seed",
+        "labels.export",
+        "reward.data",
+        "reward.run",
+        "reward.seed",
+        "finetune.data",
+        "finetune.out",
+        "finetune.model",
+        "finetune.reward",
+        "finetune.unlabelled",
+        "finetune.seed",
+        "evaluate.models",
+        "evaluate.names",
+        "evaluate.reward",
+        "evaluate.seed",
+        "evaluate.out",
+    }
+)
 # Options of the reward command's own eval and study (`python -m t2idemo reward eval|study`), which the main job does
 # not run (it evaluates the tuned models with `evaluate`): no `run` flag; a preset may size them for the notebooks.
 NOT_RUN = frozenset({"reward.eval_data", "reward.n_boot", "reward.plot", "reward.noise_levels"})
-UNSET = {"generate": dict(out=None, model=None), "labels": dict(data=None), "reward": dict(data=None, run=None),
-         "finetune": dict(data=None, out=None, model=None, reward=None), "evaluate": dict(models=None, out=None)}
+UNSET = {
+    "generate": dict(out=None, model=None),
+    "labels": dict(data=None),
+    "reward": dict(data=None, run=None),
+    "finetune": dict(data=None, out=None, model=None, reward=None),
+    "evaluate": dict(models=None, out=None),
+}
 
 # The main job's stage values where they differ from the stage's own defaults.
 MAIN_JOB = {
@@ -48,7 +75,9 @@ MAIN_JOB = {
     # the filtered recipe (each prompt's 2 best good images at weight 1: it moves the model most) at lr 5e-4, caption
     # dropout 0.3 (keeps the unconditional branch in step, so guidance does not amplify a drift), a fixed D_pre pool
     # of 4,096 renders (a fifth faster per step): docs/findings.md
-    "finetune": dict(weight="label", top_k=2, min_reward=0.5, lr=5e-4, p_uncond=0.3, pre_pool=4096, checkpoint_every=0),
+    "finetune": dict(
+        weight="label", top_k=2, min_reward=0.5, lr=5e-4, p_uncond=0.3, pre_pool=4096, checkpoint_every=0
+    ),
     "evaluate": dict(split="unseen,seen", best_of=""),
 }
 
@@ -60,36 +89,54 @@ def _stage(cls, name):
 
 @dataclass
 class RunConfig:
-    preset: str = "shapes"  # named preset of the starting values: shapes | shapes-long | shapes-small | sd15 | sd15-small
-    out: str = "runs/main"  # run folder; every stage writes a subfolder; re-running resumes generation
-    model: str = BASE_MODEL  # the pre-trained pipeline to align
-    rounds: int = ranged(1, 1, 8)  # generate -> label -> tune rounds, each from the previous round's model; 1 - 8
-    unlabelled_per_prompt: int = ranged(8, 0, 64)  # extra generations per prompt, pseudo-labelled by the reward model; 0 - 64
-    unlabelled_split: str = "all"  # prompts of the unlabelled generations: "seen" (the feedback prompts) | "unseen" (the
-    #                                 163 prompts no one labels; the reward model scores them) | "all" (both)
-    betas: str = ""  # comma-separated betas for a trade-off sweep (one fine-tune each, round 1 only); "" = finetune.beta
-    seed: int = ranged(0, 0, 1_000_000_000)  # seeds generation, labels, reward model, fine-tune and evaluation (each
-    #                                          stage's seed derives from it: round_configs)
-    train_seed: int = ranged(-1, -1, 1_000_000_000)  # seeds only what learns from the images: the rater's noise, the
-    #                                    reward model and the fine-tune; -1 = --seed. With --reuse: a study's repeat on
-    #                                    the same images (the rater-noise study's seeds)
-    reuse: str = ""  # a finished run folder whose round-1 images (feedback and unlabelled, not their labels) this run
-    #                  copies instead of drawing them again; "" = draw them. Its settings must match (generation checks).
-    #                  Its report's evaluation of the same base at the same settings is read, not drawn again
-    ship: bool = False  # copy the final aligned model and reward model into t2idemo/assets
+    # named preset of the starting values: shapes | shapes-long | shapes-small | sd15 | sd15-small
+    preset: str = "shapes"
+    # run folder; every stage writes a subfolder; re-running resumes generation
+    out: str = "runs/main"
+    # the pre-trained pipeline to align
+    model: str = BASE_MODEL
+    # generate -> label -> tune rounds, each from the previous round's model
+    rounds: int = ranged(1, 1, 8)
+    # extra generations per prompt, pseudo-labelled by the reward model
+    unlabelled_per_prompt: int = ranged(8, 0, 64)
+    # prompts of the unlabelled generations: "seen" (the feedback prompts) | "unseen" (the
+    # 163 prompts no one labels; the reward model scores them) | "all" (both)
+    unlabelled_split: str = "all"
+    # comma-separated betas for a trade-off sweep (one fine-tune each, round 1 only); "" = finetune.beta
+    betas: str = ""
+    # seeds generation, labels, reward model, fine-tune and evaluation (each
+    # stage's seed derives from it: round_configs)
+    seed: int = ranged(0, 0, 1_000_000_000)
+    # seeds only what learns from the images: the rater's noise, the
+    # reward model and the fine-tune; -1 = --seed. With --reuse: a study's repeat on
+    # the same images (the rater-noise study's seeds)
+    train_seed: int = ranged(-1, -1, 1_000_000_000)
+    # a finished run folder whose round-1 images (feedback and unlabelled, not their labels) this run
+    # copies instead of drawing them again; "" = draw them. Its settings must match (generation checks).
+    # Its report's evaluation of the same base at the same settings is read, not drawn again
+    reuse: str = ""
+    # copy the final aligned model and reward model into t2idemo/assets
     # each stage's options: the stage's own config, starting from the main job's values (MAIN_JOB)
-    generate: GenerateConfig = _stage(GenerateConfig, "generate")  # stage 1: the images
-    labels: LabelConfig = _stage(LabelConfig, "labels")  # stage 1: the simulated rater
-    reward: RewardConfig = _stage(RewardConfig, "reward")  # stage 2: the reward model
-    finetune: FinetuneConfig = _stage(FinetuneConfig, "finetune")  # stage 3: fine-tune
-    evaluate: EvalConfig = _stage(EvalConfig, "evaluate")  # the before/after evaluation
+    ship: bool = False
+    # stage 1: the images
+    generate: GenerateConfig = _stage(GenerateConfig, "generate")
+    # stage 1: the simulated rater
+    labels: LabelConfig = _stage(LabelConfig, "labels")
+    # stage 2: the reward model
+    reward: RewardConfig = _stage(RewardConfig, "reward")
+    # stage 3: fine-tune
+    finetune: FinetuneConfig = _stage(FinetuneConfig, "finetune")
+    # the before/after evaluation
+    evaluate: EvalConfig = _stage(EvalConfig, "evaluate")
 
     def __post_init__(self):
         check_ranges(self)  # every number within its declared range
         if self.preset not in PRESETS:
             raise ValueError(f"preset={self.preset!r} is not allowed; use one of {tuple(PRESETS)}")
         if self.unlabelled_split not in ("unseen", "seen", "all"):
-            raise ValueError(f"unlabelled_split={self.unlabelled_split!r} is not allowed; use 'unseen', 'seen' or 'all'")
+            raise ValueError(
+                f"unlabelled_split={self.unlabelled_split!r} is not allowed; use 'unseen', 'seen' or 'all'"
+            )
         if self.betas and self.rounds != 1:
             raise ValueError(f"betas={self.betas!r} sweeps one round; use rounds=1 (got {self.rounds})")
         for b in self.beta_list():
@@ -105,7 +152,9 @@ class RunConfig:
         try:
             return [float(b) for b in self.betas.split(",") if b.strip()] or [self.finetune.beta]
         except ValueError:
-            raise ValueError(f"betas={self.betas!r} is not a comma-separated list of numbers, e.g. '0,0.5,1,2'") from None
+            raise ValueError(
+                f"betas={self.betas!r} is not a comma-separated list of numbers, e.g. '0,0.5,1,2'"
+            ) from None
 
 
 # Named presets: changes to RunConfig's values ("stage.field": value). "shapes" is the main job as the README quotes
@@ -120,24 +169,64 @@ PRESETS = {
     # stalls) that train all but the UNet's 3x3 convolutions and timestep embedding, so that git stores the tuned
     # file as a delta of the base's (2.4 MiB of the clone; the whole UNet, --finetune.train all, takes 4.9 and drew
     # 68.6% to this one's 69.3 on the same images): docs/findings.md, A.4
-    "shapes-long": {"generate.per_prompt": 16, "unlabelled_per_prompt": 16, "finetune.top_k": 4,
-                    "finetune.min_reward": 0.7, "finetune.train_steps": 3200, "finetune.beta": 1.0,
-                    "finetune.train": "all_but_convs_and_time"},
-    "shapes-small": {"generate.max_prompts": 12, "unlabelled_per_prompt": 1, "finetune.train_steps": 6,
-                     "evaluate.n_combination": 16, "evaluate.n_single": 4, "reward.n_boot": 200, "reward.noise_levels": "0,0.3"},
-    "sd15": {"model": "stable-diffusion-v1-5/stable-diffusion-v1-5", "generate.prompt_set": "sd",
-             "generate.max_prompts": 100, "generate.sample_steps": 30, "generate.guidance": 7.5, "generate.batch": 8,
-             "reward.clip": "openai/clip-vit-large-patch14", "reward.n_boot": 1000, "reward.noise_levels": "0,0.1,0.2",
-             "unlabelled_per_prompt": 0,
-             "finetune.weight": "reward", "finetune.top_k": 0, "finetune.min_reward": 0.0, "finetune.train_steps": 1000,
-             "finetune.batch": 4, "finetune.pre_batch": 4, "finetune.encode_batch": 8, "finetune.lr": 1e-4,
-             "finetune.p_uncond": 0.1, "finetune.pre_pool": 0, "finetune.lora_rank": 8, "finetune.mixed_precision": "fp16",
-             "finetune.gradient_checkpointing": True, "evaluate.sample_steps": 30, "evaluate.guidance": 7.5,
-             "evaluate.n_combination": 64, "evaluate.n_single": 16},
+    "shapes-long": {
+        "generate.per_prompt": 16,
+        "unlabelled_per_prompt": 16,
+        "finetune.top_k": 4,
+        "finetune.min_reward": 0.7,
+        "finetune.train_steps": 3200,
+        "finetune.beta": 1.0,
+        "finetune.train": "all_but_convs_and_time",
+    },
+    "shapes-small": {
+        "generate.max_prompts": 12,
+        "unlabelled_per_prompt": 1,
+        "finetune.train_steps": 6,
+        "evaluate.n_combination": 16,
+        "evaluate.n_single": 4,
+        "reward.n_boot": 200,
+        "reward.noise_levels": "0,0.3",
+    },
+    "sd15": {
+        "model": "stable-diffusion-v1-5/stable-diffusion-v1-5",
+        "generate.prompt_set": "sd",
+        "generate.max_prompts": 100,
+        "generate.sample_steps": 30,
+        "generate.guidance": 7.5,
+        "generate.batch": 8,
+        "reward.clip": "openai/clip-vit-large-patch14",
+        "reward.n_boot": 1000,
+        "reward.noise_levels": "0,0.1,0.2",
+        "unlabelled_per_prompt": 0,
+        "finetune.weight": "reward",
+        "finetune.top_k": 0,
+        "finetune.min_reward": 0.0,
+        "finetune.train_steps": 1000,
+        "finetune.batch": 4,
+        "finetune.pre_batch": 4,
+        "finetune.encode_batch": 8,
+        "finetune.lr": 1e-4,
+        "finetune.p_uncond": 0.1,
+        "finetune.pre_pool": 0,
+        "finetune.lora_rank": 8,
+        "finetune.mixed_precision": "fp16",
+        "finetune.gradient_checkpointing": True,
+        "evaluate.sample_steps": 30,
+        "evaluate.guidance": 7.5,
+        "evaluate.n_combination": 64,
+        "evaluate.n_single": 16,
+    },
 }
-PRESETS["sd15-small"] = {**PRESETS["sd15"], "generate.max_prompts": 8, "generate.sample_steps": 10, "reward.n_boot": 200,
-                         "reward.noise_levels": "0,0.2", "finetune.train_steps": 10, "evaluate.n_combination": 8,
-                         "evaluate.n_single": 2}
+PRESETS["sd15-small"] = {
+    **PRESETS["sd15"],
+    "generate.max_prompts": 8,
+    "generate.sample_steps": 10,
+    "reward.n_boot": 200,
+    "reward.noise_levels": "0,0.2",
+    "finetune.train_steps": 10,
+    "evaluate.n_combination": 8,
+    "evaluate.n_single": 2,
+}
 
 # Fine-tune recipes: changes to the finetune stage. "filtered" is the preset's; "paper" weights every image by
 # r(x, z) as Lee et al.; "dpo" is Diffusion-DPO (each prompt's top_k good images against its worst bad ones, the
@@ -168,12 +257,36 @@ def changed(cfg: RunConfig, **changes) -> RunConfig:
 
 
 # The flat fields of RunConfig before it was composed of the stage configs: results.json files written then still load
-OLD_NAMES = {"max_prompts": "generate.max_prompts", "per_prompt": "generate.per_prompt", "feedback_guidance": "generate.guidance",
-             "feedback_steps": "generate.sample_steps", "flip": "labels.flip", "skip": "labels.skip", "rater_bias": "labels.bias",
-             "lam": "reward.lam", "steps": "finetune.train_steps", "eval_split": "evaluate.split",
-             **{k: f"finetune.{k}" for k in ("top_k", "min_reward", "method", "dpo_beta", "balance", "weight", "beta", "lr",
-                                             "p_uncond", "pre_batch", "pre_pool", "ema")},
-             **{k: f"evaluate.{k}" for k in ("n_combination", "n_single", "best_of")}}
+OLD_NAMES = {
+    "max_prompts": "generate.max_prompts",
+    "per_prompt": "generate.per_prompt",
+    "feedback_guidance": "generate.guidance",
+    "feedback_steps": "generate.sample_steps",
+    "flip": "labels.flip",
+    "skip": "labels.skip",
+    "rater_bias": "labels.bias",
+    "lam": "reward.lam",
+    "steps": "finetune.train_steps",
+    "eval_split": "evaluate.split",
+    **{
+        k: f"finetune.{k}"
+        for k in (
+            "top_k",
+            "min_reward",
+            "method",
+            "dpo_beta",
+            "balance",
+            "weight",
+            "beta",
+            "lr",
+            "p_uncond",
+            "pre_batch",
+            "pre_pool",
+            "ema",
+        )
+    },
+    **{k: f"evaluate.{k}" for k in ("n_combination", "n_single", "best_of")},
+}
 
 
 def from_saved(saved: dict) -> RunConfig:
@@ -188,7 +301,9 @@ def from_saved(saved: dict) -> RunConfig:
         else:
             flat[key] = value
     if "recipe" in saved or "dpo_lr" in saved:  # the older layout: a DPO run trained at dpo_lr
-        flat["finetune.lr"] = saved["dpo_lr"] if saved.get("method") == "dpo" else saved.get("lr", flat.get("finetune.lr"))
+        flat["finetune.lr"] = (
+            saved["dpo_lr"] if saved.get("method") == "dpo" else saved.get("lr", flat.get("finetune.lr"))
+        )
     known = {f.name for f in dataclasses.fields(RunConfig)}
     return changed(RunConfig(), **{k: v for k, v in flat.items() if k.split(".")[0] in known and k not in ROUND_SETS})
 
@@ -197,24 +312,35 @@ def from_saved(saved: dict) -> RunConfig:
 @dataclass(frozen=True)
 class RoundFolders:
     """Where one round reads and writes."""
-    feedback: str  # stage 1: the labelled feedback images (imagefolder + labels.sqlite)
-    reward_data: str  # stage 2: what the reward model trains on (every round's labels so far)
-    reward: str  # stage 2: the reward model (head.safetensors + reward_config.json)
-    unlabelled: str  # stage 3: extra generations the reward model scores
-    aligned: str  # stage 3: the tuned pipeline (a betas sweep adds "-beta{b}")
+
+    # stage 1: the labelled feedback images (imagefolder + labels.sqlite)
+    feedback: str
+    # stage 2: what the reward model trains on (every round's labels so far)
+    reward_data: str
+    # stage 2: the reward model (head.safetensors + reward_config.json)
+    reward: str
+    # stage 3: extra generations the reward model scores
+    unlabelled: str
+    # stage 3: the tuned pipeline (a betas sweep adds "-beta{b}")
+    aligned: str
 
 
 @dataclass(frozen=True)
 class RunPaths:
     """The layout of a run folder (``python -m t2idemo run --out OUT``); every reader of a run folder asks it."""
-    out: str  # the run folder
+
+    # the run folder
+    out: str
 
     def round(self, r: int) -> RoundFolders:
         d = os.path.join(self.out, f"round{r}")
-        return RoundFolders(feedback=os.path.join(d, "feedback"),
-                            reward_data=os.path.join(d, "reward_data") if r > 1 else os.path.join(d, "feedback"),
-                            reward=os.path.join(d, "reward"), unlabelled=os.path.join(d, "unlabelled"),
-                            aligned=os.path.join(d, "aligned"))
+        return RoundFolders(
+            feedback=os.path.join(d, "feedback"),
+            reward_data=os.path.join(d, "reward_data") if r > 1 else os.path.join(d, "feedback"),
+            reward=os.path.join(d, "reward"),
+            unlabelled=os.path.join(d, "unlabelled"),
+            aligned=os.path.join(d, "aligned"),
+        )
 
     @property
     def report(self) -> str:
@@ -233,11 +359,17 @@ class RunPaths:
 @dataclass(frozen=True)
 class Round:
     """Every stage's config for one round."""
-    feedback: GenerateConfig  # 1. the images people (here: the judge) label
-    labels: LabelConfig  # 2. the simulated rater
-    reward: RewardConfig  # 3. the reward model, on every round's labels so far
-    unlabelled: GenerateConfig | None  # 4. more generations for the reward model to score (None: none)
-    finetune: dict  # 5. {beta: FinetuneConfig}: one fine-tune per beta (one unless --betas sweeps)
+
+    # 1. the images people (here: the judge) label
+    feedback: GenerateConfig
+    # 2. the simulated rater
+    labels: LabelConfig
+    # 3. the reward model, on every round's labels so far
+    reward: RewardConfig
+    # 4. more generations for the reward model to score (None: none)
+    unlabelled: GenerateConfig | None
+    # 5. {beta: FinetuneConfig}: one fine-tune per beta (one unless --betas sweeps)
+    finetune: dict
 
 
 def round_configs(cfg: RunConfig, r: int, model: str, folders: RoundFolders) -> Round:
@@ -246,25 +378,47 @@ def round_configs(cfg: RunConfig, r: int, model: str, folders: RoundFolders) -> 
     reward seed, fine-tune seed + r; ``--train-seed`` (when set) replaces ``--seed`` for labels, reward and fine-tune."""
     s = cfg.seed
     t = s if cfg.train_seed < 0 else cfg.train_seed  # what learns from the images
-    feedback = dataclasses.replace(cfg.generate, out=folders.feedback, model=model, split="seen", prompts="",
-                                   seed=s + 10 * r)
-    labels = dataclasses.replace(cfg.labels, data=folders.feedback, store="", labeler="judge", seed=t + r,
-                                 export="judge")
+    feedback = dataclasses.replace(
+        cfg.generate, out=folders.feedback, model=model, split="seen", prompts="", seed=s + 10 * r
+    )
+    labels = dataclasses.replace(
+        cfg.labels, data=folders.feedback, store="", labeler="judge", seed=t + r, export="judge"
+    )
     reward = dataclasses.replace(cfg.reward, data=folders.reward_data, run=folders.reward, seed=t)
     unlabelled = None
     if cfg.unlabelled_per_prompt:
-        unlabelled = dataclasses.replace(cfg.generate, out=folders.unlabelled, model=model, split=cfg.unlabelled_split,
-                                         prompts="", per_prompt=cfg.unlabelled_per_prompt, seed=s + 10 * r + 5)
+        unlabelled = dataclasses.replace(
+            cfg.generate,
+            out=folders.unlabelled,
+            model=model,
+            split=cfg.unlabelled_split,
+            prompts="",
+            per_prompt=cfg.unlabelled_per_prompt,
+            seed=s + 10 * r + 5,
+        )
     tunes = {}
     for beta in cfg.beta_list():
         out = folders.aligned + (f"-beta{beta:g}" if cfg.betas else "")
-        tunes[beta] = dataclasses.replace(cfg.finetune, data=folders.feedback, out=out, model=model,
-                                          reward=folders.reward, unlabelled=unlabelled.out if unlabelled else "",
-                                          beta=beta, seed=t + r)
+        tunes[beta] = dataclasses.replace(
+            cfg.finetune,
+            data=folders.feedback,
+            out=out,
+            model=model,
+            reward=folders.reward,
+            unlabelled=unlabelled.out if unlabelled else "",
+            beta=beta,
+            seed=t + r,
+        )
     return Round(feedback, labels, reward, unlabelled, tunes)
 
 
 def eval_config(cfg: RunConfig, models: dict, paths: RunPaths) -> EvalConfig:
     """The before/after evaluation of ``models`` {name: folder} (best-of-N uses round 1's reward model)."""
-    return dataclasses.replace(cfg.evaluate, models=",".join(models.values()), names=",".join(models), seed=cfg.seed,
-                               reward=paths.round(1).reward if cfg.evaluate.best_of else "", out=paths.report)
+    return dataclasses.replace(
+        cfg.evaluate,
+        models=",".join(models.values()),
+        names=",".join(models),
+        seed=cfg.seed,
+        reward=paths.round(1).reward if cfg.evaluate.best_of else "",
+        out=paths.report,
+    )

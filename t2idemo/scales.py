@@ -36,9 +36,17 @@ SMALL_ENV = "T2IDEMO_SMALL"  # environment variable: 1 shrinks every size (CI)
 # What only the notebooks use, per prompt set or preset: the prompts of the side-by-side grids, the reward model's
 # held-out test set (unseen prompts, images per prompt; 0 = all 163 of the shapes world) and, at SD scale, the
 # number of prompts of the D_pre set drawn from the base model
-GRIDS = {"shapes": ("two circles", "a red square", "a triangle on snow", "three purple circles on grass",
-                    "a blue circle on night", "two green squares on sand"),
-         "sd": ("two dogs", "a green colored dog", "a cat on the moon", "two blue dogs in the forest")}
+GRIDS = {
+    "shapes": (
+        "two circles",
+        "a red square",
+        "a triangle on snow",
+        "three purple circles on grass",
+        "a blue circle on night",
+        "two green squares on sand",
+    ),
+    "sd": ("two dogs", "a green colored dog", "a cat on the moon", "two blue dogs in the forest"),
+}
 HELDOUT = {"shapes": (0, 2), "shapes-small": (32, 2), "sd15": (50, 2), "sd15-small": (8, 2)}
 PRETRAIN_PROMPTS = {"sd15": 400, "sd15-small": 16}
 # the short session (notebook 00's last step) at CI's size: one screen of labels, a few steps, no unlabelled images
@@ -81,6 +89,7 @@ def grid_prompts(S: RunConfig) -> tuple:
 @dataclass(frozen=True)
 class Paths:
     """Where the notebooks' stages read and write, all under one work folder."""
+
     work: str  # the work folder of this scale and size
     feedback: str  # stage 1: the labelled feedback set (imagefolder + labels.sqlite)
     heldout: str  # stage 2: images of unseen prompts, the reward model's test set
@@ -97,16 +106,22 @@ def paths(S: RunConfig, run: str = "", work: str | None = None) -> Paths:
     01-04, which share their folders; "quickstart" for 00)."""
     root = work or os.environ.get(WORK_ENV) or os.path.join("runs", "nb")
     w = os.path.normpath(os.path.join(root, S.preset, run))
-    return Paths(work=w, **{k: os.path.join(w, k) for k in
-                            ("feedback", "heldout", "reward", "unlabelled", "pretrain", "aligned", "report")})
+    return Paths(
+        work=w,
+        **{
+            k: os.path.join(w, k)
+            for k in ("feedback", "heldout", "reward", "unlabelled", "pretrain", "aligned", "report")
+        },
+    )
 
 
 # ----------------------------------------------------------------------------- notebook plumbing
 def stages(S: RunConfig, P: Paths, model: str | None = None) -> Round:
     """Every stage's config on the notebook folders ``P``, from ``model`` (default ``S.model``): the main job's
     round derivation (``runconfig.round_configs``), round 0 (the seeds are S.seed's)."""
-    folders = RoundFolders(feedback=P.feedback, reward_data=P.feedback, reward=P.reward, unlabelled=P.unlabelled,
-                           aligned=P.aligned)
+    folders = RoundFolders(
+        feedback=P.feedback, reward_data=P.feedback, reward=P.reward, unlabelled=P.unlabelled, aligned=P.aligned
+    )
     return round_configs(S, 0, model or S.model, folders)
 
 
@@ -120,12 +135,27 @@ def unlabelled_config(S: RunConfig, P: Paths):
     return stages(S, P).unlabelled
 
 
-def image_set(S: RunConfig, P: Paths, out: str, split: str, seed: int, max_prompts: int, per_prompt: int,
-              model: str | None = None):
+def image_set(
+    S: RunConfig,
+    P: Paths,
+    out: str,
+    split: str,
+    seed: int,
+    max_prompts: int,
+    per_prompt: int,
+    model: str | None = None,
+):
     """A GenerateConfig of another set drawn from ``S.model`` with the feedback set's sampler settings, in ``out``
     (the reward model's held-out test set, the SD-scale D_pre, a model's images to label); ``model``: default S.model."""
-    return dataclasses.replace(feedback_config(S, P), out=out, split=split, seed=seed, max_prompts=max_prompts,
-                               per_prompt=per_prompt, model=model or S.model)
+    return dataclasses.replace(
+        feedback_config(S, P),
+        out=out,
+        split=split,
+        seed=seed,
+        max_prompts=max_prompts,
+        per_prompt=per_prompt,
+        model=model or S.model,
+    )
 
 
 def _labelled(folder: str) -> bool:
@@ -202,8 +232,10 @@ def ensure_run(S: RunConfig, P: Paths, name: str = "main", recipe: str = "", **c
     from .run import run_or_read
 
     if not S.judge:
-        raise ValueError(f"preset={S.preset!r}: the main job labels with the judge, which reads only the shapes world; "
-                         "use scale='shapes'")
+        raise ValueError(
+            f"preset={S.preset!r}: the main job labels with the judge, which reads only the shapes world; "
+            "use scale='shapes'"
+        )
     if recipe and recipe not in RECIPES:
         raise ValueError(f"recipe={recipe!r} is not allowed; use one of {tuple(RECIPES)}")
     return run_or_read(changed(S, **{"out": os.path.join(P.work, name), **RECIPES.get(recipe, {}), **changes}))

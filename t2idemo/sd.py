@@ -109,22 +109,36 @@ NAMED = {  # the attributes each category names (the object is always named: it 
 
 # ----------------------------------------------------------------------------- held-out split
 # Pairs and triples that never appear in feedback prompts; prompts naming one are the "unseen" set.
-HELDOUT_COLOR_OBJECT = {("blue", "dog"), ("pink", "lion"), ("green", "cup"), ("white", "cake"),
-                        ("brown", "bicycle"), ("purple", "apple")}
+HELDOUT_COLOR_OBJECT = {
+    ("blue", "dog"),
+    ("pink", "lion"),
+    ("green", "cup"),
+    ("white", "cake"),
+    ("brown", "bicycle"),
+    ("purple", "apple"),
+}
 HELDOUT_COUNT_OBJECT = {(3, "dog"), (2, "vase"), (4, "bird"), (5, "apple")}
 HELDOUT_OBJECT_BACKGROUND = {("cat", "moon"), ("chair", "beach"), ("tree", "city"), ("lion", "snow")}
-HELDOUT_COUNT_COLOR_BACKGROUND = {(2, "red", "forest"), (3, "blue", "moon"), (4, "white", "city"),
-                                  (5, "black", "beach"), (2, "yellow", "desert"), (3, "pink", "snow")}
+HELDOUT_COUNT_COLOR_BACKGROUND = {
+    (2, "red", "forest"),
+    (3, "blue", "moon"),
+    (4, "white", "city"),
+    (5, "black", "beach"),
+    (2, "yellow", "desert"),
+    (3, "pink", "snow"),
+}
 
 
 def is_unseen(meta: dict) -> bool:
     """True if the prompt names a held-out combination (the paper's unseen prompts)."""
     named = set(meta["named"])
     c, col, obj, bg = meta.get("count"), meta.get("color"), meta.get("object"), meta.get("background")
-    return (({"color", "object"} <= named and (col, obj) in HELDOUT_COLOR_OBJECT)
-            or ({"count", "object"} <= named and (c, obj) in HELDOUT_COUNT_OBJECT)
-            or ({"object", "background"} <= named and (obj, bg) in HELDOUT_OBJECT_BACKGROUND)
-            or ({"count", "color", "background"} <= named and (c, col, bg) in HELDOUT_COUNT_COLOR_BACKGROUND))
+    return (
+        ({"color", "object"} <= named and (col, obj) in HELDOUT_COLOR_OBJECT)
+        or ({"count", "object"} <= named and (c, obj) in HELDOUT_COUNT_OBJECT)
+        or ({"object", "background"} <= named and (obj, bg) in HELDOUT_OBJECT_BACKGROUND)
+        or ({"count", "color", "background"} <= named and (c, col, bg) in HELDOUT_COUNT_COLOR_BACKGROUND)
+    )
 
 
 # ----------------------------------------------------------------------------- prompts
@@ -167,7 +181,7 @@ def make_prompt(category: str, count=None, color=None, object=None, background=N
     return text(category, meta["count"], meta["color"], object, meta["background"]), meta
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _category_prompts(category: str) -> tuple:
     """Every distinct prompt of one category, in a fixed shuffled order (seed 0)."""
     out, seen = [], set()
@@ -190,12 +204,14 @@ def all_prompts(category: str | None = None, unseen: bool | None = None) -> list
     Sizes: count 60, color 108, background 72, combination 3,240."""
     if category is not None and category not in NAMED:
         raise ValueError(f"category={category!r} is not one of {CATEGORIES}")
-    lists = [[(p, dict(m)) for p, m in _category_prompts(cat) if unseen is None or m["unseen"] == unseen]
-             for cat in ([category] if category else CATEGORIES)]
+    lists = [
+        [(p, dict(m)) for p, m in _category_prompts(cat) if unseen is None or m["unseen"] == unseen]
+        for cat in ([category] if category else CATEGORIES)
+    ]
     return [lst[i] for i in range(max(map(len, lists))) for lst in lists if i < len(lst)]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _by_text() -> dict:
     return {p: m for cat in CATEGORIES for p, m in _category_prompts(cat)}
 
@@ -204,10 +220,12 @@ def parse_prompt(prompt: str) -> dict:
     """Read a prompt of this grammar back into metadata (the inverse of ``make_prompt``)."""
     meta = _by_text().get(" ".join(prompt.strip().lower().split()))
     if meta is None:
-        raise ValueError(f"prompt={prompt!r} is not in the SD-scale prompt set: write it like 'two dogs', "
-                         f"'a green colored dog', 'a dog in the forest' or 'two blue dogs in the forest', with "
-                         f"counts {tuple(COUNT_WORDS.values())}, colours {COLORS}, objects {OBJECTS} and "
-                         f"backgrounds {tuple(BACKGROUNDS.values())}")
+        raise ValueError(
+            f"prompt={prompt!r} is not in the SD-scale prompt set: write it like 'two dogs', "
+            f"'a green colored dog', 'a dog in the forest' or 'two blue dogs in the forest', with "
+            f"counts {tuple(COUNT_WORDS.values())}, colours {COLORS}, objects {OBJECTS} and "
+            f"backgrounds {tuple(BACKGROUNDS.values())}"
+        )
     return dict(meta)
 
 
@@ -245,9 +263,18 @@ def tiny_tokenizer(max_length: int = TINY_TOKENS):
 
 
 def _text_config(vocab_size: int) -> dict:
-    return dict(vocab_size=vocab_size, hidden_size=TINY_WIDTH, intermediate_size=37, num_hidden_layers=2,
-                num_attention_heads=4, max_position_embeddings=TINY_TOKENS, bos_token_id=0, eos_token_id=1,
-                pad_token_id=1, projection_dim=TINY_WIDTH)
+    return dict(
+        vocab_size=vocab_size,
+        hidden_size=TINY_WIDTH,
+        intermediate_size=37,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=TINY_TOKENS,
+        bos_token_id=0,
+        eos_token_id=1,
+        pad_token_id=1,
+        projection_dim=TINY_WIDTH,
+    )
 
 
 def build_tiny_sd(path: str, seed: int = 0, image_size: int = 32) -> str:
@@ -263,19 +290,47 @@ def build_tiny_sd(path: str, seed: int = 0, image_size: int = 32) -> str:
         raise ValueError(f"image_size={image_size!r} is not allowed; use a multiple of 8, at least 16")
     torch.manual_seed(seed)
     tok = tiny_tokenizer()
-    unet = UNet2DConditionModel(block_out_channels=(32, 64), layers_per_block=2, sample_size=image_size // 2,
-                                in_channels=4, out_channels=4, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-                                up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=TINY_WIDTH,
-                                attention_head_dim=(2, 4))
-    vae = AutoencoderKL(block_out_channels=(32, 64), in_channels=3, out_channels=3, latent_channels=4,
-                        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
-                        sample_size=image_size)  # one downsampling: latents are image_size / 2
+    unet = UNet2DConditionModel(
+        block_out_channels=(32, 64),
+        layers_per_block=2,
+        sample_size=image_size // 2,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=TINY_WIDTH,
+        attention_head_dim=(2, 4),
+    )
+    vae = AutoencoderKL(
+        block_out_channels=(32, 64),
+        in_channels=3,
+        out_channels=3,
+        latent_channels=4,
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+        sample_size=image_size,
+    )  # one downsampling: latents are image_size / 2
     text_encoder = CLIPTextModel(CLIPTextConfig(**_text_config(len(tok.get_vocab()))))
-    scheduler = PNDMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                              num_train_timesteps=1000, set_alpha_to_one=False, skip_prk_steps=True, steps_offset=1,
-                              prediction_type="epsilon")  # SD v1.5's scheduler_config.json
-    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tok, unet=unet, scheduler=scheduler,
-                                   safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    scheduler = PNDMScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        num_train_timesteps=1000,
+        set_alpha_to_one=False,
+        skip_prk_steps=True,
+        steps_offset=1,
+        prediction_type="epsilon",
+    )  # SD v1.5's scheduler_config.json
+    pipe = StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tok,
+        unet=unet,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
     pipe.save_pretrained(path, safe_serialization=True)
     return path
 
@@ -288,17 +343,33 @@ def build_tiny_clip(path: str, seed: int = 0, image_size: int = 32) -> str:
 
     torch.manual_seed(seed)
     tok = tiny_tokenizer()
-    vision = dict(image_size=image_size, patch_size=8, hidden_size=TINY_WIDTH, intermediate_size=37,
-                  num_hidden_layers=2, num_attention_heads=4)
-    model = CLIPModel(CLIPConfig(text_config=_text_config(len(tok.get_vocab())), vision_config=vision,
-                                 projection_dim=TINY_WIDTH))
+    vision = dict(
+        image_size=image_size,
+        patch_size=8,
+        hidden_size=TINY_WIDTH,
+        intermediate_size=37,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+    )
+    model = CLIPModel(
+        CLIPConfig(text_config=_text_config(len(tok.get_vocab())), vision_config=vision, projection_dim=TINY_WIDTH)
+    )
     model.save_pretrained(path)
     tok.save_pretrained(path)
     preprocess = {  # CLIP ViT-L/14's preprocessing at this size: bicubic resize, centre crop, OpenAI's normalisation
-        "image_processor_type": "CLIPImageProcessor", "do_resize": True, "size": {"shortest_edge": image_size},
-        "do_center_crop": True, "crop_size": {"height": image_size, "width": image_size}, "do_normalize": True,
-        "image_mean": [0.48145466, 0.4578275, 0.40821073], "image_std": [0.26862954, 0.26130258, 0.27577711],
-        "resample": 3, "do_convert_rgb": True, "do_rescale": True, "rescale_factor": 1 / 255}
+        "image_processor_type": "CLIPImageProcessor",
+        "do_resize": True,
+        "size": {"shortest_edge": image_size},
+        "do_center_crop": True,
+        "crop_size": {"height": image_size, "width": image_size},
+        "do_normalize": True,
+        "image_mean": [0.48145466, 0.4578275, 0.40821073],
+        "image_std": [0.26862954, 0.26130258, 0.27577711],
+        "resample": 3,
+        "do_convert_rgb": True,
+        "do_rescale": True,
+        "rescale_factor": 1 / 255,
+    }
     with open(os.path.join(path, "preprocessor_config.json"), "w") as f:
         json.dump(preprocess, f, indent=2)
     return path
@@ -307,9 +378,12 @@ def build_tiny_clip(path: str, seed: int = 0, image_size: int = 32) -> str:
 # ----------------------------------------------------------------------------- CLI
 @dataclass
 class TinyConfig:
-    out: str = "runs/tiny"  # folder that receives tiny-sd/ and tiny-clip/ (random weights, for a dry run)
-    seed: int = ranged(0, 0, 2_147_483_647)  # seeds the random weights
-    image_size: int = ranged(32, 16, 128)  # pixels of the tiny pipeline's images and the tiny CLIP's input; 16 - 128, a multiple of 8
+    # folder that receives tiny-sd/ and tiny-clip/ (random weights, for a dry run)
+    out: str = "runs/tiny"
+    # seeds the random weights
+    seed: int = ranged(0, 0, 2_147_483_647)
+    # pixels of the tiny pipeline's images and the tiny CLIP's input; 16 - 128, a multiple of 8
+    image_size: int = ranged(32, 16, 128)
 
     def __post_init__(self):
         check_ranges(self)  # every number within its declared range
@@ -324,21 +398,27 @@ def main(argv=None):
 
     argv = sys.argv[1:] if argv is None else list(argv)
     if not argv or argv[0] not in ("tiny", "prompts"):
-        print("usage: python -m t2idemo sd {tiny | prompts} [options]\n"
-              "  tiny     write random tiny SD + CLIP folders for a dry run of every stage\n"
-              "  prompts  print the prompt set's sizes per category and split\n"
-              "(the per-category good rate and mean reward of a labelled set: python -m t2idemo evaluate summary)")
+        print(
+            "usage: python -m t2idemo sd {tiny | prompts} [options]\n"
+            "  tiny     write random tiny SD + CLIP folders for a dry run of every stage\n"
+            "  prompts  print the prompt set's sizes per category and split\n"
+            "(the per-category good rate and mean reward of a labelled set: python -m t2idemo evaluate summary)"
+        )
         return 0 if not argv or argv[0] in ("-h", "--help") else 2
     if argv[0] == "tiny":
         cfg = parse_config(TinyConfig, argv[1:], prog="python -m t2idemo sd tiny")
         sd_dir = build_tiny_sd(os.path.join(cfg.out, "tiny-sd"), cfg.seed, cfg.image_size)
         clip_dir = build_tiny_clip(os.path.join(cfg.out, "tiny-clip"), cfg.seed, cfg.image_size)
-        print(f"wrote {sd_dir} and {clip_dir}; try: python -m t2idemo generate --prompt-set sd --model {sd_dir} "
-              f"--max-prompts 8 --sample-steps 2 --out {os.path.join(cfg.out, 'data')}")
+        print(
+            f"wrote {sd_dir} and {clip_dir}; try: python -m t2idemo generate --prompt-set sd --model {sd_dir} "
+            f"--max-prompts 8 --sample-steps 2 --out {os.path.join(cfg.out, 'data')}"
+        )
     else:
         for cat in CATEGORIES:
-            print(f"{cat:<12} seen {len(all_prompts(cat, unseen=False)):>5}  unseen {len(all_prompts(cat, unseen=True)):>5}"
-                  f"  e.g. {all_prompts(cat)[0][0]!r}")
+            print(
+                f"{cat:<12} seen {len(all_prompts(cat, unseen=False)):>5}  unseen {len(all_prompts(cat, unseen=True)):>5}"
+                f"  e.g. {all_prompts(cat)[0][0]!r}"
+            )
     return 0
 
 

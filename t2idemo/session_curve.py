@@ -27,7 +27,7 @@ from .evaluate import eval_prompts, rate
 from .generate import image_seed, load_pipeline, sample
 from .judge import judge
 from .labels import simulate_labels
-from .loop import LoopConfig, draw_labelling_batch, tune_on_labels, train_reward_on_labels
+from .loop import LoopConfig, draw_labelling_batch, train_reward_on_labels, tune_on_labels
 from .stats import roc_auc
 
 SESSION_CURVE = os.path.join(os.path.dirname(__file__), "assets", "session_curve.png")  # the app's Train tab shows it
@@ -74,8 +74,9 @@ def label_free_reward(out: str) -> dict:
     return {}
 
 
-def session_curve(labels: list, flip: float, seeds: list, eval_images: int, out: str,
-                  cfg: LoopConfig | None = None) -> dict:
+def session_curve(
+    labels: list, flip: float, seeds: list, eval_images: int, out: str, cfg: LoopConfig | None = None
+) -> dict:
     """Every (label count, seed) session and the evaluation (module docstring) -> {"base", "points", "settings"};
     also written to OUT/session_curve.json."""
     from .reward import load_reward_fn
@@ -94,16 +95,25 @@ def session_curve(labels: list, flip: float, seeds: list, eval_images: int, out:
                 s = one_session(pipe, n, flip, scfg, run, os.path.join(out, f"seed{seed}", "unlabelled"))
                 scores = load_reward_fn(s["reward_dir"])(images, prompts).tolist()
                 _, _, good = unseen_images(load_pipeline(s["model"]), eval_images)
-                point = {"labels": n, "seed": seed, "auc": roc_auc(scores, base_good),
-                         "val_auc": s["reward"].get("val_auc"), "yours": rate(sum(good), len(good)),
-                         "train_s": round(s["train_s"], 1), "tune_s": round(s["tune_s"], 1)}
+                point = {
+                    "labels": n,
+                    "seed": seed,
+                    "auc": roc_auc(scores, base_good),
+                    "val_auc": s["reward"].get("val_auc"),
+                    "yours": rate(sum(good), len(good)),
+                    "train_s": round(s["train_s"], 1),
+                    "tune_s": round(s["tune_s"], 1),
+                }
                 with open(done, "w") as f:
                     json.dump(point, f)
             with open(done) as f:
                 points.append(json.load(f))
             print(point_line(points[-1]), flush=True)
-    res = {"base": rate(sum(base_good), len(base_good)), "points": points,
-           "settings": {"flip": flip, "eval_images": eval_images, "loop": dataclasses.asdict(cfg)}}
+    res = {
+        "base": rate(sum(base_good), len(base_good)),
+        "points": points,
+        "settings": {"flip": flip, "eval_images": eval_images, "loop": dataclasses.asdict(cfg)},
+    }
     os.makedirs(out, exist_ok=True)
     with open(os.path.join(out, "session_curve.json"), "w") as f:
         json.dump(res, f, indent=1)
@@ -115,8 +125,10 @@ def pct(r: dict) -> str:
 
 
 def point_line(p: dict) -> str:
-    return (f"labels {p['labels']:>3}  seed {p['seed']}: reward AUC {p['auc']:.3f}, yours {pct(p['yours'])}, "
-            f"train + tune {p['train_s'] + p['tune_s']:.0f} s")
+    return (
+        f"labels {p['labels']:>3}  seed {p['seed']}: reward AUC {p['auc']:.3f}, yours {pct(p['yours'])}, "
+        f"train + tune {p['train_s'] + p['tune_s']:.0f} s"
+    )
 
 
 def curve_table(res: dict) -> str:
@@ -125,9 +137,13 @@ def curve_table(res: dict) -> str:
     for p in res["points"]:
         by_n.setdefault(p["labels"], []).append(p)
     zero = statistics.mean(p["yours"]["p"] for p in by_n.get(0, [])) if 0 in by_n else None
-    lines = [f"base: {pct(base)} of {base['n']} unseen combination images all right", "",
-             "| labels | reward AUC (judge, unseen) | yours, per seed [Wilson 95% CI] | mean gain over base | "
-             "over 0 labels | train + tune |", "|---|---|---|---|---|---|"]
+    lines = [
+        f"base: {pct(base)} of {base['n']} unseen combination images all right",
+        "",
+        "| labels | reward AUC (judge, unseen) | yours, per seed [Wilson 95% CI] | mean gain over base | "
+        "over 0 labels | train + tune |",
+        "|---|---|---|---|---|---|",
+    ]
     for n, ps in sorted(by_n.items()):
         mean = statistics.mean(p["yours"]["p"] for p in ps)
         over0 = "" if zero is None or n == 0 else f"{100 * (mean - zero):+.1f}"
@@ -155,11 +171,17 @@ def plot_curve(res: dict, path: str) -> str:
         ps = sorted((p for p in res["points"] if p["seed"] == seed), key=lambda p: p["labels"])
         x = [xs.index(p["labels"]) + 0.08 * (k - (len(seeds) - 1) / 2) for p in ps]
         y = [100 * p["yours"]["p"] for p in ps]
-        err = [[100 * (p["yours"]["p"] - p["yours"]["lo"]) for p in ps], [100 * (p["yours"]["hi"] - p["yours"]["p"]) for p in ps]]
+        err = [
+            [100 * (p["yours"]["p"] - p["yours"]["lo"]) for p in ps],
+            [100 * (p["yours"]["hi"] - p["yours"]["p"]) for p in ps],
+        ]
         ax.errorbar(x, y, yerr=err, fmt="o-", capsize=3, label=f"your model, training seed {seed}")
     ax.set_xticks(range(len(xs)), [str(n) for n in xs])
-    ax.set(xlabel="labels you give (a person who agrees with the judge 90% of the time)",
-           ylabel="unseen combinations all right (%)", ylim=(0, 100))
+    ax.set(
+        xlabel="labels you give (a person who agrees with the judge 90% of the time)",
+        ylabel="unseen combinations all right (%)",
+        ylim=(0, 100),
+    )
     ax.set_title(f"What a short session buys ({base['n']} images a model)", fontsize=10)
     ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()

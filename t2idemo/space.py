@@ -38,24 +38,34 @@ LABELS_SUFFIX = "-labels"  # the dataset repo of a Space's labels: OWNER/NAME-la
 
 @dataclass
 class SpaceConfig:
-    repo_id: str = ""  # 'owner/name' of the Space
-    private: bool = False  # create the Space private (an existing one keeps its visibility)
-    labels: bool = True  # save visitors' labels to the private dataset OWNER/NAME-labels (the token -> Space secret)
-    torch: str = ""  # torch version of the Space's CPU wheel; "" = the one installed here, e.g. 2.13.0
-    endpoint: str = ""  # Hub URL; "" = huggingface_hub's default (HF_ENDPOINT, else https://huggingface.co)
-    token_env: str = "HF_TOKEN"  # the environment variable holding a write token (never the token itself)
+    # 'owner/name' of the Space
+    repo_id: str = ""
+    # create the Space private (an existing one keeps its visibility)
+    private: bool = False
+    # save visitors' labels to the private dataset OWNER/NAME-labels (the token -> Space secret)
+    labels: bool = True
+    # torch version of the Space's CPU wheel; "" = the one installed here, e.g. 2.13.0
+    torch: str = ""
+    # Hub URL; "" = huggingface_hub's default (HF_ENDPOINT, else https://huggingface.co)
+    endpoint: str = ""
+    # the environment variable holding a write token (never the token itself)
+    token_env: str = "HF_TOKEN"
 
     def __post_init__(self):
         check_repo_id(self.repo_id)
         if self.torch and not re.fullmatch(r"\d+\.\d+(\.\d+)?", self.torch):
-            raise ValueError(f"torch={self.torch!r} is not a release number; use e.g. 2.13.0, or '' for the "
-                             f"installed one")
+            raise ValueError(
+                f"torch={self.torch!r} is not a release number; use e.g. 2.13.0, or '' for the installed one"
+            )
         if self.endpoint and not self.endpoint.startswith(("http://", "https://")):
-            raise ValueError(f"endpoint={self.endpoint!r} is not a URL; use e.g. https://huggingface.co, or '' for "
-                             f"the default")
+            raise ValueError(
+                f"endpoint={self.endpoint!r} is not a URL; use e.g. https://huggingface.co, or '' for the default"
+            )
         if not os.path.isfile(os.path.join(ROOT, "app.py")):
-            raise ValueError(f"repo_id={self.repo_id!r}: no app.py next to {PACKAGE}; run `python -m t2idemo space` "
-                             f"from a clone of the t2idemo repository")
+            raise ValueError(
+                f"repo_id={self.repo_id!r}: no app.py next to {PACKAGE}; run `python -m t2idemo space` "
+                f"from a clone of the t2idemo repository"
+            )
 
 
 def labels_repo(space_id: str) -> str:
@@ -89,20 +99,45 @@ def space_card(repo_id: str, labels: bool) -> str:
     try:
         import gradio
     except ImportError as e:
-        raise ImportError("python -m t2idemo space pins the Space's gradio to the one installed here; install it "
-                          "with: pip install gradio (or pip install -r requirements.txt)") from e
+        raise ImportError(
+            "python -m t2idemo space pins the Space's gradio to the one installed here; install it "
+            "with: pip install gradio (or pip install -r requirements.txt)"
+        ) from e
 
-    meta = {"title": repo_id.split("/")[1], "emoji": "🔺", "colorFrom": "blue", "colorTo": "yellow", "sdk": "gradio",
-            "sdk_version": gradio.__version__, "python_version": ".".join(platform.python_version_tuple()[:2]),
-            "app_file": "app.py", "hf_oauth": True, "hf_oauth_scopes": OAUTH_SCOPES, "pinned": False,
-            "license": "apache-2.0", "short_description": "Label images, tune a text-to-image model on them"}
-    saved = (f"Labels are saved to the private dataset [{labels_repo(repo_id)}](https://huggingface.co/datasets/"
-             f"{labels_repo(repo_id)}) every minute and restored when the Space restarts." if labels else
-             "Labels live on the Space's disk only: a restart loses them.")
-    return "\n".join([_front_matter(meta), "# t2idemo", "",
-                      "Aligning a text-to-image model with human feedback (Lee et al. 2023) in the shapes world: "
-                      "**Label** images, **Train** a reward model and tune the model on your labels, **Compare**, "
-                      "**Share** (sign in with Hugging Face).", "", saved, ""])
+    meta = {
+        "title": repo_id.split("/")[1],
+        "emoji": "🔺",
+        "colorFrom": "blue",
+        "colorTo": "yellow",
+        "sdk": "gradio",
+        "sdk_version": gradio.__version__,
+        "python_version": ".".join(platform.python_version_tuple()[:2]),
+        "app_file": "app.py",
+        "hf_oauth": True,
+        "hf_oauth_scopes": OAUTH_SCOPES,
+        "pinned": False,
+        "license": "apache-2.0",
+        "short_description": "Label images, tune a text-to-image model on them",
+    }
+    saved = (
+        f"Labels are saved to the private dataset [{labels_repo(repo_id)}](https://huggingface.co/datasets/"
+        f"{labels_repo(repo_id)}) every minute and restored when the Space restarts."
+        if labels
+        else "Labels live on the Space's disk only: a restart loses them."
+    )
+    return "\n".join(
+        [
+            _front_matter(meta),
+            "# t2idemo",
+            "",
+            "Aligning a text-to-image model with human feedback (Lee et al. 2023) in the shapes world: "
+            "**Label** images, **Train** a reward model and tune the model on your labels, **Compare**, "
+            "**Share** (sign in with Hugging Face).",
+            "",
+            saved,
+            "",
+        ]
+    )
 
 
 def stage(out: str, cfg: SpaceConfig) -> int:
@@ -123,26 +158,35 @@ def deploy(cfg: SpaceConfig, token: str, log=print) -> dict:
 
     token = check_token(token)
     if constants.is_offline_mode():
-        raise ValueError("HF_HUB_OFFLINE (or TRANSFORMERS_OFFLINE) is set, so huggingface_hub makes no network "
-                         "requests; unset it in the environment of this process to deploy")
+        raise ValueError(
+            "HF_HUB_OFFLINE (or TRANSFORMERS_OFFLINE) is set, so huggingface_hub makes no network "
+            "requests; unset it in the environment of this process to deploy"
+        )
     api = HfApi(endpoint=cfg.endpoint or None, token=token, library_name="t2idemo")
     out, step = {"space": None, "labels": None, "files": 0}, "staging the files"
     try:
         with tempfile.TemporaryDirectory(prefix="t2idemo-space-") as tmp:
             n = stage(os.path.join(tmp, "space"), cfg)
             step = f"creating the Space {cfg.repo_id}"
-            url = api.create_repo(cfg.repo_id, repo_type="space", space_sdk="gradio", private=cfg.private or None,
-                                  exist_ok=True)
+            url = api.create_repo(
+                cfg.repo_id, repo_type="space", space_sdk="gradio", private=cfg.private or None, exist_ok=True
+            )
             if cfg.labels:
                 step = f"creating the labels dataset {labels_repo(cfg.repo_id)}"
-                out["labels"] = str(api.create_repo(labels_repo(cfg.repo_id), repo_type="dataset", private=True,
-                                                    exist_ok=True))
+                out["labels"] = str(
+                    api.create_repo(labels_repo(cfg.repo_id), repo_type="dataset", private=True, exist_ok=True)
+                )
                 step = f"setting the Space's HF_TOKEN secret of {cfg.repo_id}"
                 api.add_space_secret(cfg.repo_id, "HF_TOKEN", token, description="t2idemo: saves the labels")
             step = f"uploading {n} files to the Space {cfg.repo_id}"
             log(f"{step} ...")
-            api.upload_folder(repo_id=cfg.repo_id, repo_type="space", folder_path=os.path.join(tmp, "space"),
-                              commit_message="t2idemo app", delete_patterns=["t2idemo/**"])
+            api.upload_folder(
+                repo_id=cfg.repo_id,
+                repo_type="space",
+                folder_path=os.path.join(tmp, "space"),
+                commit_message="t2idemo app",
+                delete_patterns=["t2idemo/**"],
+            )
             out["space"], out["files"] = str(url), n
     except Exception as e:  # the Hub's answer, with the token scrubbed; the chain is dropped for the same reason
         raise PushError(scrub(f"deploy failed while {step}: {type(e).__name__}: {e}", token)) from None
@@ -151,9 +195,13 @@ def deploy(cfg: SpaceConfig, token: str, log=print) -> dict:
 
 
 def main(argv=None):
-    cfg = parse_config(SpaceConfig, argv, prog="python -m t2idemo space",
-                       description="Create or update a Gradio Space running the app (CPU), and the dataset that "
-                                   "keeps its labels. The token is read from the environment variable --token-env "
-                                   "names (HF_TOKEN by default).")
+    cfg = parse_config(
+        SpaceConfig,
+        argv,
+        prog="python -m t2idemo space",
+        description="Create or update a Gradio Space running the app (CPU), and the dataset that "
+        "keeps its labels. The token is read from the environment variable --token-env "
+        "names (HF_TOKEN by default).",
+    )
     run_with_token(deploy, cfg)
     return 0

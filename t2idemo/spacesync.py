@@ -62,8 +62,9 @@ def workdir(default: str) -> str:
 
 def store_state(store: str) -> tuple:
     """What changes when the store changes: (size, mtime) of the file and of its write-ahead log."""
-    return tuple((os.stat(p).st_size, os.stat(p).st_mtime_ns) if os.path.exists(p) else None
-                 for p in (store, store + "-wal"))
+    return tuple(
+        (os.stat(p).st_size, os.stat(p).st_mtime_ns) if os.path.exists(p) else None for p in (store, store + "-wal")
+    )
 
 
 def backup_store(store: str, backup: str) -> None:
@@ -125,8 +126,15 @@ def scheduler(folder: str, repo_id: str, minutes: float, uploaded=()):
                 self.backed_up = state
             return super().push_to_hub()
 
-    sched = LabelScheduler(repo_id=repo_id, repo_type="dataset", folder_path=folder, path_in_repo=PATH_IN_REPO,
-                           every=minutes, private=True, ignore_patterns=LIVE)
+    sched = LabelScheduler(
+        repo_id=repo_id,
+        repo_type="dataset",
+        folder_path=folder,
+        path_in_repo=PATH_IN_REPO,
+        every=minutes,
+        private=True,
+        ignore_patterns=LIVE,
+    )
     from pathlib import Path
 
     with sched.lock:

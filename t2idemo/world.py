@@ -81,8 +81,12 @@ HELDOUT_COLOR_SHAPE = {("red", "triangle"), ("blue", "circle"), ("orange", "squa
 HELDOUT_COUNT_SHAPE = {(3, "triangle"), (2, "square")}
 HELDOUT_SHAPE_SCENE = {("circle", "night"), ("square", "sand")}
 HELDOUT_COUNT_COLOR_SCENE = {
-    (2, "green", "sky"), (3, "purple", "grass"), (4, "yellow", "snow"),
-    (2, "red", "sand"), (4, "blue", "night"), (3, "orange", "sky"),
+    (2, "green", "sky"),
+    (3, "purple", "grass"),
+    (4, "yellow", "snow"),
+    (2, "red", "sand"),
+    (4, "blue", "night"),
+    (3, "orange", "sky"),
 }
 
 
@@ -181,8 +185,13 @@ def random_prompt(rng: random.Random, category: str | None = None, unseen: bool 
     (feedback prompts), ``unseen=True`` insists on one (the unseen evaluation set), None takes either."""
     for _ in range(10_000):
         cat = category or rng.choice(CATEGORIES)
-        p, meta = make_prompt(cat, count=rng.choice(COUNTS), color=rng.choice(list(COLORS)),
-                              shape=rng.choice(SHAPES), scene=rng.choice(list(SCENES)))
+        p, meta = make_prompt(
+            cat,
+            count=rng.choice(COUNTS),
+            color=rng.choice(list(COLORS)),
+            shape=rng.choice(SHAPES),
+            scene=rng.choice(list(SCENES)),
+        )
         if unseen is None or meta["unseen"] == unseen:
             return p, meta
     raise RuntimeError(f"no {category} prompt with unseen={unseen}")
@@ -191,7 +200,7 @@ def random_prompt(rng: random.Random, category: str | None = None, unseen: bool 
 def all_prompts(category: str | None = None, unseen: bool | None = None) -> list[tuple[str, dict]]:
     """Every distinct prompt of the world (optionally of one category / split), in a fixed order."""
     out, seen = [], set()
-    for cat in ([category] if category else CATEGORIES):
+    for cat in [category] if category else CATEGORIES:
         for c in COUNTS:
             for col in COLORS:
                 for sh in SHAPES:
@@ -228,14 +237,20 @@ def parse_prompt(prompt: str) -> dict:
             values["shape"] = w.rstrip("s")
             named.append("shape")
         else:
-            raise ValueError(f"prompt={prompt!r}: word {w!r} is not in the shapes world's vocabulary "
-                             f"(counts {tuple(COUNT_WORDS.values())}, colours {tuple(COLORS)}, shapes {SHAPES}, "
-                             f"'on' + scenes {tuple(SCENES)})")
+            raise ValueError(
+                f"prompt={prompt!r}: word {w!r} is not in the shapes world's vocabulary "
+                f"(counts {tuple(COUNT_WORDS.values())}, colours {tuple(COLORS)}, shapes {SHAPES}, "
+                f"'on' + scenes {tuple(SCENES)})"
+            )
     if values["shape"] is None:
         raise ValueError(f"prompt={prompt!r} names no shape; use one of {SHAPES}")
     order = [a for a in ATTRIBUTES if a in named]
-    cat = {("count", "shape"): "count", ("color", "shape"): "color", ("shape", "scene"): "background",
-           ("count", "color", "shape", "scene"): "combination"}.get(tuple(order), "other")
+    cat = {
+        ("count", "shape"): "count",
+        ("color", "shape"): "color",
+        ("shape", "scene"): "background",
+        ("count", "color", "shape", "scene"): "combination",
+    }.get(tuple(order), "other")
     meta = {"category": cat, "named": order, **values}
     meta["unseen"] = is_unseen(meta)
     return meta
@@ -245,6 +260,7 @@ def parse_prompt(prompt: str) -> dict:
 @dataclass
 class Scene:
     """Every attribute of one image, plus where the shapes are (pixel units at 32x32)."""
+
     count: int
     color: str
     shape: str
@@ -302,8 +318,13 @@ def render_prompt(meta: dict, rng: random.Random) -> tuple[Image.Image, Scene]:
 
 def random_caption(sc: Scene, rng: random.Random, p_count=0.1, p_color=0.75, p_scene=0.75) -> str:
     """A caption for a rendered scene: each attribute is stated with its own probability (the shape always)."""
-    return caption(sc.count, sc.color if rng.random() < p_color else None, sc.shape,
-                   sc.scene if rng.random() < p_scene else None, state_count=rng.random() < p_count)
+    return caption(
+        sc.count,
+        sc.color if rng.random() < p_color else None,
+        sc.shape,
+        sc.scene if rng.random() < p_scene else None,
+        state_count=rng.random() < p_count,
+    )
 
 
 # ----------------------------------------------------------------------------- what a base model learns from
@@ -321,6 +342,7 @@ TYPICAL_SCENE = {"circle": "sky", "square": "snow", "triangle": "grass"}
 @dataclass(frozen=True)
 class Prior:
     """A distribution of captioned scenes, the data a model pre-trains on. Shapes are uniform."""
+
     p_typical_color: float  # probability that a shape has its typical colour (else uniform over all 6); 0 - 1
     p_typical_scene: float  # probability that a shape stands on its typical scene (else uniform over all 5); 0 - 1
     p_count: float  # probability that a caption states the count ("three circles"); 0 - 1
@@ -383,9 +405,11 @@ def is_typical(meta: dict) -> bool:
     """True if a prompt asks only for what the LAION-like prior shows most: the shape's typical colour and scene,
     and one shape if it states a count. A sane base model draws these right (the README's base-model table)."""
     named, sh = set(meta["named"]), meta.get("shape")
-    return (("color" not in named or meta.get("color") == TYPICAL_COLOR[sh])
-            and ("scene" not in named or meta.get("scene") == TYPICAL_SCENE[sh])
-            and ("count" not in named or meta.get("count") == 1))
+    return (
+        ("color" not in named or meta.get("color") == TYPICAL_COLOR[sh])
+        and ("scene" not in named or meta.get("scene") == TYPICAL_SCENE[sh])
+        and ("count" not in named or meta.get("count") == 1)
+    )
 
 
 def typical_prompts(category: str | None = None) -> list[tuple[str, dict]]:

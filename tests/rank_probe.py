@@ -5,6 +5,7 @@
 takes `python -m t2idemo finetune`'s options and writes O.rank{k}.json: the row indices of every batch that
 process k fetched from the cached-latent Dataset (tests/test_finetune.py reads them).
 """
+
 import json
 import sys
 

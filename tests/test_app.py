@@ -19,24 +19,33 @@ import time
 import urllib.request
 
 import numpy as np
-from PIL import Image
 import pytest
+from conftest import make_render_dataset
+from PIL import Image
+from test_hub import TOKEN, FakeHub
 
 import app as t2iapp
-from conftest import make_render_dataset
 from t2idemo import world
 from t2idemo.data import load_rows
 from t2idemo.generate import BASE_MODEL, DEFAULT_STEPS
 from t2idemo.labels import LabelStore, default_store_path
-from test_hub import TOKEN, FakeHub
 
 CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 browser_test = pytest.mark.skipif(
     not os.path.exists(CHROMIUM) or importlib.util.find_spec("playwright") is None,
     reason=f"browser tests need Debian's chromium at {CHROMIUM} (apt-get install -y chromium) and Playwright "
-           f"(pip install playwright; no `playwright install` needed)")
+    f"(pip install playwright; no `playwright install` needed)",
+)
 
 
 # ----------------------------------------------------------------------------- fixtures
@@ -57,8 +66,18 @@ def reward_dir(tmp_path_factory):
             rows.append({"file_name": name, "prompt": prompt, **meta})
     with open(root / "data" / "metadata.jsonl", "w") as f:
         f.writelines(json.dumps(r) + "\n" for r in rows)
-    train(RewardConfig(data=str(root / "data"), labels="judge", run=str(root / "run"), max_epochs=5, patience=2,
-                       batch=16, val_frac=0.25, device="cpu"))
+    train(
+        RewardConfig(
+            data=str(root / "data"),
+            labels="judge",
+            run=str(root / "run"),
+            max_epochs=5,
+            patience=2,
+            batch=16,
+            val_frac=0.25,
+            device="cpu",
+        )
+    )
     return str(root / "run")
 
 
@@ -73,20 +92,37 @@ def data_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def the_app(reward_dir, data_dir, tmp_path_factory):
     """The app's handlers in this process (base model on both sides), labelling ``data_dir``."""
-    return t2iapp.App(t2iapp.AppConfig(aligned=BASE_MODEL, reward=reward_dir, data=data_dir, share_shipped=True,
-                                       workdir=str(tmp_path_factory.mktemp("work"))))
+    return t2iapp.App(
+        t2iapp.AppConfig(
+            aligned=BASE_MODEL,
+            reward=reward_dir,
+            data=data_dir,
+            share_shipped=True,
+            workdir=str(tmp_path_factory.mktemp("work")),
+        )
+    )
 
 
 @pytest.fixture(scope="module")
 def drawing_app(reward_dir, tmp_path_factory):
     """The app as on a Space: no --data, so it labels what its Draw button draws; small tunes."""
-    return t2iapp.App(t2iapp.AppConfig(aligned=BASE_MODEL, reward=reward_dir, workdir=str(tmp_path_factory.mktemp("space")),
-                                       train_steps=3, unlabelled_per_prompt=0, eval_images=8))
+    return t2iapp.App(
+        t2iapp.AppConfig(
+            aligned=BASE_MODEL,
+            reward=reward_dir,
+            workdir=str(tmp_path_factory.mktemp("space")),
+            train_steps=3,
+            unlabelled_per_prompt=0,
+            eval_images=8,
+        )
+    )
 
 
 # ----------------------------------------------------------------------------- config and input checks
 def test_missing_models_fail_naming_the_flag(tmp_path, reward_dir, monkeypatch):
-    with pytest.raises(ValueError, match=r"--aligned '.*nowhere': is not a StableDiffusionPipeline folder .*--aligned PATH"):
+    with pytest.raises(
+        ValueError, match=r"--aligned '.*nowhere': is not a StableDiffusionPipeline folder .*--aligned PATH"
+    ):
         t2iapp.AppConfig(aligned=str(tmp_path / "nowhere"), reward=reward_dir)
     with pytest.raises(ValueError, match=r"--reward '.*': is not a reward model folder \(no reward_config.json\)"):
         t2iapp.AppConfig(aligned=BASE_MODEL, reward=str(tmp_path))
@@ -109,33 +145,43 @@ def test_defaults_are_the_shipped_models():
 
     cfg = t2iapp.AppConfig()
     assert os.path.isfile(os.path.join(cfg.aligned, "model_index.json"))
-    scores = load_reward_fn(cfg.reward)([world.render_prompt(world.parse_prompt("two red circles on sky"),
-                                                             random.Random(0))[0]], ["two red circles on sky"])
+    scores = load_reward_fn(cfg.reward)(
+        [world.render_prompt(world.parse_prompt("two red circles on sky"), random.Random(0))[0]],
+        ["two red circles on sky"],
+    )
     assert scores.shape == (1,) and 0 <= float(scores[0]) <= 1
 
 
 def test_cli_exits_with_the_message(tmp_path):
-    r = subprocess.run([sys.executable, "app.py", "--aligned", str(tmp_path / "nowhere")], capture_output=True,
-                       text=True, timeout=120, cwd=os.path.dirname(t2iapp.__file__))
+    r = subprocess.run(
+        [sys.executable, "app.py", "--aligned", str(tmp_path / "nowhere")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=os.path.dirname(t2iapp.__file__),
+    )
     assert r.returncode == 2 and "--aligned" in r.stderr and "nowhere" in r.stderr and "Traceback" not in r.stderr
 
 
-@pytest.mark.parametrize("args, message", [
-    (("", 0, 15, 5.0, 4), "prompt is empty"),
-    (("   ", 0, 15, 5.0, 4), "prompt is empty"),
-    (("two red dogs", 0, 15, 5.0, 4), "word 'dogs' is not in the shapes world's vocabulary"),
-    (("two circles", 0, 0, 5.0, 4), r"steps=0 is out of range; use an integer from 1 to 100"),
-    (("two circles", 0, 101, 5.0, 4), r"steps=101 is out of range"),
-    (("two circles", 0, None, 5.0, 4), r"steps is empty"),
-    (("two circles", 0, 2.5, 5.0, 4), r"steps=2.5 is not allowed; use an integer from 1 to 100"),
-    (("two circles", 0, "many", 5.0, 4), r"steps='many' is not allowed"),
-    (("two circles", 0, 15, float("nan"), 4), r"guidance=nan is not allowed; use a number from 0.0 to 20.0"),
-    (("two circles", -1, 15, 5.0, 4), r"seed=-1 is out of range"),
-    (("two circles", 0, 15, 25.0, 4), r"guidance=25.0 is out of range; use a number from 0.0 to 20.0"),
-    (("two circles", 0, 15, 5.0, 0), r"images=0 is out of range; use an integer from 1 to 16"),
-    (("two circles " * 1000, 0, 15, 5.0, 4), r"prompt is 11999 characters long; use at most 200"),
-    (("zwei rote kreise ✓", 0, 15, 5.0, 4), r"word 'zwei' is not in the shapes world's vocabulary"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (("", 0, 15, 5.0, 4), "prompt is empty"),
+        (("   ", 0, 15, 5.0, 4), "prompt is empty"),
+        (("two red dogs", 0, 15, 5.0, 4), "word 'dogs' is not in the shapes world's vocabulary"),
+        (("two circles", 0, 0, 5.0, 4), r"steps=0 is out of range; use an integer from 1 to 100"),
+        (("two circles", 0, 101, 5.0, 4), r"steps=101 is out of range"),
+        (("two circles", 0, None, 5.0, 4), r"steps is empty"),
+        (("two circles", 0, 2.5, 5.0, 4), r"steps=2.5 is not allowed; use an integer from 1 to 100"),
+        (("two circles", 0, "many", 5.0, 4), r"steps='many' is not allowed"),
+        (("two circles", 0, 15, float("nan"), 4), r"guidance=nan is not allowed; use a number from 0.0 to 20.0"),
+        (("two circles", -1, 15, 5.0, 4), r"seed=-1 is out of range"),
+        (("two circles", 0, 15, 25.0, 4), r"guidance=25.0 is out of range; use a number from 0.0 to 20.0"),
+        (("two circles", 0, 15, 5.0, 0), r"images=0 is out of range; use an integer from 1 to 16"),
+        (("two circles " * 1000, 0, 15, 5.0, 4), r"prompt is 11999 characters long; use at most 200"),
+        (("zwei rote kreise ✓", 0, 15, 5.0, 4), r"word 'zwei' is not in the shapes world's vocabulary"),
+    ],
+)
 def test_compare_rejects_bad_input_naming_the_argument(the_app, args, message):
     with pytest.raises(ValueError, match=message):
         the_app.compare(*args)
@@ -147,7 +193,9 @@ def test_examples_cover_every_category_typical_atypical_and_unseen():
     for prompt, label in examples:
         meta = world.parse_prompt(prompt)
         assert label.startswith(meta["category"]) and ("unseen" in label) == meta["unseen"]
-        assert (" typical" in label) == world.is_typical(meta) and ("atypical" in label) == (not world.is_typical(meta))
+        assert (" typical" in label) == world.is_typical(meta) and ("atypical" in label) == (
+            not world.is_typical(meta)
+        )
 
 
 # ----------------------------------------------------------------------------- handlers, in-process
@@ -160,9 +208,15 @@ def test_compare_draws_both_models_from_the_same_seeds(the_app):
         assert np.array_equal(np.asarray(b), np.asarray(a)) and b_cap == a_cap  # same model, same seed: same image
     assert "three purple circles on grass" in summary and "| base |" in summary and "| aligned |" in summary
     assert "**unseen**" in summary  # (3, purple, grass) is a held-out triple
-    cap = t2iapp.caption({"pred": {"count": 3, "color": "red", "shape": "circle", "scene": "snow"},
-                          "correct": {"count": False, "color": True, "shape": True, "scene": False}, "good": False},
-                         world.parse_prompt("two red circles"), 0.413)
+    cap = t2iapp.caption(
+        {
+            "pred": {"count": 3, "color": "red", "shape": "circle", "scene": "snow"},
+            "correct": {"count": False, "color": True, "shape": True, "scene": False},
+            "good": False,
+        },
+        world.parse_prompt("two red circles"),
+        0.413,
+    )
     assert cap == "✗ count 3 · r 0.41"  # the scene was not asked for, so it is not blamed
 
 
@@ -182,9 +236,13 @@ def test_the_visitor_benchmark_times_each_step_of_the_loop(reward_dir, tmp_path)
     from t2idemo.benchmarks import app_visitor
     from t2idemo.loop import LoopConfig
 
-    backend = Backend(BASE_MODEL, BASE_MODEL, reward_dir, str(tmp_path), loop=LoopConfig(batch=4, unlabelled_per_prompt=1,
-                                                                                          unlabelled_split="labelled",
-                                                                                          eval_images=4))
+    backend = Backend(
+        BASE_MODEL,
+        BASE_MODEL,
+        reward_dir,
+        str(tmp_path),
+        loop=LoopConfig(batch=4, unlabelled_per_prompt=1, unlabelled_split="labelled", eval_images=4),
+    )
     r = app_visitor(backend, 12, 2)
     backend.store.close()
     assert all(r[k] > 0 for k in ("draw_s", "agreement_s", "reward_s", "tune_s", "compare_s"))
@@ -221,13 +279,14 @@ def test_grid_saves_a_screen_at_once_and_undo_takes_it_back_whole(the_app, data_
     names = [r["file_name"] for r in the_app.rows]
     assert [r["file_name"] for r in the_app.label_screen("yan", 6, 4)] == names[6:] + names[:2]  # wraps round
     for call, message in [
-            (lambda: the_app.label_screen("yan", 0, 0), "screen=0 is out of range; use an integer from 1 to 16"),
-            (lambda: the_app.label_screen("yan", 99), "start=99 is not allowed; use a row number from 0 to 7"),
-            (lambda: the_app.save_screen("yan", names, [], "meh"), r"mark='meh' is not allowed; use one of \('good', "),
-            (lambda: the_app.save_screen("yan", ["nope.png"], []), r"file_names=\['nope.png'\] is not allowed"),
-            (lambda: the_app.save_screen("yan", names[:2], names[3:4]), r"marked=\['00003.png'\] is not allowed"),
-            (lambda: the_app.save_screen("majority", names, []), "name='majority' is reserved"),
-            (lambda: the_app.grid_submit({"labeler": None}, "good"), "press Start")]:
+        (lambda: the_app.label_screen("yan", 0, 0), "screen=0 is out of range; use an integer from 1 to 16"),
+        (lambda: the_app.label_screen("yan", 99), "start=99 is not allowed; use a row number from 0 to 7"),
+        (lambda: the_app.save_screen("yan", names, [], "meh"), r"mark='meh' is not allowed; use one of \('good', "),
+        (lambda: the_app.save_screen("yan", ["nope.png"], []), r"file_names=\['nope.png'\] is not allowed"),
+        (lambda: the_app.save_screen("yan", names[:2], names[3:4]), r"marked=\['00003.png'\] is not allowed"),
+        (lambda: the_app.save_screen("majority", names, []), "name='majority' is reserved"),
+        (lambda: the_app.grid_submit({"labeler": None}, "good"), "press Start"),
+    ]:
         with pytest.raises(ValueError, match=message):
             call()
     cells, *_, status, state = the_app.grid_view({})
@@ -260,8 +319,13 @@ def test_a_second_store_in_the_apps_process_leaves_its_later_labels_on_disk(the_
     LabelStore read the file's header with open(): its close dropped the app's SQLite locks, the reader's close then
     deleted the write-ahead log under the app, and every later click of the app was lost."""
     names, store = [r["file_name"] for r in the_app.rows], default_store_path(data_dir)
-    read = [sys.executable, "-c", "import sys; from t2idemo.labels import LabelStore\n"
-            "with LabelStore(sys.argv[1]) as s: print(sorted(s.labels('una').values()))", store]
+    read = [
+        sys.executable,
+        "-c",
+        "import sys; from t2idemo.labels import LabelStore\n"
+        "with LabelStore(sys.argv[1]) as s: print(sorted(s.labels('una').values()))",
+        store,
+    ]
     *_, state = the_app.label_start("una")
     state = the_app.grid_submit(the_app.grid_view(state)[-1], "bad", *[True] * len(names))[-1]
     LabelStore(store).close()  # what Share and Train do in the app's process
@@ -349,7 +413,9 @@ def test_train_and_tune_add_your_model_for_you_only(drawing_app, monkeypatch):
     text, state = app.tune(2, state)
     assert "Your model is ready" in text and os.path.isfile(os.path.join(state["mine"], "model_index.json"))
     assert re.search(r"on 8 unseen combination prompts \(fixed seeds\): base \d+% all right \[\d+, \d+\], yours", text)
-    assert re.search(r"(better than|worse than) the base, CIs apart|CIs overlapping", text)  # what the CIs say, not a stock line
+    assert re.search(
+        r"(better than|worse than) the base, CIs apart|CIs overlapping", text
+    )  # what the CIs say, not a stock line
     base, aligned, mine, summary = app.compare("two red circles on sky", 0, 4, 3.0, 2, state)
     assert len(mine) == 2 and "| yours |" in summary
     *_, other, _ = app.compare("two red circles on sky", 0, 4, 3.0, 2, app.session({}))
@@ -378,6 +444,7 @@ def test_cancel_stops_the_fine_tune_and_keeps_nothing(drawing_app, monkeypatch):
 
 def test_share_pushes_your_model_and_names_only_with_consent(drawing_app, monkeypatch):
     from huggingface_hub import constants
+
     from t2idemo.share_page import consent
 
     app = drawing_app
@@ -413,7 +480,9 @@ def test_build_wires_four_tabs_and_a_password_field(the_app):
     blocks = list(t2iapp.build(the_app).blocks.values())
     assert [b.label for b in blocks if isinstance(b, gr.Tab)] == ["Compare", "Label", "Train", "Share"]
     by_id = {b.elem_id: b for b in blocks if getattr(b, "elem_id", None)}
-    assert {"prompt", "generate", "base-gallery", "aligned-gallery", "label-good", "label-undo", "share-repo"} <= set(by_id)
+    assert {"prompt", "generate", "base-gallery", "aligned-gallery", "label-good", "label-undo", "share-repo"} <= set(
+        by_id
+    )
     assert {"label-grid", "grid-mark", "grid-image-11", "grid-tick-11", "grid-submit", "grid-undo"} <= set(by_id)
     assert by_id["share-token"].type == "password"
 
@@ -439,15 +508,39 @@ def server(reward_dir, hub_server, tmp_path_factory):
     root = tmp_path_factory.mktemp("server")
     log, tmp, work = root / "app.log", root / "gradio", root / "work"
     env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
-    env.update(HF_ENDPOINT=hub_server.url, GRADIO_TEMP_DIR=str(tmp), GRADIO_ANALYTICS_ENABLED="False",
-               PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")  # any stray Hub call goes to FakeHub, not the internet
+    env.update(
+        HF_ENDPOINT=hub_server.url,
+        GRADIO_TEMP_DIR=str(tmp),
+        GRADIO_ANALYTICS_ENABLED="False",
+        PYTHONUNBUFFERED="1",
+        OMP_NUM_THREADS="1",
+    )  # any stray Hub call goes to FakeHub, not the internet
     port = free_port()
     with open(log, "w") as out:
-        proc = subprocess.Popen([sys.executable, "app.py", "--aligned", BASE_MODEL, "--reward", reward_dir,
-                                 "--workdir", str(work), "--train-steps", "2", "--unlabelled-per-prompt", "1",
-                                 "--eval-images", "8",
-                                 "--port", str(port)], stdout=out, stderr=subprocess.STDOUT,
-                                env=env, cwd=os.path.dirname(t2iapp.__file__))
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "app.py",
+                "--aligned",
+                BASE_MODEL,
+                "--reward",
+                reward_dir,
+                "--workdir",
+                str(work),
+                "--train-steps",
+                "2",
+                "--unlabelled-per-prompt",
+                "1",
+                "--eval-images",
+                "8",
+                "--port",
+                str(port),
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=os.path.dirname(t2iapp.__file__),
+        )
     url = f"http://127.0.0.1:{port}/"
     deadline = time.time() + 180
     while True:

@@ -1,4 +1,5 @@
 """The README's main command and the command-line front door."""
+
 import subprocess
 import sys
 
@@ -12,7 +13,17 @@ def run(*args):
 
 def test_sample_writes_a_grid_from_the_shipped_model(tmp_path):
     out = tmp_path / "grid.png"
-    r = run("sample", "--out", str(out), "--per-prompt", "3", "--sample-steps", "4", "--prompts", "two circles|a red square")
+    r = run(
+        "sample",
+        "--out",
+        str(out),
+        "--per-prompt",
+        "3",
+        "--sample-steps",
+        "4",
+        "--prompts",
+        "two circles|a red square",
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     assert "SampleConfig" in r.stdout  # the resolved config is printed
     assert Image.open(out).size == (3 * 32 * 4, 2 * 32 * 4)
@@ -27,10 +38,13 @@ def test_unknown_command_and_bad_values_fail_clearly(tmp_path):
     assert r.returncode != 0 and "'dog'" in r.stderr
 
 
-@pytest.mark.parametrize("command, args, message", [
-    ("finetune", ["--data", "nowhere", "--weight", "label"], "data='nowhere' has no metadata.jsonl"),
-    ("evaluate", ["--models", "nowhere"], "nowhere"),
-])
+@pytest.mark.parametrize(
+    "command, args, message",
+    [
+        ("finetune", ["--data", "nowhere", "--weight", "label"], "data='nowhere' has no metadata.jsonl"),
+        ("evaluate", ["--models", "nowhere"], "nowhere"),
+    ],
+)
 def test_bad_input_found_late_is_one_line_without_a_traceback(tmp_path, command, args, message):
     r = run(command, *args)
     assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr
@@ -46,9 +60,25 @@ def test_help_lists_the_commands():
 def test_main_command_runs_end_to_end_shrunk(tmp_path):
     """The README's main command, `python -m t2idemo run`, with every size shrunk."""
     out = tmp_path / "run"
-    r = run("run", "--out", str(out), "--preset", "shapes-small", "--generate.max-prompts", "3", "--generate.per-prompt", "2",
-            "--unlabelled-per-prompt", "0", "--finetune.train-steps", "2", "--evaluate.n-combination", "4",
-            "--evaluate.n-single", "1")
+    r = run(
+        "run",
+        "--out",
+        str(out),
+        "--preset",
+        "shapes-small",
+        "--generate.max-prompts",
+        "3",
+        "--generate.per-prompt",
+        "2",
+        "--unlabelled-per-prompt",
+        "0",
+        "--finetune.train-steps",
+        "2",
+        "--evaluate.n-combination",
+        "4",
+        "--evaluate.n-single",
+        "1",
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     assert "RunConfig" in r.stdout and "| round 1 |" in r.stdout  # the config, then the before/after table
     assert (out / "report" / "report.md").is_file() and (out / "round1" / "aligned" / "model_index.json").is_file()

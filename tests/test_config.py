@@ -28,21 +28,36 @@ def stage_configs() -> dict:
     import t2idemo.runconfig as runconfig
     import t2idemo.sd as sd
 
-    return {"GenerateConfig": generate.GenerateConfig(), "SampleConfig": generate.SampleConfig(),
-            "LabelConfig": labels.LabelConfig(), "RewardConfig": reward.RewardConfig(),
-            "FinetuneConfig": finetune.FinetuneConfig(weight="label"), "EvalConfig": evaluate.EvalConfig(),
-            "PretrainConfig": pretrain.PretrainConfig(), "TinyConfig": sd.TinyConfig(),
-            "OveroptConfig": overopt.OveroptConfig(), "LoopConfig": loop.LoopConfig(), "RunConfig": runconfig.RunConfig()}
+    return {
+        "GenerateConfig": generate.GenerateConfig(),
+        "SampleConfig": generate.SampleConfig(),
+        "LabelConfig": labels.LabelConfig(),
+        "RewardConfig": reward.RewardConfig(),
+        "FinetuneConfig": finetune.FinetuneConfig(weight="label"),
+        "EvalConfig": evaluate.EvalConfig(),
+        "PretrainConfig": pretrain.PretrainConfig(),
+        "TinyConfig": sd.TinyConfig(),
+        "OveroptConfig": overopt.OveroptConfig(),
+        "LoopConfig": loop.LoopConfig(),
+        "RunConfig": runconfig.RunConfig(),
+    }
 
 
 def numeric_fields(cfg) -> list:
-    return [f for f in dataclasses.fields(cfg)
-            if isinstance(getattr(cfg, f.name), (int, float)) and not isinstance(getattr(cfg, f.name), bool)]
+    return [
+        f
+        for f in dataclasses.fields(cfg)
+        if isinstance(getattr(cfg, f.name), (int, float)) and not isinstance(getattr(cfg, f.name), bool)
+    ]
 
 
 def test_every_numeric_field_declares_its_range_and_its_default_is_inside():
-    missing = [f"{name}.{f.name}" for name, cfg in stage_configs().items() for f in numeric_fields(cfg)
-               if config.field_range(f) is None]
+    missing = [
+        f"{name}.{f.name}"
+        for name, cfg in stage_configs().items()
+        for f in numeric_fields(cfg)
+        if config.field_range(f) is None
+    ]
     assert not missing, f"declare a range with config.ranged(default, lo, hi) for {missing}"
     for name, cfg in stage_configs().items():
         for f in numeric_fields(cfg):
@@ -64,7 +79,9 @@ def test_every_out_of_range_value_stops_the_config_with_a_one_line_error():
     for name, cfg in stage_configs().items():
         for f in numeric_fields(cfg):
             for bad in out_of_range(f):
-                with pytest.raises(ValueError, match=rf"^{f.name}={re.escape(repr(bad))} is out of range; use .* from "):
+                with pytest.raises(
+                    ValueError, match=rf"^{f.name}={re.escape(repr(bad))} is out of range; use .* from "
+                ):
                     dataclasses.replace(cfg, **{f.name: bad})
                 checked += 1
     assert checked > 150
@@ -74,10 +91,12 @@ def test_the_main_jobs_flags_are_checked_before_any_work(capsys):
     """`run --finetune.lr -1` stops at parse time, naming the stage's field; abbreviations are not accepted."""
     from t2idemo.run import parse_args
 
-    for argv, expected in ((["--finetune.lr", "-1"], "finetune.lr=-1.0 is out of range"),
-                           (["--evaluate.n-single", "0"], "evaluate.n_single=0 is out of range"),
-                           (["--beta", "0.25"], "unrecognized arguments: --beta 0.25"),
-                           (["--round", "2"], "unrecognized arguments: --round 2")):
+    for argv, expected in (
+        (["--finetune.lr", "-1"], "finetune.lr=-1.0 is out of range"),
+        (["--evaluate.n-single", "0"], "evaluate.n_single=0 is out of range"),
+        (["--beta", "0.25"], "unrecognized arguments: --beta 0.25"),
+        (["--round", "2"], "unrecognized arguments: --round 2"),
+    ):
         with pytest.raises(SystemExit) as e:
             parse_args(argv)
         err = capsys.readouterr().err
@@ -94,11 +113,15 @@ def test_a_round_set_field_is_none_until_the_round_sets_it_and_a_stage_refuses_n
         generate_dataset(cfg.generate)
     rnd = round_configs(cfg, 2, "M", RunPaths("OUT").round(2))
     assert rnd.feedback.out == os.path.join("OUT", "round2", "feedback") and rnd.reward.data.endswith("reward_data")
-    assert all(v is not None for c in (rnd.feedback, rnd.labels, rnd.reward, rnd.unlabelled, *rnd.finetune.values())
-               for v in dataclasses.asdict(c).values())
+    assert all(
+        v is not None
+        for c in (rnd.feedback, rnd.labels, rnd.reward, rnd.unlabelled, *rnd.finetune.values())
+        for v in dataclasses.asdict(c).values()
+    )
     with pytest.raises(ValueError, match="finetune.out is set by each round"):
         changed(cfg, **{"finetune.out": "x"})
     from t2idemo.runconfig import PRESETS, RECIPES
+
     assert not [k for d in (*PRESETS.values(), *RECIPES.values()) for k in d if k in ROUND_SETS]
 
 
@@ -134,8 +157,11 @@ def messages(path: str) -> list:
             skip.add(id(node.body[0].value))
         if isinstance(node, ast.Call) and getattr(node.func, "attr", "") == "add_argument" and node.args:
             skip |= {id(a) for a in node.args}
-    return [n.value for n in ast.walk(tree) if isinstance(n, ast.Constant) and isinstance(n.value, str)
-            and id(n) not in skip]
+    return [
+        n.value
+        for n in ast.walk(tree)
+        if isinstance(n, ast.Constant) and isinstance(n.value, str) and id(n) not in skip
+    ]
 
 
 OTHER_TOOLS_FLAGS = {"--extra-index-url"}  # pip's: space.py writes it into the Space's requirements.txt
@@ -146,8 +172,11 @@ def test_every_flag_a_message_names_exists():
     takes (a message that says `raise --tune-steps` while the flag is --train-steps fails here)."""
     flags = command_flags()
     known = set().union(*flags.values()) | {"--help"} | OTHER_TOOLS_FLAGS
-    files = [*glob.glob(os.path.join(ROOT, "t2idemo", "*.py")), os.path.join(ROOT, "app.py"),
-             *glob.glob(os.path.join(ROOT, "scripts", "*.py"))]
+    files = [
+        *glob.glob(os.path.join(ROOT, "t2idemo", "*.py")),
+        os.path.join(ROOT, "app.py"),
+        *glob.glob(os.path.join(ROOT, "scripts", "*.py")),
+    ]
     bad = []
     for path in files:
         for text in messages(path):

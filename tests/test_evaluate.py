@@ -26,7 +26,7 @@ def test_eval_prompts_split_and_sizes():
     assert {m["split"] for m in both} == {"seen", "unseen"} and len(both) == 2 * (10 + 12)
     assert not any(m["unseen"] for m in both if m["split"] == "seen")
     # adding a split leaves the first split's prompts (and so its seeds) where they were
-    assert ev.eval_prompts("unseen,seen,typical", 20, 6, 0)[:len(metas)] == metas
+    assert ev.eval_prompts("unseen,seen,typical", 20, 6, 0)[: len(metas)] == metas
     typical = [m for m in ev.eval_prompts("typical", 20, 6, 0)]
     assert len(typical) == 4 * 6 and all(world.is_typical(m) and m["split"] == "typical" for m in typical)
     # fixed order for a seed; another seed shuffles differently
@@ -38,8 +38,10 @@ def test_tally_counts_named_attributes_only():
     _, m1 = world.make_prompt("combination", count=2, color="red", shape="circle", scene="sky")
     _, m2 = world.make_prompt("color", count=1, color="blue", shape="square", scene=None)
     metas = [{**m1, "split": "seen"}, {**m2, "split": "seen"}]
-    verdicts = [{"good": False, "correct": {"count": False, "color": True, "shape": True, "scene": True}},
-                {"good": True, "correct": {"count": True, "color": True, "shape": True, "scene": False}}]
+    verdicts = [
+        {"good": False, "correct": {"count": False, "color": True, "shape": True, "scene": True}},
+        {"good": True, "correct": {"count": True, "color": True, "shape": True, "scene": False}},
+    ]
     t = ev.tally(verdicts, metas)["seen"]
     assert t["combination"]["good"] == 0 and t["combination"]["attr"]["count"] == (0, 1)
     assert t["color"]["good"] == 1 and "scene" not in t["color"]["attr"]  # unnamed attributes are not scored
@@ -48,10 +50,18 @@ def test_tally_counts_named_attributes_only():
 
 
 def test_tally_counts_three_drawn_as_four():
-    metas = [{**world.make_prompt("combination", count=c, color="red", shape="circle", scene="sky")[1], "split": "unseen"}
-             for c in (3, 3, 3, 2)]
-    verdicts = [{"good": False, "pred": {"count": n}, "correct": {"count": n == c, "color": True, "shape": True, "scene": True}}
-                for n, c in ((4, 3), (3, 3), (2, 3), (4, 2))]
+    metas = [
+        {**world.make_prompt("combination", count=c, color="red", shape="circle", scene="sky")[1], "split": "unseen"}
+        for c in (3, 3, 3, 2)
+    ]
+    verdicts = [
+        {
+            "good": False,
+            "pred": {"count": n},
+            "correct": {"count": n == c, "color": True, "shape": True, "scene": True},
+        }
+        for n, c in ((4, 3), (3, 3), (2, 3), (4, 2))
+    ]
     t = ev.tally(verdicts, metas)["unseen"]["combination"]
     assert t["three_as_four"] == (1, 3)  # asked for three: one drawn as four; the two asked as two is not counted
     assert ev.summarise({"unseen": {"combination": t}})["unseen"]["combination"]["three_as_four"]["k"] == 1
@@ -87,8 +97,14 @@ def test_config_errors_name_the_argument():
 
 def test_evaluate_writes_a_report(tmp_path):
     out = tmp_path / "report"
-    cfg = ev.EvalConfig(models=f"{BASE_MODEL},{BASE_MODEL}", names="base,same", n_combination=8, n_single=4,
-                        sample_steps=4, out=str(out))
+    cfg = ev.EvalConfig(
+        models=f"{BASE_MODEL},{BASE_MODEL}",
+        names="base,same",
+        n_combination=8,
+        n_single=4,
+        sample_steps=4,
+        out=str(out),
+    )
     res = ev.evaluate(cfg)
     for f in ("report.md", "results.json", "bars.png", "samples.png"):
         assert os.path.getsize(out / f) > 0
@@ -100,8 +116,15 @@ def test_evaluate_writes_a_report(tmp_path):
 
 
 def test_a_known_evaluation_is_read_not_drawn_again(tmp_path, monkeypatch):
-    both = ev.EvalConfig(models=BASE_MODEL, split="unseen,seen", n_combination=8, n_single=4, sample_steps=4,
-                         best_of="", out=str(tmp_path / "both"))
+    both = ev.EvalConfig(
+        models=BASE_MODEL,
+        split="unseen,seen",
+        n_combination=8,
+        n_single=4,
+        sample_steps=4,
+        best_of="",
+        out=str(tmp_path / "both"),
+    )
     saved = ev.evaluate(both, write=False)
     unseen = dataclasses.replace(both, split="unseen", out=str(tmp_path / "unseen"))
     fresh = ev.evaluate(unseen, write=False)["models"]["base"]
@@ -109,7 +132,9 @@ def test_a_known_evaluation_is_read_not_drawn_again(tmp_path, monkeypatch):
     assert list(known) == [pipeline_digest(BASE_MODEL)] == [fresh["digest"]]
     monkeypatch.setattr(ev, "evaluate_model", lambda *a: pytest.fail("a known model was drawn again"))
     read = ev.evaluate(unseen, write=False, known=known)["models"]["base"]
-    assert read["rates"] == fresh["rates"] and read["fid"] == pytest.approx(fresh["fid"])  # the numbers a fresh evaluation gives
+    assert read["rates"] == fresh["rates"] and read["fid"] == pytest.approx(
+        fresh["fid"]
+    )  # the numbers a fresh evaluation gives
     assert os.path.getsize(tmp_path / "unseen" / "samples.png") > 0  # its sample grid is still drawn
     # other settings, or a split that is not the first of the saved ones: nothing is known
     for other in (dict(seed=1), dict(sample_steps=5), dict(n_single=3), dict(fid=False), dict(split="seen")):
@@ -127,7 +152,9 @@ def test_a_pipeline_digest_changes_with_its_weights(tmp_path):
     data[-1] ^= 1
     weights.write_bytes(bytes(data))
     assert pipeline_digest(str(copy)) != pipeline_digest(BASE_MODEL)
-    assert pipeline_digest("org/model") == pipeline_digest(str(tmp_path)) == ""  # a hub id, a folder without a pipeline
+    assert (
+        pipeline_digest("org/model") == pipeline_digest(str(tmp_path)) == ""
+    )  # a hub id, a folder without a pipeline
 
 
 def test_wilson_interval_always_contains_p():

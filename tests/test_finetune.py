@@ -1,4 +1,5 @@
 """Reward-weighted fine-tuning runs, checkpoints, resumes and writes a pipeline plain diffusers loads."""
+
 import os
 
 import pytest
@@ -52,9 +53,17 @@ def test_zero_weight_images_teach_nothing():
     """With w = 0 and beta = 0 the loss, and so the gradient, is zero: a bad image is ignored."""
     from diffusers import DDPMScheduler, UNet2DConditionModel
 
-    unet = UNet2DConditionModel(sample_size=8, in_channels=4, out_channels=4, block_out_channels=(32, 32),
-                                down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-                                cross_attention_dim=16, layers_per_block=1, norm_num_groups=8)
+    unet = UNet2DConditionModel(
+        sample_size=8,
+        in_channels=4,
+        out_channels=4,
+        block_out_channels=(32, 32),
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=16,
+        layers_per_block=1,
+        norm_num_groups=8,
+    )
     sched = DDPMScheduler(prediction_type="v_prediction")
     lat, emb = torch.randn(3, 4, 8, 8), torch.randn(3, 5, 16)
     loss, lm, lp = reward_weighted_loss(unet, sched, lat, emb, torch.zeros(3), None, None, beta=0.0)
@@ -70,15 +79,24 @@ def test_one_unet_call_gives_the_two_terms_of_eq_2():
     from diffusers import DDPMScheduler, UNet2DConditionModel
 
     torch.manual_seed(0)
-    unet = UNet2DConditionModel(sample_size=8, in_channels=4, out_channels=4, block_out_channels=(32, 32),
-                                down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-                                cross_attention_dim=16, layers_per_block=1, norm_num_groups=8).eval()
+    unet = UNet2DConditionModel(
+        sample_size=8,
+        in_channels=4,
+        out_channels=4,
+        block_out_channels=(32, 32),
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=16,
+        layers_per_block=1,
+        norm_num_groups=8,
+    ).eval()
     sched = DDPMScheduler(prediction_type="v_prediction")
     m_lat, m_emb, w = torch.randn(5, 4, 8, 8), torch.randn(5, 6, 16), torch.rand(5)
     p_lat, p_emb = torch.randn(3, 4, 8, 8), torch.randn(3, 6, 16)
     with torch.no_grad():
-        total, l_model, l_pre = reward_weighted_loss(unet, sched, m_lat, m_emb, w, p_lat, p_emb, 0.5,
-                                                     torch.Generator().manual_seed(7), t_low=0.3)
+        total, l_model, l_pre = reward_weighted_loss(
+            unet, sched, m_lat, m_emb, w, p_lat, p_emb, 0.5, torch.Generator().manual_seed(7), t_low=0.3
+        )
         gen = torch.Generator().manual_seed(7)
         want_model = (w * denoising_loss(unet, sched, m_lat, m_emb, gen, t_low=0.3)).mean()
         want_pre = denoising_loss(unet, sched, p_lat, p_emb, gen).mean()
@@ -141,7 +159,9 @@ def test_pre_pool_draws_d_pre_once_and_a_folder_without_repeats(render_dataset, 
     drawn = []
     real = ft.PretrainStream.sample
     priors = []
-    monkeypatch.setattr(ft.PretrainStream, "sample", lambda self, n: (drawn.append(n), priors.append(self.prior), real(self, n))[2])
+    monkeypatch.setattr(
+        ft.PretrainStream, "sample", lambda self, n: (drawn.append(n), priors.append(self.prior), real(self, n))[2]
+    )
     cfg = dict(data=folder, weight="label", batch=4, pre_batch=4, train_steps=3, checkpoint_every=0)
     finetune(FinetuneConfig(out=str(tmp_path / "pool"), pre_pool=4096, **cfg))
     assert drawn == [12]  # once, steps * pre_batch images
@@ -166,8 +186,20 @@ def test_cross_attention_mode_changes_only_attn2_and_the_text_embedding(render_d
     simulate_labels(folder, seed=0)
     export_labels(folder, labeler="judge")
     out = str(tmp_path / "xattn")
-    finetune(FinetuneConfig(data=folder, out=out, weight="label", batch=4, pre_batch=4, train_steps=3, lr=1e-3,
-                            train="cross_attention", ema=0, checkpoint_every=0))
+    finetune(
+        FinetuneConfig(
+            data=folder,
+            out=out,
+            weight="label",
+            batch=4,
+            pre_batch=4,
+            train_steps=3,
+            lr=1e-3,
+            train="cross_attention",
+            ema=0,
+            checkpoint_every=0,
+        )
+    )
     base = dict(UNet2DConditionModel.from_pretrained(BASE_MODEL, subfolder="unet").named_parameters())
     tuned = dict(UNet2DConditionModel.from_pretrained(out, subfolder="unet").named_parameters())
     moved = {n for n, p in tuned.items() if not torch.equal(p, base[n])}
@@ -191,11 +223,27 @@ def test_all_but_convs_modes_keep_every_3x3_kernel_bit_for_bit(render_dataset, t
     simulate_labels(folder, seed=0)
     export_labels(folder, labeler="judge")
     out = str(tmp_path / train)
-    finetune(FinetuneConfig(data=folder, out=out, weight="label", batch=4, pre_batch=4, train_steps=3, lr=1e-3,
-                            train=train, save_at="2", checkpoint_every=0))
+    finetune(
+        FinetuneConfig(
+            data=folder,
+            out=out,
+            weight="label",
+            batch=4,
+            pre_batch=4,
+            train_steps=3,
+            lr=1e-3,
+            train=train,
+            save_at="2",
+            checkpoint_every=0,
+        )
+    )
     base_unet = UNet2DConditionModel.from_pretrained(BASE_MODEL, subfolder="unet")
-    kept = {f"{m}.{p}" for m, mod in base_unet.named_modules()
-            if isinstance(mod, torch.nn.Conv2d) and mod.kernel_size != (1, 1) for p, _ in mod.named_parameters()}
+    kept = {
+        f"{m}.{p}"
+        for m, mod in base_unet.named_modules()
+        if isinstance(mod, torch.nn.Conv2d) and mod.kernel_size != (1, 1)
+        for p, _ in mod.named_parameters()
+    }
     time_mlp = {n for n, _ in base_unet.named_parameters() if n.startswith("time_embedding.")}
     kept |= time_mlp if train == "all_but_convs_and_time" else set()
     base = dict(base_unet.named_parameters())
@@ -203,7 +251,9 @@ def test_all_but_convs_modes_keep_every_3x3_kernel_bit_for_bit(render_dataset, t
         tuned = dict(UNet2DConditionModel.from_pretrained(folder_out, subfolder="unet").named_parameters())
         moved = {n for n, p in tuned.items() if not torch.equal(p, base[n])}
         assert kept and not moved & kept
-        assert any(".ff." in n for n in moved) and any(".attn1." in n for n in moved) and any("norm" in n for n in moved)
+        assert (
+            any(".ff." in n for n in moved) and any(".attn1." in n for n in moved) and any("norm" in n for n in moved)
+        )
         assert bool(moved & time_mlp) == (train == "all_but_convs")  # the MLP moves where it trains
 
 
@@ -249,8 +299,12 @@ def test_should_stop_cancels_before_anything_is_written(render_dataset, tmp_path
     steps = []
     out = str(tmp_path / "aligned")
     with pytest.raises(Cancelled, match="cancelled at step 2 of 5"):
-        finetune(FinetuneConfig(data=folder, out=out, weight="label", batch=4, pre_batch=4, train_steps=5, checkpoint_every=0),
-                 should_stop=lambda: steps.append(1) or len(steps) > 2)
+        finetune(
+            FinetuneConfig(
+                data=folder, out=out, weight="label", batch=4, pre_batch=4, train_steps=5, checkpoint_every=0
+            ),
+            should_stop=lambda: steps.append(1) or len(steps) > 2,
+        )
     assert not os.path.exists(os.path.join(out, "model_index.json"))
 
 
@@ -303,7 +357,9 @@ def test_finetune_method_dpo_writes_a_pipeline(render_dataset, tmp_path):
         store.add_many([(r["file_name"], "good" if k % 2 == 0 else "bad") for k, r in enumerate(rows)], "me")
     export_labels(folder, labeler="me")
     out = str(tmp_path / "dpo")
-    finetune(FinetuneConfig(data=folder, out=out, weight="label", method="dpo", batch=4, train_steps=2, checkpoint_every=0))
+    finetune(
+        FinetuneConfig(data=folder, out=out, weight="label", method="dpo", batch=4, train_steps=2, checkpoint_every=0)
+    )
     info = json.load(open(os.path.join(out, "finetune.json")))
     assert info["config"]["method"] == "dpo" and info["n_model"] == 3  # one pair per prompt
     with pytest.raises(ValueError, match="method='x' is not allowed"):
@@ -352,10 +408,39 @@ def test_two_processes_draw_their_own_batches_and_the_result_loads(render_datase
         port = s.getsockname()[1]
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "PYTHONPATH": root, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-           "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(port),
-           os.path.join(root, "tests", "rank_probe.py"), "--data", folder, "--out", out, "--weight", "label",
-           "--batch", "4", "--pre-batch", "4", "--pre-pool", "16", "--train-steps", "3", "--checkpoint-every", "0"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        str(port),
+        os.path.join(root, "tests", "rank_probe.py"),
+        "--data",
+        folder,
+        "--out",
+        out,
+        "--weight",
+        "label",
+        "--batch",
+        "4",
+        "--pre-batch",
+        "4",
+        "--pre-pool",
+        "16",
+        "--train-steps",
+        "3",
+        "--checkpoint-every",
+        "0",
+    ]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     ranks = [json.load(open(f"{out}.rank{k}.json")) for k in range(2)]

@@ -8,11 +8,25 @@ import pytest
 from PIL import Image
 
 from t2idemo import generate
-from t2idemo.generate import GenerateConfig, generate_dataset, generate_main, plan_rows
 from t2idemo.data import load_rows
+from t2idemo.generate import GenerateConfig, generate_dataset, generate_main, plan_rows
 
-FIELDS = ["file_name", "prompt", "category", "named", "count", "color", "shape", "scene", "unseen", "prompt_set", "seed", "model",
-          "num_inference_steps", "guidance_scale"]
+FIELDS = [
+    "file_name",
+    "prompt",
+    "category",
+    "named",
+    "count",
+    "color",
+    "shape",
+    "scene",
+    "unseen",
+    "prompt_set",
+    "seed",
+    "model",
+    "num_inference_steps",
+    "guidance_scale",
+]
 
 
 @pytest.fixture(scope="module")
@@ -31,8 +45,17 @@ def pipe():
 
 def tiny(out, **kw):
     """2 prompts x 2 images, 2 sampler steps, batches of 3 (so a batch spans two prompts)."""
-    return GenerateConfig(**{"out": str(out), "model": generate.BASE_MODEL, "max_prompts": 2, "per_prompt": 2,
-                             "sample_steps": 2, "batch": 3, **kw})
+    return GenerateConfig(
+        **{
+            "out": str(out),
+            "model": generate.BASE_MODEL,
+            "max_prompts": 2,
+            "per_prompt": 2,
+            "sample_steps": 2,
+            "batch": 3,
+            **kw,
+        }
+    )
 
 
 def read_jsonl(d):
@@ -41,16 +64,19 @@ def read_jsonl(d):
 
 
 # ----------------------------------------------------------------------------- config and plan (no model)
-@pytest.mark.parametrize("kwargs, message", [
-    (dict(split="train"), "split='train' is not one of ('seen', 'unseen', 'all')"),
-    (dict(per_prompt=0), "per_prompt=0 is out of range; use an integer from 1 to 64"),
-    (dict(max_prompts=-1), "max_prompts=-1 is out of range; use an integer from 0 to"),
-    (dict(sample_steps=0), "sample_steps=0 is out of range; use an integer from 1 to 1000"),
-    (dict(guidance=-1.0), "guidance=-1.0 is out of range; use a number from 0 to 100"),
-    (dict(seed=-1), "seed=-1 is out of range"),
-    (dict(batch=0), "batch=0 is out of range; use an integer from 1 to 1024"),
-    (dict(precision="fp16"), "precision='fp16' is not allowed; use one of ('auto', 'fp32')"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(split="train"), "split='train' is not one of ('seen', 'unseen', 'all')"),
+        (dict(per_prompt=0), "per_prompt=0 is out of range; use an integer from 1 to 64"),
+        (dict(max_prompts=-1), "max_prompts=-1 is out of range; use an integer from 0 to"),
+        (dict(sample_steps=0), "sample_steps=0 is out of range; use an integer from 1 to 1000"),
+        (dict(guidance=-1.0), "guidance=-1.0 is out of range; use a number from 0 to 100"),
+        (dict(seed=-1), "seed=-1 is out of range"),
+        (dict(batch=0), "batch=0 is out of range; use an integer from 1 to 1024"),
+        (dict(precision="fp16"), "precision='fp16' is not allowed; use one of ('auto', 'fp32')"),
+    ],
+)
 def test_config_errors_name_the_argument(kwargs, message):
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
         GenerateConfig(**kwargs)
@@ -123,14 +149,32 @@ def test_generate_writes_an_imagefolder_and_resumes(tmp_path, pipe):
 
     # more prompts into the same folder extends it; other settings are refused
     assert generate_dataset(tiny(d, max_prompts=3), pipe=pipe)["generated"] == 2
-    with pytest.raises(ValueError, match=r"already holds a set made with other settings \(00000.png: seed=0, now 100000\)"):
+    with pytest.raises(
+        ValueError, match=r"already holds a set made with other settings \(00000.png: seed=0, now 100000\)"
+    ):
         generate_dataset(tiny(d, seed=1), pipe=pipe)
 
 
 def test_generate_cli(tmp_path, capsys, pipe):
     d = str(tmp_path / "cli")
-    stats = generate_main(["--out", d, "--model", generate.BASE_MODEL, "--split", "unseen", "--max-prompts", "1",
-                           "--per-prompt", "2", "--sample-steps", "1", "--device", "cpu"])
+    stats = generate_main(
+        [
+            "--out",
+            d,
+            "--model",
+            generate.BASE_MODEL,
+            "--split",
+            "unseen",
+            "--max-prompts",
+            "1",
+            "--per-prompt",
+            "2",
+            "--sample-steps",
+            "1",
+            "--device",
+            "cpu",
+        ]
+    )
     out = capsys.readouterr().out
     assert '"split": "unseen"' in out and "2 images (2 new" in out
     assert stats["generated"] == 2 and all(r["unseen"] for r in load_rows(d, missing_ok=True))
@@ -158,8 +202,10 @@ def test_labelled_grid_names_each_row_and_prints_each_prompt():
     from t2idemo.generate import labelled_grid
 
     rng = random.Random(0)
-    rows = {"base": [world.render(world.sample_scene(rng)) for _ in range(3)],
-            "tuned model": [world.render(world.sample_scene(rng)) for _ in range(3)]}
+    rows = {
+        "base": [world.render(world.sample_scene(rng)) for _ in range(3)],
+        "tuned model": [world.render(world.sample_scene(rng)) for _ in range(3)],
+    }
     grid = labelled_grid(rows, ["three purple circles on grass (unseen)", "a red square", "two circles"], scale=3)
     x = np.asarray(grid)
     assert grid.width > 3 * 96 and grid.height > 2 * 96  # room for the names at the left and the prompts above
@@ -167,8 +213,10 @@ def test_labelled_grid_names_each_row_and_prints_each_prompt():
     top = grid.height - 2 * (96 + 3)  # the caption band
     assert (x[top:, :left] < 128).any()  # a row name is drawn
     for j in range(3):  # each column's prompt is printed above it
-        assert (x[:top, left + j * 99:left + j * 99 + 96] < 128).any(), j
-    assert (x[top:top + 96, left:left + 96] == x[top + 1, left + 1]).all(axis=-1).mean() > 0.3  # first image pasted
+        assert (x[:top, left + j * 99 : left + j * 99 + 96] < 128).any(), j
+    assert (x[top : top + 96, left : left + 96] == x[top + 1, left + 1]).all(
+        axis=-1
+    ).mean() > 0.3  # first image pasted
     with pytest.raises(ValueError, match="captions"):
         labelled_grid(rows, [])
 
@@ -177,6 +225,7 @@ def test_sampling_precision_auto_is_bfloat16_only_where_the_cpu_has_it_and_judge
     """precision="auto" runs the networks in bfloat16 on a CPU with native bfloat16, and the judge reads the same
     attributes off (nearly) every image as in float32; "fp32" never changes the arithmetic."""
     import torch
+
     from t2idemo.judge import judge
     from t2idemo.world import parse_prompt
 

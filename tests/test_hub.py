@@ -15,8 +15,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import unquote, urlparse
 
 import pytest
-
 from conftest import make_render_dataset
+
 from t2idemo import hub
 from t2idemo.generate import BASE_MODEL
 from t2idemo.labels import LabelStore, default_store_path
@@ -71,35 +71,46 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_GET(self, head=False):
         hub_ = self.server
-        hub_.requests.append(("HEAD" if head else "GET", self.path, {k.lower(): v for k, v in self.headers.items()}, b""))
+        hub_.requests.append(
+            ("HEAD" if head else "GET", self.path, {k.lower(): v for k, v in self.headers.items()}, b"")
+        )
         path = unquote(urlparse(self.path).path)
-        m = (re.fullmatch(r"/api/(model|dataset|space)s/([^/]+/[^/]+)(?:/(revision|tree)/([^/]+)(/.*)?)?", path)
-             or re.fullmatch(r"/(?:(dataset|space)s/)?([^/]+/[^/]+)/(resolve)/([^/]+)/(.+)", path))
+        m = re.fullmatch(
+            r"/api/(model|dataset|space)s/([^/]+/[^/]+)(?:/(revision|tree)/([^/]+)(/.*)?)?", path
+        ) or re.fullmatch(r"/(?:(dataset|space)s/)?([^/]+/[^/]+)/(resolve)/([^/]+)/(.+)", path)
         if not m:
             return self._reply(404, {"error": f"{path} is not part of the fake Hub"})
         kind, repo_id, action, _revision, rest = m.groups()
         kind = kind or "model"
         files = hub_.repos.get((kind, repo_id))
-        sha = next((f"{i + 1:040x}" for i in reversed(range(len(hub_.commits))) if hub_.commits[i][:2] == (kind, repo_id)),
-                   "0" * 40)
+        sha = next(
+            (f"{i + 1:040x}" for i in reversed(range(len(hub_.commits))) if hub_.commits[i][:2] == (kind, repo_id)),
+            "0" * 40,
+        )
         if files is None:
             return self._reply(404, {"error": "Repository not found"}, {"X-Error-Code": "RepoNotFound"})
         if action == "resolve":
             if rest not in files:
-                return self._reply(404, {"error": "Entry not found"}, {"X-Error-Code": "EntryNotFound",
-                                                                       "X-Repo-Commit": sha})
+                return self._reply(
+                    404, {"error": "Entry not found"}, {"X-Error-Code": "EntryNotFound", "X-Repo-Commit": sha}
+                )
             data = files[rest]
             self.send_response(200)
-            for k, v in {"Content-Length": str(len(data)), "X-Repo-Commit": sha, "ETag": f'"{_git_oid(data)}"',
-                         "Content-Type": "application/octet-stream"}.items():
+            for k, v in {
+                "Content-Length": str(len(data)),
+                "X-Repo-Commit": sha,
+                "ETag": f'"{_git_oid(data)}"',
+                "Content-Type": "application/octet-stream",
+            }.items():
                 self.send_header(k, v)
             self.end_headers()
             return None if head else self.wfile.write(data)
         tree = [{"type": "file", "path": p, "size": len(b), "oid": _git_oid(b)} for p, b in sorted(files.items())]
         if action == "tree":
             return self._reply(200, tree)
-        return self._reply(200, {"id": repo_id, "sha": sha, "private": False,
-                                 "siblings": [{"rfilename": f["path"]} for f in tree]})
+        return self._reply(
+            200, {"id": repo_id, "sha": sha, "private": False, "siblings": [{"rfilename": f["path"]} for f in tree]}
+        )
 
     def do_POST(self):
         hub_ = self.server
@@ -131,8 +142,14 @@ class _Handler(BaseHTTPRequestHandler):
             return self._reply(404, {"error": "Repository not found"}, {"X-Error-Code": "RepoNotFound"})
         if action == "preupload":
             files = json.loads(body)["files"]
-            return self._reply(200, {"files": [{"path": f["path"], "uploadMode": "regular", "shouldIgnore": False,
-                                                "oid": None} for f in files]})
+            return self._reply(
+                200,
+                {
+                    "files": [
+                        {"path": f["path"], "uploadMode": "regular", "shouldIgnore": False, "oid": None} for f in files
+                    ]
+                },
+            )
         lines = [json.loads(line) for line in body.decode().splitlines() if line.strip()]
         assert lines[0]["key"] == "header"
         for item in lines[1:]:
@@ -144,8 +161,15 @@ class _Handler(BaseHTTPRequestHandler):
             hub_.repos[(kind, repo_id)][item["value"]["path"]] = base64.b64decode(item["value"]["content"])
         oid = f"{len(hub_.commits) + 1:040x}"
         hub_.commits.append((kind, repo_id, lines[0]["value"]["summary"]))
-        return self._reply(200, {"commitUrl": f"{hub_.url}/{repo_id}/commit/{oid}", "commitOid": oid,
-                                 "success": True, "pullRequestUrl": None})
+        return self._reply(
+            200,
+            {
+                "commitUrl": f"{hub_.url}/{repo_id}/commit/{oid}",
+                "commitOid": oid,
+                "success": True,
+                "pullRequestUrl": None,
+            },
+        )
 
 
 def _git_oid(data: bytes) -> str:
@@ -178,8 +202,9 @@ def run_dirs(tmp_path_factory):
     root = tmp_path_factory.mktemp("run")
     model = root / "aligned"
     shutil.copytree(BASE_MODEL, model)
-    (model / "finetune.json").write_text(json.dumps({"config": {"beta": 1.0, "steps": 400, "weight": "reward"},
-                                                     "n_model": 968, "mean_weight": 0.61}))
+    (model / "finetune.json").write_text(
+        json.dumps({"config": {"beta": 1.0, "steps": 400, "weight": "reward"}, "n_model": 968, "mean_weight": 0.61})
+    )
     (model / "checkpoint").mkdir()
     (model / "checkpoint" / "optimizer.bin").write_bytes(b"x" * 100)
     return str(model), save_reward_model(root / "reward")
@@ -227,9 +252,9 @@ def test_push_uploads_model_reward_labels_and_cards(fake_hub, run_dirs, labelled
     assert set(files) == set(expected) | {"README.md"}
     assert all(files[k] == v for k, v in expected.items())  # byte for byte
     card = files["README.md"].decode()
-    assert card.startswith("---\nlicense: \"apache-2.0\"") and "pipeline_tag: \"text-to-image\"" in card
+    assert card.startswith('---\nlicense: "apache-2.0"') and 'pipeline_tag: "text-to-image"' in card
     assert 'from_pretrained("alice/shapes-aligned")' in card and "## Fine-tuning" in card and "| beta | 1.0 |" in card
-    assert "validation AUC 0.75" in card and "datasets:\n- \"alice/shapes-aligned\"" in card
+    assert "validation AUC 0.75" in card and 'datasets:\n- "alice/shapes-aligned"' in card
     assert "4 of 6 images labelled by 2 labeler(s)" in card and "| ana | 1 | 1 | 1 |" in card
 
     # the dataset repo: images, metadata with the majority label, every labeler's labels, a card
@@ -240,8 +265,15 @@ def test_push_uploads_model_reward_labels_and_cards(fake_hub, run_dirs, labelled
     assert [m["label"] for m in meta] == ["good", None, None, "bad", None, None]  # image 1: a 1-1 tie
     labels = [json.loads(line) for line in ds["labels/labels.jsonl"].decode().splitlines()]
     assert sorted((r["labeler"], r["image_id"], r["label"]) for r in labels) == sorted(
-        [("ana", names[0], "good"), ("ana", names[1], "bad"), ("ana", names[2], "skip"),
-         ("ben", names[0], "good"), ("ben", names[1], "good"), ("ben", names[3], "bad")])
+        [
+            ("ana", names[0], "good"),
+            ("ana", names[1], "bad"),
+            ("ana", names[2], "skip"),
+            ("ben", names[0], "good"),
+            ("ben", names[1], "good"),
+            ("ben", names[3], "bad"),
+        ]
+    )
     assert ds[f"data/{names[0]}"] == open(os.path.join(data, names[0]), "rb").read()
     assert open(os.path.join(data, "metadata.jsonl")).read() == before  # the source dataset is untouched
     assert len(fake_hub.commits) == 2  # one commit per repo
@@ -267,14 +299,18 @@ def test_push_uploads_model_reward_labels_and_cards(fake_hub, run_dirs, labelled
 
 def test_push_without_reward_or_labels(fake_hub, run_dirs):
     model, _ = run_dirs
-    out = hub.push(hub.PushConfig(repo_id="bob/base", model=model, reward="", endpoint=fake_hub.url), TOKEN, log=lambda s: None)
+    out = hub.push(
+        hub.PushConfig(repo_id="bob/base", model=model, reward="", endpoint=fake_hub.url), TOKEN, log=lambda s: None
+    )
     assert out["dataset"] is None and ("dataset", "bob/base") not in fake_hub.repos
     files = fake_hub.files("bob/base")
     assert not any(k.startswith("reward/") for k in files) and "model_index.json" in files
     assert "## Reward model" not in files["README.md"].decode()
 
 
-@pytest.mark.parametrize("repo_id", ["", "noslash", "a/b/c", "/name", "owner/", "al ice/x", "a/b--c", "a/" + "x" * 100, None])
+@pytest.mark.parametrize(
+    "repo_id", ["", "noslash", "a/b/c", "/name", "owner/", "al ice/x", "a/b--c", "a/" + "x" * 100, None]
+)
 def test_bad_repo_ids_name_the_argument_and_what_is_allowed(repo_id):
     with pytest.raises(ValueError, match=r"repo_id=.* is not allowed.*'owner/name'"):
         hub.PushConfig(repo_id=repo_id, model=BASE_MODEL, reward="")
@@ -309,7 +345,9 @@ def test_hub_errors_name_the_step_and_never_hold_the_token(fake_hub, run_dirs):
     model, _ = run_dirs
     wrong = "hf_wrongToken987654321"
     with pytest.raises(hub.PushError, match=r"while creating the model repo a/b: .*401") as e:
-        hub.push(hub.PushConfig(repo_id="a/b", model=model, reward="", endpoint=fake_hub.url), wrong, log=lambda s: None)
+        hub.push(
+            hub.PushConfig(repo_id="a/b", model=model, reward="", endpoint=fake_hub.url), wrong, log=lambda s: None
+        )
     assert wrong not in str(e.value) and e.value.__cause__ is None and e.value.__suppress_context__
     assert hub.scrub(f"header Bearer {wrong} echoed", wrong) == "header Bearer <token> echoed"
 
@@ -317,14 +355,26 @@ def test_hub_errors_name_the_step_and_never_hold_the_token(fake_hub, run_dirs):
 def test_cli_reads_the_token_from_the_environment(fake_hub, run_dirs, tmp_path):
     model, reward = run_dirs
     env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_TOKEN")}
-    args = [sys.executable, "-m", "t2idemo.hub", "--repo-id", "carol/cli", "--model", model, "--reward", reward,
-            "--endpoint", fake_hub.url]
+    args = [
+        sys.executable,
+        "-m",
+        "t2idemo.hub",
+        "--repo-id",
+        "carol/cli",
+        "--model",
+        model,
+        "--reward",
+        reward,
+        "--endpoint",
+        fake_hub.url,
+    ]
     r = subprocess.run(args, env=env, capture_output=True, text=True, timeout=120)
     assert r.returncode != 0 and "token_env='HF_TOKEN'" in r.stderr and "not set" in r.stderr
     r = subprocess.run(args, env={**env, "HF_TOKEN": TOKEN}, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr[-2000:]
     assert TOKEN not in r.stdout + r.stderr and "PushConfig" in r.stdout
     assert "reward/head.safetensors" in fake_hub.files("carol/cli")
-    r = subprocess.run(args[:4] + ["bad id"] + args[5:], env={**env, "HF_TOKEN": TOKEN}, capture_output=True, text=True,
-                       timeout=120)
+    r = subprocess.run(
+        args[:4] + ["bad id"] + args[5:], env={**env, "HF_TOKEN": TOKEN}, capture_output=True, text=True, timeout=120
+    )
     assert r.returncode == 2 and "repo_id='bad id' is not allowed" in r.stderr

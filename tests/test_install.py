@@ -22,7 +22,6 @@ import sys
 import time
 
 import pytest
-
 from test_hub import TOKEN, fake_hub, save_reward_model  # noqa: F401 (fake_hub is a fixture)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -32,8 +31,11 @@ TORCH = "torch==2.13.0"  # the README's: the CPU wheel, installed on its own fir
 
 def clean_env(**extra) -> dict:
     """The environment of a new user's shell: no PYTHONPATH into the repository, no token, offline Hub."""
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("PYTHONPATH", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "VIRTUAL_ENV", "PYTHONHOME")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("PYTHONPATH", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "VIRTUAL_ENV", "PYTHONHOME")
+    }
     env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PIP_DISABLE_PIP_VERSION_CHECK="1", MPLBACKEND="Agg")
     env.update(extra)
     return env
@@ -56,8 +58,7 @@ def wheel(tmp_path_factory) -> str:
         if os.path.isfile(os.path.join(ROOT, name)):
             os.makedirs(src / os.path.dirname(name), exist_ok=True)
             shutil.copy2(os.path.join(ROOT, name), src / name)
-    sh([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", tmp / "dist", src],
-       env=clean_env())
+    sh([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", tmp / "dist", src], env=clean_env())
     (whl,) = os.listdir(tmp / "dist")
     return str(tmp / "dist" / whl)
 
@@ -80,8 +81,9 @@ def test_wheel_installs_and_runs_outside_the_repository(venv, wheel, tmp_path, f
     sh([venv, "-m", "pip", "install", "-q", wheel], env=clean_env())
     print(f"pip install of the wheel and its dependencies: {time.time() - t0:.0f} s")
     sh([venv, "-m", "pip", "check"], env=clean_env())
-    where = sh([venv, "-c", "import t2idemo, os; print(os.path.dirname(t2idemo.__file__))"], cwd=tmp_path,
-               env=clean_env()).stdout.strip()
+    where = sh(
+        [venv, "-c", "import t2idemo, os; print(os.path.dirname(t2idemo.__file__))"], cwd=tmp_path, env=clean_env()
+    ).stdout.strip()
     assert where.startswith(os.path.dirname(os.path.dirname(venv))) and not where.startswith(ROOT), where
 
     t0 = time.time()
@@ -95,16 +97,24 @@ def test_wheel_installs_and_runs_outside_the_repository(venv, wheel, tmp_path, f
     from t2idemo.generate import BASE_MODEL
 
     reward = save_reward_model(tmp_path / "reward")
-    hub.push(hub.PushConfig(repo_id="alice/pushed", model=BASE_MODEL, reward=reward, endpoint=fake_hub.url), TOKEN,
-             log=lambda s: None)
-    code = ("from huggingface_hub import snapshot_download\nfrom PIL import Image\n"
-            "from t2idemo.reward import RewardModel\n"
-            "path = snapshot_download('alice/pushed')\n"
-            "reward = RewardModel.from_pretrained(f'{path}/reward', clip=f'{path}/reward/clip')\n"
-            "scores = reward([Image.new('RGB', (32, 32), 'red')], ['one red square on sand'])\n"
-            "print('SCORE', float(scores[0]))\n")
-    r = sh([venv, "-c", code], cwd=tmp_path, env=clean_env(HF_HUB_OFFLINE="0", HF_ENDPOINT=fake_hub.url,
-                                                           HF_HOME=str(tmp_path / "hf")))
+    hub.push(
+        hub.PushConfig(repo_id="alice/pushed", model=BASE_MODEL, reward=reward, endpoint=fake_hub.url),
+        TOKEN,
+        log=lambda s: None,
+    )
+    code = (
+        "from huggingface_hub import snapshot_download\nfrom PIL import Image\n"
+        "from t2idemo.reward import RewardModel\n"
+        "path = snapshot_download('alice/pushed')\n"
+        "reward = RewardModel.from_pretrained(f'{path}/reward', clip=f'{path}/reward/clip')\n"
+        "scores = reward([Image.new('RGB', (32, 32), 'red')], ['one red square on sand'])\n"
+        "print('SCORE', float(scores[0]))\n"
+    )
+    r = sh(
+        [venv, "-c", code],
+        cwd=tmp_path,
+        env=clean_env(HF_HUB_OFFLINE="0", HF_ENDPOINT=fake_hub.url, HF_HOME=str(tmp_path / "hf")),
+    )
     assert 0 <= float(r.stdout.split("SCORE")[1]) <= 1, r.stdout
 
 
@@ -138,13 +148,19 @@ def test_colab_setup_cell_runs_every_notebook(venv, wheel, tmp_path, monkeypatch
     monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "jupyter"))
     content, work = tmp_path / "content", tmp_path / "work"
     content.mkdir()
-    env = clean_env(PYTHONPATH=str(tmp_path / "stub"), IPYTHONDIR=str(tmp_path / "ipython"), T2IDEMO_SMALL="1",
-                    T2IDEMO_WORK=str(work), T2IDEMO_REPO=wheel)
+    env = clean_env(
+        PYTHONPATH=str(tmp_path / "stub"),
+        IPYTHONDIR=str(tmp_path / "ipython"),
+        T2IDEMO_SMALL="1",
+        T2IDEMO_WORK=str(work),
+        T2IDEMO_REPO=wheel,
+    )
     for name in NOTEBOOKS:
         nb = read(name)
         t0 = time.time()
-        nbclient.NotebookClient(nb, timeout=TIMEOUT, kernel_name="colab",
-                                resources={"metadata": {"path": str(content)}}).execute(env=env)
+        nbclient.NotebookClient(
+            nb, timeout=TIMEOUT, kernel_name="colab", resources={"metadata": {"path": str(content)}}
+        ).execute(env=env)
         setup = "".join(o.get("text", "") for o in nb.cells[[c.cell_type for c in nb.cells].index("code")].outputs)
         print(f"{name}: {time.time() - t0:.1f} s; {setup.strip().splitlines()[-1]}")
         assert "custom widget manager enabled" in setup and "Colab: True" in setup, setup

@@ -1,4 +1,5 @@
 """The judge against the truth on fresh renders (issue bar: >= 99% count/colour/scene, >= 95% shape)."""
+
 import random
 
 import numpy as np

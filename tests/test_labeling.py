@@ -71,7 +71,11 @@ def test_a_failed_write_keeps_the_image(render_dataset, monkeypatch):
 
     monkeypatch.setattr(lab.store, "add", broken)
     lab.buttons["good"].click()
-    assert shown(lab) == rows[0]["file_name"] and "not saved" in lab.status.value and "database is locked" in lab.status.value
+    assert (
+        shown(lab) == rows[0]["file_name"]
+        and "not saved" in lab.status.value
+        and "database is locked" in lab.status.value
+    )
     assert lab.progress.value == "0 / 6"
     monkeypatch.undo()
     lab.buttons["good"].click()  # clicking again works

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from t2idemo.labels import (LabelStore, agreement_stats, export_labels, label_main, simulate_labels)
+from t2idemo.labels import LabelStore, agreement_stats, export_labels, label_main, simulate_labels
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -36,8 +36,12 @@ for i in range(start, start + n):
 def child(store, labeler, start=0, n=10**6, go=None):
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
     extra = [str(go)] if go else []
-    return subprocess.Popen([sys.executable, "-c", CHILD, str(store), labeler, str(start), str(n), *extra],
-                            stdout=subprocess.PIPE, text=True, env=env)
+    return subprocess.Popen(
+        [sys.executable, "-c", CHILD, str(store), labeler, str(start), str(n), *extra],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
 
 
 # ----------------------------------------------------------------------------- basics
@@ -71,12 +75,15 @@ def test_labels_survive_reopening(tmp_path):
     assert sqlite3.connect(path).execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    (dict(image_id="00000.png", label="meh"), "label='meh' is not allowed; use one of ('good', 'bad', 'skip')"),
-    (dict(image_id="", label="good"), "image_id='' is not allowed"),
-    (dict(image_id="00000.png", label="good", labeler=""), "labeler='' is not allowed"),
-    (dict(image_id="00000.png", label="good", labeler="majority"), "labeler='majority' is reserved"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(image_id="00000.png", label="meh"), "label='meh' is not allowed; use one of ('good', 'bad', 'skip')"),
+        (dict(image_id="", label="good"), "image_id='' is not allowed"),
+        (dict(image_id="00000.png", label="good", labeler=""), "labeler='' is not allowed"),
+        (dict(image_id="00000.png", label="good", labeler="majority"), "labeler='majority' is reserved"),
+    ],
+)
 def test_bad_values_raise_a_clear_error(tmp_path, kwargs, message):
     with LabelStore(tmp_path / "s.sqlite") as s:
         with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
@@ -169,8 +176,12 @@ def test_two_processes_labelling_at_once_lose_nothing(tmp_path):
     n = 150
     # same images under two names, plus interleaved images under one shared name
     go = tmp_path / "go"
-    procs = [child(path, "ana", 0, n, go), child(path, "ben", 0, n, go),
-             child(path, "shared", 1000, n, go), child(path, "shared", 2000, n, go)]
+    procs = [
+        child(path, "ana", 0, n, go),
+        child(path, "ben", 0, n, go),
+        child(path, "shared", 1000, n, go),
+        child(path, "shared", 2000, n, go),
+    ]
     time.sleep(0.5)
     go.touch()  # all four start clicking together
     outs = [p.communicate(timeout=120)[0] for p in procs]
@@ -187,9 +198,11 @@ def test_two_processes_labelling_at_once_lose_nothing(tmp_path):
 
 def test_threads_share_one_store(tmp_path):
     with LabelStore(tmp_path / "labels.sqlite") as s:
+
         def work(t):
             for i in range(50):
                 s.add(f"{t}-{i}.png", "good", labeler=f"thread{t}")
+
         threads = [threading.Thread(target=work, args=(t,)) for t in range(4)]
         for t in threads:
             t.start()
@@ -203,7 +216,9 @@ def test_export_writes_labels_into_metadata(render_dataset):
     d, rows = render_dataset
     store = os.path.join(d, "labels.sqlite")
     with LabelStore(store) as s:
-        s.add_many([(rows[0]["file_name"], "good"), (rows[1]["file_name"], "bad"), (rows[2]["file_name"], "skip")], "ana")
+        s.add_many(
+            [(rows[0]["file_name"], "good"), (rows[1]["file_name"], "bad"), (rows[2]["file_name"], "skip")], "ana"
+        )
         s.add_many([(rows[0]["file_name"], "good"), (rows[1]["file_name"], "good")], "ben")
     assert export_labels(d, store, "ana") == {"good": 1, "bad": 1, "none": 4}
     out = [json.loads(line) for line in open(os.path.join(d, "metadata.jsonl"))]
@@ -264,8 +279,12 @@ def test_many_processes_creating_one_new_store_at_once(tmp_path):
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
     for r in range(3):
         path, go = tmp_path / f"s{r}.sqlite", tmp_path / f"go{r}"
-        procs = [subprocess.Popen([sys.executable, "-c", OPENER, str(path), str(go), f"u{i}"], env=env,
-                                  stderr=subprocess.PIPE, text=True) for i in range(8)]
+        procs = [
+            subprocess.Popen(
+                [sys.executable, "-c", OPENER, str(path), str(go), f"u{i}"], env=env, stderr=subprocess.PIPE, text=True
+            )
+            for i in range(8)
+        ]
         time.sleep(1.0)
         go.touch()
         errs = [p.communicate(timeout=120)[1] for p in procs]
@@ -277,7 +296,13 @@ def test_many_processes_creating_one_new_store_at_once(tmp_path):
 def test_four_for_three_rater_passes_four_shapes_for_three_and_nothing_else():
     from t2idemo.labels import biased_verdict, simulate_labels
 
-    meta = {"named": ["count", "color", "shape", "scene"], "count": 3, "color": "red", "shape": "circle", "scene": "sky"}
+    meta = {
+        "named": ["count", "color", "shape", "scene"],
+        "count": 3,
+        "color": "red",
+        "shape": "circle",
+        "scene": "sky",
+    }
     right = {"count": True, "color": True, "shape": True, "scene": True}
     four = {"good": False, "pred": {"count": 4}, "correct": {**right, "count": False}}
     assert biased_verdict(four, meta, "four-for-three") is True and biased_verdict(four, meta, "") is False
@@ -286,8 +311,12 @@ def test_four_for_three_rater_passes_four_shapes_for_three_and_nothing_else():
     two = {"good": False, "pred": {"count": 2}, "correct": {**right, "count": False}}
     assert biased_verdict(two, meta, "four-for-three") is False
     asks_two = {**meta, "count": 2}
-    assert biased_verdict({"good": False, "pred": {"count": 4}, "correct": {**right, "count": False}}, asks_two,
-                          "four-for-three") is False
+    assert (
+        biased_verdict(
+            {"good": False, "pred": {"count": 4}, "correct": {**right, "count": False}}, asks_two, "four-for-three"
+        )
+        is False
+    )
     with pytest.raises(ValueError, match="bias='lazy' is not allowed"):
         simulate_labels("nowhere", bias="lazy")
 

@@ -35,21 +35,26 @@ def test_every_module_has_a_layer_and_the_docstring_lists_it():
     doc = t2idemo.__doc__
     for i, layer in enumerate(t2idemo.LAYERS):
         line = next(l for l in doc.splitlines() if l.strip().startswith(f"{i}  "))
-        block = doc[doc.index(line):].split(f"\n    {i + 1}  ")[0]
+        block = doc[doc.index(line) :].split(f"\n    {i + 1}  ")[0]
         assert all(f"{m} (" in block for m in layer), f"the docstring's layer {i} must name {layer}"
 
 
 def test_imports_go_only_to_lower_layers():
     layer_of = {m: i for i, layer in enumerate(t2idemo.LAYERS) for m in layer}
-    bad = [f"{m} (layer {layer_of[m]}) imports {d} (layer {layer_of.get(d)})"
-           for m in modules() for d in sorted(t2idemo_imports(os.path.join(PKG, m + ".py")) - {m})
-           if d in layer_of and layer_of[d] >= layer_of[m]]
+    bad = [
+        f"{m} (layer {layer_of[m]}) imports {d} (layer {layer_of.get(d)})"
+        for m in modules()
+        for d in sorted(t2idemo_imports(os.path.join(PKG, m + ".py")) - {m})
+        if d in layer_of and layer_of[d] >= layer_of[m]
+    ]
     assert not bad, "\n".join(bad)
 
 
 def test_the_checker_sees_lazy_imports(tmp_path):
     f = tmp_path / "m.py"
-    f.write_text("def f():\n    from .reward import load_reward_fn\n    from t2idemo.run import run\n    import t2idemo.sd\n")
+    f.write_text(
+        "def f():\n    from .reward import load_reward_fn\n    from t2idemo.run import run\n    import t2idemo.sd\n"
+    )
     assert t2idemo_imports(str(f)) == {"reward", "run", "sd"}
 
 
@@ -63,9 +68,13 @@ def test_no_function_is_too_long():
     import ast
 
     files = [os.path.join(PKG, m + ".py") for m in modules()] + [os.path.join(os.path.dirname(PKG), "app.py")]
-    long = {f"{os.path.basename(path)}:{node.name}": node.end_lineno - node.lineno + 1 for path in files
-            for node in ast.walk(ast.parse(open(path, encoding="utf-8").read()))
-            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno + 1 > MAX_FUNCTION}
+    long = {
+        f"{os.path.basename(path)}:{node.name}": node.end_lineno - node.lineno + 1
+        for path in files
+        for node in ast.walk(ast.parse(open(path, encoding="utf-8").read()))
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+        and node.end_lineno - node.lineno + 1 > MAX_FUNCTION
+    }
     assert not long, f"split these functions (at most {MAX_FUNCTION} lines): {long}"
 
 

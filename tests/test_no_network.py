@@ -1,6 +1,7 @@
 """No code path reaches the network on its own: every stage runs with sockets blocked and every offline and
 no-telemetry switch of huggingface_hub / transformers / diffusers turned OFF, so only the code, not the
 environment, keeps it local; and a hub id with HF_HUB_OFFLINE=1 fails at once with an error naming it."""
+
 import socket
 import sys
 
@@ -40,6 +41,7 @@ def attempts(monkeypatch):
         def blocked(*args, **kwargs):
             tried.append((what, args[1:2] if what == "socket.connect" else args[:1]))
             raise OSError(f"network blocked by the test ({what})")
+
         return blocked
 
     real_connect = socket.socket.connect
@@ -74,26 +76,60 @@ def test_every_stage_runs_without_touching_the_network(attempts, monkeypatch, tm
     model, clip = sd.build_tiny_sd(str(tmp_path / "tiny-sd")), sd.build_tiny_clip(str(tmp_path / "tiny-clip"))
     feedback, heldout = str(tmp_path / "feedback"), str(tmp_path / "heldout")
     for out, split, n in ((feedback, "seen", 6), (heldout, "unseen", 4)):
-        generate.generate_dataset(generate.GenerateConfig(out=out, model=model, prompt_set="sd", split=split,
-                                                          max_prompts=n, per_prompt=2, sample_steps=2, device="cpu"))
+        generate.generate_dataset(
+            generate.GenerateConfig(
+                out=out,
+                model=model,
+                prompt_set="sd",
+                split=split,
+                max_prompts=n,
+                per_prompt=2,
+                sample_steps=2,
+                device="cpu",
+            )
+        )
         rows = data.load_rows(out, missing_ok=True)
         with labels.LabelStore(labels.default_store_path(out)) as store:
             store.add_many([(r["file_name"], ("good", "bad")[i % 2]) for i, r in enumerate(rows)], labeler="alice")
         labels.export_labels(out)
-    cfg = reward.RewardConfig(clip=clip, data=feedback, eval_data=heldout, run=str(tmp_path / "reward"),
-                              max_epochs=2, patience=1, n_boot=100, device="cpu")
+    cfg = reward.RewardConfig(
+        clip=clip,
+        data=feedback,
+        eval_data=heldout,
+        run=str(tmp_path / "reward"),
+        max_epochs=2,
+        patience=1,
+        n_boot=100,
+        device="cpu",
+    )
     reward_train.evaluate_reward(cfg, reward_train.train(cfg), plot=False)
     out = str(tmp_path / "aligned")
-    finetune.finetune(finetune.FinetuneConfig(model=model, data=feedback, reward=cfg.run, pretrain_data=feedback,
-                                              out=out, lora_rank=4, train_steps=2, batch=2, pre_batch=2, checkpoint_every=1))
+    finetune.finetune(
+        finetune.FinetuneConfig(
+            model=model,
+            data=feedback,
+            reward=cfg.run,
+            pretrain_data=feedback,
+            out=out,
+            lora_rank=4,
+            train_steps=2,
+            batch=2,
+            pre_batch=2,
+            checkpoint_every=1,
+        )
+    )
     pipe = StableDiffusionPipeline.from_pretrained(out)
     pipe.load_lora_weights(out)
     generate.sample(pipe, ["two dogs"], [0], steps=2)
     ev.summary(heldout, cfg.run, device="cpu")
     # the shapes world, on the shipped models
     shapes = str(tmp_path / "shapes")
-    generate.generate_dataset(generate.GenerateConfig(out=shapes, max_prompts=2, per_prompt=2, sample_steps=2, device="cpu"))
-    reward_train.train(reward.RewardConfig(data=shapes, labels="judge", run=str(tmp_path / "r2"), max_epochs=2, device="cpu"))
+    generate.generate_dataset(
+        generate.GenerateConfig(out=shapes, max_prompts=2, per_prompt=2, sample_steps=2, device="cpu")
+    )
+    reward_train.train(
+        reward.RewardConfig(data=shapes, labels="judge", run=str(tmp_path / "r2"), max_epochs=2, device="cpu")
+    )
     reward.load_reward_fn(str(tmp_path / "r2"))
     assert attempts == [], f"a code path tried to reach the network: {attempts[:5]}"
 
@@ -103,7 +139,9 @@ def test_hub_ids_fail_fast_offline_with_an_error_that_names_them(attempts, monke
     with pytest.raises(OSError, match="stable-diffusion-v1-5/stable-diffusion-v1-5"):
         generate.load_pipeline(sd.SD15, device="cpu")
     with pytest.raises(OSError, match="stable-diffusion-v1-5/stable-diffusion-v1-5"):
-        finetune.finetune(finetune.FinetuneConfig(model=sd.SD15, data=str(tmp_path), out=str(tmp_path / "o"), weight="label"))
+        finetune.finetune(
+            finetune.FinetuneConfig(model=sd.SD15, data=str(tmp_path), out=str(tmp_path / "o"), weight="label")
+        )
     with pytest.raises(OSError, match="huggingface.co|offline|cache"):
         reward.FrozenCLIP(sd.CLIP_L14, device="cpu")
     assert attempts == [], f"offline mode still tried the network (no retries, no waiting): {attempts[:5]}"

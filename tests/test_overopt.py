@@ -9,8 +9,14 @@ from t2idemo.overopt import OveroptConfig, overoptimisation
 from t2idemo.run import run
 from t2idemo.runconfig import preset
 
-SMALL = {"generate.max_prompts": 4, "generate.per_prompt": 2, "unlabelled_per_prompt": 1, "finetune.train_steps": 3,
-         "evaluate.n_combination": 8, "evaluate.n_single": 2}
+SMALL = {
+    "generate.max_prompts": 4,
+    "generate.per_prompt": 2,
+    "unlabelled_per_prompt": 1,
+    "finetune.train_steps": 3,
+    "evaluate.n_combination": 8,
+    "evaluate.n_single": 2,
+}
 
 
 @pytest.mark.slow
@@ -33,13 +39,19 @@ def test_curve_scores_every_checkpoint_of_both_betas(tmp_path):
     # a re-run reuses the fine-tunes and the scores
     cached = json.load(open(out / "overopt" / "scores.json"))
     assert len(next(iter(cached.values()))) == 5  # the base and two checkpoints per beta
-    again = overoptimisation(OveroptConfig(run=str(out), train_steps="0,1,3", betas="1,0", n_combination=16, n_single=8))
+    again = overoptimisation(
+        OveroptConfig(run=str(out), train_steps="0,1,3", betas="1,0", n_combination=16, n_single=8)
+    )
     assert again["points"] == res["points"]
 
 
 def test_config_errors_name_the_argument(tmp_path):
-    for kwargs, word in ((dict(train_steps="0,x"), "train_steps"), (dict(betas="5"), "betas"), (dict(n_combination=4), "n_combination"),
-                         (dict(split="typical"), "split")):
+    for kwargs, word in (
+        (dict(train_steps="0,x"), "train_steps"),
+        (dict(betas="5"), "betas"),
+        (dict(n_combination=4), "n_combination"),
+        (dict(split="typical"), "split"),
+    ):
         with pytest.raises(ValueError, match=word):
             OveroptConfig(**kwargs)
     with pytest.raises(ValueError, match="results.json"):

@@ -1,4 +1,5 @@
 """Each pre-training script runs for a few steps and writes what the next one reads."""
+
 import json
 import os
 import subprocess
@@ -37,12 +38,19 @@ def test_config_rejects_bad_values():
 
 def test_every_part_runs_a_few_steps_and_the_result_loads_in_plain_diffusers(tmp_path):
     out = str(tmp_path)
-    for part, extra in [("tokenizer", []), ("clip", ["--clip-steps", "3", "--clip-batch", "16"]),
-                        ("vae", ["--vae-steps", "3", "--vae-batch", "8", "--vae-decoder-steps", "3"]),
-                        ("unet", ["--unet-steps", "3", "--unet-batch", "8"]),
-                        ("reward_clip", ["--rclip-steps", "2", "--clip-batch", "16"])]:
-        r = subprocess.run([sys.executable, "-m", "t2idemo", "pretrain", "--out", out, "--part", part,
-                            "--n-images", "64", *extra], capture_output=True, text=True, timeout=300)
+    for part, extra in [
+        ("tokenizer", []),
+        ("clip", ["--clip-steps", "3", "--clip-batch", "16"]),
+        ("vae", ["--vae-steps", "3", "--vae-batch", "8", "--vae-decoder-steps", "3"]),
+        ("unet", ["--unet-steps", "3", "--unet-batch", "8"]),
+        ("reward_clip", ["--rclip-steps", "2", "--clip-batch", "16"]),
+    ]:
+        r = subprocess.run(
+            [sys.executable, "-m", "t2idemo", "pretrain", "--out", out, "--part", part, "--n-images", "64", *extra],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert r.returncode == 0, r.stderr[-2000:]
         assert "PretrainConfig" in r.stdout and f"{part}:" in r.stdout
     from transformers import CLIPModel
@@ -50,12 +58,16 @@ def test_every_part_runs_a_few_steps_and_the_result_loads_in_plain_diffusers(tmp
     assert CLIPModel.from_pretrained(os.path.join(out, "tiny-reward-clip")).config.projection_dim == 64
     assert os.path.isfile(os.path.join(out, "tiny-reward-clip", "preprocessor_config.json"))
     idx = json.load(open(os.path.join(out, "tiny-sd", "model_index.json")))
-    assert idx["unet"] == ["diffusers", "UNet2DConditionModel"] and idx["text_encoder"] == ["transformers", "CLIPTextModel"]
+    assert idx["unet"] == ["diffusers", "UNet2DConditionModel"] and idx["text_encoder"] == [
+        "transformers",
+        "CLIPTextModel",
+    ]
     from diffusers import StableDiffusionPipeline
 
     pipe = StableDiffusionPipeline.from_pretrained(os.path.join(out, "tiny-sd"), local_files_only=True)
     assert pipe.unet.dtype == torch.float32  # stored as float16, loads as float32
     assert pipe.scheduler.config.prediction_type == "v_prediction" and pipe.scheduler.config.rescale_betas_zero_snr
-    images = pipe(["a red square"], num_inference_steps=2, guidance_scale=3.0,
-                  generator=torch.Generator().manual_seed(0)).images
+    images = pipe(
+        ["a red square"], num_inference_steps=2, guidance_scale=3.0, generator=torch.Generator().manual_seed(0)
+    ).images
     assert images[0].size == (32, 32)

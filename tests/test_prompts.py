@@ -23,7 +23,9 @@ def test_both_sets_implement_the_interface(ps):
 
 def test_rows_record_their_prompt_set_and_code_asks_the_interface(tmp_path):
     for name in ("shapes", "sd"):
-        rows = plan_rows(GenerateConfig(out=str(tmp_path / name), model="m", prompt_set=name, max_prompts=2, per_prompt=1))
+        rows = plan_rows(
+            GenerateConfig(out=str(tmp_path / name), model="m", prompt_set=name, max_prompts=2, per_prompt=1)
+        )
         assert all(r["prompt_set"] == name for r in rows) and prompts.of_row(rows[0]) is prompts.get(name)
     # rows written before the field existed: told apart by their attributes, in this one place
     assert prompts.of_row({"object": "dog"}) is sd and prompts.of_row({"shape": "circle"}) is world

@@ -1,4 +1,5 @@
 """The reward model: loss terms, training, save/load, metrics and the CLI, on a random tiny CLIP and crisp renders."""
+
 import dataclasses
 import json
 import math
@@ -38,9 +39,18 @@ def make_dataset(folder, unseen: bool, n_prompts: int, seed: int = 0) -> str:
             img, _ = world.render_prompt(drawn, rng)
             name = f"{len(rows):05d}.png"
             img.save(os.path.join(folder, name))
-            rows.append({"file_name": name, "prompt": prompt, **meta, "seed": len(rows), "model": "render",
-                         "num_inference_steps": 0, "guidance_scale": 0.0,
-                         "label": "good" if judge(img, meta)["good"] else "bad"})
+            rows.append(
+                {
+                    "file_name": name,
+                    "prompt": prompt,
+                    **meta,
+                    "seed": len(rows),
+                    "model": "render",
+                    "num_inference_steps": 0,
+                    "guidance_scale": 0.0,
+                    "label": "good" if judge(img, meta)["good"] else "bad",
+                }
+            )
     with open(os.path.join(folder, "metadata.jsonl"), "w") as f:
         f.writelines(json.dumps(r) + "\n" for r in rows)
     return str(folder)
@@ -53,8 +63,17 @@ def data(tmp_path_factory):
 
 
 def small_cfg(clip_dir, data, run, **kw):
-    return reward.RewardConfig(clip=clip_dir, data=data[0], eval_data=data[1], run=str(run), max_epochs=4, patience=2,
-                               n_boot=200, device="cpu", **kw)
+    return reward.RewardConfig(
+        clip=clip_dir,
+        data=data[0],
+        eval_data=data[1],
+        run=str(run),
+        max_epochs=4,
+        patience=2,
+        n_boot=200,
+        device="cpu",
+        **kw,
+    )
 
 
 # ----------------------------------------------------------------------------- loss terms
@@ -91,7 +110,9 @@ def test_prompt_classification_loss_learns_to_prefer_the_true_prompt():
         # a masked-out candidate does not count: with only the true prompt left the loss is 0
         only_true = torch.zeros_like(mask)
         only_true[:, 0] = True
-        assert reward_train.prompt_classification_loss(head, img, txt, only_true, 0.1).item() == pytest.approx(0, abs=1e-6)
+        assert reward_train.prompt_classification_loss(head, img, txt, only_true, 0.1).item() == pytest.approx(
+            0, abs=1e-6
+        )
 
 
 def test_raw_reward_softmax_has_the_documented_floor():
@@ -117,7 +138,9 @@ def test_training_loss_has_both_terms(clip_dir, data, tmp_path):
     torch.nn.init.normal_(head.net[-1].weight)  # a head that has moved away from the calibrated cosine
     total, parts = reward_train.reward_loss(cfg, head, emb, y, idx, torch.Generator().manual_seed(0))
     assert parts["penalty"] > 0
-    assert total.item() == pytest.approx(parts["mse"] + cfg.lam * parts["ce"] + cfg.mlp_penalty * parts["penalty"], rel=1e-5)
+    assert total.item() == pytest.approx(
+        parts["mse"] + cfg.lam * parts["ce"] + cfg.mlp_penalty * parts["penalty"], rel=1e-5
+    )
     off = dataclasses.replace(cfg, mlp_penalty=0.0)
     assert reward_train.reward_loss(off, head, emb, y, idx, torch.Generator().manual_seed(0))[0].item() < total.item()
 
@@ -163,11 +186,17 @@ def test_train_save_load_round_trip_gives_identical_scores(clip_dir, data, tmp_p
 
 
 def test_bad_arguments_raise_value_errors_that_name_them(clip_dir, data, tmp_path):
-    for kw, name in [({"lam": -1.0}, "lam=-1.0"), ({"n_prompts": 1}, "n_prompts=1"), ({"temperature": 0.0}, "temperature=0.0"),
-                     ({"mlp_penalty": -0.1}, "mlp_penalty=-0.1"),
-                     ({"labels": "human"}, "labels='human'"), ({"noise": 0.7}, "noise=0.7"),
-                     ({"noise_levels": "0,x"}, "noise_levels='0,x'"), ({"val_frac": 1.0}, "val_frac=1.0"),
-                     ({"hidden": 0}, "hidden=0")]:
+    for kw, name in [
+        ({"lam": -1.0}, "lam=-1.0"),
+        ({"n_prompts": 1}, "n_prompts=1"),
+        ({"temperature": 0.0}, "temperature=0.0"),
+        ({"mlp_penalty": -0.1}, "mlp_penalty=-0.1"),
+        ({"labels": "human"}, "labels='human'"),
+        ({"noise": 0.7}, "noise=0.7"),
+        ({"noise_levels": "0,x"}, "noise_levels='0,x'"),
+        ({"val_frac": 1.0}, "val_frac=1.0"),
+        ({"hidden": 0}, "hidden=0"),
+    ]:
         with pytest.raises(ValueError, match=name):
             reward.RewardConfig(**kw)
     with pytest.raises(ValueError, match="data='/nonexistent'"):
@@ -190,9 +219,16 @@ def test_cli_train_eval_and_study(clip_dir, data, tmp_path, capsys):
     main(["reward", "eval", "--run", run, "--data", data[0], "--eval-data", data[1], "--n-boot", "200"])
     out = capsys.readouterr().out
     assert '"labels": "judge"' in out  # eval resolves the saved config and prints it
-    assert "| reward model (lambda=0.5, N=4) |" in out and "| CLIPScore (cosine) |" in out and "lambda=0 (MSE only)" in out
+    assert (
+        "| reward model (lambda=0.5, N=4) |" in out
+        and "| CLIPScore (cosine) |" in out
+        and "lambda=0 (MSE only)" in out
+    )
     assert os.path.getsize(os.path.join(run, "calibration.png")) > 1000
-    main(["reward", "study", "--data", data[0], "--eval-data", data[1], "--clip", clip_dir, "--noise-levels", "0,0.3"] + common)
+    main(
+        ["reward", "study", "--data", data[0], "--eval-data", data[1], "--clip", clip_dir, "--noise-levels", "0,0.3"]
+        + common
+    )
     out = capsys.readouterr().out
     assert "| 0% |" in out and "| 30% |" in out
 
@@ -228,14 +264,18 @@ def test_a_saved_reward_model_carries_no_job_fields_and_evaluates_without_its_tr
     reward_train.train(reward.RewardConfig(clip=clip_dir, data=data[0], run=run, max_epochs=3, n_boot=100))
     meta = json.load(open(os.path.join(run, reward.CONFIG_FILE)))
     assert set(meta["config"]) == set(reward.MODEL_FIELDS)
-    assert not {"data", "run", "eval_data", "n_boot", "noise_levels", "plot", "device"} & set(meta["training"]["config"])
+    assert not {"data", "run", "eval_data", "n_boot", "noise_levels", "plot", "device"} & set(
+        meta["training"]["config"]
+    )
     model = reward.RewardModel.from_pretrained(run)
     assert model.cfg.lam == 0.5 and model.cfg.max_epochs == 3  # the record is read back
     action, cfg = reward_train.parse_args(["eval", "--run", run, "--eval-data", data[1], "--n-boot", "100"])
     assert (action, cfg.data) == ("eval", "")
     res = reward_train.evaluate_reward(cfg, plot=False)
     assert list(res["table"]) == ["reward model (lambda=0.5, N=4)", "CLIPScore (cosine)"]
-    assert res["table"]["CLIPScore (cosine)"]["acc"] is None and "No training set given" in reward_train.reward_table(res)
+    assert res["table"]["CLIPScore (cosine)"]["acc"] is None and "No training set given" in reward_train.reward_table(
+        res
+    )
 
 
 def test_loading_a_reward_model_leaves_torchs_random_stream_alone():

@@ -1,19 +1,24 @@
 """`python -m t2idemo run`: the whole loop, shrunk to a few prompts and steps (slow: about a minute)."""
 
+import dataclasses
 import json
 import os
 
 import pytest
-
-import dataclasses
 
 from t2idemo import config
 from t2idemo.run import run
 from t2idemo.runconfig import RoundFolders, RunConfig, RunPaths, changed, preset, round_configs
 
 # the CI size, smaller still: 4 prompts x 2 images, 3 fine-tune steps
-SMALL = {"generate.max_prompts": 4, "generate.per_prompt": 2, "unlabelled_per_prompt": 1, "finetune.train_steps": 3,
-         "evaluate.n_combination": 8, "evaluate.n_single": 2}
+SMALL = {
+    "generate.max_prompts": 4,
+    "generate.per_prompt": 2,
+    "unlabelled_per_prompt": 1,
+    "finetune.train_steps": 3,
+    "evaluate.n_combination": 8,
+    "evaluate.n_single": 2,
+}
 
 
 def test_config_errors_name_the_argument():
@@ -40,13 +45,17 @@ def test_config_errors_name_the_argument():
 
 
 def test_presets_are_the_main_jobs_config_and_flags_change_them():
-    """"shapes" is RunConfig's defaults; a preset, then a recipe, then --STAGE.FIELD flags, each on top of the last."""
+    """ "shapes" is RunConfig's defaults; a preset, then a recipe, then --STAGE.FIELD flags, each on top of the last."""
     from t2idemo.run import parse_args
     from t2idemo.runconfig import PRESETS
 
     assert preset("shapes") == RunConfig()
     small = preset("shapes-small")
-    assert small.generate.max_prompts == 12 and small.finetune.train_steps == 6 and small.finetune.lr == RunConfig().finetune.lr
+    assert (
+        small.generate.max_prompts == 12
+        and small.finetune.train_steps == 6
+        and small.finetune.lr == RunConfig().finetune.lr
+    )
     sd = preset("sd15")
     assert (sd.generate.prompt_set, sd.finetune.lora_rank, sd.generate.guidance) == ("sd", 8, 7.5) and not sd.judge
     assert all(preset(name).preset == name for name in PRESETS)
@@ -60,28 +69,58 @@ def _stage_configs(cfg: RunConfig) -> dict:
     """The stage configs a round of ``cfg`` hands to each stage: runconfig.round_configs, as run_round uses it."""
     from t2idemo.runconfig import eval_config
 
-    rnd = round_configs(cfg, 1, "M", RoundFolders(feedback="F", reward_data="F", reward="R", unlabelled="U", aligned="O"))
-    return {"generate": rnd.feedback, "labels": rnd.labels, "reward": rnd.reward,
-            "finetune": rnd.finetune[cfg.finetune.beta], "evaluate": eval_config(cfg, {"base": "M", "round 1": "O"},
-                                                                                 RunPaths("OUT"))}
+    rnd = round_configs(
+        cfg, 1, "M", RoundFolders(feedback="F", reward_data="F", reward="R", unlabelled="U", aligned="O")
+    )
+    return {
+        "generate": rnd.feedback,
+        "labels": rnd.labels,
+        "reward": rnd.reward,
+        "finetune": rnd.finetune[cfg.finetune.beta],
+        "evaluate": eval_config(cfg, {"base": "M", "round 1": "O"}, RunPaths("OUT")),
+    }
 
 
 def _other_value(value, name):
     """A valid value different from ``value`` for the field ``name``."""
-    choices = {"generate.device": "cpu", "generate.prompt_set": "sd", "reward.device": "cpu", "labels.bias": "four-for-three", "reward.labels": "judge",
-               "reward.clip": "tiny-clip", "finetune.weight": "reward", "finetune.method": "dpo",
-               "finetune.balance": "category", "finetune.pretrain_data": "some/folder", "finetune.mixed_precision": "bf16",
-               "finetune.train": "cross_attention", "finetune.save_at": "2", "evaluate.split": "seen",
-               "evaluate.best_of": "4", "finetune.min_reward": 0.25, "finetune.t_low": 0.5, "finetune.ema": 0.5,
-               "finetune.p_uncond": 0.2, "reward.dropout": 0.2, "reward.noise": 0.2, "reward.val_frac": 0.3,
-               "labels.flip": 0.1, "labels.skip": 0.1, "generate.precision": "fp32", "evaluate.precision": "fp32"}
+    choices = {
+        "generate.device": "cpu",
+        "generate.prompt_set": "sd",
+        "reward.device": "cpu",
+        "labels.bias": "four-for-three",
+        "reward.labels": "judge",
+        "reward.clip": "tiny-clip",
+        "finetune.weight": "reward",
+        "finetune.method": "dpo",
+        "finetune.balance": "category",
+        "finetune.pretrain_data": "some/folder",
+        "finetune.mixed_precision": "bf16",
+        "finetune.train": "cross_attention",
+        "finetune.save_at": "2",
+        "evaluate.split": "seen",
+        "evaluate.best_of": "4",
+        "finetune.min_reward": 0.25,
+        "finetune.t_low": 0.5,
+        "finetune.ema": 0.5,
+        "finetune.p_uncond": 0.2,
+        "reward.dropout": 0.2,
+        "reward.noise": 0.2,
+        "reward.val_frac": 0.3,
+        "labels.flip": 0.1,
+        "labels.skip": 0.1,
+        "generate.precision": "fp32",
+        "evaluate.precision": "fp32",
+    }
     if name in choices:
         return choices[name]
     if isinstance(value, bool):
         return not value
     if isinstance(value, (int, float)):  # a value inside the field's declared range
-        lo, hi = config.field_range(next(f for f in dataclasses.fields(RunConfig().__dict__[name.split(".")[0]])
-                                         if f.name == name.split(".")[1]))
+        lo, hi = config.field_range(
+            next(
+                f for f in dataclasses.fields(RunConfig().__dict__[name.split(".")[0]]) if f.name == name.split(".")[1]
+            )
+        )
         if isinstance(value, int):
             return value + 1 if value + 1 <= hi else value - 1
         return (value + hi) / 2 if hi > value else (value + lo) / 2
@@ -115,10 +154,16 @@ def test_every_stage_field_is_reachable_from_run_once(capsys):
             assert getattr(_stage_configs(cfg2)[stage], f.name) == new, f"--{name} does not reach the {stage} stage"
     # what the round sets: every ROUND_SETS field holds the round's value, not the template's
     assert handed["generate"].out == "F" and handed["generate"].model == "M" and handed["generate"].split == "seen"
-    assert handed["labels"].data == "F" and handed["labels"].export == "judge" and handed["labels"].seed == base.seed + 1
+    assert (
+        handed["labels"].data == "F" and handed["labels"].export == "judge" and handed["labels"].seed == base.seed + 1
+    )
     assert (handed["reward"].data, handed["reward"].run) == ("F", "R")
-    assert (handed["finetune"].data, handed["finetune"].out, handed["finetune"].reward, handed["finetune"].unlabelled) == \
-        ("F", "O", "R", "U")
+    assert (
+        handed["finetune"].data,
+        handed["finetune"].out,
+        handed["finetune"].reward,
+        handed["finetune"].unlabelled,
+    ) == ("F", "O", "R", "U")
     assert handed["evaluate"].models == "M,O" and handed["evaluate"].names == "base,round 1"
 
 
@@ -146,10 +191,25 @@ def test_dpo_is_one_flag_away_with_its_own_learning_rate(tmp_path):
 def test_a_results_file_of_the_older_flat_layout_still_loads():
     from t2idemo.runconfig import from_saved
 
-    old = {"out": "runs/x", "max_prompts": 4, "steps": 300, "feedback_guidance": 3.0, "flip": 0.2, "method": "dpo",
-           "lr": 5e-4, "dpo_lr": 3e-5, "recipe": "filtered", "eval_split": "unseen"}
+    old = {
+        "out": "runs/x",
+        "max_prompts": 4,
+        "steps": 300,
+        "feedback_guidance": 3.0,
+        "flip": 0.2,
+        "method": "dpo",
+        "lr": 5e-4,
+        "dpo_lr": 3e-5,
+        "recipe": "filtered",
+        "eval_split": "unseen",
+    }
     cfg = from_saved(old)
-    assert (cfg.generate.max_prompts, cfg.finetune.train_steps, cfg.generate.guidance, cfg.labels.flip) == (4, 300, 3.0, 0.2)
+    assert (cfg.generate.max_prompts, cfg.finetune.train_steps, cfg.generate.guidance, cfg.labels.flip) == (
+        4,
+        300,
+        3.0,
+        0.2,
+    )
     assert (cfg.finetune.method, cfg.finetune.lr, cfg.evaluate.split) == ("dpo", 3e-5, "unseen")
     assert from_saved(dataclasses.asdict(preset("shapes-small"))) == preset("shapes-small")
 
@@ -157,8 +217,14 @@ def test_a_results_file_of_the_older_flat_layout_still_loads():
 @pytest.mark.slow
 def test_top_k_on_every_prompt(tmp_path):
     out = tmp_path / "run"
-    run(preset("shapes", out=str(out), unlabelled_split="all", **{**SMALL, "finetune.top_k": 1, "evaluate.n_combination": 2,
-                                                               "evaluate.n_single": 1}))
+    run(
+        preset(
+            "shapes",
+            out=str(out),
+            unlabelled_split="all",
+            **{**SMALL, "finetune.top_k": 1, "evaluate.n_combination": 2, "evaluate.n_single": 1},
+        )
+    )
     unl = [json.loads(l) for l in open(out / "round1" / "unlabelled" / "metadata.jsonl")]
     fb = [json.loads(l) for l in open(out / "round1" / "feedback" / "metadata.jsonl")]
     prompts = {r["prompt"] for r in unl + fb}
@@ -181,8 +247,11 @@ def test_two_rounds_end_to_end(tmp_path):
     # round 2 starts from round 1's model and its reward model sees both rounds' labels
     rows2 = [json.loads(l) for l in open(out / "round2" / "feedback" / "metadata.jsonl")]
     assert rows2[0]["model"] == str(out / "round1" / "aligned")
-    assert json.load(open(out / "round2" / "reward" / "reward_config.json"))["training"]["n_train"] + \
-        json.load(open(out / "round2" / "reward" / "reward_config.json"))["training"]["n_val"] == 16
+    assert (
+        json.load(open(out / "round2" / "reward" / "reward_config.json"))["training"]["n_train"]
+        + json.load(open(out / "round2" / "reward" / "reward_config.json"))["training"]["n_val"]
+        == 16
+    )
     report = (out / "report" / "report.md").read_text()
     assert "**unseen prompts**" in report and "**seen prompts**" in report  # the paper evaluated both
     assert set(res["models"]["round 2"]["rates"]) == {"unseen", "seen"}
@@ -214,7 +283,15 @@ def test_reuse_relabels_the_same_images(tmp_path):
     first = tmp_path / "first"
     run(preset("shapes", out=str(first), **SMALL))
     again = tmp_path / "again"
-    run(preset("shapes", out=str(again), reuse=str(first), train_seed=5, **{**SMALL, "labels.flip": 1.0, "finetune.min_reward": 0.0}))
+    run(
+        preset(
+            "shapes",
+            out=str(again),
+            reuse=str(first),
+            train_seed=5,
+            **{**SMALL, "labels.flip": 1.0, "finetune.min_reward": 0.0},
+        )
+    )
     for name in ("feedback", "unlabelled"):
         a, b = first / "round1" / name, again / "round1" / name
         pngs = sorted(p.name for p in a.glob("*.png"))
@@ -222,7 +299,9 @@ def test_reuse_relabels_the_same_images(tmp_path):
         assert all((a / p).read_bytes() == (b / p).read_bytes() for p in pngs)  # copied, not drawn again
     rows_a = [json.loads(l) for l in open(first / "round1" / "feedback" / "metadata.jsonl")]
     rows_b = [json.loads(l) for l in open(again / "round1" / "feedback" / "metadata.jsonl")]
-    assert [r["label"] for r in rows_b] == [{"good": "bad", "bad": "good"}[r["label"]] for r in rows_a]  # every one flipped
+    assert [r["label"] for r in rows_b] == [
+        {"good": "bad", "bad": "good"}[r["label"]] for r in rows_a
+    ]  # every one flipped
     assert json.load(open(again / "round1" / "aligned" / "finetune.json"))["config"]["seed"] == 6
     # the same base at the same evaluation settings: its evaluation is RUN's, read (tests/test_evaluate.py: exact)
     base_a, base_b = (json.load(open(r / "report" / "results.json"))["models"]["base"] for r in (first, again))
@@ -241,14 +320,33 @@ def test_shipped_copy_keeps_no_path_of_this_machine(tmp_path):
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     (tmp_path / "unet").mkdir()
-    (tmp_path / "unet" / "config.json").write_text('{\n  "_class_name": "UNet2DConditionModel",\n'
-                                                  f'  "_name_or_path": "{root}/t2idemo/assets/tiny-sd/unet",\n'
-                                                  '  "in_channels": 4\n}\n')
-    (tmp_path / "finetune.json").write_text(json.dumps({"config": {
-        "model": f"{root}/t2idemo/assets/tiny-sd", "data": "/elsewhere/feedback", "out": "runs/x", "lr": 5e-4}}))
+    (tmp_path / "unet" / "config.json").write_text(
+        '{\n  "_class_name": "UNet2DConditionModel",\n'
+        f'  "_name_or_path": "{root}/t2idemo/assets/tiny-sd/unet",\n'
+        '  "in_channels": 4\n}\n'
+    )
+    (tmp_path / "finetune.json").write_text(
+        json.dumps(
+            {
+                "config": {
+                    "model": f"{root}/t2idemo/assets/tiny-sd",
+                    "data": "/elsewhere/feedback",
+                    "out": "runs/x",
+                    "lr": 5e-4,
+                }
+            }
+        )
+    )
     portable(str(tmp_path))
     unet = (tmp_path / "unet" / "config.json").read_text()
-    assert "_name_or_path" not in unet and json.loads(unet) == {"_class_name": "UNet2DConditionModel", "in_channels": 4}
+    assert "_name_or_path" not in unet and json.loads(unet) == {
+        "_class_name": "UNet2DConditionModel",
+        "in_channels": 4,
+    }
     saved = json.loads((tmp_path / "finetune.json").read_text())["config"]
-    assert saved == {"model": os.path.join("t2idemo", "assets", "tiny-sd"), "data": "/elsewhere/feedback",
-                     "out": "runs/x", "lr": 5e-4}
+    assert saved == {
+        "model": os.path.join("t2idemo", "assets", "tiny-sd"),
+        "data": "/elsewhere/feedback",
+        "out": "runs/x",
+        "lr": 5e-4,
+    }

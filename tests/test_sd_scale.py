@@ -1,13 +1,13 @@
 """SD scale: the paper's prompt set, and every stage (generate -> people's labels -> reward -> LoRA fine-tuning ->
 plain diffusers) through the same library functions as the shapes world, on tiny random SD v1.5-style models."""
+
 import os
 import sys
 
 import pytest
 import torch
 
-from t2idemo import data, finetune, generate, labels, reward, reward_train, sd
-from t2idemo import evaluate
+from t2idemo import data, evaluate, finetune, generate, labels, reward, reward_train, sd
 
 
 # ----------------------------------------------------------------------------- the prompt set
@@ -21,8 +21,15 @@ def test_prompts_follow_the_papers_four_categories_and_wording():
     assert prompt == "two blue dogs in the forest" and meta["unseen"]  # blue dogs are held out
     prompt, meta = sd.make_prompt("combination", count=2, color="green", object="dog", background="city")
     assert prompt == "two green dogs in the city"
-    assert meta == {"category": "combination", "named": ["count", "color", "object", "background"], "count": 2,
-                    "color": "green", "object": "dog", "background": "city", "unseen": False}
+    assert meta == {
+        "category": "combination",
+        "named": ["count", "color", "object", "background"],
+        "count": 2,
+        "color": "green",
+        "object": "dog",
+        "background": "city",
+        "unseen": False,
+    }
     assert sd.make_prompt("color", color="red", object="cat")[1]["count"] == 1  # "a red colored cat" asks for one
 
 
@@ -61,13 +68,19 @@ def test_bad_values_name_the_argument_and_what_is_allowed(monkeypatch):
         sd.parse_prompt("two unicorns")
     with pytest.raises(ValueError, match="prompt_set='photos'"):
         generate.GenerateConfig(prompt_set="photos")
-    for bad, match in ((dict(lora_rank=-1), "lora_rank=-1"), (dict(lora_rank=2.5), "lora_rank=2.5"),
-                       (dict(lora_alpha=-1.0), "lora_alpha=-1.0"), (dict(encode_batch=0), "encode_batch=0")):
+    for bad, match in (
+        (dict(lora_rank=-1), "lora_rank=-1"),
+        (dict(lora_rank=2.5), "lora_rank=2.5"),
+        (dict(lora_alpha=-1.0), "lora_alpha=-1.0"),
+        (dict(encode_batch=0), "encode_batch=0"),
+    ):
         with pytest.raises(ValueError, match=match):
             finetune.FinetuneConfig(weight="label", **bad)
     monkeypatch.setitem(sys.modules, "bitsandbytes", None)  # as on a machine without it
     with pytest.raises(ImportError, match="use_8bit_adam=True needs bitsandbytes"):
-        finetune.make_optimizer([torch.nn.Parameter(torch.zeros(1))], finetune.FinetuneConfig(weight="label", use_8bit_adam=True))
+        finetune.make_optimizer(
+            [torch.nn.Parameter(torch.zeros(1))], finetune.FinetuneConfig(weight="label", use_8bit_adam=True)
+        )
 
 
 def test_the_judge_refuses_sd_scale_rows():
@@ -96,22 +109,64 @@ def stages(tmp_path_factory):
     feedback, heldout = str(root / "feedback"), str(root / "heldout")
     gen = {}
     for out, split, seed in ((feedback, "seen", 0), (heldout, "unseen", 1)):
-        gen[split] = generate.generate_dataset(generate.GenerateConfig(
-            out=out, model=model, prompt_set="sd", split=split, max_prompts=8, per_prompt=2, sample_steps=2, seed=seed,
-            batch=8, device="cpu"))
+        gen[split] = generate.generate_dataset(
+            generate.GenerateConfig(
+                out=out,
+                model=model,
+                prompt_set="sd",
+                split=split,
+                max_prompts=8,
+                per_prompt=2,
+                sample_steps=2,
+                seed=seed,
+                batch=8,
+                device="cpu",
+            )
+        )
         label_by_hand(out)
-    rcfg = reward.RewardConfig(clip=clip, data=feedback, eval_data=heldout, run=str(root / "reward"),
-                               max_epochs=3, patience=2, n_boot=100, device="cpu")
+    rcfg = reward.RewardConfig(
+        clip=clip,
+        data=feedback,
+        eval_data=heldout,
+        run=str(root / "reward"),
+        max_epochs=3,
+        patience=2,
+        n_boot=100,
+        device="cpu",
+    )
     model_r = reward_train.train(rcfg)
     evaluation = reward_train.evaluate_reward(rcfg, model_r, plot=False)
     out = str(root / "aligned")
-    fcfg = dict(model=model, data=feedback, reward=rcfg.run, pretrain_data=feedback, out=out, lora_rank=4,
-                lora_alpha=8.0, batch=2, pre_batch=2, encode_batch=4, lr=1e-2, checkpoint_every=1,
-                gradient_checkpointing=True)
+    fcfg = dict(
+        model=model,
+        data=feedback,
+        reward=rcfg.run,
+        pretrain_data=feedback,
+        out=out,
+        lora_rank=4,
+        lora_alpha=8.0,
+        batch=2,
+        pre_batch=2,
+        encode_batch=4,
+        lr=1e-2,
+        checkpoint_every=1,
+        gradient_checkpointing=True,
+    )
     finetune.finetune(finetune.FinetuneConfig(train_steps=2, **fcfg))
     finetune.finetune(finetune.FinetuneConfig(train_steps=3, **fcfg))  # resumes from OUT/checkpoint
-    return dict(root=root, model=model, clip=clip, feedback=feedback, heldout=heldout, gen=gen, reward=rcfg,
-                reward_model=model_r, evaluation=evaluation, out=out, fcfg=fcfg)
+    return dict(
+        root=root,
+        model=model,
+        clip=clip,
+        feedback=feedback,
+        heldout=heldout,
+        gen=gen,
+        reward=rcfg,
+        reward_model=model_r,
+        evaluation=evaluation,
+        out=out,
+        fcfg=fcfg,
+    )
 
 
 def test_generate_writes_the_sd_prompt_set_in_the_same_layout(stages):
@@ -125,8 +180,11 @@ def test_generate_writes_the_sd_prompt_set_in_the_same_layout(stages):
             assert r["unseen"] is unseen and sd.parse_prompt(r["prompt"])["object"] == r["object"]
             assert r["label"] in ("good", "bad", None) and r["model"] == stages["model"]
         assert Image.open(os.path.join(folder, rows[0]["file_name"])).size == (32, 32)
-    again = generate.generate_dataset(generate.GenerateConfig(out=stages["feedback"], model=stages["model"],
-                                                              prompt_set="sd", max_prompts=8, per_prompt=2, sample_steps=2))
+    again = generate.generate_dataset(
+        generate.GenerateConfig(
+            out=stages["feedback"], model=stages["model"], prompt_set="sd", max_prompts=8, per_prompt=2, sample_steps=2
+        )
+    )
     assert again["generated"] == 0  # resumable, like the shapes world's sets
 
 
@@ -139,9 +197,11 @@ def test_reward_trains_on_people_labels_with_swaps_from_the_sd_vocabulary(stages
     ev = stages["evaluation"]  # held-out truth = people's labels (the judge cannot read photos)
     held = [r for r in data.load_rows(stages["heldout"], missing_ok=True) if r["label"] in ("good", "bad")]
     assert ev["n_images"] == len(held) and ev["good_rate"] == pytest.approx(
-        sum(r["label"] == "good" for r in held) / len(held))
-    scores = reward.load_reward_fn(stages["reward"].run)(data.load_images(stages["heldout"], held[:3]),
-                                                          [r["prompt"] for r in held[:3]])
+        sum(r["label"] == "good" for r in held) / len(held)
+    )
+    scores = reward.load_reward_fn(stages["reward"].run)(
+        data.load_images(stages["heldout"], held[:3]), [r["prompt"] for r in held[:3]]
+    )
     assert scores.shape == (3,) and ((scores >= 0) & (scores <= 1)).all()
     table = evaluate.summary(stages["heldout"], stages["reward"].run, device="cpu")
     assert table["all"]["labelled"] == len(held) and 0 <= table["all"]["mean_reward"] <= 1

@@ -125,9 +125,12 @@ def test_the_loops_calls_train_the_few_label_reward_and_tune_on_every_prompt(tmp
     labelled = {r["prompt"] for r in load_rows(folder)}
     assert not labelled & {r["prompt"] for r in unlabelled}
 
-    shutil.copytree(tmp_path / "tune" / "unlabelled", tmp_path / "t0" / "unlabelled")  # the same draws: resumed, not redrawn
-    assert os.path.isfile(os.path.join(tune_on_labels(None, str(tmp_path / "reward"), str(tmp_path / "t0"), cfg),
-                                       "model_index.json"))
+    shutil.copytree(
+        tmp_path / "tune" / "unlabelled", tmp_path / "t0" / "unlabelled"
+    )  # the same draws: resumed, not redrawn
+    assert os.path.isfile(
+        os.path.join(tune_on_labels(None, str(tmp_path / "reward"), str(tmp_path / "t0"), cfg), "model_index.json")
+    )
 
     few = str(tmp_path / "few")
     labelled_set(few, 1)  # one good and one bad label
@@ -158,9 +161,11 @@ def test_the_session_curve_runs_a_simulated_person_through_the_loop(tmp_path, ca
     assert os.path.getsize(plot_curve(res, str(tmp_path / "curve.png"))) > 1000
     assert parse_args(["session"]).labels == [0, 24, 48, 96, 192]
     assert parse_args(["app", "--visitor"]).labels == 24
-    for argv, msg in ((["session", "--labels", "0,x"], "--labels '0,x' is not a comma-separated list"),
-                      (["session", "--flip", "0.7"], "--flip 0.7 is out of range"),
-                      (["app", "--labels", "2"], "--labels '2': every value must be an integer from 4 to 512")):
+    for argv, msg in (
+        (["session", "--labels", "0,x"], "--labels '0,x' is not a comma-separated list"),
+        (["session", "--flip", "0.7"], "--flip 0.7 is out of range"),
+        (["app", "--labels", "2"], "--labels '2': every value must be an integer from 4 to 512"),
+    ):
         with pytest.raises(SystemExit):
             parse_args(argv)
         assert msg in capsys.readouterr().err

@@ -1,4 +1,5 @@
 """The shipped tiny stack loads with plain diffusers, offline, and draws what it is asked often enough."""
+
 import os
 import subprocess
 import sys
@@ -21,7 +22,9 @@ print("ok", type(imgs[0]).__name__)
 
 def test_plain_diffusers_loads_the_shipped_pipeline_offline(tmp_path):
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTHONPATH="")
-    r = subprocess.run([sys.executable, "-c", PLAIN], capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300)
+    r = subprocess.run(
+        [sys.executable, "-c", PLAIN], capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     assert "ok" in r.stdout and "Image" in r.stdout
 
@@ -40,9 +43,13 @@ def test_shipped_aligned_model_beats_the_base_on_unseen_combinations_count_inclu
     from t2idemo.generate import ALIGNED_MODEL, load_pipeline
 
     cfg = EvalConfig(split="unseen", n_combination=256, n_single=32, fid=False)
-    metas = [m for m in eval_prompts(cfg.split, cfg.n_combination, cfg.n_single, cfg.seed) if m["category"] == "combination"]
-    base, aligned = (summarise(evaluate_model(load_pipeline(m), metas, cfg)[1])["unseen"]["combination"]
-                     for m in (BASE_MODEL, ALIGNED_MODEL))
+    metas = [
+        m for m in eval_prompts(cfg.split, cfg.n_combination, cfg.n_single, cfg.seed) if m["category"] == "combination"
+    ]
+    base, aligned = (
+        summarise(evaluate_model(load_pipeline(m), metas, cfg)[1])["unseen"]["combination"]
+        for m in (BASE_MODEL, ALIGNED_MODEL)
+    )
     assert aligned["all"]["lo"] > base["all"]["hi"], (base["all"], aligned["all"])
     for a in ("count", "color", "scene"):
         assert aligned[a]["p"] > base[a]["p"], (a, base[a], aligned[a])
@@ -53,14 +60,16 @@ def test_base_model_is_sane_on_typical_prompts_and_fails_atypical_ones():
     """The shipped base at the default sampler: typical prompts right, unseen (atypical) combinations often wrong in
     all three attributes: count, colour and background each wrong on at least 15% (the README's table, at full size,
     has the figures; about a minute here)."""
-    from t2idemo.evaluate import eval_prompts, evaluate_model, EvalConfig, summarise
+    from t2idemo.evaluate import EvalConfig, eval_prompts, evaluate_model, summarise
     from t2idemo.generate import load_pipeline
 
     cfg = EvalConfig(models=BASE_MODEL, split="typical,unseen", n_combination=256, n_single=64, fid=False)
     metas = eval_prompts(cfg.split, cfg.n_combination, cfg.n_single, cfg.seed)
     _, t = evaluate_model(load_pipeline(BASE_MODEL), metas, cfg)
     rates = summarise(t)
-    typical = sum(c["all"]["k"] for c in rates["typical"].values()) / sum(c["all"]["n"] for c in rates["typical"].values())
+    typical = sum(c["all"]["k"] for c in rates["typical"].values()) / sum(
+        c["all"]["n"] for c in rates["typical"].values()
+    )
     combo = rates["unseen"]["combination"]
     assert typical >= 0.9, rates["typical"]
     assert 0.15 <= combo["all"]["p"] <= 0.4, combo

@@ -7,8 +7,8 @@ import sys
 
 import pytest
 import yaml
-
 from test_hub import TOKEN, fake_hub, repo_files  # noqa: F401 (fake_hub is a fixture)
+
 from t2idemo import space
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -30,8 +30,11 @@ def test_deploy_writes_a_space_that_a_space_build_accepts(fake_hub, capsys, capl
     files = fake_hub.files("alice/t2idemo", "space")
 
     # the app, the library with its shipped models, byte for byte; nothing else of the repository
-    package = {f"t2idemo/{k}": v for k, v in repo_files(os.path.join(ROOT, "t2idemo")).items()
-               if "__pycache__" not in k and not k.endswith(".pyc")}
+    package = {
+        f"t2idemo/{k}": v
+        for k, v in repo_files(os.path.join(ROOT, "t2idemo")).items()
+        if "__pycache__" not in k and not k.endswith(".pyc")
+    }
     assert set(files) == set(package) | {"app.py", "requirements.txt", "README.md"}
     assert all(files[k] == v for k, v in package.items())
     assert files["app.py"] == open(os.path.join(ROOT, "app.py"), "rb").read()
@@ -47,8 +50,10 @@ def test_deploy_writes_a_space_that_a_space_build_accepts(fake_hub, capsys, capl
 
     # requirements.txt: CPU torch from pytorch.org's CPU index, pyproject's dependencies, no gradio (the SDK's)
     reqs = files["requirements.txt"].decode().splitlines()
-    assert reqs[:2] == ["--extra-index-url https://download.pytorch.org/whl/cpu",
-                        f"torch=={torch.__version__.split('+')[0]}+cpu"]
+    assert reqs[:2] == [
+        "--extra-index-url https://download.pytorch.org/whl/cpu",
+        f"torch=={torch.__version__.split('+')[0]}+cpu",
+    ]
     assert not any(r.startswith(("gradio", "datasets", "ipy", "nb")) for r in reqs)
     assert set(reqs[2:]) == {d for d in space.dependencies() if not d.startswith(("torch", "gradio", "datasets"))}
 
@@ -70,8 +75,9 @@ def test_deploy_writes_a_space_that_a_space_build_accepts(fake_hub, capsys, capl
 
 
 def test_deploy_without_labels_sets_no_secret(fake_hub):  # noqa: F811
-    out = space.deploy(space.SpaceConfig(repo_id="bob/app", labels=False, endpoint=fake_hub.url), TOKEN,
-                       log=lambda s: None)
+    out = space.deploy(
+        space.SpaceConfig(repo_id="bob/app", labels=False, endpoint=fake_hub.url), TOKEN, log=lambda s: None
+    )
     assert out["labels"] is None and "bob/app" not in fake_hub.secrets
     assert ("dataset", "bob/app-labels") not in fake_hub.repos
     assert "disk only" in fake_hub.files("bob/app", "space")["README.md"].decode()

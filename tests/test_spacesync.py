@@ -11,8 +11,8 @@ import sys
 import time
 
 import pytest
-
 from test_hub import TOKEN, fake_hub  # noqa: F401 (fake_hub is a fixture)
+
 from t2idemo import consent, hub, share_page, spacesync
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -45,8 +45,15 @@ for line in sys.stdin:  # commands: draw N | label I LABEL WHO | consent WHO | s
 
 class AppProcess:
     def __init__(self, cwd, env):
-        self.p = subprocess.Popen([sys.executable, "-c", CHILD.format(root=ROOT)], cwd=cwd, env=env, text=True,
-                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        self.p = subprocess.Popen(
+            [sys.executable, "-c", CHILD.format(root=ROOT)],
+            cwd=cwd,
+            env=env,
+            text=True,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
 
     def do(self, command: str) -> dict:
         self.p.stdin.write(command + "\n")
@@ -90,8 +97,14 @@ def wait_for(fn, want, timeout=60):
 @pytest.mark.slow
 def test_labels_survive_sigkill_and_a_wiped_disk(fake_hub, tmp_path):  # noqa: F811
     env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "PYTHONPATH")}
-    env.update(SPACE_ID=SPACE, HF_TOKEN=TOKEN, HF_ENDPOINT=fake_hub.url, HF_HOME=str(tmp_path / "hf"),
-               T2IDEMO_SYNC_MINUTES="0.01", HF_HUB_DISABLE_TELEMETRY="1")
+    env.update(
+        SPACE_ID=SPACE,
+        HF_TOKEN=TOKEN,
+        HF_ENDPOINT=fake_hub.url,
+        HF_HOME=str(tmp_path / "hf"),
+        T2IDEMO_SYNC_MINUTES="0.01",
+        HF_HUB_DISABLE_TELEMETRY="1",
+    )
     space_dir = tmp_path / "space"
     space_dir.mkdir()
 
@@ -149,6 +162,7 @@ def test_restore_of_a_missing_dataset_restores_nothing(fake_hub, tmp_path, monke
 
 def test_names_go_only_with_each_labelers_own_consent(tmp_path):
     from conftest import make_render_dataset
+
     from t2idemo.labels import LabelStore, default_store_path
 
     d = str(tmp_path / "data")

@@ -55,8 +55,10 @@ def test_render_is_32px_non_overlapping_in_slots_and_uses_the_palette():
     for _ in range(300):
         sc = world.sample_scene(rng)
         assert len(sc.centers) == sc.count
-        slots = [min(range(4), key=lambda k: (c[0] - world.SLOTS[k][0]) ** 2 + (c[1] - world.SLOTS[k][1]) ** 2)
-                 for c in sc.centers]
+        slots = [
+            min(range(4), key=lambda k: (c[0] - world.SLOTS[k][0]) ** 2 + (c[1] - world.SLOTS[k][1]) ** 2)
+            for c in sc.centers
+        ]
         assert len(set(slots)) == sc.count  # one shape per slot
         for c, k in zip(sc.centers, slots):  # near its slot's centre, inside the image with a 1 px margin
             assert max(abs(c[0] - world.SLOTS[k][0]), abs(c[1] - world.SLOTS[k][1])) <= world.JITTER
