@@ -1,6 +1,6 @@
 """Probe what limits the base UNet: train one on a prior and an architecture, then judge it (docs/findings.md, section 1).
 
-Trains a UNet with `pretrain.train_unet` (v-prediction, zero terminal SNR, AdamW + cosine, EMA 0.999) on the
+Trains a UNet with `pretrain_diffusion.train_unet` (v-prediction, zero terminal SNR, AdamW + cosine, EMA 0.999) on the
 latents of the shipped VAE (or ``--vae``), conditioned on the shipped text encoder, then judges 512 unseen
 combination images, 96 per other unseen category and 64 per category of typical prompts at the guidance scales given:
 
@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-from t2idemo import pretrain, world  # noqa: E402
+from t2idemo import pretrain, pretrain_diffusion, world  # noqa: E402
 from t2idemo.evaluate import eval_prompts, summarise, tally  # noqa: E402
 from t2idemo.generate import BASE_MODEL, sample  # noqa: E402
 from t2idemo.judge import judge  # noqa: E402
@@ -46,7 +46,7 @@ def load_parts(base: str, vae: str):
 def make_unet(arch: dict, cross_dim: int):
     from diffusers import UNet2DConditionModel
 
-    kw = dict(pretrain.unet_model(cross_dim).config)  # the shipped architecture, then the overrides
+    kw = dict(pretrain_diffusion.unet_model(cross_dim).config)  # the shipped architecture, then the overrides
     kw = {k: v for k, v in kw.items() if not k.startswith("_")}
     kw.update(arch)
     return UNet2DConditionModel(**kw)
@@ -60,7 +60,7 @@ def build_pipe(parts, unet):
         text_encoder=parts.text_encoder,
         tokenizer=parts.tokenizer,
         unet=unet,
-        scheduler=pretrain.sample_scheduler(),
+        scheduler=pretrain_diffusion.sample_scheduler(),
         safety_checker=None,
         feature_extractor=None,
         requires_safety_checker=False,
@@ -99,14 +99,15 @@ def judge_unet(pipe, guidance: float, steps: int = 15, seed: int = 0, typical: b
 
 
 def train(prior: world.Prior, arch: dict, steps: int, parts, lr: float = 6e-4, n_images: int = 60_000, seed: int = 0):
-    """``pretrain.train_unet`` on ``prior``'s scenes and captions, with the architecture overrides. Returns the EMA UNet."""
+    """``pretrain_diffusion.train_unet`` on ``prior``'s scenes and captions, with the architecture overrides.
+    Returns the EMA UNet."""
     cfg = pretrain.PretrainConfig(part="unet", seed=seed, n_images=n_images, unet_steps=steps, unet_lr=lr)
-    images, scenes = pretrain.render_dataset(n_images, seed, prior)
+    images, scenes = pretrain_diffusion.render_dataset(n_images, seed, prior)
     torch.manual_seed(seed)
     unet = make_unet(arch, parts.text_encoder.config.hidden_size)
     print(f"UNet {sum(p.numel() for p in unet.parameters()) / 1e6:.2f} M parameters", flush=True)
     t0 = time.time()
-    unet = pretrain.train_unet(
+    unet = pretrain_diffusion.train_unet(
         cfg, parts.tokenizer, parts.text_encoder, parts.vae, images, scenes, prior=prior, unet=unet
     )
     return unet.eval(), time.time() - t0

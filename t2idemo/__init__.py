@@ -6,13 +6,14 @@ or one above (tests/test_layers.py parses every import and checks it), so the co
     0  foundations   config (a dataclass -> a command line), data (imagefolder I/O), stats (Wilson, ROC-AUC),
                      dpo (the Diffusion-DPO loss), world (the shapes world: vocabulary, prompts, renders),
                      clip (the frozen CLIP that embeds images and prompts)
-    1  parts         judge (the shapes world's rater), pretrain (the tiny CLIP, VAE and UNet), sd (the paper's
-                     SD-scale prompt set, tiny random stand-ins), reward_attr (the short session's few-label
-                     reward: the CLIP's check of each named attribute, calibrated on the labels),
+    1  parts         judge (the shapes world's rater), pretrain_diffusion (the tiny VAE and UNet, their noise
+                     schedule), sd (the paper's SD-scale prompt set, tiny random stand-ins), reward_attr (the short
+                     session's few-label reward: the CLIP's check of each named attribute, calibrated on the labels),
                      finetune_data (D_model, D_pre, their encoding and Dataset), finetune_params (what trains: the
                      UNet, its cross-attention or a LoRA adapter; the optimizer, the EMA, the checkpoint)
     2  models, sets  prompts (one interface over world and sd), labels (the label store, the simulated rater),
-                     reward (the model r(x, z): frozen CLIP + head), consent (each labeler's consent to be named)
+                     reward (the model r(x, z): frozen CLIP + head), consent (each labeler's consent to be named),
+                     pretrain (the tokenizer and tiny CLIP; the pretrain command over every piece)
     3  stages 1-2    generate (draw images), labeling (the ipywidgets labeler), reward_train (fit and evaluate
                      the reward model)
     4  stage 3, etc. finetune (the reward-weighted loss), evaluate (the judge, FID, CIs), hub (push)
@@ -34,8 +35,8 @@ or one above (tests/test_layers.py parses every import and checks it), so the co
 
 LAYERS = (
     ("config", "data", "stats", "dpo", "world", "clip"),
-    ("judge", "pretrain", "sd", "reward_attr", "finetune_data", "finetune_params"),
-    ("prompts", "labels", "reward", "consent"),
+    ("judge", "pretrain_diffusion", "sd", "reward_attr", "finetune_data", "finetune_params"),
+    ("prompts", "labels", "reward", "consent", "pretrain"),
     ("generate", "labeling", "reward_train"),
     ("finetune", "evaluate", "hub"),
     ("runconfig",),

@@ -4,29 +4,20 @@
     python -m t2idemo pretrain --part vae --vae-steps 20  # one piece, a few steps (the tests do this)
 
 Pieces, in order (each reads the ones before it from ``--out``):
-1. tokenizer: ``world.build_tokenizer``, a CLIP BPE tokenizer whose vocabulary is the world's words (one token each).
+1. tokenizer: ``build_tokenizer``, a CLIP BPE tokenizer whose vocabulary is the world's words (one token each).
 2. clip: a tiny ``transformers.CLIPModel`` trained contrastively on renders and captions. Its text tower
    is the pipeline's text encoder; the whole model is the reward model's backbone (stage 2).
 3. vae: a tiny ``AutoencoderKL``, 32x32x3 <-> 8x8x4 latents (SD: 512x512x3 <-> 64x64x4).
 4. unet: a ``UNet2DConditionModel`` trained on the VAE's latents, conditioned on the frozen text tower.
 
-Noise schedule. With SD's schedule the last training step still keeps sqrt(alpha_bar_T) = 0.068 of the
-signal, so at sampling time the model starts from noise that it believes carries the image's mean; flat
-very dark (night) or very bright (snow) backgrounds then come out grey (Lin et al. 2023, "Common Diffusion
-Noise Schedules and Sample Steps are Flawed"). We use their fix, all of it built into diffusers:
-``rescale_betas_zero_snr=True`` (zero terminal SNR), ``prediction_type="v_prediction"`` (eps is
-meaningless at SNR 0) and ``timestep_spacing="trailing"`` (sampling starts at t = T). Offset noise is
-the cheaper alternative; zero SNR needs no extra hyper-parameter.
-
-Weights are written as safetensors; the UNet and VAE are stored in float16 (half the bytes; they load
-as float32) and the small text models in float32.
+The first two live here; the VAE, the UNet and their zero-terminal-SNR noise schedule in
+``t2idemo.pretrain_diffusion``. Weights are written as safetensors; the small text models in float32.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 import random
 import time
@@ -40,9 +31,20 @@ from tqdm.auto import tqdm
 from . import world
 from .clip import CLIP_MEAN, CLIP_STD  # OpenAI CLIP's normalisation, kept for parity
 from .config import check_ranges, ranged
-from .world import TOKEN_LENGTH, build_tokenizer
+from .pretrain_diffusion import (
+    CHUNK,
+    cosine_lr,
+    render_dataset,
+    save_pipeline,
+    text_tower,
+    to_tensor,
+    train_unet,
+    train_vae,
+)
 
 ASSETS = os.path.join(os.path.dirname(__file__), "assets")
+CLIP_WEIGHT_DECAY = 0.05  # AdamW weight decay of the CLIP
+P_CAPTION_ATTRIBUTE = 0.8  # probability that a CLIP caption states the colour, and (apart) the scene
 
 
 @dataclass
@@ -112,24 +114,36 @@ class PretrainConfig:
         world.get_prior(self.prior)  # a ValueError naming the prior if it is unknown
 
 
-# ----------------------------------------------------------------------------- shared helpers
-def render_dataset(n: int, seed: int, prior: world.Prior | None = None):
-    """n random scenes (uniform over the world, or drawn from ``prior``) -> (uint8 images (N, 32, 32, 3), list of Scene)."""
-    rng = random.Random(seed)
-    scenes = [prior.sample_scene(rng) if prior else world.sample_scene(rng) for _ in range(n)]
-    images = np.stack([np.asarray(world.render(s)) for s in tqdm(scenes, desc="render", leave=False)])
-    return images, scenes
+# ----------------------------------------------------------------------------- 1. tokenizer: the world's words
+TOKEN_LENGTH = 10  # tokens per prompt, BOS and EOS included; the longest prompt needs 7
 
 
-def to_tensor(images: np.ndarray) -> torch.Tensor:
-    """uint8 (N, H, W, 3) -> float (N, 3, H, W) in [-1, 1], the range SD's VAE works in."""
-    return torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+def build_tokenizer():
+    """A CLIP BPE tokenizer over the world's words: letters, then merges that spell each word
+    left to right, so every word of the vocabulary is a single token."""
+    from transformers import CLIPTokenizer
 
-
-def cosine_lr(step: int, total: int, warmup: int = 100) -> float:
-    if step < warmup:
-        return (step + 1) / warmup
-    return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+    words = ["a", "an", "on"] + list(world.COUNT_WORDS.values()) + list(world.COLORS) + list(world.SCENES)
+    words += list(world.SHAPES) + [world.plural(s) for s in world.SHAPES]
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    letters = "abcdefghijklmnopqrstuvwxyz"
+    for c in letters:
+        vocab[c] = len(vocab)
+    for c in letters:
+        vocab[c + "</w>"] = len(vocab)
+    merges = []
+    for w in sorted(set(words), key=len, reverse=True):
+        pieces = list(w[:-1]) + [w[-1] + "</w>"]
+        cur = pieces[0]
+        for p in pieces[1:]:
+            if (cur, p) not in merges:
+                merges.append((cur, p))
+            cur += p
+            vocab.setdefault(cur, len(vocab))
+    tok = CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=TOKEN_LENGTH)
+    for w in words:  # guard: each word must be exactly one token
+        assert len(tok(w)["input_ids"]) == 3, w
+    return tok
 
 
 def save_json(obj, path):
@@ -200,7 +214,7 @@ def train_clip(cfg: PretrainConfig, tok, images, scenes):
     rng = random.Random(cfg.seed + 1)
     model = CLIPModel(clip_config(len(tok.get_vocab())))
     codes = scene_codes(scenes)  # (N, 4)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.clip_lr, weight_decay=0.05)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.clip_lr, weight_decay=CLIP_WEIGHT_DECAY)
     bar = tqdm(range(cfg.clip_steps), desc="clip")
     for step in bar:
         for g in opt.param_groups:
@@ -210,8 +224,8 @@ def train_clip(cfg: PretrainConfig, tok, images, scenes):
         for k, i in enumerate(idx):  # a random caption per image; remember what it states
             sc = scenes[i]
             say_count = rng.random() < cfg.clip_p_count
-            color = sc.color if rng.random() < 0.8 else None
-            scene = sc.scene if rng.random() < 0.8 else None
+            color = sc.color if rng.random() < P_CAPTION_ATTRIBUTE else None
+            scene = sc.scene if rng.random() < P_CAPTION_ATTRIBUTE else None
             caps.append(world.caption(sc.count, color, sc.shape, scene, state_count=say_count))
             if not say_count and sc.count > 1:
                 stated[k, 0] = 0  # a bare plural ("circles") states "more than one"; "a circle" states one
@@ -240,8 +254,8 @@ def vae_round_trip(vae, images: np.ndarray, frac: float, seed: int) -> np.ndarra
     also sees the blur and colour drift of decoded images, which every generated image has."""
     images = images.copy()
     idx = np.where(np.random.default_rng(seed).random(len(images)) < frac)[0]
-    for s in tqdm(range(0, len(idx), 512), desc="vae round trip", leave=False):
-        b = idx[s : s + 512]
+    for s in tqdm(range(0, len(idx), CHUNK), desc="vae round trip", leave=False):
+        b = idx[s : s + CHUNK]
         y = vae.decode(vae.encode(to_tensor(images[b])).latent_dist.sample()).sample  # (B, 3, 32, 32) in [-1, 1]
         images[b] = ((y.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
     return images
@@ -267,222 +281,6 @@ def save_clip(model, tok, path: str):
         },
         os.path.join(path, "preprocessor_config.json"),
     )
-
-
-# ----------------------------------------------------------------------------- 3. VAE
-def vae_model():
-    from diffusers import AutoencoderKL
-
-    return AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * 3,
-        up_block_types=("UpDecoderBlock2D",) * 3,
-        block_out_channels=(32, 64, 64),
-        layers_per_block=1,
-        latent_channels=4,
-        norm_num_groups=16,
-        sample_size=world.IMAGE_SIZE,
-    )
-
-
-def train_vae(cfg: PretrainConfig, images):
-    torch.manual_seed(cfg.seed)
-    rng = np.random.default_rng(cfg.seed + 2)
-    vae = vae_model()
-    opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr, weight_decay=0.0)
-    bar = tqdm(range(cfg.vae_steps), desc="vae")
-    for step in bar:
-        for g in opt.param_groups:
-            g["lr"] = cfg.vae_lr * cosine_lr(step, cfg.vae_steps)
-        x = to_tensor(images[rng.choice(len(images), cfg.vae_batch, replace=False)])  # (B, 3, 32, 32)
-        post = vae.encode(x).latent_dist  # diagonal Gaussian over (B, 4, 8, 8)
-        recon = vae.decode(post.sample()).sample  # (B, 3, 32, 32)
-        rec = F.mse_loss(recon, x)
-        kl = post.kl().mean() / post.mean[0].numel()  # per latent element
-        loss = rec + cfg.vae_kl * kl
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        bar.set_postfix(mse=f"{rec.item():.4f}", kl=f"{kl.item():.2f}")
-    # SD scales latents to unit variance with a fixed factor stored in the config (0.18215 for SD 1.x)
-    with torch.no_grad():
-        z = vae.encode(to_tensor(images[:2048])).latent_dist.sample()
-    vae.register_to_config(scaling_factor=float(1.0 / z.std()))
-    return finetune_decoder(cfg, vae, images)
-
-
-def finetune_decoder(cfg: PretrainConfig, vae, images):
-    """Fine-tune the decoder alone on the posterior means, the encoder (and so the latent space) frozen.
-    Trained on noisy posterior samples (std about 0.37 at KL weight 1e-3), the decoder learns to blur: an
-    8-pixel square came back round 23% of the time. On the means it renders corners again."""
-    if not cfg.vae_decoder_steps:
-        return vae
-    rng = np.random.default_rng(cfg.seed + 4)
-    params = list(vae.decoder.parameters()) + list(vae.post_quant_conv.parameters())
-    opt = torch.optim.AdamW(params, lr=cfg.vae_lr / 3, weight_decay=0.0)
-    bar = tqdm(range(cfg.vae_decoder_steps), desc="vae decoder")
-    for step in bar:
-        for g in opt.param_groups:
-            g["lr"] = cfg.vae_lr / 3 * cosine_lr(step, cfg.vae_decoder_steps)
-        x = to_tensor(images[rng.choice(len(images), cfg.vae_batch, replace=False)])  # (B, 3, 32, 32)
-        with torch.no_grad():
-            z = vae.encode(x).latent_dist.mean  # (B, 4, 8, 8) the frozen encoder's posterior mean
-        loss = F.mse_loss(vae.decode(z).sample, x)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        bar.set_postfix(mse=f"{loss.item():.4f}")
-    return vae
-
-
-# ----------------------------------------------------------------------------- 4. UNet
-def unet_model(cross_attention_dim: int):
-    from diffusers import UNet2DConditionModel
-
-    return UNet2DConditionModel(
-        sample_size=world.IMAGE_SIZE // 4,
-        in_channels=4,
-        out_channels=4,
-        down_block_types=("CrossAttnDownBlock2D",) * 2,
-        up_block_types=("CrossAttnUpBlock2D",) * 2,
-        block_out_channels=(64, 96),
-        layers_per_block=1,
-        cross_attention_dim=cross_attention_dim,
-        attention_head_dim=8,
-        norm_num_groups=16,
-        # the text's pooled embedding is added to the timestep embedding, so every block sees the
-        # whole prompt (diffusers' "text" addition embedding; docs/findings.md, section 1.1)
-        addition_embed_type="text",
-        addition_embed_type_num_heads=4,
-    )
-
-
-def train_scheduler():
-    """The training noise schedule: SD's scaled-linear betas, rescaled to zero terminal SNR."""
-    from diffusers import DDPMScheduler
-
-    return DDPMScheduler(
-        num_train_timesteps=1000,
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        prediction_type="v_prediction",
-        rescale_betas_zero_snr=True,
-        timestep_spacing="trailing",
-        clip_sample=False,
-    )
-
-
-def sample_scheduler():
-    """The fast sampler the pipeline ships with: DPM-Solver++ (2M) on the same schedule."""
-    from diffusers import DPMSolverMultistepScheduler
-
-    return DPMSolverMultistepScheduler(
-        num_train_timesteps=1000,
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        prediction_type="v_prediction",
-        rescale_betas_zero_snr=True,
-        timestep_spacing="trailing",
-        final_sigmas_type="zero",
-    )
-
-
-@torch.no_grad()
-def encode_text(text_encoder, tok, captions: list) -> torch.Tensor:
-    """Exactly what StableDiffusionPipeline.encode_prompt does: pad to model_max_length, no mask."""
-    ids = tok(
-        captions, padding="max_length", max_length=tok.model_max_length, truncation=True, return_tensors="pt"
-    ).input_ids
-    return text_encoder(ids)[0]  # (B, L, D) last hidden state
-
-
-def train_unet(
-    cfg: PretrainConfig, tok, text_encoder, vae, images, scenes, prior: world.Prior | None = None, unet=None
-):
-    """Train the UNet on (images, scenes), drawn from ``cfg.prior``, whose captions it also draws. ``prior`` and
-    ``unet`` replace ``cfg.prior`` and a fresh ``unet_model`` (scripts/unet_probe.py tries variants of both)."""
-    torch.manual_seed(cfg.seed)
-    prior = prior or world.get_prior(cfg.prior)
-    rng = random.Random(cfg.seed + 3)
-    # cache the VAE posterior of every training image; each step samples from it (as SD does)
-    mean, std = [], []
-    with torch.no_grad():
-        for i in tqdm(range(0, len(images), 512), desc="encode", leave=False):
-            post = vae.encode(to_tensor(images[i : i + 512])).latent_dist
-            mean.append(post.mean)
-            std.append(post.std)
-    mean, std = torch.cat(mean), torch.cat(std)  # (N, 4, 8, 8) each
-    sf = vae.config.scaling_factor
-    unet = unet or unet_model(text_encoder.config.hidden_size)
-    ema = [p.detach().clone() for p in unet.parameters()]
-    noise_scheduler = train_scheduler()
-    acp = noise_scheduler.alphas_cumprod  # (T,) alpha_bar_t
-    opt = torch.optim.AdamW(unet.parameters(), lr=cfg.unet_lr, weight_decay=0.01)
-    cache = {}  # caption -> (L, D) text embedding; the text encoder is frozen
-    bar = tqdm(range(cfg.unet_steps), desc="unet")
-    for step in bar:
-        for g in opt.param_groups:
-            g["lr"] = cfg.unet_lr * cosine_lr(step, cfg.unet_steps, warmup=200)
-        idx = rng.sample(range(len(scenes)), cfg.unet_batch)
-        caps = ["" if rng.random() < cfg.p_uncond else prior.caption(scenes[i], rng) for i in idx]
-        for c in set(caps) - cache.keys():
-            cache[c] = encode_text(text_encoder, tok, [c])[0]
-        cond = torch.stack([cache[c] for c in caps])  # (B, L, D)
-        x0 = (mean[idx] + std[idx] * torch.randn_like(std[idx])) * sf  # (B, 4, 8, 8) clean latents
-        noise = torch.randn_like(x0)  # (B, 4, 8, 8) eps
-        t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (len(idx),))  # (B,)
-        a = acp[t].sqrt()[:, None, None, None]  # sqrt(alpha_bar_t)
-        s = (1 - acp[t]).sqrt()[:, None, None, None]  # sqrt(1 - alpha_bar_t)
-        xt = a * x0 + s * noise  # forward process q(x_t | x_0)
-        target = a * noise - s * x0  # v = sqrt(ab) eps - sqrt(1 - ab) x0
-        loss = F.mse_loss(unet(xt, t, cond).sample, target)
-        opt.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
-        opt.step()
-        with torch.no_grad():
-            d = min(cfg.unet_ema, (1 + step) / (10 + step))  # EMA warm-up
-            for e, p in zip(ema, unet.parameters()):
-                e.mul_(d).add_(p.detach(), alpha=1 - d)
-        bar.set_postfix(loss=f"{loss.item():.4f}")
-    with torch.no_grad():
-        for e, p in zip(ema, unet.parameters()):
-            p.copy_(e)
-    return unet
-
-
-def text_tower(clip):
-    """The CLIP's text tower as a stand-alone CLIPTextModel: SD's text encoder."""
-    from transformers import CLIPTextModel
-
-    te = CLIPTextModel(clip.config.text_config)
-    te.load_state_dict(clip.text_model.state_dict())
-    return te.eval().requires_grad_(False)
-
-
-def save_pipeline(path: str, tok, text_encoder, vae, unet, prior: str):
-    """Write a StableDiffusionPipeline folder that plain diffusers loads (no safety checker), with a record of
-    the prior its UNet learnt from (the fine-tune's D_pre draws from it)."""
-    from diffusers import StableDiffusionPipeline
-
-    pipe = StableDiffusionPipeline(
-        vae=vae.half(),
-        text_encoder=text_encoder,
-        tokenizer=tok,
-        unet=unet.half(),
-        scheduler=sample_scheduler(),
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
-    pipe.save_pretrained(path, safe_serialization=True)
-    train_scheduler().save_pretrained(os.path.join(path, "train_scheduler"))  # the schedule training uses
-    world.write_prior(path, prior)
-    vae.float()
-    unet.float()
 
 
 # ----------------------------------------------------------------------------- main

@@ -1,8 +1,8 @@
 """The shapes world: a tiny, fully checkable stand-in for the photos Stable Diffusion draws.
 
 An image is 32x32 RGB: one to four identical shapes of one colour on a flat scene, each shape in its own quadrant
-(a slot). The slots are there for the tiny UNet: with shapes placed freely it never learnt to count past 79% even
-when most captions stated the count; with slots it counts 94% right, so what the base gets wrong is its data.
+(a slot). The slots are there for the tiny UNet: it counts far better with them than with shapes placed freely
+(docs/findings.md, sections A.1 and 1.1), so what the base gets wrong is its data.
 Prompts come in the paper's four categories (Lee et al. 2023, Table 1):
 
     count        "two circles"                     names count + shape
@@ -67,9 +67,8 @@ IMAGE_SIZE = 32  # pixels, the world's resolution
 SUPERSAMPLE = 4  # render at 4x (128 px) and box-downsample: anti-aliased edges
 MIN_SIZE, MAX_SIZE = 8.0, 11.0  # shape size in pixels at 32x32 (small enough that four fit)
 # Layout: each shape sits in its own slot, one per quadrant; a count of k fills k of the four slots, chosen at
-# random, and each centre is jittered. With shapes placed freely the tiny UNet never learnt to count past 79% even
-# when 75% of its captions stated the count (docs/findings.md, sections A.1 and 1.1); with slots the same UNet
-# counts 94% right, so a base that draws the wrong number does so because of its data, as SD does.
+# random, and each centre is jittered. The slots teach the tiny UNet to count where free placement did not
+# (docs/findings.md, sections A.1 and 1.1): a base that draws the wrong number does so because of its data, as SD does.
 SLOTS = ((8.0, 8.0), (24.0, 8.0), (8.0, 24.0), (24.0, 24.0))  # slot centres, pixels at 32x32 (quadrant centres)
 JITTER = 1.5  # each centre moves by up to this much in x and in y, pixels (shapes keep >= 2 px apart, 1 px from edges)
 
@@ -370,7 +369,8 @@ PRIORS = {
     "laion": Prior(p_typical_color=0.9, p_typical_scene=0.98, p_count=0.3, p_color=0.75, p_scene=0.5, p_one=0.6),
     # every pair equally likely, every attribute often stated: the "fully taught" reference (measured, not shipped)
     "balanced": Prior(p_typical_color=0.0, p_typical_scene=0.0, p_count=0.75, p_color=0.75, p_scene=0.75),
-    # every pair equally likely, counts rarely stated: what the first base (shipped until the LAION-like one) learnt from
+    # every pair equally likely, counts rarely stated: what the first base learnt from (shipped until the LAION-like
+    # one)
     "uniform": Prior(p_typical_color=0.0, p_typical_scene=0.0, p_count=0.1, p_color=0.75, p_scene=0.75),
 }
 
@@ -422,35 +422,3 @@ def to_array(images) -> np.ndarray:
     if isinstance(images, Image.Image):
         images = [images]
     return np.stack([np.asarray(im.convert("RGB"), dtype=np.uint8) for im in images])
-
-
-# ----------------------------------------------------------------------------- its words as tokens (the tiny CLIP's tokenizer)
-TOKEN_LENGTH = 10  # tokens per prompt, BOS and EOS included; the longest prompt needs 7
-
-
-def build_tokenizer():
-    """A CLIP BPE tokenizer over the world's words: letters, then merges that spell each word
-    left to right, so every word of the vocabulary is a single token."""
-    from transformers import CLIPTokenizer
-
-    words = ["a", "an", "on"] + list(COUNT_WORDS.values()) + list(COLORS) + list(SCENES)
-    words += list(SHAPES) + [plural(s) for s in SHAPES]
-    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
-    letters = "abcdefghijklmnopqrstuvwxyz"
-    for c in letters:
-        vocab[c] = len(vocab)
-    for c in letters:
-        vocab[c + "</w>"] = len(vocab)
-    merges = []
-    for w in sorted(set(words), key=len, reverse=True):
-        pieces = list(w[:-1]) + [w[-1] + "</w>"]
-        cur = pieces[0]
-        for p in pieces[1:]:
-            if (cur, p) not in merges:
-                merges.append((cur, p))
-            cur += p
-            vocab.setdefault(cur, len(vocab))
-    tok = CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=TOKEN_LENGTH)
-    for w in words:  # guard: each word must be exactly one token
-        assert len(tok(w)["input_ids"]) == 3, w
-    return tok

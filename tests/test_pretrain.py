@@ -8,13 +8,13 @@ import sys
 import pytest
 import torch
 
-from t2idemo import pretrain, world
+from t2idemo import pretrain
 
 
 def test_tokenizer_maps_each_world_word_to_one_token():
-    tok = world.build_tokenizer()
-    ids = tok("three purple circles on grass", padding="max_length", max_length=world.TOKEN_LENGTH)["input_ids"]
-    assert len(ids) == world.TOKEN_LENGTH and ids[0] == 0 and ids[6] == 1  # BOS, 5 words, EOS
+    tok = pretrain.build_tokenizer()
+    ids = tok("three purple circles on grass", padding="max_length", max_length=pretrain.TOKEN_LENGTH)["input_ids"]
+    assert len(ids) == pretrain.TOKEN_LENGTH and ids[0] == 0 and ids[6] == 1  # BOS, 5 words, EOS
 
 
 def test_caption_match_handles_unstated_and_plural_counts():

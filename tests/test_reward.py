@@ -22,7 +22,7 @@ def clip_dir(tmp_path_factory):
     from transformers import CLIPModel
 
     path = str(tmp_path_factory.mktemp("clip"))
-    tok = world.build_tokenizer()
+    tok = pretrain.build_tokenizer()
     torch.manual_seed(0)
     CLIPModel(pretrain.clip_config(len(tok.get_vocab()))).save_pretrained(path)
     tok.save_pretrained(path)
