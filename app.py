@@ -29,26 +29,25 @@ where the Space says (GRADIO_SERVER_NAME, GRADIO_SERVER_PORT). Needs ``pip insta
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from t2idemo import spacesync, world
 from t2idemo.backend import (
     DEFAULT_PROMPT,
-    GRID,
-    LIMITS,
     MAX_NAME,
     MAX_PROMPT,
+    CompareConfig,
     big,
     caption,
-    check_number,
     check_prompt,
     example_prompts,
 )
-from t2idemo.config import parse_config
-from t2idemo.generate import ALIGNED_MODEL, BASE_MODEL, DEFAULT_GUIDANCE, DEFAULT_STEPS
+from t2idemo.config import bounds, check_field, parse_config
+from t2idemo.generate import ALIGNED_MODEL, BASE_MODEL
 from t2idemo.label_page import LabelPage
 from t2idemo.labels import LABELS
 from t2idemo.loop import LoopConfig
@@ -108,12 +107,8 @@ class AppConfig:
     workdir: str = "runs/app"  # where the app keeps what visitors make: drawn images, reward models, tuned models
     share_shipped: bool = False  # Share may push the app's own aligned model when a visitor made none (the owner's
     #                              choice: off on a public Space, where visitors push only what they made)
-    batch_images: int = LoopConfig.batch_images  # Label: default images per Draw (a visitor may ask for 1 - 64)
-    train_steps: int = LoopConfig.train_steps  # Train: default fine-tune steps (a visitor may ask for 1 - 200)
-    unlabelled_per_prompt: int = LoopConfig.unlabelled_per_prompt  # Train: generations of every prompt, scored by the
-    #                                                                reward model; 0 - 16
-    eval_images: int = LoopConfig.eval_images  # Train: after a fine-tune, unseen combination images per model, base vs
-    #                                            yours; 0 - 512
+    # the Label and Train tabs' settings: their defaults, and the ranges a visitor may ask for (t2idemo.loop)
+    loop: LoopConfig = field(default_factory=LoopConfig)
     host: str = os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1")  # interface to serve on; 0.0.0.0 = every one
     port: int = int(os.environ.get("GRADIO_SERVER_PORT", "7860"))  # TCP port; 1 - 65535
     share: bool = False  # also open a public *.gradio.live link (needs the internet)
@@ -135,17 +130,10 @@ class AppConfig:
             raise ValueError(f"--port {self.port} is out of range; use 1 to 65535")
         if self.threads < 0:
             raise ValueError(f"--threads {self.threads} must be >= 0 (0 = one per core)")
-        self.loop_config()  # names a bad Label or Train setting
 
     def loop_config(self) -> LoopConfig:
-        """The Label and Train tabs' settings, as ``t2idemo.loop`` takes them."""
-        return LoopConfig(
-            model=self.base,
-            batch_images=self.batch_images,
-            train_steps=self.train_steps,
-            unlabelled_per_prompt=self.unlabelled_per_prompt,
-            eval_images=self.eval_images,
-        )
+        """The Label and Train tabs' settings, as ``t2idemo.loop`` takes them: ``loop`` on the base model."""
+        return dataclasses.replace(self.loop, model=self.base)
 
 
 # ----------------------------------------------------------------------------- the handlers
@@ -163,8 +151,9 @@ class App(LabelPage):
         """-> (base gallery, aligned gallery, your-model gallery, summary markdown). Every model draws from seeds
         seed .. seed+n-1; the third gallery is empty until this session has tuned a model."""
         prompt, meta = check_prompt(prompt)
-        seed, steps, n = check_number("seed", seed), check_number("steps", steps), check_number("images", images)
-        guidance = check_number("guidance", guidance, integer=False)
+        seed, steps = check_field(CompareConfig, "seed", seed), check_field(CompareConfig, "sample_steps", steps)
+        n = check_field(CompareConfig, "images_per_model", images)
+        guidance = check_field(CompareConfig, "guidance", guidance)
         t0, seeds = time.perf_counter(), list(range(seed, seed + n))
         mine = self.my_pipeline(state.get("sid"), state.get("mine")) if state else None
         galleries, rows = [], []
@@ -211,11 +200,11 @@ class App(LabelPage):
     def tune(self, steps, state=None):
         """A short fine-tune of the base model with the main job's recipe on the labels -> (markdown, state)."""
         state = self.session(state)
-        steps = check_number("train_steps", steps)
+        steps = check_field(LoopConfig, "train_steps", steps)
         if not state.get("reward"):
             raise ValueError("train the reward model first (button 1): the fine-tune weights images with it")
         t0 = time.perf_counter()
-        model, scores = self.fine_tune(state["sid"], state["reward"], steps)
+        model, scores = super().tune(state["sid"], state["reward"], steps)
         if model is None:
             return "Fine-tune **cancelled**; nothing changed.", {**state, "mine": None}
         judged = ""
@@ -260,7 +249,7 @@ class App(LabelPage):
             raise ValueError(
                 "you have no model to share yet: label some images, then train and fine-tune in the Train tab"
             )
-        cfg, out = self.push_to_hub(
+        cfg, out = super().share(
             repo_id, token, model, reward if with_reward else "", private, with_labels, with_names
         )
         lines = [
@@ -276,6 +265,13 @@ class App(LabelPage):
 
 
 # ----------------------------------------------------------------------------- the page
+def number_input(gr, cfg, name: str, label: str, elem_id: str, info: str = ""):
+    """A number box for the field ``name`` of the config instance ``cfg``: its value, and its range as the hint."""
+    lo, hi = bounds(type(cfg), name)  # the range a visitor may ask for: the field's own
+    hint = f"{info}; {lo:g} to {hi:g}" if info else f"{lo:g} to {hi:g}"
+    return gr.Number(label=label, value=getattr(cfg, name), precision=0, elem_id=elem_id, info=hint)
+
+
 def ui_errors(fn, gr):
     """Wrap a handler: a ValueError (bad input) or a failed push becomes a gr.Error shown in the page, and is not
     printed on the server (a user's mistake is no server error, and Share's errors stay out of the logs)."""
@@ -313,24 +309,13 @@ def _compare_tab(app: App, gr, session):
         )
         generate = gr.Button("Generate", variant="primary", elem_id="generate", scale=1)
     with gr.Row():
-        seed = gr.Number(label="seed", value=0, precision=0, elem_id="seed", info="image i uses seed + i")
-        steps = gr.Number(
-            label="steps",
-            value=DEFAULT_STEPS,
-            precision=0,
-            elem_id="steps",
-            info=f"{LIMITS['steps'][0]} to {LIMITS['steps'][1]}",
-        )
+        compare = CompareConfig()
+        seed = number_input(gr, compare, "seed", "seed", "seed", "image i uses seed + i")
+        steps = number_input(gr, compare, "sample_steps", "sample steps", "steps")
         guidance = gr.Slider(
-            *LIMITS["guidance"], value=DEFAULT_GUIDANCE, step=0.5, label="guidance", elem_id="guidance"
+            *bounds(CompareConfig, "guidance"), value=compare.guidance, step=0.5, label="guidance", elem_id="guidance"
         )
-        images = gr.Number(
-            label="images",
-            value=4,
-            precision=0,
-            elem_id="images",
-            info=f"per model, {LIMITS['images'][0]} to {LIMITS['images'][1]}",
-        )
+        images = number_input(gr, compare, "images_per_model", "images per model", "images")
     examples = example_prompts()
     gr.Examples(
         [[p] for p, _ in examples],
@@ -382,13 +367,7 @@ def _label_tab(app: App, gr, session):
             "own name."
         )
         with gr.Row():
-            batch = gr.Number(
-                label="images to draw",
-                value=app.cfg.batch_images,
-                precision=0,
-                elem_id="label-n",
-                info=f"{LIMITS['batch'][0]} to {LIMITS['batch'][1]}",
-            )
+            batch = number_input(gr, app.loop, "images_per_draw", "images per draw", "label-n")
             draw = gr.Button("Draw images to label", elem_id="label-draw")
     with gr.Row():
         name = gr.Textbox(label="your name", elem_id="labeler-name", scale=3, max_length=MAX_NAME)
@@ -424,11 +403,12 @@ def _label_tab(app: App, gr, session):
 
 
 def _label_grid(app: App, gr, session, view: list, kw: dict) -> tuple:
-    """The Label tab's grid view, in an accordion under the single view: GRID images, each with a tick box
+    """The Label tab's grid view, in an accordion under the single view: ``loop.images_per_screen`` images, each with a tick box
     labelled with its prompt; the person ticks the good (or the bad) ones and submits the screen, or takes the
     last screen back. The single ``view`` follows each screen. Returns (handler, inputs, outputs) that show a
     fresh screen, for Start."""
-    with gr.Accordion(f"Grid view: {GRID} images on one screen", open=False, elem_id="label-grid") as grid:
+    n = app.loop.images_per_screen
+    with gr.Accordion(f"Grid view: {n} images on one screen", open=False, elem_id="label-grid") as grid:
         mark = gr.Radio(
             [("I mark the good ones", "good"), ("I mark the bad ones", "bad")],
             value="good",
@@ -437,9 +417,9 @@ def _label_grid(app: App, gr, session, view: list, kw: dict) -> tuple:
             info="the images left unticked get the other label",
         )
         images, ticks = [], []
-        for first in range(0, GRID, 4):
+        for first in range(0, n, 4):
             with gr.Row():
-                for k in range(first, first + 4):
+                for k in range(first, min(first + 4, n)):
                     with gr.Column(min_width=120):
                         images.append(
                             gr.Image(
@@ -458,23 +438,26 @@ def _label_grid(app: App, gr, session, view: list, kw: dict) -> tuple:
             undo = gr.Button("Undo screen", elem_id="grid-undo")
         status = gr.Markdown(elem_id="grid-status")
     outputs = [*images, *ticks, view[2], status, session]  # view[2]: the progress line both views share
-    show, refresh = ui_errors(grid_cells(app.grid_view, gr), gr), (ui_errors(app.label_refresh, gr), [session], view)
+    show, refresh = (
+        ui_errors(grid_cells(app.grid_view, gr, n), gr),
+        (ui_errors(app.label_refresh, gr), [session], view),
+    )
     grid.expand(show, [session], outputs, **kw)
-    submit.click(ui_errors(grid_cells(app.grid_submit, gr), gr), [session, mark, *ticks], outputs, **kw).success(
+    submit.click(ui_errors(grid_cells(app.grid_submit, gr, n), gr), [session, mark, *ticks], outputs, **kw).success(
         *refresh, **kw
     )
-    undo.click(ui_errors(grid_cells(app.grid_undo, gr), gr), [session], outputs, **kw).success(*refresh, **kw)
+    undo.click(ui_errors(grid_cells(app.grid_undo, gr, n), gr), [session], outputs, **kw).success(*refresh, **kw)
     return show, [session], outputs
 
 
-def grid_cells(fn, gr):
-    """Wrap a grid handler: its screen [(image, prompt)] becomes GRID images and unticked boxes labelled with the
+def grid_cells(fn, gr, n: int):
+    """Wrap a grid handler: its screen [(image, prompt)] becomes ``n`` images and unticked boxes labelled with the
     prompts, then the handler's other values; the cells past the screen's end are hidden."""
 
     @functools.wraps(fn)
     def handler(*args):
         cells, *rest = fn(*args)
-        cells = cells + [(None, None)] * (GRID - len(cells))
+        cells = cells + [(None, None)] * (n - len(cells))
         return [
             *(gr.Image(value=im, visible=im is not None) for im, _ in cells),
             *(gr.Checkbox(value=False, label=prompt or "", visible=prompt is not None) for _, prompt in cells),
@@ -505,13 +488,7 @@ def _train_tab(app: App, gr, session):
     train = gr.Button("1. Train the reward model", elem_id="train-reward")
     reward_md = gr.Markdown(elem_id="train-reward-result")
     with gr.Row():
-        train_steps = gr.Number(
-            label="fine-tune steps",
-            value=app.cfg.train_steps,
-            precision=0,
-            elem_id="tune-steps",
-            info=f"{LIMITS['train_steps'][0]} to {LIMITS['train_steps'][1]}",
-        )
+        train_steps = number_input(gr, app.loop, "train_steps", "fine-tune steps", "tune-steps")
         tune = gr.Button("2. Fine-tune", variant="primary", elem_id="tune")
         cancel = gr.Button("Cancel", variant="stop", elem_id="tune-cancel")
     tune_md = gr.Markdown(elem_id="tune-result")

@@ -3,7 +3,7 @@
 One ``Backend`` serves every visitor at once. It holds the base and aligned pipelines and the reward model, the
 labelling set and its label store, the one job slot (a reward training or a fine-tune at a time) and each
 visitor's tuned model. Its methods take plain values, call the library (``t2idemo.loop``, ``t2idemo.labels``) and
-return plain values; app.py's handlers check a visitor's input (``check_number``, ``check_prompt``), call them and
+return plain values; app.py's handlers check a visitor's input (``config.check_field``, ``check_prompt``), call them and
 turn what they return into the page. The app's latency benchmark (``python -m t2idemo benchmarks app``) drives
 the same methods.
 
@@ -11,68 +11,57 @@ the same methods.
 
     backend = Backend(workdir="runs/app")                          # shipped models; labels in runs/app/labelling
     sides = backend.draw_and_rate("two red circles on sky", [0, 1, 2, 3], 15, 5.0)  # {"base": ..., "aligned": ...}
-    backend.draw_labelling(24)                                     # then people label them (the Label tab)
+    backend.label_draw(24)                                     # then people label them (the Label tab)
     reward, result = backend.train_reward_model("ana")             # a session id: its files go under sessions/ana
-    model, scores = backend.fine_tune("ana", reward, 200)          # the session's fine-tune (t2idemo.loop)
+    model, scores = backend.tune("ana", reward, 200)          # the session's fine-tune (t2idemo.loop)
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 import secrets
 import shutil
 import sqlite3
 import threading
+from dataclasses import dataclass
 from itertools import islice
 
 from PIL import Image
 
 from . import world
+from .config import check_field, ranged, seed_field
 from .data import load_rows
-from .generate import ALIGNED_MODEL, BASE_MODEL, DEFAULT_GUIDANCE
+from .generate import ALIGNED_MODEL, BASE_MODEL, DEFAULT_GUIDANCE, DEFAULT_STEPS
 from .labeling import MARKS, screen_labels, unlabelled
 from .labels import MAJORITY, LabelStore, default_store_path
 from .loop import LoopConfig
 from .reward import REWARD_MODEL
 
 DEFAULT_PROMPT = "three purple circles on grass"  # Compare's first prompt; the warm-up's and the benchmark's too
-LIMITS = {
-    "seed": (0, 2**31 - 1),
-    "steps": (1, 100),
-    "images": (1, 16),
-    "guidance": (0.0, 20.0),
-    "batch": (1, 64),
-    "train_steps": (1, 200),
-    "screen": (1, 16),
-}  # what a visitor may ask for (a public Space's caps)
-GRID = 12  # images on one screen of the Label tab's grid view
+
+
+@dataclass
+class CompareConfig:
+    """What a visitor may ask of Compare: app.py's inputs show these ranges and check them (a public Space's caps)."""
+
+    # image i of each model uses seed + i
+    seed: int = seed_field()
+    # sampler steps
+    sample_steps: int = ranged(DEFAULT_STEPS, 1, 100)
+    # classifier-free guidance scale
+    guidance: float = ranged(DEFAULT_GUIDANCE, 0.0, 20.0)
+    # images each model draws
+    images_per_model: int = ranged(4, 1, 16)
+
+
 MAX_PROMPT = 200  # characters: the world's longest prompt is 35
 MAX_NAME = 64  # characters of a labeler's name
 MAX_MODELS = 4  # visitors' models kept loaded at once (about 10 MB each); an older one reloads when used
 
 
 # ----------------------------------------------------------------------------- a visitor's input
-def check_number(name: str, value, integer: bool = True):
-    """``value`` as an int (or float) within LIMITS[name]; a ValueError naming it and the range otherwise."""
-    lo, hi = LIMITS[name]
-    kind = "an integer" if integer else "a number"
-    if value is None or value == "":
-        raise ValueError(f"{name} is empty; use {kind} from {lo} to {hi}")
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        number = math.nan
-    if isinstance(value, bool) or not math.isfinite(number) or (integer and number != int(number)):
-        raise ValueError(f"{name}={value!r} is not allowed; use {kind} from {lo} to {hi}")
-    number = int(number) if integer else number
-    if not lo <= number <= hi:
-        raise ValueError(f"{name}={value!r} is out of range; use {kind} from {lo} to {hi}")
-    return number
-
-
 def check_prompt(prompt) -> tuple[str, dict]:
     """(prompt, metadata) of a prompt in the world's words; a ValueError naming the bad word otherwise."""
     prompt = " ".join(str(prompt or "").split())
@@ -204,13 +193,13 @@ class Backend:
         return self.mine[sid][1]
 
     # ------------------------------------------------------------------------- Label
-    def draw_labelling(self, n: int) -> list[dict]:
+    def label_draw(self, n: int) -> list[dict]:
         """Draw ``n`` more images of seen prompts from the base model into the labelling set -> the new rows."""
         from .loop import draw_labelling_batch
 
         if self.fixed_data:
             raise ValueError("this app labels the dataset its owner passed with --data; it draws no new images")
-        cfg = dataclasses.replace(self.loop, batch_images=n)
+        cfg = dataclasses.replace(self.loop, images_per_draw=n)
         with self.sampling:  # one writer of the labelling set, and the base pipeline is not thread-safe
             new = draw_labelling_batch(self.pipes["base"], self.label_dir, cfg, model_name="base")
             self.rows = load_rows(self.label_dir, missing_ok=True)
@@ -224,10 +213,10 @@ class Backend:
         """The first row at or after ``start`` (wrapping round) that ``labeler`` has not labelled."""
         return next(self._unlabelled(labeler, start), None)
 
-    def label_screen(self, labeler: str, start: int = 0, n: int = GRID) -> list[dict]:
+    def label_screen(self, labeler: str, start: int = 0, n: int | None = None) -> list[dict]:
         """One screen of the grid view: the rows of the next ``n`` images at or after row ``start`` (wrapping
         round) that ``labeler`` has not labelled; fewer near the end, [] when they labelled every image."""
-        n = check_number("screen", n)
+        n = self.loop.images_per_screen if n is None else check_field(LoopConfig, "images_per_screen", n)
         if isinstance(start, bool) or not isinstance(start, int) or not 0 <= start < max(len(self.rows), 1):
             last = max(len(self.rows) - 1, 0)
             raise ValueError(f"start={start!r} is not allowed; use a row number from 0 to {last}")
@@ -338,7 +327,7 @@ class Backend:
         result = self.run_job(sid, lambda: train_reward_on_labels(self.label_dir, out, self.loop, lock=self.sampling))
         return out, result
 
-    def fine_tune(self, sid: str, reward: str, steps: int) -> tuple[str | None, dict]:
+    def tune(self, sid: str, reward: str, steps: int) -> tuple[str | None, dict]:
         """A ``steps``-step fine-tune of the base model with the main job's recipe on the labels and the reward model
         in ``reward``, as the one job, into the session's folder (its last tune replaced); then the judge on unseen
         combination prompts, base vs tuned, saved as eval.json next to the model for its card. Returns (model
@@ -350,7 +339,7 @@ class Backend:
         return result
 
     def _tune_job(self, reward: str, out: str, cfg: LoopConfig) -> tuple[str | None, dict]:
-        """The fine-tune and its evaluation (run under the job slot): see ``fine_tune``."""
+        """The fine-tune and its evaluation (run under the job slot): see ``tune``."""
         from .finetune import Cancelled
         from .generate import load_pipeline
         from .loop import quick_eval, tune_on_labels
@@ -368,7 +357,7 @@ class Backend:
         return model, scores
 
     # ------------------------------------------------------------------------- Share
-    def push_to_hub(
+    def share(
         self, repo_id: str, token: str, model: str, reward: str, private: bool, with_labels: bool, with_names: bool
     ) -> tuple:
         """Push ``model`` with its card, the reward model in ``reward`` (unless empty) and, with ``with_labels``, the

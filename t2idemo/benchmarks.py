@@ -24,6 +24,7 @@ import threading
 import time
 
 from . import world
+from .config import SEED_MAX, comma_list
 from .generate import ALIGNED_MODEL, BASE_MODEL, DEFAULT_GUIDANCE, DEFAULT_STEPS, load_pipeline, sample
 from .judge import analyse, judge
 from .loop import LoopConfig
@@ -179,18 +180,18 @@ def app_latency(backend, runs: int, steps: int = DEFAULT_STEPS, guidance: float 
 def app_latency_during_tune(
     backend, runs: int, steps: int = DEFAULT_STEPS, guidance: float = DEFAULT_GUIDANCE
 ) -> tuple[list[float], float]:
-    """``app_latency`` while one visitor's fine-tune runs: draw a labelling batch (``backend.loop.batch_images``),
+    """``app_latency`` while one visitor's fine-tune runs: draw a labelling batch (``backend.loop.images_per_draw``),
     label it with the judge, train the reward model, start a ``backend.loop.train_steps``-step fine-tune in a
     thread, then time ``runs`` Compare calls. Returns (times, the fine-tune's seconds)."""
     from .labels import simulate_labels
 
-    backend.draw_labelling(backend.loop.batch_images)
+    backend.label_draw(backend.loop.images_per_draw)
     simulate_labels(backend.label_dir, labeler="benchmark")
     reward, _ = backend.train_reward_model("benchmark")
     t0, done = time.perf_counter(), {}
     thread = threading.Thread(
         target=lambda: done.update(
-            result=backend.fine_tune("benchmark", reward, backend.loop.train_steps), seconds=time.perf_counter() - t0
+            result=backend.tune("benchmark", reward, backend.loop.train_steps), seconds=time.perf_counter() - t0
         )
     )
     thread.start()
@@ -217,7 +218,7 @@ def app_visitor(backend, n_labels: int, train_steps: int) -> dict:
     out, sid = {}, "benchmark"
     t0 = time.perf_counter()
     for k in range(0, n_labels, 64):
-        backend.draw_labelling(min(64, n_labels - k))
+        backend.label_draw(min(64, n_labels - k))
     out["draw_s"] = time.perf_counter() - t0
     simulate_labels(backend.label_dir, labeler=sid)  # the visitor: the judge, every click on disk
     t0 = time.perf_counter()
@@ -227,7 +228,7 @@ def app_visitor(backend, n_labels: int, train_steps: int) -> dict:
     reward, out["reward"] = backend.train_reward_model(sid)
     out["reward_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    model, out["eval"] = backend.fine_tune(sid, reward, train_steps)
+    model, out["eval"] = backend.tune(sid, reward, train_steps)
     out["tune_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     backend.draw_and_rate(
@@ -329,11 +330,11 @@ def parser():
 def int_list(p, flag: str, text: str, lo: int, hi: int) -> list:
     """A comma-separated list of integers from ``lo`` to ``hi``; a parser error naming ``flag`` otherwise."""
     try:
-        values = [int(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        p.error(f"{flag} {text!r} is not a comma-separated list of integers, e.g. 0,24,96")
-    if not values or not all(lo <= v <= hi for v in values):
-        p.error(f"{flag} {text!r}: every value must be an integer from {lo} to {hi}")
+        values = comma_list(text, flag, int, lo, hi)
+    except ValueError as e:
+        p.error(str(e))
+    if not values:
+        p.error(f"{flag} {text!r} lists no value; use integers from {lo} to {hi}, e.g. 0,24,96")
     return values
 
 
@@ -347,7 +348,7 @@ def parse_args(argv=None):
         p.error(f"--train-steps {a.train_steps} is out of range; use 1 to 400")
     if a.what == "session":
         a.labels = int_list(p, "--labels", a.labels or "0,24,48,96,192", 0, 512)
-        a.seeds = int_list(p, "--seeds", a.seeds, 0, 1_000_000_000)
+        a.seeds = int_list(p, "--seeds", a.seeds, 0, SEED_MAX)
         if not 0 <= a.flip <= 0.5:
             p.error(f"--flip {a.flip} is out of range; use 0 to 0.5")
         if not 16 <= a.eval_images <= 2048:

@@ -14,6 +14,7 @@ import argparse
 import dataclasses
 import inspect
 import json
+import math
 import re
 
 
@@ -59,9 +60,64 @@ def ranged(default, lo, hi):
     return dataclasses.field(default=default, metadata={"range": (lo, hi)})
 
 
+SEED_MAX = 2**31 - 1  # the largest seed of any config: numpy's and torch's generators both take it
+
+
+def seed_field(default: int = 0):
+    """A seed field: every config's seeds share one range, 0 to SEED_MAX."""
+    return ranged(default, 0, SEED_MAX)
+
+
+def comma_list(text: str, name: str, cast=str, lo=None, hi=None) -> list:
+    """The items of the comma-separated ``text`` (blanks dropped), each ``cast`` (str, int or float) and, when ``lo``
+    / ``hi`` are given, within them: ``comma_list("0,0.5,1", "betas", float, 0, 100)`` -> [0.0, 0.5, 1.0]. A bad item
+    raises ValueError("name='text': ..."), naming the argument, the value and what is allowed. The one parser of
+    the kit's comma lists."""
+    kind = {int: "integers", float: "numbers"}.get(cast, "names")
+    items = []
+    for item in (x.strip() for x in str(text).split(",")):
+        if not item:
+            continue
+        try:
+            value = cast(item)
+        except ValueError:
+            raise ValueError(f"{name}={text!r}: {item!r} is not one of a comma-separated list of {kind}") from None
+        if (lo is not None and value < lo) or (hi is not None and value > hi):
+            raise ValueError(f"{name}={text!r}: {item} is out of range; use {kind} from {lo:g} to {hi:g}")
+        items.append(value)
+    return items
+
+
+def check_field(cls, name: str, value):
+    """A visitor's ``value`` for the field ``name`` of the dataclass ``cls``, as an int or float within the field's
+    range (``ranged``); a ValueError naming it, the value and the range otherwise. The app checks its input with
+    the same ranges as the configs it fills."""
+    f = next(f for f in dataclasses.fields(cls) if f.name == name)
+    (lo, hi), integer = field_range(f), isinstance(f.default, int) and not isinstance(f.default, bool)
+    kind = "an integer" if integer else "a number"
+    if value is None or value == "":
+        raise ValueError(f"{name} is empty; use {kind} from {lo:g} to {hi:g}")
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = math.nan
+    if isinstance(value, bool) or not math.isfinite(number) or (integer and number != int(number)):
+        raise ValueError(f"{name}={value!r} is not allowed; use {kind} from {lo:g} to {hi:g}")
+    number = int(number) if integer else number
+    if not lo <= number <= hi:
+        raise ValueError(f"{name}={value!r} is out of range; use {kind} from {lo:g} to {hi:g}")
+    return number
+
+
 def field_range(f: dataclasses.Field):
     """(lo, hi) of a field made by ``ranged``, else None."""
     return f.metadata.get("range")
+
+
+def bounds(cls, name: str) -> tuple:
+    """(lo, hi) of the field ``name`` of the dataclass ``cls`` (made by ``ranged``): read by whoever checks the same
+    setting elsewhere (a comma list of betas, an app's input), so each setting has one range."""
+    return field_range(next(f for f in dataclasses.fields(cls) if f.name == name))
 
 
 def check_ranges(cfg) -> None:

@@ -49,10 +49,12 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from . import world
-from .config import check_ranges, ranged, require_set
+from .config import check_ranges, comma_list, ranged, require_set, seed_field
 from .dpo import dpo_loss
 from .finetune_data import (
+    Batch,
     FrozenEncoders,
+    Pairs,
     PretrainStream,
     StepBatches,
     as_batch,
@@ -68,8 +70,8 @@ from .finetune_params import (
     save_lora,
     trainable_params,
     trained_parameters,
-)  # noqa: F401 (LORA_FILE: OUT's adapter)
-from .generate import BASE_MODEL
+)
+from .generate import BASE_MODEL, load_pipeline
 
 
 @dataclass
@@ -83,16 +85,16 @@ class FinetuneConfig:
     # reward model folder; empty: weights come from the labels
     reward: str = ""
     # "reward": w = r(x, z) for every image (paper); "label": good=1/bad=0 where labelled
-    weight: str = "reward"
+    weight: str = "label"
     # folder of extra generations (no labels), weighted by the reward model
     unlabelled: str = ""
     # 0 = the paper (every image, weight w); k > 0 = keep only each prompt's k highest-weight images,
     # at weight 1 (filtered fine-tuning, as in RAFT: beyond the paper, see docs/findings.md)
-    top_k: int = ranged(0, 0, 64)
+    top_k: int = ranged(2, 0, 64)
     # drop D_model images whose weight is below this (0 = keep all, the paper; 0.5 = the reward
     # model's pseudo-label "good"); applied before top_k, so a prompt with no good image adds
     # nothing instead of its least bad ones
-    min_reward: float = ranged(0.0, 0.0, 1.0)
+    min_reward: float = ranged(0.5, 0.0, 1.0)
     # "reward" = Lee et al.: the reward-weighted loss + beta * D_pre | "dpo" = Diffusion-DPO
     # (t2idemo.dpo): pairs of a prompt's good and bad images against the frozen base, no D_pre;
     # a step of `batch` pairs trains on 2 * batch latents (weight, beta and pre_* unused)
@@ -111,7 +113,7 @@ class FinetuneConfig:
     pretrain_data: str = "world"
     # 0 = draw and VAE-encode a fresh D_pre batch every step; n > 0 = draw and encode n images once
     # (a fixed pre-training set, as the paper's LAION subset), about a fifth faster per step
-    pre_pool: int = ranged(0, 0, 1_000_000)
+    pre_pool: int = ranged(4096, 0, 1_000_000)
     # weight of the pre-training term (0 = no regulariser)
     beta: float = ranged(1.0, 0.0, 100.0)
     # optimizer steps
@@ -121,12 +123,12 @@ class FinetuneConfig:
     # D_pre images per step
     pre_batch: int = ranged(64, 1, 4096)
     # AdamW learning rate
-    lr: float = ranged(1e-4, 1e-08, 1.0)
+    lr: float = ranged(5e-4, 1e-08, 1.0)
     # reward-weighted term only: draw its timesteps from [t_low * T, T); 0 = all (paper) - 0.8
     t_low: float = ranged(0.0, 0.0, 0.99)
     # probability of an empty caption, per image (keeps classifier-free guidance's
     # unconditional branch trained, as in pre-training)
-    p_uncond: float = ranged(0.1, 0.0, 0.99)
+    p_uncond: float = ranged(0.3, 0.0, 0.99)
     # EMA decay of the written weights
     ema: float = ranged(0.99, 0.0, 0.99999)
     # accelerate mixed precision: no | fp16 | bf16 (GPU)
@@ -153,7 +155,7 @@ class FinetuneConfig:
     # OUT/step{n} (the checkpoints of an over-optimisation curve, t2idemo.overopt); "" = none
     save_at: str = ""
     # seeds noise, timesteps and batches
-    seed: int = ranged(0, 0, 2_147_483_647)
+    seed: int = seed_field()
 
     def __post_init__(self):
         check_ranges(self)  # every number within its declared range
@@ -167,7 +169,7 @@ class FinetuneConfig:
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name}={getattr(self, name)!r} is not allowed; use one of {allowed}")
-        # reward=None: a round of the main job sets it (rounds.round_configs); "" means no reward model
+        # reward=None: a round of the main job sets it (runconfig.round_configs); "" means no reward model
         if self.weight == "reward" and self.reward == "":
             raise ValueError("weight='reward' needs reward=<reward model folder>; or use weight='label'")
         if self.unlabelled and self.reward == "":
@@ -177,12 +179,7 @@ class FinetuneConfig:
             raise ValueError(f"save_at={self.save_at!r}: steps {bad} are outside 1 - train_steps ({self.train_steps})")
 
     def save_at_list(self) -> list:
-        try:
-            return sorted({int(n) for n in self.save_at.split(",") if n.strip()})
-        except ValueError:
-            raise ValueError(
-                f"save_at={self.save_at!r} is not a comma-separated list of steps, e.g. '100,200,400'"
-            ) from None
+        return sorted(set(comma_list(self.save_at, "save_at", int)))
 
 
 # ----------------------------------------------------------------------------- the loss, written out
@@ -253,7 +250,8 @@ def finetune(cfg: FinetuneConfig, should_stop=None) -> str:
     require_set(cfg)  # the folders a round of the main job sets
     accelerator = Accelerator(mixed_precision=cfg.mixed_precision)
     torch.manual_seed(cfg.seed)
-    pipe, noise_scheduler = load_pipeline(cfg.model)
+    pipe = load_pipeline(cfg.model, device="cpu", dtype=torch.float32)  # accelerate moves what trains
+    noise_scheduler = train_scheduler(cfg.model, pipe)
     prior = world.read_prior(cfg.model) if os.path.isdir(cfg.model) else "laion"  # what the base learnt from
 
     # the data, encoded once: D_model's rows (DPO: pairs of them), then a fixed D_pre's if pre_pool > 0
@@ -264,8 +262,7 @@ def finetune(cfg: FinetuneConfig, should_stop=None) -> str:
     # D_pre: a pool is data every process shares; fresh renders differ per process
     pre = PretrainStream(cfg.pretrain_data, cfg.seed + (0 if pooled else 1000 * accelerator.process_index), prior)
     pool = pre.pool(min(cfg.pre_pool, cfg.train_steps * cfg.pre_batch)) if pooled else None
-    data = cached_dataset(encoder, images, prompts, weights, pairs, pool)
-    n_model = len(weights)  # rows 0 .. n_model - 1 are D_model's (pairs, for DPO); the pool's follow
+    data = cached_dataset(encoder, images, prompts, weights, pairs, pool)  # batches come named: Batch or Pairs
 
     # the training step, chosen once: Diffusion-DPO against the frozen base, or Lee et al.'s reward-weighted loss
     if cfg.method == "dpo":
@@ -274,7 +271,7 @@ def finetune(cfg: FinetuneConfig, should_stop=None) -> str:
         )  # the model as it starts
         train_step = partial(dpo_step, ref_unet=ref_unet, beta_dpo=cfg.dpo_beta)
     else:
-        train_step = partial(reward_step, cfg=cfg, encoder=encoder, pre=pre, pooled=pooled)
+        train_step = partial(reward_step, cfg=cfg, encoder=encoder, pre=pre)
 
     # what trains (the UNet, its cross-attention or a LoRA adapter), its optimizer and EMA; resume from OUT/checkpoint
     params = trainable_params(pipe.unet, cfg)
@@ -283,7 +280,7 @@ def finetune(cfg: FinetuneConfig, should_stop=None) -> str:
     ema = EMA(params, cfg.ema)  # what gets written
     ckpt = Checkpoint(accelerator, os.path.join(cfg.out, "checkpoint"), cfg, ema)
     start = ckpt.load()  # 0, or the step the checkpoint was written after
-    loader = step_loader(accelerator, data, n_model, categories, cfg, start)  # one batch of rows per step
+    loader = step_loader(accelerator, data, categories, cfg, start)  # one batch of rows per step
     gen = torch.Generator().manual_seed(cfg.seed + start + 1000 * accelerator.process_index)  # noise, t, dropout
 
     save_at = set(cfg.save_at_list())
@@ -330,16 +327,16 @@ def finetune(cfg: FinetuneConfig, should_stop=None) -> str:
     return cfg.out
 
 
-def step_loader(accelerator, data, n_model: int, categories: list, cfg: FinetuneConfig, start: int):
+def step_loader(accelerator, data, categories: list, cfg: FinetuneConfig, start: int):
     """A DataLoader of ``data`` with one batch of row indices for each step from ``start`` on (D_model's rows, then
     the pool's), prepared by accelerate: each process gets its own share of the batches."""
     rng = random.Random(cfg.seed + start)
     batches = StepBatches(
-        batch_sampler(categories[:n_model], cfg.balance, rng),
+        batch_sampler(categories[: data.n_model], cfg.balance, rng),
         cfg.batch,
-        n_model,
+        data.n_model,
         cfg.pre_batch,
-        len(data) - n_model,
+        data.n_pre,
         rng,
         steps=(cfg.train_steps - start) * accelerator.num_processes,
     )
@@ -363,16 +360,14 @@ def write_tuned(cfg: FinetuneConfig, pipe, unet, noise_scheduler, prior: str, we
         )
 
 
-def reward_step(accelerator, unet, noise_scheduler, batch, gen, *, cfg, encoder, pre, pooled) -> tuple:
+def reward_step(accelerator, unet, noise_scheduler, batch: Batch, gen, *, cfg, encoder, pre) -> tuple:
     """Lee et al. on one batch -> (loss, what the bar shows): the reward-weighted loss on D_model's rows plus beta
-    times the plain loss on D_pre's (the pool's rows, which follow D_model's in the batch, or ``pre_batch`` fresh
+    times the plain loss on D_pre's (the pool's rows, ``batch.pre``, or ``pre_batch`` fresh
     renders encoded now); each caption is dropped with probability p_uncond."""
-    lat, emb, w = batch  # (B [+ P], 4, h, w), (B [+ P], L, D), (B [+ P],): D_model's rows, then D_pre's
-    B = cfg.batch
-    m_lat, m_emb, w = lat[:B], emb[:B], w[:B]  # D_model: (B, 4, h, w), (B, L, D), (B,) weights in [0, 1]
+    m_lat, m_emb, w = batch.model  # D_model: (B, 4, h, w), (B, L, D), (B,) weights in [0, 1]
     p_lat, p_emb = None, None  # D_pre: (P, 4, h, w), (P, L, D); none when beta = 0
-    if pooled:
-        p_lat, p_emb = lat[B:], emb[B:]
+    if batch.pre is not None:  # the pool's rows
+        p_lat, p_emb = batch.pre.latents, batch.pre.text_emb
     elif cfg.beta > 0:
         p_lat, p_emb = encoder(*pre.sample(cfg.pre_batch))
     m_emb = drop_captions(m_emb, encoder.null_emb, cfg.p_uncond, gen)  # some captions -> "" (guidance's branch)
@@ -384,10 +379,10 @@ def reward_step(accelerator, unet, noise_scheduler, batch, gen, *, cfg, encoder,
     return loss, {"loss": loss, "model": l_model, "pre": l_pre}
 
 
-def dpo_step(accelerator, unet, noise_scheduler, batch, gen, *, ref_unet, beta_dpo: float) -> tuple:
+def dpo_step(accelerator, unet, noise_scheduler, batch: Pairs, gen, *, ref_unet, beta_dpo: float) -> tuple:
     """Diffusion-DPO on one batch of pairs -> (loss, what the bar shows): each pair's winner against its loser,
     the trained UNet against the frozen reference (t2idemo.dpo); no D_pre, no caption dropout."""
-    win, lose, emb = batch  # (B, 4, h, w) each pair's winner and loser, (B, L, D) their prompt
+    win, lose, emb = batch.winner, batch.loser, batch.text_emb  # (B, 4, h, w) twice, (B, L, D): finetune_data.Pairs
     with accelerator.autocast():
         loss, implicit_acc = dpo_loss(unet, ref_unet, noise_scheduler, win, lose, emb, beta_dpo, gen)
     return loss, {"loss": loss, "implicit_acc": implicit_acc}
@@ -413,18 +408,14 @@ def d_model(cfg: FinetuneConfig) -> tuple:
     return (*model_dataset(cfg, reward_fn), None)
 
 
-def load_pipeline(model: str) -> tuple:
-    """(the pipeline in float32, the DDPM scheduler it was trained with: its train_scheduler, else its own config)."""
-    from diffusers import DDPMScheduler, StableDiffusionPipeline
+def train_scheduler(model: str, pipe):
+    """The DDPM scheduler ``model`` was trained with: its train_scheduler folder, else the pipeline's own config."""
+    from diffusers import DDPMScheduler
 
-    local = os.path.isdir(model)
-    pipe = StableDiffusionPipeline.from_pretrained(
-        model, torch_dtype=torch.float32, local_files_only=local, safety_checker=None, requires_safety_checker=False
-    )
     train_dir = os.path.join(model, "train_scheduler")
-    if local and os.path.isdir(train_dir):
-        return pipe, DDPMScheduler.from_pretrained(train_dir)
-    return pipe, DDPMScheduler.from_config(pipe.scheduler.config)
+    if os.path.isdir(train_dir):
+        return DDPMScheduler.from_pretrained(train_dir)
+    return DDPMScheduler.from_config(pipe.scheduler.config)
 
 
 def write_pipeline(out: str, pipe, vae, unet, noise_scheduler, prior: str) -> None:

@@ -13,6 +13,7 @@ fresh renders of the prior the base model learnt from, or an imagefolder at SD s
 from __future__ import annotations
 
 import random
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -95,24 +96,55 @@ def batch_sampler(categories: list, balance: str, rng: random.Random):
     return lambda n: [g[rng.randrange(len(g))] for g in rng.choices(groups, weights=share, k=n)]
 
 
-class CachedLatents(torch.utils.data.Dataset):
-    """The fine-tune's examples, encoded once (the VAE and text tower are frozen): row i is one slice of each
-    tensor, e.g. (latents, text embedding, weight). For the reward recipe D_model's rows come first and the D_pre
-    pool's after them; for DPO a row is a pair (winner latents, loser latents, the prompt's embedding)."""
+class Examples(NamedTuple):
+    """Encoded training examples, by name: a set of them, or one batch's rows of it."""
 
-    def __init__(self, *tensors: torch.Tensor):
-        assert len({len(t) for t in tensors}) == 1, "every tensor needs one entry per row"
-        self.tensors = tensors  # each (N, ...)
+    latents: torch.Tensor  # (N, 4, h, w) the VAE's latents of the images
+    text_emb: torch.Tensor  # (N, L, D) their captions' text-tower embeddings
+    weight: torch.Tensor  # (N,) each example's weight in the loss, in [0, 1] (D_pre's: 1)
+
+
+class Batch(NamedTuple):
+    """One step of the reward recipe (Lee et al.): D_model's rows and, with a fixed D_pre pool, the pool's."""
+
+    model: Examples  # (B, ...) D_model: the model's own images, weighted by the reward (or filtered)
+    pre: Examples | None  # (P, ...) D_pre from the pool; None: no pool (the step renders fresh D_pre, or beta = 0)
+
+
+class Pairs(NamedTuple):
+    """One step of Diffusion-DPO: a batch of a prompt's preferred and rejected images."""
+
+    winner: torch.Tensor  # (B, 4, h, w) the preferred image's latents
+    loser: torch.Tensor  # (B, 4, h, w) the rejected image's latents
+    text_emb: torch.Tensor  # (B, L, D) their prompt's embedding
+
+
+class CachedLatents(torch.utils.data.Dataset):
+    """The fine-tune's examples, encoded once (the VAE and text tower are frozen). Rows 0 .. n_model - 1 are
+    D_model's (``model``), rows n_model .. n_model + n_pre - 1 the D_pre pool's (``pre``, or none); for Diffusion-DPO
+    a row is one of ``pairs`` instead. A batch of rows comes back named: a ``Batch``, or ``Pairs``."""
+
+    def __init__(self, model: Examples | None = None, pre: Examples | None = None, pairs: Pairs | None = None):
+        self.model, self.pre, self.pairs = model, pre, pairs
+        self.n_model = len(pairs.winner) if pairs is not None else len(model.latents)
+        self.n_pre = len(pre.latents) if pre is not None else 0
 
     def __len__(self) -> int:
-        return len(self.tensors[0])
+        return self.n_model + self.n_pre
 
-    def __getitem__(self, i: int) -> tuple:
-        return tuple(t[i] for t in self.tensors)
+    def __getitem__(self, i: int):
+        return self.__getitems__([i])
 
-    def __getitems__(self, rows: list) -> tuple:
-        """A whole batch at once (the DataLoader asks for this when it exists): each tensor indexed by ``rows``."""
-        return tuple(t[rows] for t in self.tensors)
+    def __getitems__(self, rows: list):
+        """A whole batch at once (the DataLoader asks for this when it exists): D_model's rows, then the pool's."""
+        if self.pairs is not None:
+            return Pairs(*(t[rows] for t in self.pairs))
+        model_rows = [r for r in rows if r < self.n_model]  # StepBatches puts D_model's rows first
+        pre_rows = [r - self.n_model for r in rows if r >= self.n_model]
+        return Batch(
+            model=Examples(*(t[model_rows] for t in self.model)),
+            pre=Examples(*(t[pre_rows] for t in self.pre)) if self.pre is not None else None,
+        )
 
 
 class FrozenEncoders:
@@ -160,17 +192,16 @@ def cached_dataset(encoder: FrozenEncoders, images, prompts, weights, pairs=None
     lat, emb = encoder.encode_all(images, prompts)  # (N, 4, h, w), (N, L, D)
     if pairs is not None:
         winners, losers = pairs
-        return CachedLatents(lat[winners], lat[losers], emb[winners])
-    if pool is None:
-        return CachedLatents(lat, emb, weights)
-    lat_pre, emb_pre = encoder.encode_all(*pool)  # (P, 4, h, w), (P, L, D)
-    return CachedLatents(
-        torch.cat([lat, lat_pre]), torch.cat([emb, emb_pre]), torch.cat([weights, torch.ones(len(lat_pre))])
-    )
+        return CachedLatents(pairs=Pairs(lat[winners], lat[losers], emb[winners]))
+    pre = None
+    if pool is not None:
+        lat_pre, emb_pre = encoder.encode_all(*pool)  # (P, 4, h, w), (P, L, D)
+        pre = Examples(lat_pre, emb_pre, torch.ones(len(lat_pre)))
+    return CachedLatents(model=Examples(lat, emb, weights), pre=pre)
 
 
-def as_batch(batch: tuple) -> tuple:
-    """The DataLoader's collate_fn: ``CachedLatents.__getitems__`` already returns the batch."""
+def as_batch(batch):
+    """The DataLoader's collate_fn: ``CachedLatents.__getitems__`` already returns the named batch."""
     return batch
 
 

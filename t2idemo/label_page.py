@@ -1,7 +1,7 @@
 """The app's Label tab, without Gradio: one handler per click, a visitor's session in, the page's values out.
 
 Two views of one labelling set and one label store (``t2idemo.labels``): one image at a time (Good / Bad / Skip /
-Undo, or the keys g / b / s / u), and a grid of GRID images, each with its prompt, where the person ticks the good
+Undo, or the keys g / b / s / u), and a grid of ``LoopConfig.images_per_screen`` images, each with its prompt, where the person ticks the good
 ones (or the bad ones) and submits the screen: the ticked ones get that label, the rest the other, all on disk in
 one transaction, and one Undo screen takes the whole screen back. app.py lays the views out and wires them here.
 
@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import math
 
-from .backend import GRID, Backend, big, check_number
+from .backend import Backend, big
+from .config import check_field
+from .loop import LoopConfig
 
 
 class LabelPage(Backend):
@@ -67,8 +69,8 @@ class LabelPage(Backend):
 
     def label_draw(self, n, state=None):
         """Draw ``n`` more images of seen prompts from the base model into the labelling set."""
-        n = check_number("batch", n)
-        new = self.draw_labelling(n)
+        n = check_field(LoopConfig, "images_per_draw", n)
+        new = super().label_draw(n)
         state = self.session(state)
         if state["labeler"] and state["index"] is None:  # someone who had finished gets the new ones
             state["index"] = self.next_unlabelled(state["labeler"], 0)
@@ -100,14 +102,14 @@ class LabelPage(Backend):
         index = state["index"] if index is None else index
         return self.label_view({**state, "index": index}, f"took back your last label, on {image_id}")
 
-    # ------------------------------------------------------------------------- a grid of GRID images
+    # ------------------------------------------------------------------------- a grid of ``LoopConfig.images_per_screen`` images
     def grid_view(self, state: dict, status: str = ""):
         """-> (screen: [(image, prompt)] of the next GRID images this labeler has not labelled, progress markdown,
         status markdown, state); the screen's file names go into state["screen"], for grid_submit."""
         state = self.session(state)
         if not state["labeler"] or not self.rows:
             return [], "", status or "type your name and press Start, then label a screen at a time here", state
-        rows = self.label_screen(state["labeler"], 0, GRID)
+        rows = self.label_screen(state["labeler"], 0)
         state = {**state, "screen": [r["file_name"] for r in rows]}
         if not rows:
             status = " · ".join(filter(None, [status, f"All {len(self.rows)} images are labelled. Thank you!"]))

@@ -32,7 +32,7 @@ import random
 from dataclasses import dataclass
 
 from . import world
-from .config import check_ranges, ranged
+from .config import check_ranges, ranged, seed_field
 from .data import load_rows, save_png, write_rows_atomic
 from .generate import BASE_MODEL, generate_dataset, image_row, image_seed, sample
 from .labels import LabelStore, agreement_stats, default_store_path, export_labels
@@ -47,8 +47,10 @@ VAL_FRAC = 0.25  # share of the labelled prompts held out to score the reward mo
 class LoopConfig:
     # the pipeline that draws the labelling images and is tuned
     model: str = BASE_MODEL
-    # images per labelling batch
-    batch_images: int = ranged(24, 1, 64)
+    # images per Draw of the Label tab (a labelling batch)
+    images_per_draw: int = ranged(24, 1, 64)
+    # images on one screen of the Label tab's grid view
+    images_per_screen: int = ranged(12, 1, 16)
     # the reward model: "attribute" (CLIP's check of each named attribute, calibrated on the
     # labels: reward_attr) | "head" (the main job's MLP head, trained on the labels alone)
     reward: str = "attribute"
@@ -58,16 +60,16 @@ class LoopConfig:
     # their prompts: "all" (the world's 405, seen and unseen, as the main job) | "seen" |
     # "unseen" | "labelled" (only the prompts of labelled images)
     unlabelled_split: str = "all"
-    # fine-tune optimiser steps
-    train_steps: int = ranged(200, 1, 400)
+    # fine-tune optimiser steps (capped for a shared CPU Space)
+    train_steps: int = ranged(200, 1, 200)
     # D_model and D_pre images per fine-tune step
-    batch: int = ranged(64, 4, 64)
+    tune_batch: int = ranged(64, 4, 64)
     # reward="head" only: at most this many passes over the labels
     reward_epochs: int = ranged(100, 10, 300)
     # after the fine-tune: unseen combination images per model, base vs tuned
     eval_images: int = ranged(64, 0, 512)
     # seeds the prompts, the images, the reward model and the fine-tune
-    seed: int = ranged(0, 0, 1_000_000_000)
+    seed: int = seed_field()
 
     def __post_init__(self):
         check_ranges(self)  # every number within its declared range
@@ -97,9 +99,9 @@ def main_job(cfg: LoopConfig) -> RunConfig:
             "reward.patience": 10,
             "reward.val_frac": VAL_FRAC,
             "finetune.train_steps": cfg.train_steps,
-            "finetune.batch": cfg.batch,
-            "finetune.pre_batch": cfg.batch,
-            "finetune.pre_pool": min(main.finetune.pre_pool, cfg.train_steps * cfg.batch),
+            "finetune.batch": cfg.tune_batch,
+            "finetune.pre_batch": cfg.tune_batch,
+            "finetune.pre_pool": min(main.finetune.pre_pool, cfg.train_steps * cfg.tune_batch),
         },
     )
 
@@ -119,7 +121,7 @@ def app_round(cfg: LoopConfig, folder: str, reward: str, out: str = ""):
 
 # ----------------------------------------------------------------------------- 1. a batch to label
 def draw_labelling_batch(pipe, folder: str, cfg: LoopConfig, model_name: str = "") -> list[dict]:
-    """Append ``cfg.batch_images`` images of random seen prompts, drawn by ``pipe``, to the imagefolder ``folder``
+    """Append ``cfg.images_per_draw`` images of random seen prompts, drawn by ``pipe``, to the imagefolder ``folder``
     (created if needed). Batch b's images are b{b:03d}_{i:03d}.png. Returns the new rows. Not safe against a
     second writer of the same folder at the same moment: the app calls it under its sampling lock."""
     os.makedirs(folder, exist_ok=True)
@@ -127,10 +129,12 @@ def draw_labelling_batch(pipe, folder: str, cfg: LoopConfig, model_name: str = "
     b = 1 + max((int(r.get("batch", 0)) for r in rows), default=0)
     rng = random.Random(f"{cfg.seed}:{b}")
     pairs = world.all_prompts(unseen=False)  # the feedback prompts; the unseen ones stay held out
-    chosen = [rng.choice(pairs) for _ in range(cfg.batch_images)]
-    seeds = [image_seed(cfg.seed + b, i) for i in range(cfg.batch_images)]
+    chosen = [rng.choice(pairs) for _ in range(cfg.images_per_draw)]
+    seeds = [image_seed(cfg.seed + b, i) for i in range(cfg.images_per_draw)]
     gen = main_job(cfg).generate  # the main job's feedback sampler settings
-    images = sample(pipe, [p for p, _ in chosen], seeds, gen.sample_steps, gen.guidance, batch_size=cfg.batch_images)
+    images = sample(
+        pipe, [p for p, _ in chosen], seeds, gen.sample_steps, gen.guidance, batch_size=cfg.images_per_draw
+    )
     new = []
     for i, ((prompt, meta), s, image) in enumerate(zip(chosen, seeds, images)):
         name = f"b{b:03d}_{i:03d}.png"
@@ -234,7 +238,7 @@ def train_head(folder: str, out: str, cfg: LoopConfig):
 def tune_on_labels(folder: str, reward: str, out: str, cfg: LoopConfig, pipe=None, should_stop=None) -> str:
     """The main job's steps 4 and 5 at a session's size: ``cfg.unlabelled_per_prompt`` images of every prompt of
     ``cfg.unlabelled_split``, scored by the reward model in ``reward``, then the main job's fine-tune (its
-    filtered recipe, beta, lr) on them and the labelled images for ``cfg.train_steps`` steps of ``cfg.batch``.
+    filtered recipe, beta, lr) on them and the labelled images for ``cfg.train_steps`` steps of ``cfg.tune_batch``.
     Writes the pipeline to OUT/model and returns that folder. ``should_stop`` cancels it (finetune.Cancelled).
     ``folder`` None: no labels at all, the reward model alone picks the images (the session curve's 0 labels)."""
     from .finetune import finetune

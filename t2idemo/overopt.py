@@ -27,8 +27,8 @@ from dataclasses import dataclass
 import torch
 
 from . import evaluate as ev
-from .config import check_ranges, ranged
-from .finetune import finetune
+from .config import bounds, check_ranges, comma_list, ranged, seed_field
+from .finetune import FinetuneConfig, finetune
 from .generate import load_pipeline
 from .judge import judge
 from .runconfig import RunPaths, changed, from_saved, round_configs
@@ -42,48 +42,38 @@ class OveroptConfig:
     run: str = "runs/main"
     # output folder; "" = RUN/overopt
     out: str = ""
-    # fine-tune steps at which to score the model (0 = the base); the
-    # fine-tune runs to the largest; each 1 - 5_000
+    # fine-tune steps at which to score the model (0 = the base); the fine-tune runs to the largest
     train_steps: str = "0,100,200,400,800,1600"
-    # one fine-tune per beta (the pre-training term's weight); each 0 - 4
+    # one fine-tune per beta (the pre-training term's weight, within finetune's beta range)
     betas: str = "1,0"
     # optional: a `run --rounds N` folder whose round models are scored too; "" = none
     rounds_run: str = ""
     # prompt splits, comma-separated: unseen | seen
     split: str = "unseen,seen"
     # combination images per checkpoint and split
-    n_combination: int = ranged(256, 16, 2048)
+    n_combination: int = ranged(256, 1, 100_000)
     # images per checkpoint, split and single-attribute category
-    n_single: int = ranged(32, 8, 512)
+    n_single: int = ranged(32, 1, 100_000)
     # evaluation seeds (image i starts from seed * 100_000 + i, as in evaluate)
-    seed: int = ranged(0, 0, 2_147_483_647)
+    seed: int = seed_field()
 
     def __post_init__(self):
         check_ranges(self)  # every number within its declared range
-        steps, betas = self.step_list(), self.beta_list()
-        if not steps or any(not 0 <= s <= 5000 for s in steps):
-            raise ValueError(
-                f"train_steps={self.train_steps!r} must list fine-tune steps in 0 - 5000, e.g. '0,100,400'"
-            )
-        if not betas or any(not 0 <= b <= 4 for b in betas):
-            raise ValueError(f"betas={self.betas!r} must list betas in 0 - 4, e.g. '1,0'")
+        if not self.step_list():
+            raise ValueError(f"train_steps={self.train_steps!r} lists no step; use e.g. '0,100,400'")
+        if not self.beta_list():
+            raise ValueError(f"betas={self.betas!r} lists no beta; use e.g. '1,0'")
         if any(sp not in ("unseen", "seen") for sp in ev.split_list(self.split)) or not ev.split_list(self.split):
             raise ValueError(f"split={self.split!r} is not allowed; use 'unseen', 'seen' or 'unseen,seen'")
 
     def step_list(self) -> list:
+        """The steps to score, 0 (the base) up to finetune's largest train_steps."""
         return sorted(
-            {int(_number(s, "train_steps", self.train_steps)) for s in self.train_steps.split(",") if s.strip()}
+            set(comma_list(self.train_steps, "train_steps", int, 0, bounds(FinetuneConfig, "train_steps")[1]))
         )
 
     def beta_list(self) -> list:
-        return [_number(b, "betas", self.betas) for b in self.betas.split(",") if b.strip()]
-
-
-def _number(text: str, name: str, value: str) -> float:
-    try:
-        return float(text)
-    except ValueError:
-        raise ValueError(f"{name}={value!r} is not a comma-separated list of numbers") from None
+        return comma_list(self.betas, "betas", float, *bounds(FinetuneConfig, "beta"))
 
 
 def run_config(run: str):

@@ -28,7 +28,7 @@ import torch
 import torch.nn as nn
 
 from .clip import REWARD_CLIP, SHIPPED_CLIP, FrozenCLIP, pixel_values, resolve_clip, resolve_device  # noqa: F401
-from .config import check_ranges, ranged
+from .config import bounds, check_ranges, comma_list, ranged, seed_field
 from .reward_attr import KIND as ATTRIBUTE_KIND
 from .reward_attr import AttributeReward
 
@@ -97,7 +97,7 @@ class RewardConfig:
     # stop after this many epochs without a better validation loss
     patience: int = ranged(25, 1, 100_000)
     # seeds the split, the label noise, the perturbations and the initial weights
-    seed: int = ranged(0, 0, 2_147_483_647)
+    seed: int = seed_field()
     # "cpu", "cuda", ...; "" = cuda when available
     device: str = ""
 
@@ -117,17 +117,10 @@ class RewardConfig:
         check_ranges(self)  # every number within its declared range
         if self.labels not in ("metadata", "judge"):
             raise ValueError(f"labels={self.labels!r} is not allowed; use 'metadata' or 'judge'")
-        for level in self.levels():
-            if not 0 <= level <= 0.5:
-                raise ValueError(f"noise_levels={self.noise_levels!r}: {level} is not a flip probability in [0, 0.5]")
+        self.levels()  # each a flip probability within noise's range
 
     def levels(self) -> list[float]:
-        try:
-            return [float(x) for x in self.noise_levels.split(",") if x.strip()]
-        except ValueError:
-            raise ValueError(
-                f"noise_levels={self.noise_levels!r} is not a comma-separated list of numbers, e.g. '0,0.1,0.2,0.3'"
-            ) from None
+        return comma_list(self.noise_levels, "noise_levels", float, *bounds(RewardConfig, "noise"))
 
 
 # ----------------------------------------------------------------------------- the reward model

@@ -17,7 +17,7 @@ import dataclasses
 import os
 from dataclasses import dataclass, field
 
-from .config import build, check_ranges, ranged
+from .config import SEED_MAX, bounds, build, check_ranges, comma_list, ranged, seed_field
 from .evaluate import EvalConfig
 from .finetune import FinetuneConfig
 from .generate import BASE_MODEL, GenerateConfig
@@ -65,26 +65,14 @@ UNSET = {
     "evaluate": dict(models=None, out=None),
 }
 
-# The main job's stage values where they differ from the stage's own defaults.
-MAIN_JOB = {
-    # the feedback and unlabelled images at guidance 2 and 10 steps: tuning on samples drawn at guidance 5 bakes the
-    # guidance in; 10 steps are judged right as often as 15 (docs/findings.md)
-    "generate": dict(sample_steps=10, guidance=2.0),
-    "labels": dict(),
-    "reward": dict(),
-    # the filtered recipe (each prompt's 2 best good images at weight 1: it moves the model most) at lr 5e-4, caption
-    # dropout 0.3 (keeps the unconditional branch in step, so guidance does not amplify a drift), a fixed D_pre pool
-    # of 4,096 renders (a fifth faster per step): docs/findings.md
-    "finetune": dict(
-        weight="label", top_k=2, min_reward=0.5, lr=5e-4, p_uncond=0.3, pre_pool=4096, checkpoint_every=0
-    ),
-    "evaluate": dict(split="unseen,seen", best_of=""),
-}
+# The main job's values are the stages' own defaults; a round fills in what UNSET holds. Presets and recipes
+# (below) change values by name. Until the evaluation's defaults move to EvalConfig: the main job's evaluation.
+MAIN_JOB = {"evaluate": dict(split="unseen,seen", best_of="")}
 
 
 def _stage(cls, name):
-    """A stage config as the main job holds it: MAIN_JOB's values, the round's folders None."""
-    return field(default_factory=lambda: cls(**MAIN_JOB[name], **UNSET[name]))
+    """A stage config as the main job holds it: the stage's defaults, the round's folders None."""
+    return field(default_factory=lambda: cls(**MAIN_JOB.get(name, {}), **UNSET[name]))
 
 
 @dataclass
@@ -100,24 +88,25 @@ class RunConfig:
     # extra generations per prompt, pseudo-labelled by the reward model
     unlabelled_per_prompt: int = ranged(8, 0, 64)
     # prompts of the unlabelled generations: "seen" (the feedback prompts) | "unseen" (the
-    # 163 prompts no one labels; the reward model scores them) | "all" (both)
+    # prompts no one labels; the reward model scores them) | "all" (both)
     unlabelled_split: str = "all"
     # comma-separated betas for a trade-off sweep (one fine-tune each, round 1 only); "" = finetune.beta
     betas: str = ""
     # seeds generation, labels, reward model, fine-tune and evaluation (each
     # stage's seed derives from it: round_configs)
-    seed: int = ranged(0, 0, 1_000_000_000)
+    seed: int = seed_field()
     # seeds only what learns from the images: the rater's noise, the
     # reward model and the fine-tune; -1 = --seed. With --reuse: a study's repeat on
     # the same images (the rater-noise study's seeds)
-    train_seed: int = ranged(-1, -1, 1_000_000_000)
+    train_seed: int = ranged(-1, -1, SEED_MAX)
     # a finished run folder whose round-1 images (feedback and unlabelled, not their labels) this run
     # copies instead of drawing them again; "" = draw them. Its settings must match (generation checks).
     # Its report's evaluation of the same base at the same settings is read, not drawn again
     reuse: str = ""
     # copy the final aligned model and reward model into t2idemo/assets
-    # each stage's options: the stage's own config, starting from the main job's values (MAIN_JOB)
     ship: bool = False
+
+    # --- each stage's options: the stage's own config (its defaults are the main job's)
     # stage 1: the images
     generate: GenerateConfig = _stage(GenerateConfig, "generate")
     # stage 1: the simulated rater
@@ -139,9 +128,7 @@ class RunConfig:
             )
         if self.betas and self.rounds != 1:
             raise ValueError(f"betas={self.betas!r} sweeps one round; use rounds=1 (got {self.rounds})")
-        for b in self.beta_list():
-            if b < 0:
-                raise ValueError(f"betas={self.betas!r}: every beta must be >= 0")
+        self.beta_list()  # each beta within finetune.beta's range
 
     @property
     def judge(self) -> bool:
@@ -149,12 +136,8 @@ class RunConfig:
         return self.generate.prompt_set == "shapes"
 
     def beta_list(self) -> list:
-        try:
-            return [float(b) for b in self.betas.split(",") if b.strip()] or [self.finetune.beta]
-        except ValueError:
-            raise ValueError(
-                f"betas={self.betas!r} is not a comma-separated list of numbers, e.g. '0,0.5,1,2'"
-            ) from None
+        """The betas of a sweep (``betas``), else [finetune.beta]; each within finetune.beta's range."""
+        return comma_list(self.betas, "betas", float, *bounds(FinetuneConfig, "beta")) or [self.finetune.beta]
 
 
 # Named presets: changes to RunConfig's values ("stage.field": value). "shapes" is the main job as the README quotes

@@ -50,7 +50,7 @@ GRIDS = {
 HELDOUT = {"shapes": (0, 2), "shapes-small": (32, 2), "sd15": (50, 2), "sd15-small": (8, 2)}
 PRETRAIN_PROMPTS = {"sd15": 400, "sd15-small": 16}
 # the short session (notebook 00's last step) at CI's size: one screen of labels, a few steps, no unlabelled images
-SESSION_SMALL = dict(batch_images=8, train_steps=4, batch=4, unlabelled_per_prompt=0, eval_images=16)
+SESSION_SMALL = dict(images_per_draw=8, train_steps=4, tune_batch=4, unlabelled_per_prompt=0, eval_images=16)
 
 
 def is_small(small: bool | None = None) -> bool:

@@ -77,7 +77,7 @@ import string
 from dataclasses import dataclass
 
 from . import world
-from .config import check_ranges, ranged
+from .config import check_ranges, ranged, seed_field
 
 SD15 = "stable-diffusion-v1-5/stable-diffusion-v1-5"  # the hub id of SD v1.5 (diffusers layout)
 CLIP_L14 = "openai/clip-vit-large-patch14"  # the reward backbone at SD scale (the text tower of SD v1.5)
@@ -381,7 +381,7 @@ class TinyConfig:
     # folder that receives tiny-sd/ and tiny-clip/ (random weights, for a dry run)
     out: str = "runs/tiny"
     # seeds the random weights
-    seed: int = ranged(0, 0, 2_147_483_647)
+    seed: int = seed_field()
     # pixels of the tiny pipeline's images and the tiny CLIP's input; 16 - 128, a multiple of 8
     image_size: int = ranged(32, 16, 128)
 

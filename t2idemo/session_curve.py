@@ -3,7 +3,7 @@
     python -m t2idemo benchmarks session --labels 0,24,48,96,192 --flip 0.1 --seeds 0,1
 
 For each training seed and label count n, a session as the app runs it (``t2idemo.loop`` with ``LoopConfig()``,
-the app's defaults): draw n labelling images in batches of ``batch_images``, let a simulated person label them
+the app's defaults): draw n labelling images in batches of ``images_per_draw``, let a simulated person label them
 (the judge, each verdict flipped with probability ``flip``: ``labels.simulate_labels``), train the reward model,
 fine-tune. n = 0 is the same fine-tune with the reward model's label-free start (its CLIP alone, no labels).
 Then the judge on ``eval_images`` unseen combination images per model at fixed seeds, the same prompts and seeds
@@ -46,7 +46,7 @@ def one_session(pipe, n_labels: int, flip: float, cfg: LoopConfig, out: str, poo
     """One simulated session of ``n_labels`` labels in ``out`` -> {"reward": train_reward_on_labels' result or {},
     "train_s", "tune_s", "model"}. ``pool``: a folder of this seed's unlabelled generations to copy (made if absent)."""
     folder = os.path.join(out, "labelling")
-    for _ in range(-(-n_labels // cfg.batch_images)):  # ceil: the person draws whole batches
+    for _ in range(-(-n_labels // cfg.images_per_draw)):  # ceil: the person draws whole batches
         draw_labelling_batch(pipe, folder, cfg, model_name="base")
     if n_labels:
         simulate_labels(folder, labeler=LABELER, flip=flip, seed=cfg.seed)

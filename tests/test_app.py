@@ -111,9 +111,7 @@ def drawing_app(reward_dir, tmp_path_factory):
             aligned=BASE_MODEL,
             reward=reward_dir,
             workdir=str(tmp_path_factory.mktemp("space")),
-            train_steps=3,
-            unlabelled_per_prompt=0,
-            eval_images=8,
+            loop=t2iapp.LoopConfig(train_steps=3, unlabelled_per_prompt=0, eval_images=8),
         )
     )
 
@@ -169,15 +167,15 @@ def test_cli_exits_with_the_message(tmp_path):
         (("", 0, 15, 5.0, 4), "prompt is empty"),
         (("   ", 0, 15, 5.0, 4), "prompt is empty"),
         (("two red dogs", 0, 15, 5.0, 4), "word 'dogs' is not in the shapes world's vocabulary"),
-        (("two circles", 0, 0, 5.0, 4), r"steps=0 is out of range; use an integer from 1 to 100"),
-        (("two circles", 0, 101, 5.0, 4), r"steps=101 is out of range"),
-        (("two circles", 0, None, 5.0, 4), r"steps is empty"),
-        (("two circles", 0, 2.5, 5.0, 4), r"steps=2.5 is not allowed; use an integer from 1 to 100"),
-        (("two circles", 0, "many", 5.0, 4), r"steps='many' is not allowed"),
-        (("two circles", 0, 15, float("nan"), 4), r"guidance=nan is not allowed; use a number from 0.0 to 20.0"),
+        (("two circles", 0, 0, 5.0, 4), r"sample_steps=0 is out of range; use an integer from 1 to 100"),
+        (("two circles", 0, 101, 5.0, 4), r"sample_steps=101 is out of range"),
+        (("two circles", 0, None, 5.0, 4), r"sample_steps is empty"),
+        (("two circles", 0, 2.5, 5.0, 4), r"sample_steps=2.5 is not allowed; use an integer from 1 to 100"),
+        (("two circles", 0, "many", 5.0, 4), r"sample_steps='many' is not allowed"),
+        (("two circles", 0, 15, float("nan"), 4), r"guidance=nan is not allowed; use a number from 0 to 20"),
         (("two circles", -1, 15, 5.0, 4), r"seed=-1 is out of range"),
-        (("two circles", 0, 15, 25.0, 4), r"guidance=25.0 is out of range; use a number from 0.0 to 20.0"),
-        (("two circles", 0, 15, 5.0, 0), r"images=0 is out of range; use an integer from 1 to 16"),
+        (("two circles", 0, 15, 25.0, 4), r"guidance=25.0 is out of range; use a number from 0 to 20"),
+        (("two circles", 0, 15, 5.0, 0), r"images_per_model=0 is out of range; use an integer from 1 to 16"),
         (("two circles " * 1000, 0, 15, 5.0, 4), r"prompt is 11999 characters long; use at most 200"),
         (("zwei rote kreise ✓", 0, 15, 5.0, 4), r"word 'zwei' is not in the shapes world's vocabulary"),
     ],
@@ -241,7 +239,7 @@ def test_the_visitor_benchmark_times_each_step_of_the_loop(reward_dir, tmp_path)
         BASE_MODEL,
         reward_dir,
         str(tmp_path),
-        loop=LoopConfig(batch=4, unlabelled_per_prompt=1, unlabelled_split="labelled", eval_images=4),
+        loop=LoopConfig(tune_batch=4, unlabelled_per_prompt=1, unlabelled_split="labelled", eval_images=4),
     )
     r = app_visitor(backend, 12, 2)
     backend.store.close()
@@ -279,7 +277,7 @@ def test_grid_saves_a_screen_at_once_and_undo_takes_it_back_whole(the_app, data_
     names = [r["file_name"] for r in the_app.rows]
     assert [r["file_name"] for r in the_app.label_screen("yan", 6, 4)] == names[6:] + names[:2]  # wraps round
     for call, message in [
-        (lambda: the_app.label_screen("yan", 0, 0), "screen=0 is out of range; use an integer from 1 to 16"),
+        (lambda: the_app.label_screen("yan", 0, 0), "images_per_screen=0 is out of range; use an integer from 1 to 16"),
         (lambda: the_app.label_screen("yan", 99), "start=99 is not allowed; use a row number from 0 to 7"),
         (lambda: the_app.save_screen("yan", names, [], "meh"), r"mark='meh' is not allowed; use one of \('good', "),
         (lambda: the_app.save_screen("yan", ["nope.png"], []), r"file_names=\['nope.png'\] is not allowed"),
@@ -362,7 +360,7 @@ def test_label_draws_its_own_images_and_scores_you_against_the_judge(drawing_app
     app = drawing_app
     with pytest.raises(ValueError, match="no images to label yet; press 'Draw images to label'"):
         app.label_start("ana", {})
-    with pytest.raises(ValueError, match="batch=0 is out of range; use an integer from 1 to 64"):
+    with pytest.raises(ValueError, match="images_per_draw=0 is out of range; use an integer from 1 to 64"):
         app.label_draw(0, {})
     *_, status, state = app.label_draw(6, {})
     assert "drew 6 new images (batch 1)" in status and len(app.rows) == 6

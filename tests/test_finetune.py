@@ -374,7 +374,7 @@ def test_save_at_snapshots_are_the_shorter_fine_tunes(render_dataset, tmp_path):
     folder, _ = render_dataset
     simulate_labels(folder, seed=0)
     export_labels(folder, labeler="judge")
-    cfg = dict(data=folder, weight="label", batch=4, pre_batch=4, lr=1e-3, checkpoint_every=0)
+    cfg = dict(data=folder, weight="label", batch=4, pre_batch=4, lr=1e-3, pre_pool=0, checkpoint_every=0)
     finetune(FinetuneConfig(out=str(tmp_path / "long"), train_steps=4, save_at="2", **cfg))
     finetune(FinetuneConfig(out=str(tmp_path / "short"), train_steps=2, **cfg))
     finetune(FinetuneConfig(out=str(tmp_path / "plain"), train_steps=4, **cfg))

@@ -7,7 +7,7 @@ import sys
 import pytest
 import torch
 
-from t2idemo import data, evaluate, finetune, generate, labels, reward, reward_train, sd
+from t2idemo import data, evaluate, finetune, finetune_params, generate, labels, reward, reward_train, sd
 
 
 # ----------------------------------------------------------------------------- the prompt set
@@ -213,7 +213,7 @@ def test_lora_output_loads_in_plain_diffusers_fused_and_as_an_adapter(stages):
     from safetensors.torch import load_file
 
     out = stages["out"]
-    assert os.path.isfile(os.path.join(out, finetune.LORA_FILE))
+    assert os.path.isfile(os.path.join(out, finetune_params.LORA_FILE))
     ckpt = load_file(os.path.join(out, "checkpoint", "trainable.safetensors"))
     assert ckpt and all(".lora_A." in k or ".lora_B." in k for k in ckpt)  # only the adapter is checkpointed
     fused = StableDiffusionPipeline.from_pretrained(out, local_files_only=True)

@@ -112,7 +112,7 @@ def test_the_loops_calls_train_the_few_label_reward_and_tune_on_every_prompt(tmp
 
     folder = str(tmp_path / "labelling")
     labelled_set(folder, 8)
-    cfg = LoopConfig(train_steps=2, batch=4, unlabelled_per_prompt=1, unlabelled_split="unseen", eval_images=0)
+    cfg = LoopConfig(train_steps=2, tune_batch=4, unlabelled_per_prompt=1, unlabelled_split="unseen", eval_images=0)
     res = train_reward_on_labels(folder, str(tmp_path / "reward"), cfg)
     assert (res["good"], res["bad"]) == (8, 8) and res["n_val"] == 4  # 2 of 8 prompts held out, 2 images each
     assert res["val_auc"] is not None and res["val_accuracy"] is not None
@@ -150,7 +150,9 @@ def test_the_session_curve_runs_a_simulated_person_through_the_loop(tmp_path, ca
     from t2idemo.loop import LoopConfig
     from t2idemo.session_curve import curve_table, plot_curve, session_curve
 
-    cfg = LoopConfig(batch_images=8, train_steps=2, batch=4, unlabelled_per_prompt=1, unlabelled_split="unseen")
+    cfg = LoopConfig(
+        images_per_draw=8, train_steps=2, tune_batch=4, unlabelled_per_prompt=1, unlabelled_split="unseen"
+    )
     res = session_curve([0, 8], 0.1, [0], 16, str(tmp_path / "s"), cfg)
     assert [p["labels"] for p in res["points"]] == [0, 8] and res["base"]["n"] == 16
     assert all(p["yours"]["n"] == 16 and 0 <= p["auc"] <= 1 for p in res["points"])

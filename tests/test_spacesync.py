@@ -26,14 +26,14 @@ sys.path.insert(0, {root!r})
 import app as t2iapp
 from t2idemo import spacesync
 from t2idemo.consent import set_consent
-cfg = t2iapp.AppConfig(batch_images=6)
+cfg = t2iapp.AppConfig(loop=t2iapp.LoopConfig(images_per_draw=6))
 schedule = spacesync.start(cfg)
 app = t2iapp.App(cfg)
 schedule(app)
 for line in sys.stdin:  # commands: draw N | label I LABEL WHO | consent WHO | show
     cmd = line.split()
     if cmd[0] == "draw":
-        app.draw_labelling(int(cmd[1]))
+        app.label_draw(int(cmd[1]))
     elif cmd[0] == "label":
         app.save_label(int(cmd[1]), cmd[2], cmd[3])
     elif cmd[0] == "consent":
