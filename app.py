@@ -49,7 +49,7 @@ from t2idemo.backend import (
 from t2idemo.config import bounds, check_field, parse_config
 from t2idemo.generate import ALIGNED_MODEL, BASE_MODEL
 from t2idemo.label_page import LabelPage
-from t2idemo.labels import LABELS
+from t2idemo.label_store import LABELS
 from t2idemo.loop import LoopConfig
 from t2idemo.reward import CONFIG_FILE as REWARD_CONFIG_FILE
 from t2idemo.reward import REWARD_MODEL

@@ -24,11 +24,11 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from t2idemo import data, generate  # noqa: E402
-from t2idemo.labels import LabelStore  # noqa: E402
+from t2idemo.label_store import LabelStore  # noqa: E402
 
 CHILD = """
 import sys
-from t2idemo.labels import LabelStore
+from t2idemo.label_store import LabelStore
 store = LabelStore(sys.argv[1])
 for i in range(int(sys.argv[3]), int(sys.argv[3]) + int(sys.argv[4])):
     store.add(f"{i:06d}.png", "good", labeler=sys.argv[2])

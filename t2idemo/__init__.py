@@ -10,8 +10,9 @@ or one above (tests/test_layers.py parses every import and checks it), so the co
                      schedule), sd (the paper's SD-scale prompt set, tiny random stand-ins), reward_attr (the short
                      session's few-label reward: the CLIP's check of each named attribute, calibrated on the labels),
                      finetune_data (D_model, D_pre, their encoding and Dataset), finetune_params (what trains: the
-                     UNet, its cross-attention or a LoRA adapter; the optimizer, the EMA, the checkpoint)
-    2  models, sets  prompts (one interface over world and sd), labels (the label store, the simulated rater),
+                     UNet, its cross-attention or a LoRA adapter; the optimizer, the EMA, the checkpoint),
+                     label_store (the SQLite label store every labelling view writes to)
+    2  models, sets  prompts (one interface over world and sd), labels (the simulated rater, the export of labels),
                      reward (the model r(x, z): frozen CLIP + head), consent (each labeler's consent to be named),
                      pretrain (the tokenizer and tiny CLIP; the pretrain command over every piece)
     3  stages 1-2    generate (draw images), labeling (the ipywidgets labeler), reward_train (fit and evaluate
@@ -35,7 +36,7 @@ or one above (tests/test_layers.py parses every import and checks it), so the co
 
 LAYERS = (
     ("config", "data", "stats", "dpo", "world", "clip"),
-    ("judge", "pretrain_diffusion", "sd", "reward_attr", "finetune_data", "finetune_params"),
+    ("judge", "pretrain_diffusion", "sd", "reward_attr", "finetune_data", "finetune_params", "label_store"),
     ("prompts", "labels", "reward", "consent", "pretrain"),
     ("generate", "labeling", "reward_train"),
     ("finetune", "evaluate", "hub"),

@@ -34,8 +34,8 @@ from . import world
 from .config import check_field, ranged, seed_field
 from .data import load_rows
 from .generate import ALIGNED_MODEL, BASE_MODEL, DEFAULT_GUIDANCE, DEFAULT_STEPS
+from .label_store import MAJORITY, LabelStore, default_store_path
 from .labeling import MARKS, screen_labels, unlabelled
-from .labels import MAJORITY, LabelStore, default_store_path
 from .loop import LoopConfig
 from .reward import REWARD_MODEL
 

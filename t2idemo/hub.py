@@ -33,7 +33,8 @@ from dataclasses import dataclass
 from .config import parse_config
 from .data import load_rows
 from .generate import ALIGNED_MODEL, DEFAULT_GUIDANCE, DEFAULT_STEPS
-from .labels import MAJORITY, LabelStore, default_store_path, export_labels
+from .label_store import MAJORITY, LabelStore, default_store_path
+from .labels import export_labels
 from .reward import CONFIG_FILE as REWARD_CONFIG_FILE
 from .reward import REWARD_MODEL, resolve_clip
 

@@ -1,7 +1,7 @@
 """The app's Label tab, without Gradio: one handler per click, a visitor's session in, the page's values out.
 
-Two views of one labelling set and one label store (``t2idemo.labels``): one image at a time (Good / Bad / Skip /
-Undo, or the keys g / b / s / u), and a grid of ``LoopConfig.images_per_screen`` images, each with its prompt, where the person ticks the good
+Two views of one labelling set and one label store (``t2idemo.label_store``): one image at a time (Good / Bad /
+Skip / Undo, or the keys g / b / s / u), and a grid of ``LoopConfig.images_per_screen`` images, each with its prompt, where the person ticks the good
 ones (or the bad ones) and submits the screen: the ticked ones get that label, the rest the other, all on disk in
 one transaction, and one Undo screen takes the whole screen back. app.py lays the views out and wires them here.
 

@@ -5,7 +5,7 @@
 
 It shows one image (upscaled with nearest neighbour, so the 32x32 pixels stay crisp), its prompt, Good /
 Bad / Skip / Undo buttons and the progress ("37 / 200"). Every click is written to the label store (see
-``t2idemo.labels``) before the UI moves on; if the write fails, the UI says so and stays on the image.
+``t2idemo.label_store``) before the UI moves on; if the write fails, the UI says so and stays on the image.
 Run the cell again later, or in another kernel, and it resumes at the first image this labeler has not
 labelled. Several people can label the same dataset at once under their own names.
 
@@ -26,7 +26,7 @@ from itertools import islice
 from PIL import Image
 
 from .data import load_rows
-from .labels import LabelStore, default_store_path
+from .label_store import LabelStore, default_store_path
 
 BUTTONS = (  # (label, button text, ipywidgets button_style, icon)
     ("good", "Good", "success", "check"),

@@ -35,8 +35,10 @@ from . import world
 from .config import check_ranges, ranged, seed_field
 from .data import load_rows, save_png, write_rows_atomic
 from .generate import BASE_MODEL, generate_dataset, image_row, image_seed, sample
-from .labels import LabelStore, agreement_stats, default_store_path, export_labels
+from .label_store import LabelStore, default_store_path
+from .labels import export_labels
 from .runconfig import RoundFolders, RunConfig, preset, round_configs
+from .stats import agreement_stats
 
 REWARDS = ("attribute", "head")  # the session's reward model: reward_attr.AttributeReward | the main job's head
 UNLABELLED_SPLITS = ("all", "seen", "unseen", "labelled")  # whose prompts get unlabelled generations

@@ -27,7 +27,7 @@ import shutil
 import sqlite3
 import tempfile
 
-from .labels import default_store_path
+from .label_store import default_store_path
 from .space import labels_repo
 
 BACKUP = ".backup"  # labels.sqlite -> labels.sqlite.backup in the dataset repo

@@ -28,7 +28,7 @@ import app as t2iapp
 from t2idemo import world
 from t2idemo.data import load_rows
 from t2idemo.generate import BASE_MODEL, DEFAULT_STEPS
-from t2idemo.labels import LabelStore, default_store_path
+from t2idemo.label_store import LabelStore, default_store_path
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -320,7 +320,7 @@ def test_a_second_store_in_the_apps_process_leaves_its_later_labels_on_disk(the_
     read = [
         sys.executable,
         "-c",
-        "import sys; from t2idemo.labels import LabelStore\n"
+        "import sys; from t2idemo.label_store import LabelStore\n"
         "with LabelStore(sys.argv[1]) as s: print(sorted(s.labels('una').values()))",
         store,
     ]

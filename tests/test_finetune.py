@@ -350,7 +350,7 @@ def test_finetune_method_dpo_writes_a_pipeline(render_dataset, tmp_path):
     import json
     import os
 
-    from t2idemo.labels import LabelStore, default_store_path
+    from t2idemo.label_store import LabelStore, default_store_path
 
     folder, rows = render_dataset
     with LabelStore(default_store_path(folder)) as store:  # each prompt: its first image good, its second bad

@@ -19,7 +19,7 @@ from conftest import make_render_dataset
 
 from t2idemo import hub
 from t2idemo.generate import BASE_MODEL
-from t2idemo.labels import LabelStore, default_store_path
+from t2idemo.label_store import LabelStore, default_store_path
 
 TOKEN = "hf_" + "fakeTokenForTests0123456789abcdef"  # fake; split so no scanner takes it for a real token
 

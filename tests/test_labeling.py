@@ -11,8 +11,8 @@ from PIL import Image
 
 pytest.importorskip("ipywidgets")
 
+from t2idemo.label_store import LabelStore  # noqa: E402
 from t2idemo.labeling import GridLabeler, Labeler  # noqa: E402
-from t2idemo.labels import LabelStore  # noqa: E402
 
 
 def shown(lab):

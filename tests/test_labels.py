@@ -12,14 +12,16 @@ import time
 
 import pytest
 
-from t2idemo.labels import LabelStore, agreement_stats, export_labels, label_main, simulate_labels
+from t2idemo.label_store import LabelStore
+from t2idemo.labels import export_labels, label_main, simulate_labels
+from t2idemo.stats import agreement_stats
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # a labelling session in a child process: it prints each image id only after add() has returned
 CHILD = """
 import os, sys, time
-from t2idemo.labels import LabelStore
+from t2idemo.label_store import LabelStore
 store = LabelStore(sys.argv[1])
 labeler, start, n = sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 if len(sys.argv) > 5:  # start line: wait until every writer is up, then click at a brisk human pace
@@ -269,7 +271,7 @@ OPENER = """
 import os, sys, time
 while not os.path.exists(sys.argv[2]):
     time.sleep(0.001)
-from t2idemo.labels import LabelStore
+from t2idemo.label_store import LabelStore
 LabelStore(sys.argv[1]).add("a.png", "good", labeler=sys.argv[3])
 """
 

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from t2idemo import data, finetune, generate, labels, reward, reward_train, sd
+from t2idemo import data, finetune, generate, label_store, labels, reward, reward_train, sd
 from t2idemo import evaluate as ev
 
 HUB_LIBRARIES = ("huggingface_hub", "transformers", "diffusers", "accelerate", "peft")
@@ -89,7 +89,7 @@ def test_every_stage_runs_without_touching_the_network(attempts, monkeypatch, tm
             )
         )
         rows = data.load_rows(out, missing_ok=True)
-        with labels.LabelStore(labels.default_store_path(out)) as store:
+        with label_store.LabelStore(label_store.default_store_path(out)) as store:
             store.add_many([(r["file_name"], ("good", "bad")[i % 2]) for i, r in enumerate(rows)], labeler="alice")
         labels.export_labels(out)
     cfg = reward.RewardConfig(

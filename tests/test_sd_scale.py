@@ -7,7 +7,7 @@ import sys
 import pytest
 import torch
 
-from t2idemo import data, evaluate, finetune, finetune_params, generate, labels, reward, reward_train, sd
+from t2idemo import data, evaluate, finetune, finetune_params, generate, label_store, labels, reward, reward_train, sd
 
 
 # ----------------------------------------------------------------------------- the prompt set
@@ -95,7 +95,7 @@ def test_the_judge_refuses_sd_scale_rows():
 def label_by_hand(folder):
     """Labels as people give them in the widget: through the label store, then exported into the rows."""
     rows = data.load_rows(folder, missing_ok=True)
-    with labels.LabelStore(labels.default_store_path(folder)) as store:
+    with label_store.LabelStore(label_store.default_store_path(folder)) as store:
         for i, r in enumerate(rows):
             store.add(r["file_name"], ("good", "bad", "good", "skip")[i % 4], labeler="alice")
     return labels.export_labels(folder, labeler="alice")

@@ -10,7 +10,7 @@ import torch
 
 from t2idemo import world
 from t2idemo.data import load_rows
-from t2idemo.labels import LabelStore, default_store_path
+from t2idemo.label_store import LabelStore, default_store_path
 from t2idemo.stats import roc_auc
 
 

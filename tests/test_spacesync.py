@@ -73,7 +73,7 @@ class AppProcess:
 
 def hub_labels(server, tmp_path) -> dict:
     """{labeler: {image: label}} of the store backup in the fake Hub's dataset repo."""
-    from t2idemo.labels import LabelStore
+    from t2idemo.label_store import LabelStore
 
     data = server.files(DATASET, "dataset").get("labelling/labels.sqlite.backup")
     if data is None:
@@ -163,7 +163,7 @@ def test_restore_of_a_missing_dataset_restores_nothing(fake_hub, tmp_path, monke
 def test_names_go_only_with_each_labelers_own_consent(tmp_path):
     from conftest import make_render_dataset
 
-    from t2idemo.labels import LabelStore, default_store_path
+    from t2idemo.label_store import LabelStore, default_store_path
 
     d = str(tmp_path / "data")
     rows = make_render_dataset(d)
