@@ -4,6 +4,11 @@ The slow tests execute each notebook with nbclient in a fresh python3 kernel, in
 finds the repository as it does for a reader), with T2IDEMO_SMALL=1 (the CI sizes) and T2IDEMO_WORK pointing at a
 temporary folder that the six notebooks share, in order. Each notebook prints ``RESULT key=value ...`` lines;
 the tests read them from the outputs and check the numbers and the files they name.
+
+Each notebook also says, before its first step, what to expect: a "What to expect" block with its time on 2 cores at
+both sizes and a table of its RESULT values, at the small size (a value, and a tolerance after "±") and at full size.
+A fast test checks that the block is there and lists every value the slow test reads; the slow test checks the
+small-size column against the fresh small run, so a changed number in the markdown, or a change in behaviour, fails.
 """
 
 import json
@@ -15,7 +20,14 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NB_DIR = os.path.join(ROOT, "notebooks")
-NOTEBOOKS = ["00_quickstart", "01_feedback", "02_reward_model", "03_finetune", "04_evaluate_and_share", "05_beyond_the_paper"]
+NOTEBOOKS = [
+    "00_quickstart",
+    "01_feedback",
+    "02_reward_model",
+    "03_finetune",
+    "04_evaluate_and_share",
+    "05_beyond_the_paper",
+]
 HEADINGS = ("What you'll learn", "Setup", "Step 1", "Exercises", "Summary")  # in this order, in every notebook
 STRIP = "clear the outputs before committing: python -m t2idemo strip notebooks/*.ipynb"
 TIMEOUT = 600  # seconds per cell; a small run takes well under a minute per notebook
@@ -28,8 +40,89 @@ def read(name):
 
 
 def markdown_headings(nb):
-    return [line.lstrip("#").strip() for c in nb.cells if c.cell_type == "markdown"
-            for line in c.source.splitlines() if line.startswith("#")]
+    return [
+        line.lstrip("#").strip()
+        for c in nb.cells
+        if c.cell_type == "markdown"
+        for line in c.source.splitlines()
+        if line.startswith("#")
+    ]
+
+
+# what each notebook's "What to expect" table must list: every RESULT value its slow test reads
+EXPECTED_KEYS = {
+    "00_quickstart": (
+        "quickstart_base_combination",
+        "quickstart_tuned_combination",
+        "quickstart_shipped_combination",
+        "session_base",
+        "session_yours",
+    ),
+    "01_feedback": ("feedback_images", "labelled", "good", "bad", "kappa_judge_noisy"),
+    "02_reward_model": (
+        "heldout_images",
+        "reward_auc",
+        "reward_auc_lambda0",
+        "clipscore_auc",
+        "noise_levels",
+        "noise_auc_max_flip",
+    ),
+    "03_finetune": ("finetune_steps", "reward_base", "reward_tuned"),
+    "04_evaluate_and_share": (
+        "eval_models",
+        "combination_base",
+        "combination_tuned",
+        "combination_shipped_aligned",
+        "tradeoff_points",
+        "push_files",
+    ),
+    "05_beyond_the_paper": (
+        "overopt_points",
+        "overopt_proxy_rise_beta1",
+        "overopt_truth_rise_beta1",
+        "dpo_combination",
+        "reward_combination",
+    ),
+}
+NUMBER = r"[-+]?\d+(?:\.\d+)?"
+
+
+def expected(nb) -> dict:
+    """{key: {"small": value, "tol": tolerance (0: exact), "full": value or None}} from the notebook's "What to expect"
+    table: rows | `RESULT key` | what it is | small size: V or V ± T | full size: V (a note), or "not measured" |."""
+    out = {}
+    for cell in nb.cells:
+        if cell.cell_type != "markdown" or "### What to expect" not in cell.source:
+            continue
+        for line in cell.source.splitlines():
+            cells = [c.strip() for c in line.strip().strip("|").split("|")]
+            m = re.fullmatch(r"`RESULT (\w+)`", cells[0]) if line.startswith("|") and len(cells) == 4 else None
+            if not m:
+                continue
+            small = re.fullmatch(rf"({NUMBER})(?: ± ({NUMBER}))?", cells[2])
+            assert small, f"{m.group(1)}: the small-size cell must be 'V' or 'V ± T', not {cells[2]!r}"
+            full = re.match(NUMBER, cells[3])
+            out[m.group(1)] = {
+                "small": float(small.group(1)),
+                "tol": float(small.group(2) or 0),
+                "full": float(full.group(0)) if full else None,
+            }
+    return out
+
+
+def expect_block(nb) -> str:
+    return next((c.source for c in nb.cells if c.cell_type == "markdown" and "### What to expect" in c.source), "")
+
+
+def check_expected(name, r: dict) -> None:
+    """The fresh small run's RESULT values against the small-size column of the notebook's "What to expect" table."""
+    want = expected(read(name))
+    bad = [
+        f"{k}: printed {r.get(k)}, the markdown says {w['small']} ± {w['tol']}"
+        for k, w in want.items()
+        if not isinstance(r.get(k), float) or abs(r[k] - w["small"]) > w["tol"] + 1e-9
+    ]
+    assert not bad, f"{name}: the 'What to expect' block is stale (fix the markdown or the code):\n" + "\n".join(bad)
 
 
 # ----------------------------------------------------------------------------- fast: the committed files
@@ -45,6 +138,23 @@ def test_outputs_are_stripped(name):
         if cell.cell_type == "code":
             assert cell.outputs == [] and cell.execution_count is None, f"{name} cell {i}: {STRIP}"
     assert "widgets" not in nb.metadata, f"{name}: saved widget state; {STRIP}"
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_every_notebook_says_what_to_expect(name):
+    """Before its first step each notebook shows what it prints at the small and the full size, and how long it
+    takes on 2 cores at each; the slow tests hold the small-size numbers to a fresh run."""
+    nb = read(name)
+    block = expect_block(nb)
+    assert block, f"{name}: no '### What to expect' markdown block"
+    first_step = next(i for i, c in enumerate(nb.cells) if c.cell_type == "markdown" and "## Step 1:" in c.source)
+    assert nb.cells.index(next(c for c in nb.cells if c.source == block)) < first_step, f"{name}: expect before step 1"
+    assert re.search(r"full size[^.|]*?\d+ (?:s|min|minutes|hours?)\b", block), f"{name}: the full-size time"
+    assert re.search(r"small size[^.|]*?\d+ (?:s|min|minutes)\b", block), f"{name}: the small-size time"
+    table = expected(nb)
+    missing = [k for k in EXPECTED_KEYS[name] if k not in table]
+    assert not missing, f"{name}: the 'What to expect' table lacks {missing}"
+    assert all(w["full"] is not None or "not measured" in block for w in table.values()), f"{name}: full-size column"
 
 
 def test_colab_badges_and_setup_cells_follow_pyproject():
@@ -101,7 +211,8 @@ def test_notebook_follows_the_template(name):
 def test_scale_settings_are_the_main_jobs_presets(monkeypatch, tmp_path, capsys):
     """The notebooks' S is runconfig.preset(...): the very RunConfig of `python -m t2idemo run --preset NAME`, and
     each stage's config on the notebook folders is the main job's round derivation."""
-    from t2idemo import runconfig as run, scales
+    from t2idemo import runconfig as run
+    from t2idemo import scales
 
     monkeypatch.delenv("T2IDEMO_SMALL", raising=False)
     assert scales.settings() == run.RunConfig() and not scales.small(scales.settings())
@@ -109,11 +220,22 @@ def test_scale_settings_are_the_main_jobs_presets(monkeypatch, tmp_path, capsys)
     small, full = scales.settings("shapes"), scales.settings("shapes", small=False)
     assert small == run.preset("shapes-small") and scales.small(small)
     assert small.generate.max_prompts < 242 and small.finetune.train_steps < full.finetune.train_steps
-    assert (small.generate.sample_steps, small.generate.guidance) == (full.generate.sample_steps, full.generate.guidance)
+    assert (small.generate.sample_steps, small.generate.guidance) == (
+        full.generate.sample_steps,
+        full.generate.guidance,
+    )
     sd15 = scales.settings("sd15", small=False)
     assert (sd15.model, sd15.reward.clip, sd15.finetune.lora_rank, sd15.finetune.mixed_precision) == (
-        "stable-diffusion-v1-5/stable-diffusion-v1-5", "openai/clip-vit-large-patch14", 8, "fp16")
-    assert (sd15.finetune.batch, sd15.finetune.pre_batch, sd15.finetune.encode_batch) == (4, 4, 8)  # sd.py's 16 GB plan
+        "stable-diffusion-v1-5/stable-diffusion-v1-5",
+        "openai/clip-vit-large-patch14",
+        8,
+        "fp16",
+    )
+    assert (sd15.finetune.batch, sd15.finetune.pre_batch, sd15.finetune.encode_batch) == (
+        4,
+        4,
+        8,
+    )  # sd.py's 16 GB plan
     with pytest.raises(ValueError, match="scale='sdxl'"):
         scales.settings("sdxl")
     for S in (small, full, sd15, scales.settings("sd15")):
@@ -124,7 +246,9 @@ def test_scale_settings_are_the_main_jobs_presets(monkeypatch, tmp_path, capsys)
         assert scales.reward_config(S, P).lam == S.reward.lam
         assert scales.finetune_config(S, P).lr == S.finetune.lr
         assert scales.finetune_config(S, P, recipe="paper").weight == "reward"
-    assert scales.paths(small, "quickstart", work=str(tmp_path)).work.endswith(os.path.join("shapes-small", "quickstart"))
+    assert scales.paths(small, "quickstart", work=str(tmp_path)).work.endswith(
+        os.path.join("shapes-small", "quickstart")
+    )
     scales.result(auc=0.83123, model="x/y", n=3)
     assert capsys.readouterr().out.splitlines()[-1] == "RESULT auc=0.8312 model=x/y n=3"
 
@@ -150,14 +274,21 @@ def execute(name, work, patch=None, small=True) -> tuple[dict, float]:
     ``patch(nb)`` may edit the cells first (in memory); ``small=False`` runs the full sizes (for timing)."""
     nbclient = pytest.importorskip("nbclient")
     env = {k: v for k, v in os.environ.items() if k not in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")}  # never push
-    env.update(T2IDEMO_SMALL="1" if small else "0", T2IDEMO_WORK=str(work), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
-               MPLBACKEND="Agg", PYTHONPATH="")  # PYTHONPATH "": the Setup cell must find the repository itself
+    env.update(
+        T2IDEMO_SMALL="1" if small else "0",
+        T2IDEMO_WORK=str(work),
+        HF_HUB_OFFLINE="1",
+        TRANSFORMERS_OFFLINE="1",
+        MPLBACKEND="Agg",
+        PYTHONPATH="",
+    )  # PYTHONPATH "": the Setup cell must find the repository itself
     nb = read(name)
     if patch:
         patch(nb)
     t0 = time.time()
-    nbclient.NotebookClient(nb, timeout=TIMEOUT, kernel_name="python3",
-                            resources={"metadata": {"path": NB_DIR}}).execute(env=env)
+    nbclient.NotebookClient(
+        nb, timeout=TIMEOUT, kernel_name="python3", resources={"metadata": {"path": NB_DIR}}
+    ).execute(env=env)
     seconds = time.time() - t0
     res = results(nb)
     print(f"{name}: {seconds:.1f} s, {json.dumps(res)}")
@@ -181,6 +312,7 @@ def assert_pipeline(path):
 @pytest.mark.slow
 def test_00_quickstart(work):
     r, _ = execute("00_quickstart", work)
+    check_expected("00_quickstart", r)
     assert_pipeline(r["quickstart_tuned_model"])
     assert 0 <= r["quickstart_base_combination"] <= 1 and 0 <= r["quickstart_tuned_combination"] <= 1
     assert 0 <= r["quickstart_shipped_combination"] <= 1  # the shipped aligned model, evaluated next to the loop
@@ -191,6 +323,7 @@ def test_00_quickstart(work):
 @pytest.mark.slow
 def test_01_feedback(work):
     r, _ = execute("01_feedback", work)
+    check_expected("01_feedback", r)
     assert r["feedback_images"] == r["labelled"] == r["good"] + r["bad"] > 0
     assert 0 < r["good"] < r["feedback_images"], "the reward model needs both good and bad images"
     assert 0 < r["kappa_judge_noisy"] < 1  # a rater with 20% flips agrees with the judge, imperfectly
@@ -199,6 +332,7 @@ def test_01_feedback(work):
 @pytest.mark.slow
 def test_02_reward_model(work):
     r, _ = execute("02_reward_model", work)
+    check_expected("02_reward_model", r)
     assert r["heldout_images"] > 0
     assert r["reward_auc"] > 0.5, f"the reward model ranks held-out images no better than chance: {r}"
     assert r["noise_levels"] == 2 and 0 <= r["noise_auc_max_flip"] <= 1
@@ -207,6 +341,7 @@ def test_02_reward_model(work):
 @pytest.mark.slow
 def test_03_finetune(work):
     r, _ = execute("03_finetune", work)
+    check_expected("03_finetune", r)
     assert_pipeline(r["finetune_model"])
     assert os.path.isfile(os.path.join(r["finetune_model"], "finetune.json"))
     assert r["finetune_steps"] > 0 and 0 <= r["reward_base"] <= 1 and 0 <= r["reward_tuned"] <= 1
@@ -215,6 +350,7 @@ def test_03_finetune(work):
 @pytest.mark.slow
 def test_04_evaluate_and_share(work):
     r, _ = execute("04_evaluate_and_share", work)
+    check_expected("04_evaluate_and_share", r)
     assert r["eval_models"] >= 3  # base, tuned and base best-of-N (and the shipped aligned model when there is one)
     assert 0 <= r["combination_base"] <= 1 and 0 <= r["combination_tuned"] <= 1
     assert r["tradeoff_points"] >= 2 and os.path.getsize(r["tradeoff_plot"]) > 0
@@ -224,6 +360,7 @@ def test_04_evaluate_and_share(work):
 @pytest.mark.slow
 def test_05_beyond_the_paper(work):
     r, _ = execute("05_beyond_the_paper", work)
+    check_expected("05_beyond_the_paper", r)
     assert r["overopt_points"] == 6  # steps 0, 2, 6 at beta 1 and 0 (the small size)
     assert -1 <= r["overopt_proxy_rise_beta1"] <= 1 and -1 <= r["overopt_truth_rise_beta1"] <= 1
     assert 0 <= r["dpo_combination"] <= 1 and 0 <= r["reward_combination"] <= 1
@@ -260,7 +397,9 @@ def sd_work(tmp_path_factory):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", [n for n in NOTEBOOKS if n != "05_beyond_the_paper"])  # 05 needs the judge: shapes only
+@pytest.mark.parametrize(
+    "name", [n for n in NOTEBOOKS if n != "05_beyond_the_paper"]
+)  # 05 needs the judge: shapes only
 def test_sd15_cells_run_on_tiny_stand_ins(name, tiny_sd, sd_work):
     model, clip = tiny_sd
 
@@ -268,9 +407,11 @@ def test_sd15_cells_run_on_tiny_stand_ins(name, tiny_sd, sd_work):
         cell = [c for c in nb.cells if c.cell_type == "code"][1]
         assert 'SCALE = "shapes"' in cell.source and "S = scales.settings(SCALE)" in cell.source
         cell.source = AUTO_LABELER + cell.source.replace('SCALE = "shapes"', 'SCALE = "sd15"').replace(
-            "S = scales.settings(SCALE)", f"S = scales.settings(SCALE, model={model!r}, **{{'reward.clip': {clip!r}, "
+            "S = scales.settings(SCALE)",
+            f"S = scales.settings(SCALE, model={model!r}, **{{'reward.clip': {clip!r}, "
             "'finetune.mixed_precision': 'no', 'generate.sample_steps': 2, 'evaluate.sample_steps': 2, "
-            "'finetune.train_steps': 2})")  # fp16 autocast needs a GPU
+            "'finetune.train_steps': 2})",
+        )  # fp16 autocast needs a GPU
 
     r, _ = execute(name, sd_work, patch=to_sd15)
     assert r, f"{name} printed no RESULT line"
