@@ -17,7 +17,8 @@ or one above (tests/test_layers.py parses every import and checks it), so the co
                      pretrain (the tokenizer and tiny CLIP; the pretrain command over every piece)
     3  stages 1-2    generate (draw images), labeling (the ipywidgets labeler), reward_train (fit and evaluate
                      the reward model)
-    4  stage 3, etc. finetune (the reward-weighted loss), evaluate (the judge, FID, CIs), hub (push)
+    4  stage 3, etc. finetune (the reward-weighted loss), evaluate (the judge, FID, CIs), hub (push),
+                     reward_cli (the reward command, its tables, the label-noise study)
     5  the job's config  runconfig (RunConfig, presets and recipes, the run folder's layout, the one derivation of
                      a round's stage configs)
     6  on top of it  run (the main job: feedback -> labels -> reward -> fine-tune -> evaluate), loop (the app's
@@ -39,7 +40,7 @@ LAYERS = (
     ("judge", "pretrain_diffusion", "sd", "reward_attr", "finetune_data", "finetune_params", "label_store"),
     ("prompts", "labels", "reward", "consent", "pretrain"),
     ("generate", "labeling", "reward_train"),
-    ("finetune", "evaluate", "hub"),
+    ("finetune", "evaluate", "hub", "reward_cli"),
     ("runconfig",),
     ("run", "loop", "overopt", "space"),
     ("scales", "colab", "session_curve"),

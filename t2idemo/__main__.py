@@ -10,7 +10,7 @@ import sys
 COMMANDS = {
     "sample": ("t2idemo.generate", "sample_main", "sample a grid of images from a pipeline"),
     "pretrain": ("t2idemo.pretrain", "cli", "train the tiny CLIP, VAE and UNet of the shapes world"),
-    "reward": ("t2idemo.reward_train", "reward_main", "train / evaluate the reward model (train | eval | study)"),
+    "reward": ("t2idemo.reward_cli", "reward_main", "train / evaluate the reward model (train | eval | study)"),
     "generate": ("t2idemo.generate", "generate_main", "generate the labelling set: K images per prompt + metadata"),
     "finetune": ("t2idemo.finetune", "finetune_main", "reward-weighted fine-tuning of a pipeline's UNet (stage 3)"),
     "label": ("t2idemo.labels", "label_main", "label a dataset with the judge as a simulated, noisy rater"),

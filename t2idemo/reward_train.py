@@ -1,11 +1,7 @@
-"""Stage 2, training: fit the reward model's head on good/bad labels, evaluate it, and study label noise.
+"""Stage 2, training: fit the reward model's head on good/bad labels and evaluate it on held-out prompts.
 
-    python -m t2idemo reward train --data data/feedback --run runs/reward       # head.safetensors + reward_config.json
-    python -m t2idemo reward eval  --run runs/reward --eval-data data/heldout    # table with 95% CIs + calibration PNG
-    python -m t2idemo reward eval  --run runs/reward --eval-data data/heldout --data data/feedback  # + a lambda = 0 baseline
-    python -m t2idemo reward study --data data/feedback --eval-data data/heldout  # held-out AUC vs label-flip noise
-
-The model itself (frozen CLIP + head, ``RewardConfig``) is in ``reward``.
+The model itself (frozen CLIP + head, ``RewardConfig``) is in ``reward``; the ``reward`` command, its tables and
+the label-noise study in ``reward_cli``.
 
 Loss, per minibatch (the paper's Eq. 1 and 2):
 
@@ -21,19 +17,18 @@ swapped prompts' rewards to 0. T is exposed so that sharper settings can be trie
 Perturbed prompts that name a held-out (unseen) combination are never drawn, so no held-out prompt
 reaches training, not even as a negative.
 
-Defaults, and why:
-- lambda = 0.5: the paper's auxiliary term, at a weight where it and the MSE are of similar size. Measured
-  in the shapes world (docs/findings.md, the seed table of the reward model) it does not help: over 5 seeds, held-out AUC falls from 0.845 at
-  lambda = 0 to 0.823 at 0.5 and 0.814 at 1. It stays on by default because it is the paper's method and
-  the thing to study; ``--lam 0`` (``run --reward.lam 0``) gives the better reward here.
+Defaults, and why (the measurements behind each: docs/findings.md, the reward model's sections):
+- lambda = 0.5: the paper's auxiliary term, at a weight where it and the MSE are of similar size. In the shapes
+  world it does not raise held-out AUC; it stays on by default because it is the paper's method and the thing to
+  study; ``--lam 0`` (``run --reward.lam 0``) gives the better reward here.
 - rho = 0.1: without the penalty every head variant tried fell below CLIPScore on unseen prompts (the MLP
-  learns corrections that hold for the seen prompts only); with it, +0.015 to +0.03 AUC at every lambda.
+  learns corrections that hold for the seen prompts only); with it, held-out AUC rises at every lambda.
 - N = 4 (three perturbed prompts): every feedback prompt of the shapes world has at least three seen
   one-attribute swaps, so every good image gets a full set. N = 3 and N = 6 score the same within noise.
 - T = 1, the paper's raw-reward softmax. A sharp T = 0.1 fits the seen prompts as well but generalises
-  worse to unseen ones (mean held-out AUC over 8 seeds: 0.744 at T = 0.1, 0.772 at T = 1, on the shipped
-  tiny CLIP). The seen-prompt validation split could not tell these apart, so this choice used the
-  held-out figures; lambda and N were left at these a-priori values.
+  worse to unseen ones (held-out AUC over several seeds, on the shipped tiny CLIP). The seen-prompt validation
+  split could not tell these apart, so this choice used the held-out figures; lambda and N were left at these
+  a-priori values.
 
 Training. CLIP embeddings are computed once (image embeddings per image, text embeddings per distinct
 prompt string, perturbed ones included), so fitting the head takes seconds on a CPU. The validation
@@ -48,7 +43,6 @@ so these CIs are somewhat narrower than a prompt-level bootstrap would give.
 
 from __future__ import annotations
 
-import argparse
 import copy
 import dataclasses
 import json
@@ -66,8 +60,12 @@ from tqdm.auto import tqdm
 from . import prompts, world
 from .config import require_set
 from .data import load_images, load_rows
-from .reward import CONFIG_FILE, HEAD_FILE, FrozenCLIP, RewardConfig, RewardHead, RewardModel, read_saved, saved_fields
+from .reward import CONFIG_FILE, HEAD_FILE, FrozenCLIP, RewardConfig, RewardHead, RewardModel
 from .stats import best_threshold, bootstrap_auc, calibration, roc_auc, wilson
+
+CALIBRATION_STEPS = 300  # Adam steps that fit the head's cosine scale and bias before training (calibrate_cosine)
+CALIBRATION_LR = 0.1  # their learning rate
+MIN_IMPROVEMENT = 1e-5  # a validation loss must fall by more than this to count as a better epoch
 
 
 # ----------------------------------------------------------------------------- data
@@ -188,7 +186,7 @@ def reward_loss(
 def fit_head(cfg: RewardConfig, emb: Embedded, y: torch.Tensor, progress: bool = True) -> tuple[RewardHead, dict]:
     """Train a fresh head on cached embeddings with a validation split by prompt and early stopping.
     Returns the head of the best validation epoch and a summary. Runs on one CPU thread: a head this
-    small gains nothing from more, and on a busy machine extra threads made it 30x slower."""
+    small gains nothing from more, and on a busy machine extra threads made it many times slower."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -197,11 +195,13 @@ def fit_head(cfg: RewardConfig, emb: Embedded, y: torch.Tensor, progress: bool =
         torch.set_num_threads(threads)
 
 
-def calibrate_cosine(head: RewardHead, emb: Embedded, y: torch.Tensor, idx: torch.Tensor, steps: int = 300) -> None:
+def calibrate_cosine(
+    head: RewardHead, emb: Embedded, y: torch.Tensor, idx: torch.Tensor, steps: int = CALIBRATION_STEPS
+) -> None:
     """Fit the head's a and b alone (MLP term still zero) so that sigmoid(a * cos + b) matches the labels of
     rows ``idx`` in the MSE sense: before this, sigmoid(10 * cos) says "good" to nearly every image."""
     cos = (emb.img[idx] * emb.txt[emb.prompt_ids[idx]]).sum(-1)  # (n,)
-    opt = torch.optim.Adam([head.cos_scale, head.cos_bias], lr=0.1)
+    opt = torch.optim.Adam([head.cos_scale, head.cos_bias], lr=CALIBRATION_LR)
     for _ in range(steps):
         loss = F.mse_loss(torch.sigmoid(head.cos_scale * cos + head.cos_bias), y[idx])
         opt.zero_grad()
@@ -229,7 +229,7 @@ def _fit_head(cfg: RewardConfig, emb: Embedded, y: torch.Tensor, progress: bool)
         head.eval()
         with torch.no_grad():  # the same perturbations every epoch, so the curve is comparable
             val, val_parts = reward_loss(cfg, head, emb, y, va, torch.Generator().manual_seed(cfg.seed + 2))
-        if val.item() < best - 1e-5:
+        if val.item() < best - MIN_IMPROVEMENT:
             best, best_state, best_epoch, bad_epochs = val.item(), copy.deepcopy(head.state_dict()), epoch, 0
             best_parts = val_parts
         else:
@@ -355,7 +355,8 @@ def evaluate_reward(
     """Held-out accuracy and AUC of the reward model (``model``, or the one saved in cfg.run), CLIPScore and
     (``baseline``) a head trained like it with lambda = 0. ``cfg`` is the run's config (as ``reward eval``
     builds it: the saved one plus command-line options); its data and labels, when given, train the baseline and
-    fit CLIPScore's threshold. A downloaded reward model with no training set: cfg.data = "" (AUCs only for CLIPScore)."""
+    fit CLIPScore's threshold. A downloaded reward model with no training set: cfg.data = "" (AUCs only for
+    CLIPScore)."""
     model = model or RewardModel.from_pretrained(cfg.run, device=cfg.device)
     test, truth = heldout_set(cfg, model.clip)
     pair = (test.img, test.txt[test.prompt_ids])
@@ -394,111 +395,3 @@ def evaluate_reward(
         )
         out["plot"] = path
     return out
-
-
-def reward_table(res: dict) -> str:
-    lines = [
-        f"Held-out (unseen) prompts: {res['n_images']} images of {res['n_prompts']} prompts, "
-        f"{res['good_rate']:.1%} judged good. 95% CIs: Wilson (accuracy), paired bootstrap (AUC).",
-        "",
-        "| method | held-out accuracy [95% CI] | ROC-AUC [95% CI] |",
-        "| --- | --- | --- |",
-    ]
-    for name, m in res["table"].items():
-        acc = "-" if m["acc"] is None else f"{m['acc']:.3f} [{m['acc_ci'][0]:.3f}, {m['acc_ci'][1]:.3f}]"
-        lines.append(f"| {name} | {acc} | {m['auc']:.3f} [{m['auc_ci'][0]:.3f}, {m['auc_ci'][1]:.3f}] |")
-    lines.append("")
-    for name, (lo, hi) in res["delta_auc_ci"].items():
-        lines.append(f"AUC(reward model) - AUC({name}): 95% CI [{lo:+.3f}, {hi:+.3f}]")
-    t = res["thresholds"]["CLIPScore (cosine)"]
-    lines.append(
-        f"CLIPScore accuracy uses the threshold {t:.3f} that is best on the training labels; the heads use r > 0.5."
-        if t is not None
-        else "No training set given (--data): no CLIPScore threshold, no lambda = 0 baseline."
-    )
-    return "\n".join(lines)
-
-
-def noise_study(cfg: RewardConfig) -> list[dict]:
-    """Held-out AUC of the head (cfg.lam, and lambda = 0) trained on labels flipped with each noise level."""
-    clip = FrozenCLIP(cfg.clip, cfg.device)
-    test, truth = heldout_set(cfg, clip)
-    emb, y = training_set(dataclasses.replace(cfg, noise=0.0), clip)
-    pair, results = (test.img, test.txt[test.prompt_ids]), []
-    for level in cfg.levels():
-        y_noisy = flip_labels(y, level, cfg.seed)
-        row = {"noise": level, "flipped": int((y_noisy != y).sum()), "n": len(y)}
-        for key, lam in (("model", cfg.lam), ("lambda0", 0.0)):
-            head, summary = fit_head(dataclasses.replace(cfg, noise=level, lam=lam), emb, y_noisy, progress=False)
-            s = head(*pair).detach().numpy()
-            ci = bootstrap_auc({"r": s}, truth.numpy(), cfg.n_boot, cfg.seed)["r"]
-            row[key] = {**metrics(s, truth.numpy(), 0.5, ci), "head_seconds": summary["head_seconds"]}
-        results.append(row)
-    return results
-
-
-def study_table(cfg: RewardConfig, results: list[dict]) -> str:
-    lines = [
-        f"| flip noise | labels flipped | AUC, lambda={cfg.lam:g} [95% CI] | accuracy, lambda={cfg.lam:g} "
-        f"| AUC, lambda=0 [95% CI] |",
-        "| --- | --- | --- | --- | --- |",
-    ]
-    for r in results:
-        a, b = r["model"], r["lambda0"]
-        lines.append(
-            f"| {r['noise']:.0%} | {r['flipped']} / {r['n']} | {a['auc']:.3f} [{a['auc_ci'][0]:.3f}, "
-            f"{a['auc_ci'][1]:.3f}] | {a['acc']:.3f} | {b['auc']:.3f} [{b['auc_ci'][0]:.3f}, {b['auc_ci'][1]:.3f}] |"
-        )
-    return "\n".join(lines)
-
-
-# ----------------------------------------------------------------------------- CLI
-ACTIONS = ("train", "eval", "study")
-
-
-def parse_args(argv=None) -> tuple[str, RewardConfig]:
-    from .config import Parser, add_fields
-
-    p = Parser(
-        prog="python -m t2idemo reward",
-        description="Stage 2: train and evaluate the reward model.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    p.add_argument(
-        "action",
-        choices=ACTIONS,
-        help="train: fit and save the head; eval: held-out table + calibration "
-        "PNG for --run; study: held-out AUC vs label-flip noise",
-    )
-    add_fields(p, RewardConfig, suppress=True)  # eval: options not given come from the saved config
-    args = vars(p.parse_args(argv))
-    action = args.pop("action")
-    if action == "eval":  # the saved model and training settings, with any option given on the command line on top
-        args = {**saved_fields(read_saved(args.get("run", RewardConfig.run), "run")), **args}
-    try:
-        cfg = RewardConfig(**args)
-    except ValueError as e:
-        p.error(str(e))
-    print("RewardConfig:", json.dumps(dataclasses.asdict(cfg), indent=2))
-    for name in {"train": ("data",), "eval": ("eval_data",), "study": ("data", "eval_data")}[action]:
-        if not getattr(cfg, name):
-            raise ValueError(f"{name}='' : reward {action} needs --{name.replace('_', '-')} DIR (a dataset folder)")
-    return action, cfg
-
-
-def reward_main(argv=None):
-    action, cfg = parse_args(argv)
-    if action == "train":
-        model = train(cfg)
-        if cfg.eval_data:
-            print(reward_table(evaluate_reward(cfg, model)))
-    elif action == "eval":
-        res = evaluate_reward(cfg)
-        print(reward_table(res))
-        print(f"wrote {res['plot']}")
-    else:
-        print(study_table(cfg, noise_study(cfg)))
-
-
-if __name__ == "__main__":
-    reward_main()

@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from t2idemo import data as data_io
-from t2idemo import pretrain, reward, reward_train, stats, world
+from t2idemo import pretrain, reward, reward_cli, reward_train, stats, world
 from t2idemo.judge import judge
 
 
@@ -269,11 +269,11 @@ def test_a_saved_reward_model_carries_no_job_fields_and_evaluates_without_its_tr
     )
     model = reward.RewardModel.from_pretrained(run)
     assert model.cfg.lam == 0.5 and model.cfg.max_epochs == 3  # the record is read back
-    action, cfg = reward_train.parse_args(["eval", "--run", run, "--eval-data", data[1], "--n-boot", "100"])
+    action, cfg = reward_cli.parse_args(["eval", "--run", run, "--eval-data", data[1], "--n-boot", "100"])
     assert (action, cfg.data) == ("eval", "")
     res = reward_train.evaluate_reward(cfg, plot=False)
     assert list(res["table"]) == ["reward model (lambda=0.5, N=4)", "CLIPScore (cosine)"]
-    assert res["table"]["CLIPScore (cosine)"]["acc"] is None and "No training set given" in reward_train.reward_table(
+    assert res["table"]["CLIPScore (cosine)"]["acc"] is None and "No training set given" in reward_cli.reward_table(
         res
     )
 
