@@ -46,7 +46,7 @@ from t2idemo.backend import (
     check_prompt,
     example_prompts,
 )
-from t2idemo.config import bounds, check_field, parse_config
+from t2idemo.config import bounds, check_field, check_ranges, parse_config, ranged
 from t2idemo.generate import ALIGNED_MODEL, BASE_MODEL
 from t2idemo.label_page import LabelPage
 from t2idemo.label_store import LABELS
@@ -99,22 +99,34 @@ MODEL_FLAGS = {  # flag: (the file that marks its folder, what the folder is, an
 
 @dataclass
 class AppConfig:
-    base: str = BASE_MODEL  # base StableDiffusionPipeline folder: the left column of Compare
-    aligned: str = ALIGNED_MODEL  # aligned pipeline folder: the right column of Compare, pushed by Share
-    reward: str = REWARD_MODEL  # reward model folder (reward_config.json + head) that scores every image
-    data: str = DEFAULT_DATA  # dataset folder to label (PNGs + metadata.jsonl); its labels.sqlite is the store. If the
-    #                           default is absent, the app labels WORKDIR/labelling, which its Draw button fills
-    workdir: str = "runs/app"  # where the app keeps what visitors make: drawn images, reward models, tuned models
-    share_shipped: bool = False  # Share may push the app's own aligned model when a visitor made none (the owner's
-    #                              choice: off on a public Space, where visitors push only what they made)
+    # base StableDiffusionPipeline folder: the left column of Compare
+    base: str = BASE_MODEL
+    # aligned pipeline folder: the right column of Compare, pushed by Share
+    aligned: str = ALIGNED_MODEL
+    # reward model folder (reward_config.json + head) that scores every image
+    reward: str = REWARD_MODEL
+    # dataset folder to label (PNGs + metadata.jsonl); its labels.sqlite is the store. If the default is absent,
+    # the app labels WORKDIR/labelling, which its Draw button fills
+    data: str = DEFAULT_DATA
+    # where the app keeps what visitors make: drawn images, reward models, tuned models
+    workdir: str = "runs/app"
+    # Share may push the app's own aligned model when a visitor made none (the owner's choice: off on a public
+    # Space, where visitors push only what they made)
+    share_shipped: bool = False
+    # interface to serve on; 0.0.0.0 = every one
+    host: str = os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1")
+    # TCP port
+    port: int = ranged(int(os.environ.get("GRADIO_SERVER_PORT", "7860")), 1, 65535)
+    # also open a public *.gradio.live link (needs the internet)
+    share: bool = False
+    # torch CPU threads; 0 = torch's default (one per core); 1 was fastest on 2 busy cores
+    threads: int = ranged(1, 0, 1024)
+
     # the Label and Train tabs' settings: their defaults, and the ranges a visitor may ask for (t2idemo.loop)
     loop: LoopConfig = field(default_factory=LoopConfig)
-    host: str = os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1")  # interface to serve on; 0.0.0.0 = every one
-    port: int = int(os.environ.get("GRADIO_SERVER_PORT", "7860"))  # TCP port; 1 - 65535
-    share: bool = False  # also open a public *.gradio.live link (needs the internet)
-    threads: int = 1  # torch CPU threads; 0 = torch's default (one per core); 1 was fastest on 2 busy cores
 
     def __post_init__(self):
+        check_ranges(self)  # port and threads within their ranges
         defaults = {"base": BASE_MODEL, "aligned": ALIGNED_MODEL, "reward": REWARD_MODEL}
         for flag, (marker, what, example) in MODEL_FLAGS.items():
             path = getattr(self, flag)
@@ -126,10 +138,6 @@ class AppConfig:
                 f"--data {self.data!r} holds no metadata.jsonl; pass a folder made by "
                 f"`python -m t2idemo generate --out DIR`"
             )
-        if not 1 <= self.port <= 65535:
-            raise ValueError(f"--port {self.port} is out of range; use 1 to 65535")
-        if self.threads < 0:
-            raise ValueError(f"--threads {self.threads} must be >= 0 (0 = one per core)")
 
     def loop_config(self) -> LoopConfig:
         """The Label and Train tabs' settings, as ``t2idemo.loop`` takes them: ``loop`` on the base model."""

@@ -119,9 +119,9 @@ class FinetuneConfig:
     # optimizer steps
     train_steps: int = ranged(400, 1, 1_000_000)
     # D_model images per step
-    batch: int = ranged(64, 1, 4096)
+    batch: int = ranged(64, 1, 65_536)
     # D_pre images per step
-    pre_batch: int = ranged(64, 1, 4096)
+    pre_batch: int = ranged(64, 1, 65_536)
     # AdamW learning rate
     lr: float = ranged(5e-4, 1e-08, 1.0)
     # reward-weighted term only: draw its timesteps from [t_low * T, T); 0 = all (paper) - 0.8

@@ -248,7 +248,7 @@ class GenerateConfig:
     # base seed: image i (0-based, prompt-major) uses seed * 100_000 + i
     seed: int = seed_field()
     # images per pipeline call
-    batch: int = ranged(64, 1, 1024)
+    batch: int = ranged(64, 1, 65_536)
     # "auto": on a CPU with native bfloat16 the networks run in it (about a quarter faster,
     # judged the same), else float32 | "fp32": always float32 (sampling_dtype)
     precision: str = "auto"

@@ -32,6 +32,7 @@ import json
 import os
 import shutil
 import time
+from contextlib import contextmanager
 
 from . import evaluate as ev
 from .data import load_rows, write_rows_atomic
@@ -43,49 +44,50 @@ from .reward_train import train as train_reward
 from .runconfig import NOT_RUN, RECIPES, ROUND_SETS, RunConfig, RunPaths, eval_config, preset, round_configs
 
 
-def stage(name: str, t0: float):
-    print(f"\n=== {name}  (t = {time.time() - t0:.0f} s)", flush=True)
+class Clock:
+    """The job's timings, recorded in one place: ``with clock("finetune", "round 1: 5. fine-tune"):`` prints the
+    stage's heading with the time since the job started and adds the stage's seconds to ``clock.times``."""
+
+    def __init__(self):
+        self.t0, self.times = time.time(), {}
+
+    @contextmanager
+    def __call__(self, key: str, heading: str):
+        print(f"\n=== {heading}  (t = {time.time() - self.t0:.0f} s)", flush=True)
+        start = time.time()
+        yield
+        group, _, name = key.rpartition(".")  # "round1.generate" -> times["round1"]["generate"]
+        (self.times.setdefault(group, {}) if group else self.times)[name] = round(time.time() - start, 1)
 
 
-def run_round(cfg: RunConfig, r: int, model: str, labelled: list, t0: float) -> tuple[dict, list, dict]:
+def run_round(cfg: RunConfig, r: int, model: str, labelled: list, clock: Clock) -> tuple[dict, list]:
     """One round from ``model``; ``labelled``: feedback folders of earlier rounds (the reward model trains on all of
-    them). Returns (the tuned models {beta: folder}, every feedback folder so far, timings)."""
+    them). Returns (the tuned models {beta: folder}, every feedback folder so far)."""
     rnd = round_configs(cfg, r, model, RunPaths(cfg.out).round(r))
-    times = {}
     pipe = load_pipeline(model)
-
-    stage(f"round {r}: 1. feedback images from {model}", t0)
-    s = time.time()
-    generate_dataset(rnd.feedback, pipe)
-    times["generate"] = time.time() - s
-
+    with clock(f"round{r}.generate", f"round {r}: 1. feedback images from {model}"):
+        generate_dataset(rnd.feedback, pipe)
     lc = rnd.labels
-    stage(f"round {r}: 2. simulated labels (judge, flip={lc.flip}, skip={lc.skip}, bias={lc.bias or 'none'})", t0)
-    s = time.time()
-    label(lc)
+    with clock(
+        f"round{r}.label",
+        f"round {r}: 2. simulated labels (judge, flip={lc.flip}, skip={lc.skip}, bias={lc.bias or 'none'})",
+    ):
+        label(lc)
     labelled = labelled + [rnd.feedback.out]
-    times["label"] = time.time() - s
-
-    stage(f"round {r}: 3. reward model on {len(labelled)} labelled folder(s)", t0)
-    s = time.time()
-    if len(labelled) > 1:
-        merge_folders(labelled, rnd.reward.data)
-    train_reward(rnd.reward)
-    times["reward"] = time.time() - s
-
+    with clock(f"round{r}.reward", f"round {r}: 3. reward model on {len(labelled)} labelled folder(s)"):
+        if len(labelled) > 1:
+            merge_folders(labelled, rnd.reward.data)
+        train_reward(rnd.reward)
     if rnd.unlabelled:
-        stage(f"round {r}: 4. unlabelled generations ({cfg.unlabelled_per_prompt} per prompt)", t0)
-        s = time.time()
-        generate_dataset(rnd.unlabelled, pipe)
-        times["unlabelled"] = time.time() - s
-
+        with clock(
+            f"round{r}.unlabelled", f"round {r}: 4. unlabelled generations ({cfg.unlabelled_per_prompt} per prompt)"
+        ):
+            generate_dataset(rnd.unlabelled, pipe)
     tuned = {}
     for beta, fcfg in rnd.finetune.items():
-        stage(f"round {r}: 5. fine-tune, beta = {beta:g}", t0)
-        s = time.time()
-        tuned[beta] = finetune(fcfg)
-        times[f"finetune_beta{beta:g}"] = time.time() - s
-    return tuned, labelled, times
+        with clock(f"round{r}.finetune_beta{beta:g}", f"round {r}: 5. fine-tune, beta = {beta:g}"):
+            tuned[beta] = finetune(fcfg)
+    return tuned, labelled
 
 
 def merge_folders(folders: list, out: str) -> str:
@@ -124,56 +126,55 @@ def reuse_images(run: str, paths: RunPaths) -> None:
 
 
 def run(cfg: RunConfig) -> dict:
+    """The paper's loop for ``cfg.rounds`` rounds, then the before/after evaluation and its report -> the results."""
     if not cfg.judge:
         raise ValueError(
             f"preset={cfg.preset!r} (prompt_set={cfg.generate.prompt_set!r}): the main job labels with the "
             "judge, which reads only the shapes world; at SD scale people label (notebooks 00-04)"
         )
-    t0 = time.time()
-    paths = RunPaths(cfg.out)
+    clock, paths = Clock(), RunPaths(cfg.out)
     os.makedirs(cfg.out, exist_ok=True)
     if cfg.reuse:
         reuse_images(cfg.reuse, paths)
-    model, labelled, models, timings = cfg.model, [], {"base": cfg.model}, {}
+    model, labelled, models = cfg.model, [], {"base": cfg.model}
     for r in range(1, cfg.rounds + 1):
-        tuned, labelled, timings[f"round{r}"] = run_round(cfg, r, model, labelled, t0)
-        for beta, path in tuned.items():
-            models[f"round {r}" if not cfg.betas else f"beta {beta:g}"] = path
+        tuned, labelled = run_round(cfg, r, model, labelled, clock)
+        models.update({f"round {r}" if not cfg.betas else f"beta {b:g}": path for b, path in tuned.items()})
+        # the next round starts from this round's model at finetune.beta (a betas sweep runs one round only)
         model = tuned[cfg.finetune.beta] if cfg.finetune.beta in tuned else list(tuned.values())[-1]
+    with clock("evaluate", f"evaluate {len(models)} models on {cfg.evaluate.split} prompts"):
+        ecfg = eval_config(cfg, models, paths)
+        saved = (
+            saved_results(cfg.reuse) if cfg.reuse else None
+        )  # a study's runs share RUN's base: its evaluation is read
+        results = ev.evaluate(ecfg, write=False, known=ev.reusable(saved, ecfg) if saved else {})
+    clock.times["total"] = round(time.time() - clock.t0, 1)
+    report(cfg, results, clock.times, paths)
+    if cfg.ship:
+        ship(model, paths.round(cfg.rounds).reward)
+    return results
 
-    stage(f"evaluate {len(models)} models on {cfg.evaluate.split} prompts", t0)
-    s = time.time()
-    ecfg = eval_config(cfg, models, paths)
-    saved = saved_results(cfg.reuse) if cfg.reuse else None  # a study's runs share RUN's base: its evaluation is read
-    results = ev.evaluate(ecfg, write=False, known=ev.reusable(saved, ecfg) if saved else {})
-    timings["evaluate"] = time.time() - s
+
+def report(cfg: RunConfig, results: dict, times: dict, paths: RunPaths) -> None:
+    """The one writer of the job's report: OUT/report (report.md, results.json with the config and timings, the
+    beta sweep's trade-off plot), and the table printed at the end."""
     notes = []
     if cfg.betas:
+        base = results["models"]["base"]
         points = [
-            {
-                "beta": b,
-                "results": {
-                    "models": {"base": results["models"]["base"], f"beta {b:g}": results["models"][f"beta {b:g}"]}
-                },
-            }
+            {"beta": b, "results": {"models": {"base": base, f"beta {b:g}": results["models"][f"beta {b:g}"]}}}
             for b in cfg.beta_list()
         ]
         ev.plot_tradeoff(
             points, os.path.join(paths.report, "tradeoff.png"), split=ev.split_list(cfg.evaluate.split)[0]
         )
         notes.append("![alignment-fidelity trade-off over beta](tradeoff.png)")
-    timings["total"] = time.time() - t0
-    results["timings_s"] = {
-        k: v if isinstance(v, float) else {a: round(b, 1) for a, b in v.items()} for k, v in timings.items()
-    }
+    results["timings_s"] = times
     results["run_config"] = dataclasses.asdict(cfg)
     results["recipe"] = recipe_line(cfg)
-    ev.write_report(results, paths.report, notes=notes + [results["recipe"]])  # the one writer of the report
+    ev.write_report(results, paths.report, notes=notes + [results["recipe"]])
     print("\n" + ev.markdown_table(results) + "\n" + results["recipe"])
-    print(f"\ntotal {timings['total']:.0f} s; report in {paths.report}")
-    if cfg.ship:
-        ship(model, paths.round(cfg.rounds).reward)
-    return results
+    print(f"\ntotal {times['total']:.0f} s; report in {paths.report}")
 
 
 def run_or_read(cfg: RunConfig) -> dict:

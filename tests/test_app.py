@@ -128,7 +128,7 @@ def test_missing_models_fail_naming_the_flag(tmp_path, reward_dir, monkeypatch):
         t2iapp.AppConfig(base=str(tmp_path / "nowhere"), aligned=BASE_MODEL, reward=reward_dir)
     with pytest.raises(ValueError, match=r"--data '.*' holds no metadata.jsonl"):
         t2iapp.AppConfig(aligned=BASE_MODEL, reward=reward_dir, data=str(tmp_path))
-    with pytest.raises(ValueError, match=r"--port 0 is out of range"):
+    with pytest.raises(ValueError, match=r"port=0 is out of range; use an integer from 1 to 65535"):
         t2iapp.AppConfig(aligned=BASE_MODEL, reward=reward_dir, port=0)
     # a default asset that is not shipped yet says so, and names the flag that replaces it
     monkeypatch.setattr(t2iapp, "ALIGNED_MODEL", str(tmp_path / "tiny-sd-aligned"))
