@@ -19,6 +19,7 @@ import random
 from t2idemo import evaluate as ev
 from t2idemo import world
 from t2idemo.data import load_images, load_rows, write_rows_atomic
+from t2idemo.eval_config import EvalConfig
 from t2idemo.finetune import FinetuneConfig, finetune
 from t2idemo.finetune_data import reward_scores, top_k_rows
 from t2idemo.generate import GenerateConfig, generate_dataset
@@ -102,7 +103,7 @@ def main():
     )
     for guidance in (5.0, 2.0):
         res = ev.evaluate(
-            ev.EvalConfig(
+            EvalConfig(
                 models=model,
                 names=f"{args.probe} (guidance {guidance:g})",
                 split="unseen",

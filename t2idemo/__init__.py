@@ -16,21 +16,23 @@ or one above (tests/test_layers.py parses every import and checks it), so the co
                      reward (the model r(x, z): frozen CLIP + head), consent (each labeler's consent to be named),
                      pretrain (the tokenizer and tiny CLIP; the pretrain command over every piece)
     3  stages 1-2    generate (draw images), labeling (the ipywidgets labeler), reward_train (fit and evaluate
-                     the reward model)
-    4  stage 3, etc. finetune (the reward-weighted loss), evaluate (the judge, FID, CIs), hub (push),
-                     reward_cli (the reward command, its tables, the label-noise study)
-    5  the job's config  runconfig (RunConfig, presets and recipes, the run folder's layout, the one derivation of
+                     the reward model), label_summary (evaluation at SD scale: people's good rate per category)
+    4  stage 3, etc. finetune (the reward-weighted loss), eval_config (the evaluation's settings and splits),
+                     hub_files (what a push uploads: staging folders, cards), reward_cli (the reward command, its
+                     tables, the label-noise study)
+    5  evaluate, push evaluate (the judge, FID, CIs, best-of-N, the report), hub (push to the Hub)
+    6  the job's config  runconfig (RunConfig, presets and recipes, the run folder's layout, the one derivation of
                      a round's stage configs)
-    6  on top of it  run (the main job: feedback -> labels -> reward -> fine-tune -> evaluate), loop (the app's
+    7  on top of it  run (the main job: feedback -> labels -> reward -> fine-tune -> evaluate), loop (the app's
                      steps), overopt (reward over-optimisation), space (deploy the app as a Hugging Face Space)
-    7  notebooks     scales (the notebooks' SCALE switch over the presets, their folders), colab (their Colab badges
+    8  notebooks     scales (the notebooks' SCALE switch over the presets, their folders), colab (their Colab badges
                      and Setup cells, from pyproject.toml), session_curve (what a short session buys at each label
                      count: a simulated person through loop's calls)
-    8  the app       backend (app.py's models, labelling set and jobs, without Gradio), spacesync (on a Space: the
+    9  the app       backend (app.py's models, labelling set and jobs, without Gradio), spacesync (on a Space: the
                      labels kept in its dataset repo)
-    9  figures, page benchmarks (the README's figures, the app's Compare latency included), label_page (the app's
-                     Label tab without Gradio: one image at a time or a grid of them), share_page (the Share tab:
-                     a pasted token locally, Sign in with Hugging Face on a Space)
+    10  figures, page  benchmarks (the README's figures, the app's Compare latency included), label_page (the
+                     app's Label tab without Gradio: one image at a time or a grid of them), share_page (the Share
+                     tab: a pasted token locally, Sign in with Hugging Face on a Space)
 
 ``python -m t2idemo`` (``__main__``) and ``app.py`` sit above them all.
 """
@@ -39,8 +41,9 @@ LAYERS = (
     ("config", "data", "stats", "dpo", "world", "clip"),
     ("judge", "pretrain_diffusion", "sd", "reward_attr", "finetune_data", "finetune_params", "label_store"),
     ("prompts", "labels", "reward", "consent", "pretrain"),
-    ("generate", "labeling", "reward_train"),
-    ("finetune", "evaluate", "hub", "reward_cli"),
+    ("generate", "labeling", "reward_train", "label_summary"),
+    ("finetune", "eval_config", "hub_files", "reward_cli"),
+    ("evaluate", "hub"),
     ("runconfig",),
     ("run", "loop", "overopt", "space"),
     ("scales", "colab", "session_curve"),

@@ -1,6 +1,6 @@
 """Each labeler's own consent to be named on the Hub with their labels: ``consent.json`` in the labelling folder,
 {labeler: true | false}, written by that labeler's choice alone (the app's Share tab, ``t2idemo.share_page``). A push
-names those who agreed and calls the others 'labeler 1', 'labeler 2', ... (``t2idemo.hub.aliases``)."""
+names those who agreed and calls the others 'labeler 1', 'labeler 2', ... (``t2idemo.hub_files.aliases``)."""
 
 import json
 import os

@@ -9,7 +9,8 @@ prompts, as the paper evaluated both; ``typical``: what the base's LAION-like da
 fixed seeds (image i of every model starts from the same noise), in the sampler's ``precision`` (generate.sample):
 
 * **alignment**: the judge's verdict per image. For each category (count, color, background, combination) the share
-  of images with every named attribute right and, per attribute, the share right where the prompt names it (Wilson 95%).
+  of images with every named attribute right and, per attribute, the share right where the prompt names it
+  (Wilson 95%).
 * **fidelity**: an FID between the model's generations and fresh renders of the same prompts, on the tiny CLIP
   image tower's pooled features (64-d) instead of Inception's (2048-d): Inception has never seen 32x32 shapes,
   while the tiny CLIP was trained on exactly this world. Lower is better; renders against other renders give the
@@ -20,6 +21,8 @@ fixed seeds (image i of every model starts from the same noise), in the sampler'
 The report folder gets ``report.md`` (the tables), ``results.json`` (every number), ``bars.png`` (accuracy per
 category, with CIs) and ``samples.png`` (the same prompts and seeds, one row per model). ``plot_tradeoff`` draws
 the alignment-fidelity trade-off over beta (``python -m t2idemo run --betas``).
+
+The settings are ``eval_config.EvalConfig``; the SD-scale summary of people's labels is ``label_summary``.
 """
 
 from __future__ import annotations
@@ -27,117 +30,27 @@ from __future__ import annotations
 import json
 import os
 import random
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from . import world
-from .config import check_ranges, ranged, require_set
-from .data import load_images, load_rows, pipeline_digest
-from .generate import (
-    ALIGNED_MODEL,
-    BASE_MODEL,
-    DEFAULT_GUIDANCE,
-    DEFAULT_STEPS,
-    check_precision,
-    labelled_grid,
-    load_pipeline,
-    sample,
-)
+from .config import require_set
+from .data import pipeline_digest
+from .eval_config import SPLITS, EvalConfig, split_list
+from .generate import BASE_MODEL, labelled_grid, load_pipeline, sample
 from .judge import judge
-from .sd import CATEGORIES as SD_CATEGORIES
+from .label_summary import SummaryConfig, summary, summary_table
 from .stats import wilson
 
-SPLITS = (
-    "unseen",
-    "seen",
-    "typical",
-)  # held-out prompts | feedback prompts | the prior's typical prompts (world.is_typical)
 REPORTED = ("count", "color", "scene", "shape")  # attributes reported per category ("scene" = background)
-
-
-@dataclass
-class EvalConfig:
-    # comma-separated pipeline folders (the first is the baseline)
-    models: str = f"{BASE_MODEL},{ALIGNED_MODEL}"
-    # comma-separated display names; empty: "base", then each folder's name
-    names: str = ""
-    # prompt splits, comma-separated: unseen (the paper's held-out prompts) | seen (the feedback
-    # prompts) | typical (what the LAION-like prior shows most); "all" = unseen,seen
-    split: str = "unseen"
-    # combination-prompt images per model and split; >= 500 for a +-4 pt CI
-    n_combination: int = ranged(512, 1, 100_000)
-    # images per model and split for each single-attribute category
-    n_single: int = ranged(192, 1, 100_000)
-    # sampler steps
-    sample_steps: int = ranged(DEFAULT_STEPS, 1, 1000)
-    # classifier-free guidance scale
-    guidance: float = ranged(DEFAULT_GUIDANCE, 0.0, 100.0)
-    # "auto": bfloat16 on a CPU that has it natively (a quarter faster, judged the same), else float32 | "fp32"
-    precision: str = "auto"
-    # image i of every model starts from seed * 100_000 + i
-    seed: int = ranged(0, 0, 2_147_483_647)
-    # reward model folder for best-of-N; empty: no rejection-sampling baseline
-    reward: str = ""
-    # N values for best-of-N on the first model; empty: none
-    best_of: str = "4,16"
-    # combination prompts for best-of-N (each draws N images)
-    n_best_of: int = ranged(128, 1, 100_000)
-    # compute the FID against fresh renders
-    fid: bool = True
-    # report folder
-    out: str = "runs/report"
-
-    def __post_init__(self):
-        check_ranges(self)  # every number within its declared range
-        if not self.split_list() or any(sp not in SPLITS for sp in self.split_list()):
-            raise ValueError(
-                f"split={self.split!r} is not allowed; use one or more of {SPLITS}, comma-separated, or 'all'"
-            )
-        if self.models is not None and not self.model_list():  # None: the main job sets it (runconfig.eval_config)
-            raise ValueError("models is empty; give at least one pipeline folder")
-        if self.names and self.models is not None and len(self.name_list()) != len(self.model_list()):
-            raise ValueError(
-                f"names={self.names!r} gives {len(self.name_list())} names for {len(self.model_list())} models"
-            )
-        for n in self.best_of_list():
-            if n < 2:
-                raise ValueError(f"best_of={self.best_of!r}: every N must be >= 2")
-        check_precision(self.precision)
-
-    def split_list(self) -> list:
-        return split_list(self.split)
-
-    def model_list(self) -> list:
-        return [m.strip() for m in self.models.split(",") if m.strip()]
-
-    def name_list(self) -> list:
-        if self.names:
-            return [n.strip() for n in self.names.split(",")]
-        return [
-            "base" if os.path.abspath(m) == os.path.abspath(BASE_MODEL) else os.path.basename(os.path.normpath(m))
-            for m in self.model_list()
-        ]
-
-    def best_of_list(self) -> list:
-        try:
-            return [int(n) for n in self.best_of.split(",") if n.strip()]
-        except ValueError:
-            raise ValueError(
-                f"best_of={self.best_of!r} is not a comma-separated list of integers, e.g. '4,16'"
-            ) from None
+SEED_STRIDE = 100_000  # image i of the evaluation starts from seed cfg.seed * SEED_STRIDE + i, for every model
+BEST_OF_SEED_STRIDE = 1_000_000  # best-of-N draws from seeds (cfg.seed + 1) * BEST_OF_SEED_STRIDE + ..., apart
+FEATURE_CHUNK = 256  # images per CLIP forward pass of the FID's features (memory, not results)
+GRID_PROMPTS = 8  # combination prompts in the report's sample grid, shared out over the splits
 
 
 # ----------------------------------------------------------------------------- prompts
-def split_list(split: str) -> list:
-    """ "unseen,seen" -> ["unseen", "seen"]; "all" is "unseen,seen"."""
-    out = []
-    for sp in split.split(","):
-        out += ["unseen", "seen"] if sp.strip() == "all" else [sp.strip()] if sp.strip() else []
-    return list(dict.fromkeys(out))
-
-
 def eval_prompts(split: str, n_combination: int, n_single: int, seed: int = 0) -> list[dict]:
     """The evaluation prompt set: for each split and category, its prompts in a fixed shuffled order, cycled
     until the category has its number of images (the 3 typical prompts of a category get ``n_single`` each).
@@ -186,8 +99,8 @@ def clip_features(images: list, clip_path: str | None = None) -> np.ndarray:
     path = clip_path or os.path.join(os.path.dirname(BASE_MODEL), "tiny-clip")
     model = CLIPModel.from_pretrained(path).vision_model.eval()
     feats = []
-    for i in range(0, len(images), 256):
-        x = clip_pixels(world.to_array(images[i : i + 256]))  # (B, 3, 32, 32)
+    for i in range(0, len(images), FEATURE_CHUNK):
+        x = clip_pixels(world.to_array(images[i : i + FEATURE_CHUNK]))  # (B, 3, 32, 32)
         feats.append(model(pixel_values=x).pooler_output.double().numpy())  # (B, 64)
     return np.concatenate(feats)
 
@@ -215,7 +128,7 @@ def best_of_n(pipe, reward_fn, metas: list[dict], n: int, cfg: EvalConfig) -> tu
     with the highest reward. Returns (chosen images, their rewards)."""
     chosen, scores = [], []
     for j, m in enumerate(metas):
-        seeds = [(cfg.seed + 1) * 1_000_000 + j * n + k for k in range(n)]
+        seeds = [(cfg.seed + 1) * BEST_OF_SEED_STRIDE + j * n + k for k in range(n)]
         imgs = sample(pipe, [m["prompt"]] * n, seeds, cfg.sample_steps, cfg.guidance, precision=cfg.precision)
         r = reward_fn(imgs, [m["prompt"]] * n)  # (n,)
         best = int(torch.as_tensor(r).argmax())
@@ -232,11 +145,11 @@ def evaluate_model(pipe, metas: list[dict], cfg: EvalConfig) -> tuple[list, dict
 
 
 def draw(pipe, metas: list[dict], index, cfg: EvalConfig) -> list:
-    """The evaluation's images of prompts ``index``: image i starts from seed ``cfg.seed * 100_000 + i``."""
+    """The evaluation's images of prompts ``index``: image i starts from seed ``cfg.seed * SEED_STRIDE + i``."""
     return sample(
         pipe,
         [metas[i]["prompt"] for i in index],
-        [cfg.seed * 100_000 + i for i in index],
+        [cfg.seed * SEED_STRIDE + i for i in index],
         cfg.sample_steps,
         cfg.guidance,
         precision=cfg.precision,
@@ -244,13 +157,12 @@ def draw(pipe, metas: list[dict], index, cfg: EvalConfig) -> list:
 
 
 def reusable(saved: dict, cfg: EvalConfig) -> dict:
-    """{pipeline_digest: result} of the models in ``saved`` (an earlier ``evaluate``'s results) that ``cfg`` would evaluate
-    to the same numbers: same sampler and precision (results older than the option have none: they are "fp32"), seed,
-    sizes and FID, and ``cfg``'s splits the first of ``saved``'s (prompts and seeds of a split depend only on the splits before it)."""
-    splits, keys = (
-        cfg.split_list(),
-        ("n_combination", "n_single", "sample_steps", "guidance", "seed", "fid", "precision"),
-    )
+    """{pipeline_digest: result} of the models in ``saved`` (an earlier ``evaluate``'s results) that ``cfg`` would
+    evaluate to the same numbers: same sampler and precision (results older than the option have none: they are
+    "fp32"), seed, sizes and FID, and ``cfg``'s splits the first of ``saved``'s (prompts and seeds of a split depend
+    only on the splits before it)."""
+    splits = cfg.split_list()
+    keys = ("n_combination", "n_single", "sample_steps", "guidance", "seed", "fid", "precision")
     if (
         any(saved["config"].get(k, "fp32") != getattr(cfg, k) for k in keys)
         or split_list(saved["config"]["split"])[: len(splits)] != splits
@@ -290,7 +202,7 @@ def evaluate(
     metas = eval_prompts(cfg.split, cfg.n_combination, cfg.n_single, cfg.seed)
     first = cfg.split_list()[0]  # FID and best-of-N use the first split's combination prompts
     combo = [i for i, m in enumerate(metas) if m["category"] == "combination" and m["split"] == first]
-    per = max(1, 8 // len(cfg.split_list()))  # the sample grid: 8 combination prompts, as many of each split
+    per = max(1, GRID_PROMPTS // len(cfg.split_list()))  # the sample grid: as many prompts of each split
     grid = [
         i
         for sp in cfg.split_list()
@@ -337,64 +249,6 @@ def evaluate(
     return results
 
 
-# ----------------------------------------------------------------------------- evaluation at SD scale
-def summary(data: str, reward: str = "", device: str = "") -> dict:
-    """Per category of a generated, labelled set: images, labelled images, the fraction labelled good with a
-    Wilson 95% CI (people's labels, written by ``labels.export_labels``), and the mean reward r(x, z) when
-    ``reward`` (a reward-model folder) is given. Compare a base and an aligned model by running it on the
-    sets each drew from the same prompts and seeds. Returns {category or "all": {...}}."""
-    from .reward import load_reward_fn
-
-    rows = load_rows(data, "data")
-    scores = [None] * len(rows)
-    if reward:
-        reward_fn = load_reward_fn(reward, device=device or None)
-        for i in range(0, len(rows), 64):
-            chunk = rows[i : i + 64]
-            scores[i : i + 64] = [float(s) for s in reward_fn(load_images(data, chunk), [r["prompt"] for r in chunk])]
-    out = {}
-    for cat in list(SD_CATEGORIES) + ["all"]:
-        idx = [i for i, r in enumerate(rows) if cat == "all" or r.get("category") == cat]
-        if not idx:
-            continue
-        labelled = [i for i in idx if rows[i].get("label") in ("good", "bad")]
-        good = sum(rows[i]["label"] == "good" for i in labelled)
-        out[cat] = {
-            "images": len(idx),
-            "labelled": len(labelled),
-            "good": good,
-            "good_rate": good / len(labelled) if labelled else None,
-            "good_ci": wilson(good, len(labelled)) if labelled else None,
-            "mean_reward": sum(scores[i] for i in idx) / len(idx) if reward else None,
-        }
-    return out
-
-
-def summary_table(res: dict) -> str:
-    lines = ["| category | images | labelled | good [95% CI] | mean reward |", "| --- | --- | --- | --- | --- |"]
-    for cat, s in res.items():
-        good = (
-            "-" if s["good_rate"] is None else f"{s['good_rate']:.1%} [{s['good_ci'][0]:.1%}, {s['good_ci'][1]:.1%}]"
-        )
-        r = "-" if s["mean_reward"] is None else f"{s['mean_reward']:.3f}"
-        lines.append(f"| {cat} | {s['images']} | {s['labelled']} | {good} | {r} |")
-    return "\n".join(lines)
-
-
-@dataclass
-class SummaryConfig:
-    # a generated set (metadata.jsonl + PNGs), labelled with labels.export_labels for the good rate
-    data: str = ""
-    # reward-model folder (reward train --run); empty: no mean reward
-    reward: str = ""
-    # "cpu", "cuda", ...; "" = cuda when available
-    device: str = ""
-
-    def __post_init__(self):
-        if not self.data:
-            raise ValueError("data='' is not allowed; pass the folder of a generated set")
-
-
 # ----------------------------------------------------------------------------- report
 def fmt(r: dict) -> str:
     return f"{100 * r['p']:.1f} [{100 * r['lo']:.1f}, {100 * r['hi']:.1f}]"
@@ -409,7 +263,8 @@ def markdown_table(results: dict) -> str:
         lines += [
             f"**{sp} prompts**: % of images right, [Wilson 95% CI]; n = images per cell",
             "",
-            "| model | count | color | background | combination (all right) | combo: count | combo: color | combo: background | combo: shape | FID (tiny CLIP) |",
+            "| model | count | color | background | combination (all right) | combo: count | combo: color "
+            "| combo: background | combo: shape | FID (tiny CLIP) |",
             "|---|---|---|---|---|---|---|---|---|---|",
         ]
         for name, r in results["models"].items():

@@ -18,7 +18,7 @@ import os
 from dataclasses import dataclass, field
 
 from .config import SEED_MAX, bounds, build, check_ranges, comma_list, ranged, seed_field
-from .evaluate import EvalConfig
+from .eval_config import EvalConfig
 from .finetune import FinetuneConfig
 from .generate import BASE_MODEL, GenerateConfig
 from .labels import LabelConfig

@@ -30,7 +30,7 @@ the prompt-set interface of ``t2idemo.prompts`` (as ``world`` does for the shape
 ``reward_train`` picks this vocabulary for its prompt-classification swaps.
 
 Labels. The judge reads only the shapes world, so at SD scale labels come from people (the label store and
-the widget), and evaluation uses those labels and the reward model (``evaluate.summary``). No open-vocabulary
+the widget), and evaluation uses those labels and the reward model (``label_summary.summary``). No open-vocabulary
 detector is wired in as an automatic rater.
 
 Memory plan for a 16 GB T4 (SD v1.5, 512 px, LoRA). Parameter counts are exact (SD v1.5's architecture,

@@ -26,7 +26,8 @@ import tempfile
 from dataclasses import dataclass
 
 from .config import parse_config
-from .hub import PushError, _front_matter, _link, check_repo_id, check_token, link_tree, run_with_token, scrub
+from .hub import PushError, check_repo_id, check_token, run_with_token, scrub
+from .hub_files import _front_matter, _link, link_tree
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACKAGE = os.path.dirname(os.path.abspath(__file__))

@@ -17,7 +17,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def stage_configs() -> dict:
     """{name: a valid instance} of every @dataclass config a command line or a notebook builds."""
-    import t2idemo.evaluate as evaluate
+    import t2idemo.eval_config as eval_config
     import t2idemo.finetune as finetune
     import t2idemo.generate as generate
     import t2idemo.labels as labels
@@ -34,7 +34,7 @@ def stage_configs() -> dict:
         "LabelConfig": labels.LabelConfig(),
         "RewardConfig": reward.RewardConfig(),
         "FinetuneConfig": finetune.FinetuneConfig(weight="label"),
-        "EvalConfig": evaluate.EvalConfig(),
+        "EvalConfig": eval_config.EvalConfig(),
         "PretrainConfig": pretrain.PretrainConfig(),
         "TinyConfig": sd.TinyConfig(),
         "OveroptConfig": overopt.OveroptConfig(),

@@ -11,6 +11,7 @@ import pytest
 from t2idemo import evaluate as ev
 from t2idemo import world
 from t2idemo.data import pipeline_digest
+from t2idemo.eval_config import EvalConfig
 from t2idemo.generate import BASE_MODEL
 
 
@@ -88,16 +89,16 @@ def test_fid_of_renders_is_below_fid_of_noise():
 
 def test_config_errors_name_the_argument():
     with pytest.raises(ValueError, match="split='both'"):
-        ev.EvalConfig(split="both")
+        EvalConfig(split="both")
     with pytest.raises(ValueError, match="best_of='4,x'"):
-        ev.EvalConfig(best_of="4,x")
+        EvalConfig(best_of="4,x")
     with pytest.raises(ValueError, match="names="):
-        ev.EvalConfig(models="a,b", names="one")
+        EvalConfig(models="a,b", names="one")
 
 
 def test_evaluate_writes_a_report(tmp_path):
     out = tmp_path / "report"
-    cfg = ev.EvalConfig(
+    cfg = EvalConfig(
         models=f"{BASE_MODEL},{BASE_MODEL}",
         names="base,same",
         n_combination=8,
@@ -116,7 +117,7 @@ def test_evaluate_writes_a_report(tmp_path):
 
 
 def test_a_known_evaluation_is_read_not_drawn_again(tmp_path, monkeypatch):
-    both = ev.EvalConfig(
+    both = EvalConfig(
         models=BASE_MODEL,
         split="unseen,seen",
         n_combination=8,

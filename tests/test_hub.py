@@ -20,6 +20,7 @@ from conftest import make_render_dataset
 from t2idemo import hub
 from t2idemo.generate import BASE_MODEL
 from t2idemo.label_store import LabelStore, default_store_path
+from t2idemo.reward import resolve_clip
 
 TOKEN = "hf_" + "fakeTokenForTests0123456789abcdef"  # fake; split so no scanner takes it for a real token
 
@@ -27,11 +28,11 @@ TOKEN = "hf_" + "fakeTokenForTests0123456789abcdef"  # fake; split so no scanner
 # ----------------------------------------------------------------------------- the fake Hub
 class FakeHub(ThreadingHTTPServer):
     """In-memory Hub: POST /api/repos/create, /api/validate-yaml, /api/{type}s/{id}/preupload/{rev} (every file
-    "regular", so contents come inline), /api/{type}s/{id}/commit/{rev} (NDJSON: files and deletions) and /api/spaces/{id}/secrets
-    (``secrets``); GET /api/{type}s/{id}[/revision/{rev}], /api/{type}s/{id}/tree/{rev} and GET/HEAD
-    /[{type}s/]{id}/resolve/{rev}/{path}, which is what snapshot_download and hf_hub_download read. Requires
-    ``Bearer token`` for writes. ``repos[(type, repo_id)]`` is {path: bytes}; ``requests`` records (method, path,
-    {lower-case header: value}, body)."""
+    "regular", so contents come inline), /api/{type}s/{id}/commit/{rev} (NDJSON: files and deletions) and
+    /api/spaces/{id}/secrets (``secrets``); GET /api/{type}s/{id}[/revision/{rev}], /api/{type}s/{id}/tree/{rev}
+    and GET/HEAD /[{type}s/]{id}/resolve/{rev}/{path}, which is what snapshot_download and hf_hub_download read.
+    Requires ``Bearer token`` for writes. ``repos[(type, repo_id)]`` is {path: bytes}; ``requests`` records
+    (method, path, {lower-case header: value}, body)."""
 
     daemon_threads = True
 
@@ -248,7 +249,7 @@ def test_push_uploads_model_reward_labels_and_cards(fake_hub, run_dirs, labelled
     expected = {k: v for k, v in repo_files(model).items() if not k.startswith("checkpoint/")}
     expected.update({f"reward/{k}": v for k, v in repo_files(reward).items()})
     clip = json.load(open(os.path.join(reward, "reward_config.json")))["clip"]  # the reward model's own CLIP
-    expected.update({f"reward/clip/{k}": v for k, v in repo_files(hub.resolve_clip(clip)).items()})
+    expected.update({f"reward/clip/{k}": v for k, v in repo_files(resolve_clip(clip)).items()})
     assert set(files) == set(expected) | {"README.md"}
     assert all(files[k] == v for k, v in expected.items())  # byte for byte
     card = files["README.md"].decode()

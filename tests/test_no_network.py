@@ -7,8 +7,7 @@ import sys
 
 import pytest
 
-from t2idemo import data, finetune, generate, label_store, labels, reward, reward_train, sd
-from t2idemo import evaluate as ev
+from t2idemo import data, finetune, generate, label_store, label_summary, labels, reward, reward_train, sd
 
 HUB_LIBRARIES = ("huggingface_hub", "transformers", "diffusers", "accelerate", "peft")
 
@@ -121,7 +120,7 @@ def test_every_stage_runs_without_touching_the_network(attempts, monkeypatch, tm
     pipe = StableDiffusionPipeline.from_pretrained(out)
     pipe.load_lora_weights(out)
     generate.sample(pipe, ["two dogs"], [0], steps=2)
-    ev.summary(heldout, cfg.run, device="cpu")
+    label_summary.summary(heldout, cfg.run, device="cpu")
     # the shapes world, on the shipped models
     shapes = str(tmp_path / "shapes")
     generate.generate_dataset(

@@ -7,7 +7,18 @@ import sys
 import pytest
 import torch
 
-from t2idemo import data, evaluate, finetune, finetune_params, generate, label_store, labels, reward, reward_train, sd
+from t2idemo import (
+    data,
+    finetune,
+    finetune_params,
+    generate,
+    label_store,
+    label_summary,
+    labels,
+    reward,
+    reward_train,
+    sd,
+)
 
 
 # ----------------------------------------------------------------------------- the prompt set
@@ -203,9 +214,9 @@ def test_reward_trains_on_people_labels_with_swaps_from_the_sd_vocabulary(stages
         data.load_images(stages["heldout"], held[:3]), [r["prompt"] for r in held[:3]]
     )
     assert scores.shape == (3,) and ((scores >= 0) & (scores <= 1)).all()
-    table = evaluate.summary(stages["heldout"], stages["reward"].run, device="cpu")
+    table = label_summary.summary(stages["heldout"], stages["reward"].run, device="cpu")
     assert table["all"]["labelled"] == len(held) and 0 <= table["all"]["mean_reward"] <= 1
-    assert "| all |" in evaluate.summary_table(table)
+    assert "| all |" in label_summary.summary_table(table)
 
 
 def test_lora_output_loads_in_plain_diffusers_fused_and_as_an_adapter(stages):

@@ -39,7 +39,8 @@ def test_shipped_weights_are_small():
 def test_shipped_aligned_model_beats_the_base_on_unseen_combinations_count_included():
     """tiny-sd-aligned against tiny-sd on the same 256 unseen combination prompts and seeds: all-right with CIs
     apart, and count, colour and background within them each better (the README's table, at full size)."""
-    from t2idemo.evaluate import EvalConfig, eval_prompts, evaluate_model, summarise
+    from t2idemo.eval_config import EvalConfig
+    from t2idemo.evaluate import eval_prompts, evaluate_model, summarise
     from t2idemo.generate import ALIGNED_MODEL, load_pipeline
 
     cfg = EvalConfig(split="unseen", n_combination=256, n_single=32, fid=False)
@@ -60,7 +61,8 @@ def test_base_model_is_sane_on_typical_prompts_and_fails_atypical_ones():
     """The shipped base at the default sampler: typical prompts right, unseen (atypical) combinations often wrong in
     all three attributes: count, colour and background each wrong on at least 15% (the README's table, at full size,
     has the figures; about a minute here)."""
-    from t2idemo.evaluate import EvalConfig, eval_prompts, evaluate_model, summarise
+    from t2idemo.eval_config import EvalConfig
+    from t2idemo.evaluate import eval_prompts, evaluate_model, summarise
     from t2idemo.generate import load_pipeline
 
     cfg = EvalConfig(models=BASE_MODEL, split="typical,unseen", n_combination=256, n_single=64, fid=False)

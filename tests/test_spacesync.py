@@ -13,7 +13,7 @@ import time
 import pytest
 from test_hub import TOKEN, fake_hub  # noqa: F401 (fake_hub is a fixture)
 
-from t2idemo import consent, hub, share_page, spacesync
+from t2idemo import consent, hub_files, share_page, spacesync
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SPACE, DATASET = "alice/demo", "alice/demo-labels"
@@ -175,7 +175,7 @@ def test_names_go_only_with_each_labelers_own_consent(tmp_path):
     consent.set_consent(d, "kim", True)
     consent.set_consent(d, "ben", True)
     assert consent.set_consent(d, "ben", False) == {"kim"} == consent.consenting(d)
-    hub.stage_dataset(d, str(tmp_path / "out"), consent.consenting(d))
+    hub_files.stage_dataset(d, str(tmp_path / "out"), consent.consenting(d))
     names = {json.loads(line)["labeler"] for line in open(tmp_path / "out" / "labels" / "labels.jsonl")}
     assert names == {"kim", "labeler 1", "labeler 2"}
 
