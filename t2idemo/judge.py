@@ -32,6 +32,12 @@ from .world import ATTRIBUTES, COLORS, SCENES, SHAPES
 
 MIN_AREA = 6.0  # a component needs at least this much alpha mass (pixels) to count as a shape
 MIN_CONTRAST = 45.0  # RGB distance from the background below which nothing is there
+FRAME = 2  # pixels: the border frame whose median colour is the background
+# the foreground's "core", whose median colour is the shape's: the pixels at least CORE_FRACTION of the
+# CORE_PERCENTILE-th percentile of the distances from the background away from it
+CORE_PERCENTILE = 99
+CORE_FRACTION = 0.6
+SUPERSAMPLE = 4  # the templates' anti-aliasing: k x k samples per pixel, as world.render draws at 4x
 _COLOR_NAMES, _COLOR_RGB = list(COLORS), np.array(list(COLORS.values()), dtype=np.float32)
 _SCENE_NAMES, _SCENE_RGB = list(SCENES), np.array(list(SCENES.values()), dtype=np.float32)
 
@@ -40,7 +46,7 @@ def _nearest(rgb: np.ndarray, names: list, palette: np.ndarray) -> str:
     return names[int(np.argmin(((palette - rgb) ** 2).sum(-1)))]
 
 
-def _coverage(shape: str, cx: float, cy: float, s: float, h: int, w: int, k: int = 4) -> np.ndarray:
+def _coverage(shape: str, cx: float, cy: float, s: float, h: int, w: int, k: int = SUPERSAMPLE) -> np.ndarray:
     """Anti-aliased coverage (H, W) of a shape by k x k supersampling; same geometry as world.render."""
     o = (np.arange(k) + 0.5) / k
     ys = (np.arange(h)[:, None] + o[None, :]).reshape(-1)  # (H*k,) sample rows
@@ -60,18 +66,19 @@ def analyse(image) -> dict:
     """Read count, colour, shape and scene off one image (PIL or uint8 array (H, W, 3))."""
     x = np.asarray(image.convert("RGB") if isinstance(image, Image.Image) else image, dtype=np.float32)
     h, w, _ = x.shape
-    # 1. background from the median of a 2-px frame
+    # 1. background from the median of a FRAME-px frame
+    f = FRAME
     frame = np.concatenate(
-        [x[:2].reshape(-1, 3), x[-2:].reshape(-1, 3), x[2:-2, :2].reshape(-1, 3), x[2:-2, -2:].reshape(-1, 3)]
+        [x[:f].reshape(-1, 3), x[-f:].reshape(-1, 3), x[f:-f, :f].reshape(-1, 3), x[f:-f, -f:].reshape(-1, 3)]
     )
     bg = np.median(frame, axis=0)
     out = {"scene": _nearest(bg, _SCENE_NAMES, _SCENE_RGB), "count": 0, "color": None, "shape": None}
     # 2. foreground colour from the core pixels
     dist = np.sqrt(((x - bg) ** 2).sum(-1))  # (H, W)
-    top = np.percentile(dist, 99)
+    top = np.percentile(dist, CORE_PERCENTILE)
     if top < MIN_CONTRAST:
         return out
-    fg = np.median(x[dist >= 0.6 * top], axis=0)
+    fg = np.median(x[dist >= CORE_FRACTION * top], axis=0)
     out["color"] = _nearest(fg, _COLOR_NAMES, _COLOR_RGB)
     # 3. alpha by projection onto the background -> shape-colour segment
     d = fg - bg
@@ -122,6 +129,7 @@ def judge(image, meta: dict) -> dict:
 
 
 def judge_batch(images, metas) -> list[dict]:
+    """``judge`` of each image against its prompt's metadata (docs/guide.md's paper map and findings name it)."""
     if len(images) != len(metas):
         raise ValueError(f"images and metas differ in length: {len(images)} != {len(metas)}")
     return [judge(im, m) for im, m in zip(images, metas)]
