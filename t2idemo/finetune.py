@@ -149,8 +149,9 @@ class FinetuneConfig:
     use_8bit_adam: bool = False
     # images per frozen VAE / text-encoder call when caching D_model; 1 - 1_024 (8 for SD at 512 px on 16 GB)
     encode_batch: int = ranged(256, 1, 65_536)
-    # steps between checkpoints in OUT/checkpoint; 0 = never
-    checkpoint_every: int = ranged(200, 0, 1_000_000)
+    # steps between checkpoints in OUT/checkpoint: the same command run again resumes from the last one, bit for bit;
+    # 0 = never
+    checkpoint_every: int = ranged(100, 0, 1_000_000)
     # comma-separated steps after which the EMA weights are also written as a pipeline folder
     # OUT/step{n} (the checkpoints of an over-optimisation curve, t2idemo.overopt); "" = none
     save_at: str = ""
@@ -279,9 +280,14 @@ def finetune(cfg: FinetuneConfig, should_stop=None) -> str:
     unet, opt = accelerator.prepare(pipe.unet, opt)
     ema = EMA(params, cfg.ema)  # what gets written
     ckpt = Checkpoint(accelerator, os.path.join(cfg.out, "checkpoint"), cfg, ema)
-    start = ckpt.load()  # 0, or the step the checkpoint was written after
-    loader = step_loader(accelerator, data, categories, cfg, start)  # one batch of rows per step
-    gen = torch.Generator().manual_seed(cfg.seed + start + 1000 * accelerator.process_index)  # noise, t, dropout
+    start, streams = ckpt.load()  # 0, or the step the checkpoint was written after, and its random streams
+    loader, batches = step_loader(accelerator, data, categories, cfg, start, streams)  # a batch of rows per step
+    gen = torch.Generator().manual_seed(cfg.seed + 1000 * accelerator.process_index)  # noise, t, dropout
+    if streams:  # go on exactly as the checkpoint's run would have: its noise, torch's and D_pre's streams
+        gen.set_state(streams["tensors"]["gen"])
+        torch.set_rng_state(streams["tensors"]["torch"])
+        pre.rng.setstate(random_state(streams["states"]["pre"]))
+        print(f"fine-tune: resuming at step {start} of {cfg.train_steps} from {ckpt.folder}", flush=True)
 
     save_at = set(cfg.save_at_list())
     unet.train()
@@ -305,7 +311,9 @@ def finetune(cfg: FinetuneConfig, should_stop=None) -> str:
             ema.update(step)
             bar.set_postfix({k: f"{v.item():.4f}" for k, v in logs.items()})
             if cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.train_steps:
-                ckpt.save(step + 1)  # the next run resumes from it
+                ckpt.save(step + 1, stream_states(batches, step + 1, gen, pre, accelerator))  # a rerun resumes here
+                if accelerator.is_main_process:
+                    print(f"fine-tune: checkpoint at step {step + 1} of {cfg.train_steps} in {ckpt.folder}", flush=True)
             if step + 1 in save_at and accelerator.is_main_process:  # a pipeline of the EMA weights so far
                 save_snapshot(
                     cfg.out,
@@ -327,10 +335,13 @@ def finetune(cfg: FinetuneConfig, should_stop=None) -> str:
     return cfg.out
 
 
-def step_loader(accelerator, data, categories: list, cfg: FinetuneConfig, start: int):
-    """A DataLoader of ``data`` with one batch of row indices for each step from ``start`` on (D_model's rows, then
-    the pool's), prepared by accelerate: each process gets its own share of the batches."""
-    rng = random.Random(cfg.seed + start)
+def step_loader(accelerator, data, categories: list, cfg: FinetuneConfig, start: int, streams: dict | None):
+    """(A DataLoader of ``data`` with one batch of row indices for each step from ``start`` on (D_model's rows, then
+    the pool's), prepared by accelerate: each process gets its own share of the batches; its batch sampler). From a
+    checkpoint's ``streams`` the batches go on where the checkpoint's run was."""
+    rng = random.Random(cfg.seed)
+    if streams:
+        rng.setstate(random_state(streams["states"]["sampler"]))
     batches = StepBatches(
         batch_sampler(categories[: data.n_model], cfg.balance, rng),
         cfg.batch,
@@ -339,12 +350,29 @@ def step_loader(accelerator, data, categories: list, cfg: FinetuneConfig, start:
         data.n_pre,
         rng,
         steps=(cfg.train_steps - start) * accelerator.num_processes,
+        first=start * accelerator.num_processes,
     )
-    return accelerator.prepare(
-        torch.utils.data.DataLoader(
-            data, batch_sampler=batches, collate_fn=as_batch, generator=torch.Generator().manual_seed(cfg.seed)
-        )
+    loader = torch.utils.data.DataLoader(
+        data, batch_sampler=batches, collate_fn=as_batch, generator=torch.Generator().manual_seed(cfg.seed)
     )
+    return accelerator.prepare(loader), batches
+
+
+def stream_states(batches: StepBatches, step: int, gen, pre: PretrainStream, accelerator) -> dict:
+    """This process's random streams after ``step`` steps, for a checkpoint: the batch sampler's state before the
+    next step's batch (the loader has drawn a batch ahead), the noise generator's, torch's and D_pre's."""
+    j = step * accelerator.num_processes  # the next step's first batch, over every process
+    sampler = batches.states.get(j) or batches.rng.getstate()  # not drawn yet: the state now is the one before it
+    return {
+        "tensors": {"gen": gen.get_state(), "torch": torch.get_rng_state()},
+        "states": {"sampler": sampler, "pre": pre.rng.getstate()},
+    }
+
+
+def random_state(saved: list) -> tuple:
+    """A Python ``random.Random`` state read back from JSON (lists where getstate() gave tuples)."""
+    version, internal, gauss = saved
+    return version, tuple(internal), gauss
 
 
 def write_tuned(cfg: FinetuneConfig, pipe, unet, noise_scheduler, prior: str, weights) -> None:

@@ -209,20 +209,34 @@ class StepBatches(torch.utils.data.Sampler):
     """A DataLoader's batch sampler: one list of row indices per optimiser step, ``batch`` D_model rows drawn by
     ``draw`` (``batch_sampler``), then ``pre_batch`` rows of the D_pre pool (rows ``n_model`` to ``n_model + n_pre``),
     uniformly, from the same ``rng``. It yields ``steps`` batches; under ``accelerate`` pass the steps of every
-    process, and ``accelerator.prepare`` gives process k the batches k, k + n, k + 2n, ... (its own share)."""
+    process, and ``accelerator.prepare`` gives process k the batches k, k + n, k + 2n, ... (its own share).
+    ``states[j]`` is the rng's state before batch ``first + j`` was drawn (the last few): a checkpoint stores the
+    one of the next step, since the DataLoader draws a batch ahead of the step that trains on it."""
 
     drop_last = True  # accelerate's BatchSamplerShard: never circle back to pad the last batches
     batch_size = None  # a batch is a list of indices, not a fixed size (the D_model and D_pre parts)
 
-    def __init__(self, draw, batch: int, n_model: int, pre_batch: int, n_pre: int, rng: random.Random, steps: int):
+    def __init__(
+        self,
+        draw,
+        batch: int,
+        n_model: int,
+        pre_batch: int,
+        n_pre: int,
+        rng: random.Random,
+        steps: int,
+        first: int = 0,
+    ):
         self.draw, self.batch, self.n_model, self.pre_batch, self.n_pre = draw, batch, n_model, pre_batch, n_pre
-        self.rng, self.steps = rng, steps
+        self.rng, self.steps, self.first, self.states = rng, steps, first, {}
 
     def __len__(self) -> int:
         return self.steps
 
     def __iter__(self):
-        for _ in range(self.steps):
+        for j in range(self.first, self.first + self.steps):
+            self.states = {k: v for k, v in self.states.items() if k > j - 8}  # the last few batches' states
+            self.states[j] = self.rng.getstate()
             idx = self.draw(self.batch)  # (B,) D_model rows
             if self.n_pre:
                 idx += [

@@ -12,6 +12,7 @@ import dataclasses
 import json
 import os
 import random
+import shutil
 
 import numpy as np
 import torch
@@ -158,32 +159,52 @@ class EMA:
 # (safetensors), the EMA and the step beside them (ema.safetensors, state.json): nothing is registered with
 # register_for_checkpointing, whose custom_checkpoint_<i>.pkl load_state would unpickle with weights_only=False.
 class Checkpoint:
-    """OUT/checkpoint: the trained weights, the optimizer and the EMA after some step, through accelerate's
-    ``save_state`` / ``load_state``. Only the UNet's trained weights are stored, not the whole model (the frozen SD
-    UNet is 1.7 GB): the two hooks below take the model's place, as in diffusers' train_text_to_image_lora.py."""
+    """OUT/checkpoint: everything a fine-tune needs to go on after some step exactly as if it had not stopped: the
+    trained weights and the optimizer (accelerate's ``save_state``), the EMA, and each process's random streams
+    (the batch order's, the noise generator's, torch's and D_pre's). Only the UNet's trained weights are stored,
+    not the whole model (the frozen SD UNet is 1.7 GB): the two hooks below take the model's place, as in
+    diffusers' train_text_to_image_lora.py. A checkpoint is written to OUT/checkpoint.tmp and then swapped in, so
+    a kill during a save leaves the previous checkpoint whole."""
 
     def __init__(self, accelerator, folder: str, cfg, ema: EMA):
         self.accelerator, self.folder, self.cfg, self.ema = accelerator, folder, cfg, ema
         accelerator.register_save_state_pre_hook(self.save_trainable)
         accelerator.register_load_state_pre_hook(self.load_trainable)
 
-    def save(self, step: int) -> None:
-        """Write the checkpoint after ``step`` steps (every process calls it)."""
+    def save(self, step: int, streams: dict) -> None:
+        """Write the checkpoint after ``step`` steps (every process calls it), with this process's ``streams``:
+        {"tensors": {name: tensor}, "states": {name: Python Random state}}."""
         from safetensors.torch import save_file
 
-        self.accelerator.save_state(self.folder)
-        if self.accelerator.is_main_process:
-            save_file(self.ema.state_dict(), os.path.join(self.folder, "ema.safetensors"))
-            with open(os.path.join(self.folder, "state.json"), "w") as f:
+        acc, tmp, rank = self.accelerator, self.folder + ".tmp", self.accelerator.process_index
+        if acc.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)  # what a kill during an earlier save left
+        acc.wait_for_everyone()
+        acc.save_state(tmp)
+        save_file(streams["tensors"], os.path.join(tmp, f"streams_{rank}.safetensors"))
+        with open(os.path.join(tmp, f"streams_{rank}.json"), "w") as f:
+            json.dump(streams["states"], f)
+        acc.wait_for_everyone()
+        if acc.is_main_process:
+            save_file(self.ema.state_dict(), os.path.join(tmp, "ema.safetensors"))
+            with open(os.path.join(tmp, "state.json"), "w") as f:  # written last: a tmp without it is incomplete
                 json.dump({"step": step, "config": dataclasses.asdict(self.cfg)}, f)
+            old = self.folder + ".old"
+            if os.path.isdir(self.folder):
+                os.replace(self.folder, old)
+            os.replace(tmp, self.folder)  # the swap: OUT/checkpoint is always a whole checkpoint, or .old is
+            shutil.rmtree(old, ignore_errors=True)
+        acc.wait_for_everyone()
 
-    def load(self) -> int:
-        """Resume: load the trained weights, the optimizer and the EMA if the folder holds a checkpoint; return the
-        step it was written after (0 when there is none)."""
+    def load(self) -> tuple[int, dict | None]:
+        """Resume: load the trained weights, the optimizer and the EMA if the folder holds a checkpoint; return (the
+        step it was written after, this process's streams) ((0, None) when there is none)."""
         from safetensors.torch import load_file
 
+        if not os.path.isfile(os.path.join(self.folder, "state.json")) and os.path.isdir(self.folder + ".old"):
+            os.replace(self.folder + ".old", self.folder)  # a kill between the swap's two renames
         if not os.path.isfile(os.path.join(self.folder, "state.json")):
-            return 0
+            return 0, None
         with open(os.path.join(self.folder, "state.json")) as f:
             state = json.load(f)
         rank, cfg = state["config"].get("lora_rank", 0), self.cfg
@@ -192,15 +213,18 @@ class Checkpoint:
                 f"out={cfg.out!r} holds a checkpoint trained with lora_rank={rank}, now lora_rank="
                 f"{cfg.lora_rank}; use the same rank or a new out folder"
             )
-        if not os.path.isfile(os.path.join(self.folder, "optimizer.bin")):
+        me = self.accelerator.process_index
+        streams_file = os.path.join(self.folder, f"streams_{me}.safetensors")
+        if not os.path.isfile(os.path.join(self.folder, "optimizer.bin")) or not os.path.isfile(streams_file):
             raise ValueError(
                 f"{self.folder} holds a checkpoint of an older t2idemo; delete it to start the fine-tune over"
             )
-        with kept_rng_states(self.accelerator.device):  # this run's generators are seeded from seed + step instead
+        with kept_rng_states(self.accelerator.device):  # the streams below, not accelerate's pickled ones
             self.accelerator.load_state(self.folder, load_kwargs={"weights_only": True})
         self.ema.load_state_dict(load_file(os.path.join(self.folder, "ema.safetensors")))
-        print(f"resumed from {self.folder} at step {state['step']}")
-        return state["step"]
+        with open(os.path.join(self.folder, f"streams_{me}.json")) as f:
+            states = json.load(f)
+        return state["step"], {"tensors": load_file(streams_file), "states": states}
 
     def save_trainable(self, models: list, weights: list, folder: str) -> None:
         """save_state's hook: the UNet's trained weights to trainable.safetensors, and no model.safetensors."""

@@ -114,7 +114,7 @@ def test_finetune_checkpoints_resumes_and_loads_in_diffusers(render_dataset, tmp
     cfg = dict(data=folder, out=out, weight="label", batch=4, pre_batch=4, checkpoint_every=1)
     finetune(FinetuneConfig(train_steps=2, **cfg))
     finetune(FinetuneConfig(train_steps=3, **cfg))
-    assert "resumed from" in capsys.readouterr().out
+    assert f"fine-tune: resuming at step 1 of 3 from {out}/checkpoint" in capsys.readouterr().out
     pipe = StableDiffusionPipeline.from_pretrained(out, local_files_only=True)
     assert pipe.unet.dtype == torch.float32
     assert pipe(["a red square"], num_inference_steps=2).images[0].size == (32, 32)
@@ -450,3 +450,81 @@ def test_two_processes_draw_their_own_batches_and_the_result_loads(render_datase
     assert all(x != y for x, y in zip(b0, b1))  # at every step each process drew its own batch, not the same one twice
     pipe = StableDiffusionPipeline.from_pretrained(out, local_files_only=True)
     assert pipe(["a red square"], num_inference_steps=2).images[0].size == (32, 32)
+
+
+KILLER = """
+import os, signal, sys
+from t2idemo import finetune_params
+from t2idemo.finetune import finetune_main
+
+kill_step, kill_at = int(os.environ["KILL_STEP"]), os.environ["KILL_AT"]
+real_save, real_replace = finetune_params.Checkpoint.save, os.replace
+
+
+def dying_save(self, step, streams):  # SIGKILL in the middle of the save after step kill_step
+    if step == kill_step and kill_at == "swap":  # between the swap's two renames: only checkpoint.old is whole
+        calls = []
+
+        def replace(a, b):
+            calls.append(a)
+            if len(calls) == 2:
+                os.kill(os.getpid(), signal.SIGKILL)
+            real_replace(a, b)
+
+        finetune_params.os.replace = replace
+    real_save(self, step, streams)
+
+
+finetune_params.Checkpoint.save = dying_save
+finetune_main(sys.argv[1:])
+"""
+
+
+def unet_md5(folder) -> str:
+    import hashlib
+
+    return hashlib.md5(
+        open(os.path.join(folder, "unet", "diffusion_pytorch_model.safetensors"), "rb").read()
+    ).hexdigest()
+
+
+@pytest.mark.parametrize("pre_pool", [0, 64], ids=["fresh-d-pre", "d-pre-pool"])
+def test_a_killed_fine_tune_resumes_bit_for_bit(render_dataset, tmp_path, pre_pool):
+    """A fine-tune killed with SIGKILL after a checkpoint (at a step it reports), then killed again in the middle of
+    the next checkpoint's save, and run a third time with the same command, writes the same tuned UNet, byte for byte,
+    as a run that was never stopped: the batch order, noise, D_pre, EMA and optimizer go on where they were."""
+    import signal
+    import subprocess
+    import sys
+
+    folder, _ = render_dataset
+    simulate_labels(folder, seed=0)
+    export_labels(folder, labeler="judge")
+    args = ["--data", folder, "--batch", "4", "--pre-batch", "4", "--train-steps", "6", "--pre-pool", str(pre_pool)]
+    whole = str(tmp_path / "whole")
+    finetune(
+        FinetuneConfig(
+            data=folder, out=whole, batch=4, pre_batch=4, train_steps=6, pre_pool=pre_pool, checkpoint_every=0
+        )
+    )
+    out = str(tmp_path / "killed")
+    cmd = [sys.executable, "-c", KILLER, *args, "--out", out, "--checkpoint-every", "2"]
+    env = {**os.environ, "KILL_STEP": "4", "KILL_AT": "swap", "OMP_NUM_THREADS": "1"}
+    # 1. SIGKILL once the run reports its first checkpoint
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
+    for line in proc.stdout:
+        if line.startswith("fine-tune: checkpoint at step 2 of 6"):
+            proc.send_signal(signal.SIGKILL)
+            break
+    proc.wait(timeout=300)
+    assert proc.returncode == -signal.SIGKILL and not os.path.exists(os.path.join(out, "model_index.json"))
+    # 2. the rerun resumes at step 2, and is killed in the middle of its save after step 4
+    second = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert second.returncode == -signal.SIGKILL, second.stderr[-2000:]
+    assert f"fine-tune: resuming at step 2 of 6 from {out}/checkpoint" in second.stdout
+    assert not os.path.isfile(os.path.join(out, "checkpoint", "state.json"))  # the kill came mid-swap
+    # 3. the same command again: resumes from the whole checkpoint the kill left, and finishes
+    third = subprocess.run(cmd, capture_output=True, text=True, env={**env, "KILL_STEP": "0"}, timeout=300)
+    assert third.returncode == 0, third.stderr[-2000:]
+    assert f"fine-tune: resuming at step 2 of 6 from {out}/checkpoint" in third.stdout
+    assert unet_md5(out) == unet_md5(whole)
