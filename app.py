@@ -1,6 +1,6 @@
 """The t2idemo app (Gradio): the paper's whole loop in a browser tab. Label, train, tune, compare, share.
 
-    python app.py                                        # shipped models; visitors' work under runs/app; 127.0.0.1:7860
+    python app.py                                       # shipped models; visitors' work under runs/app; 127.0.0.1:7860
     python app.py --aligned runs/aligned --reward runs/reward --data data/feedback --port 7861
     python -m t2idemo benchmarks app --runs 5            # time Compare (4 + 4 images, defaults) 5 times
     python -m t2idemo benchmarks app --runs 5 --during-tune  # ... while a fine-tune runs in the background
@@ -38,7 +38,6 @@ from dataclasses import dataclass, field
 from t2idemo import spacesync, world
 from t2idemo.backend import (
     DEFAULT_PROMPT,
-    MAX_NAME,
     MAX_PROMPT,
     CompareConfig,
     big,
@@ -48,8 +47,7 @@ from t2idemo.backend import (
 )
 from t2idemo.config import bounds, check_field, check_ranges, parse_config, ranged
 from t2idemo.generate import ALIGNED_MODEL, BASE_MODEL
-from t2idemo.label_page import LabelPage
-from t2idemo.label_store import LABELS
+from t2idemo.label_page import LabelPage, label_tab
 from t2idemo.loop import LoopConfig
 from t2idemo.reward import CONFIG_FILE as REWARD_CONFIG_FILE
 from t2idemo.reward import REWARD_MODEL
@@ -298,7 +296,7 @@ def ui_errors(fn, gr):
 def with_progress(fn, gr):
     """Wrap a long handler so the page shows a progress bar (the tqdm bars of the steps it calls)."""
 
-    def handler(*args, progress=gr.Progress(track_tqdm=True)):
+    def handler(*args, progress=gr.Progress(track_tqdm=True)):  # noqa: B008 (gradio reads the default: its idiom)
         return fn(*args)
 
     return handler
@@ -329,7 +327,10 @@ def _compare_tab(app: App, gr, session):
         [[p] for p, _ in examples],
         inputs=[prompt],
         example_labels=[label for _, label in examples],
-        label="examples by category (typical = what the base model's data shows most; unseen = held out of the feedback data)",
+        label=(
+            "examples by category (typical = what the base model's data shows most; "
+            "unseen = held out of the feedback data)"
+        ),
     )
     # one full-width row per model, image i of each from the same seed, so columns line up model to model
     galleries = [
@@ -358,121 +359,6 @@ def _compare_tab(app: App, gr, session):
             concurrency_limit=1,
             concurrency_id="models",
         )
-
-
-def _label_tab(app: App, gr, session):
-    """Label: Draw (unless the owner passed --data), a name and Start, Good / Bad / Skip / Undo (keys g / b / s / u),
-    the grid view, How did I do?"""
-    if app.fixed_data:
-        gr.Markdown(
-            f"Labelling the app's dataset ({len(app.rows)} images). Is the image right for its prompt? "
-            "Every click is saved at once."
-        )
-    else:
-        gr.Markdown(
-            "Draw images of the feedback prompts from the base model, then label them: is the image right for "
-            "its prompt? Every click is saved at once; several people can label at once, each under their "
-            "own name."
-        )
-        with gr.Row():
-            batch = number_input(gr, app.loop, "images_per_draw", "images per draw", "label-n")
-            draw = gr.Button("Draw images to label", elem_id="label-draw")
-    with gr.Row():
-        name = gr.Textbox(label="your name", elem_id="labeler-name", scale=3, max_length=MAX_NAME)
-        start = gr.Button("Start", elem_id="label-start", scale=1)
-    progress = gr.Markdown(elem_id="label-progress")
-    image = gr.Image(type="pil", label="image", interactive=False, height=256, width=256, elem_id="label-image")
-    text = gr.Markdown(elem_id="label-prompt")
-    with gr.Row():
-        buttons = {
-            label: gr.Button(
-                label.capitalize(),
-                elem_id=f"label-{label}",
-                variant={"good": "primary", "bad": "stop"}.get(label, "secondary"),
-            )
-            for label in LABELS
-        }
-        undo = gr.Button("Undo", elem_id="label-undo")
-    status = gr.Markdown(elem_id="label-status")
-    with gr.Row():
-        score = gr.Button("How did I do? (you vs the judge)", elem_id="label-score")
-    score_md = gr.Markdown(elem_id="label-score-result")
-    view = [image, text, progress, status, session]
-    kw = dict(concurrency_limit=8, concurrency_id="labels")
-    show_screen = _label_grid(app, gr, session, view, kw)
-    if not app.fixed_data:
-        draw.click(ui_errors(app.label_draw, gr), [batch, session], view, concurrency_limit=1, concurrency_id="models")
-    for trigger in (start.click, name.submit):
-        trigger(ui_errors(app.label_start, gr), [name, session], view, **kw).success(*show_screen, **kw)
-    for label, button in buttons.items():
-        button.click(ui_errors(functools.partial(app.label_click, label), gr), [session], view, **kw)
-    undo.click(ui_errors(app.label_undo, gr), [session], view, **kw)
-    score.click(ui_errors(app.label_score, gr), [session], [score_md], **kw)
-
-
-def _label_grid(app: App, gr, session, view: list, kw: dict) -> tuple:
-    """The Label tab's grid view, in an accordion under the single view: ``loop.images_per_screen`` images, each with a tick box
-    labelled with its prompt; the person ticks the good (or the bad) ones and submits the screen, or takes the
-    last screen back. The single ``view`` follows each screen. Returns (handler, inputs, outputs) that show a
-    fresh screen, for Start."""
-    n = app.loop.images_per_screen
-    with gr.Accordion(f"Grid view: {n} images on one screen", open=False, elem_id="label-grid") as grid:
-        mark = gr.Radio(
-            [("I mark the good ones", "good"), ("I mark the bad ones", "bad")],
-            value="good",
-            show_label=False,
-            elem_id="grid-mark",
-            info="the images left unticked get the other label",
-        )
-        images, ticks = [], []
-        for first in range(0, n, 4):
-            with gr.Row():
-                for k in range(first, min(first + 4, n)):
-                    with gr.Column(min_width=120):
-                        images.append(
-                            gr.Image(
-                                type="pil",
-                                show_label=False,
-                                interactive=False,
-                                height=128,
-                                width=128,
-                                visible=False,
-                                elem_id=f"grid-image-{k}",
-                            )
-                        )
-                        ticks.append(gr.Checkbox(label="", visible=False, elem_id=f"grid-tick-{k}"))
-        with gr.Row():
-            submit = gr.Button("Submit screen", variant="primary", elem_id="grid-submit")
-            undo = gr.Button("Undo screen", elem_id="grid-undo")
-        status = gr.Markdown(elem_id="grid-status")
-    outputs = [*images, *ticks, view[2], status, session]  # view[2]: the progress line both views share
-    show, refresh = (
-        ui_errors(grid_cells(app.grid_view, gr, n), gr),
-        (ui_errors(app.label_refresh, gr), [session], view),
-    )
-    grid.expand(show, [session], outputs, **kw)
-    submit.click(ui_errors(grid_cells(app.grid_submit, gr, n), gr), [session, mark, *ticks], outputs, **kw).success(
-        *refresh, **kw
-    )
-    undo.click(ui_errors(grid_cells(app.grid_undo, gr, n), gr), [session], outputs, **kw).success(*refresh, **kw)
-    return show, [session], outputs
-
-
-def grid_cells(fn, gr, n: int):
-    """Wrap a grid handler: its screen [(image, prompt)] becomes ``n`` images and unticked boxes labelled with the
-    prompts, then the handler's other values; the cells past the screen's end are hidden."""
-
-    @functools.wraps(fn)
-    def handler(*args):
-        cells, *rest = fn(*args)
-        cells = cells + [(None, None)] * (n - len(cells))
-        return [
-            *(gr.Image(value=im, visible=im is not None) for im, _ in cells),
-            *(gr.Checkbox(value=False, label=prompt or "", visible=prompt is not None) for _, prompt in cells),
-            *rest,
-        ]
-
-    return handler
 
 
 def _train_tab(app: App, gr, session):
@@ -522,7 +408,7 @@ def build(app: App):
         with gr.Tab("Compare"):
             _compare_tab(app, gr, session)
         with gr.Tab("Label"):
-            _label_tab(app, gr, session)
+            label_tab(app, gr, session, ui_errors, number_input)
         with gr.Tab("Train"):
             _train_tab(app, gr, session)
         with gr.Tab("Share"):

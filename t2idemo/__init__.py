@@ -14,7 +14,8 @@ or one above (tests/test_layers.py parses every import and checks it), so the co
                      label_store (the SQLite label store every labelling view writes to)
     2  models, sets  prompts (one interface over world and sd), labels (the simulated rater, the export of labels),
                      reward (the model r(x, z): frozen CLIP + head), consent (each labeler's consent to be named),
-                     pretrain (the tokenizer and tiny CLIP; the pretrain command over every piece)
+                     pretrain (the tokenizer and tiny CLIP; the pretrain command over every piece),
+                     finetune_save (what a fine-tune writes: the tuned pipeline, its snapshots)
     3  stages 1-2    generate (draw images), labeling (the ipywidgets labeler), reward_train (fit and evaluate
                      the reward model), label_summary (evaluation at SD scale: people's good rate per category)
     4  stage 3, etc. finetune (the reward-weighted loss), eval_config (the evaluation's settings and splits),
@@ -40,7 +41,7 @@ or one above (tests/test_layers.py parses every import and checks it), so the co
 LAYERS = (
     ("config", "data", "stats", "dpo", "world", "clip"),
     ("judge", "pretrain_diffusion", "sd", "reward_attr", "finetune_data", "finetune_params", "label_store"),
-    ("prompts", "labels", "reward", "consent", "pretrain"),
+    ("prompts", "labels", "reward", "consent", "pretrain", "finetune_save"),
     ("generate", "labeling", "reward_train", "label_summary"),
     ("finetune", "eval_config", "hub_files", "reward_cli"),
     ("evaluate", "hub"),

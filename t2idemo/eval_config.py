@@ -20,7 +20,7 @@ class EvalConfig:
     names: str = ""
     # prompt splits, comma-separated: unseen (the paper's held-out prompts) | seen (the feedback
     # prompts) | typical (what the LAION-like prior shows most); "all" = unseen,seen
-    split: str = "unseen"
+    split: str = "unseen,seen"
     # combination-prompt images per model and split; >= 500 for a +-4 pt CI
     n_combination: int = ranged(512, 1, 100_000)
     # images per model and split for each single-attribute category
@@ -35,8 +35,8 @@ class EvalConfig:
     seed: int = ranged(0, 0, 2_147_483_647)
     # reward model folder for best-of-N; empty: no rejection-sampling baseline
     reward: str = ""
-    # N values for best-of-N on the first model; empty: none
-    best_of: str = "4,16"
+    # N values for best-of-N on the first model, e.g. "4,16" (rejection sampling with the reward model); "" = none
+    best_of: str = ""
     # combination prompts for best-of-N (each draws N images)
     n_best_of: int = ranged(128, 1, 100_000)
     # compute the FID against fresh renders

@@ -8,7 +8,8 @@ reward model's w = r(x, z) in [0, 1] (the paper), or by the human label where on
 ``min_reward`` and ``top_k`` filter it (each prompt's k best images the reward model calls good, at weight 1).
 D_pre is fresh renders of the prior the base model learnt from (its ``prior.json``; for the LAION-like base,
 typical colours and scenes, the scene often unstated: the analogue of the paper's pre-training data); at SD
-scale, an imagefolder you supply. beta keeps the model close to its pre-training distribution: beta = 0 chases the reward and pays in image fidelity.
+scale, an imagefolder you supply. beta keeps the model close to its pre-training distribution: beta = 0 chases the
+reward and pays in image fidelity.
 
 Prediction type. The loss is written for the target the UNet predicts: eps for SD v1.5, v for the tiny
 model (trained with zero terminal SNR, where eps is not defined at t = T). Since
@@ -37,8 +38,6 @@ test): ``ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2 -m
 from __future__ import annotations
 
 import copy
-import dataclasses
-import json
 import os
 import random
 from dataclasses import dataclass
@@ -67,10 +66,9 @@ from .finetune_params import (
     EMA,
     Checkpoint,
     make_optimizer,
-    save_lora,
     trainable_params,
-    trained_parameters,
 )
+from .finetune_save import save_snapshot, train_scheduler, write_tuned
 from .generate import BASE_MODEL, load_pipeline
 
 
@@ -313,7 +311,9 @@ def finetune(cfg: FinetuneConfig, should_stop=None) -> str:
             if cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.train_steps:
                 ckpt.save(step + 1, stream_states(batches, step + 1, gen, pre, accelerator))  # a rerun resumes here
                 if accelerator.is_main_process:
-                    print(f"fine-tune: checkpoint at step {step + 1} of {cfg.train_steps} in {ckpt.folder}", flush=True)
+                    print(
+                        f"fine-tune: checkpoint at step {step + 1} of {cfg.train_steps} in {ckpt.folder}", flush=True
+                    )
             if step + 1 in save_at and accelerator.is_main_process:  # a pipeline of the EMA weights so far
                 save_snapshot(
                     cfg.out,
@@ -375,19 +375,6 @@ def random_state(saved: list) -> tuple:
     return version, tuple(internal), gauss
 
 
-def write_tuned(cfg: FinetuneConfig, pipe, unet, noise_scheduler, prior: str, weights) -> None:
-    """OUT: the pipeline with the tuned ``unet`` (a LoRA adapter also on its own, then fused in) and finetune.json."""
-    if cfg.lora_rank:
-        save_lora(unet, cfg.out)  # OUT/pytorch_lora_weights.safetensors, then fused into the UNet saved below
-    write_pipeline(cfg.out, pipe, pipe.vae, unet, noise_scheduler, prior)
-    with open(os.path.join(cfg.out, "finetune.json"), "w") as f:
-        json.dump(
-            {"config": dataclasses.asdict(cfg), "n_model": len(weights), "mean_weight": float(weights.mean())},
-            f,
-            indent=2,
-        )
-
-
 def reward_step(accelerator, unet, noise_scheduler, batch: Batch, gen, *, cfg, encoder, pre) -> tuple:
     """Lee et al. on one batch -> (loss, what the bar shows): the reward-weighted loss on D_model's rows plus beta
     times the plain loss on D_pre's (the pool's rows, ``batch.pre``, or ``pre_batch`` fresh
@@ -434,55 +421,6 @@ def d_model(cfg: FinetuneConfig) -> tuple:
     if cfg.method == "dpo":
         return dpo_dataset(cfg, reward_fn)
     return (*model_dataset(cfg, reward_fn), None)
-
-
-def train_scheduler(model: str, pipe):
-    """The DDPM scheduler ``model`` was trained with: its train_scheduler folder, else the pipeline's own config."""
-    from diffusers import DDPMScheduler
-
-    train_dir = os.path.join(model, "train_scheduler")
-    if os.path.isdir(train_dir):
-        return DDPMScheduler.from_pretrained(train_dir)
-    return DDPMScheduler.from_config(pipe.scheduler.config)
-
-
-def write_pipeline(out: str, pipe, vae, unet, noise_scheduler, prior: str) -> None:
-    """Save a StableDiffusionPipeline folder (UNet and VAE stored in float16; they load as float32), its training
-    scheduler and the prior it learnt from (a later round's D_pre draws from the same prior). ``vae`` and ``unet``
-    are cast to float16 in place (no copy: the SD-scale UNet is 1.7 GB)."""
-    from diffusers import StableDiffusionPipeline
-
-    half = StableDiffusionPipeline(
-        vae=vae.half(),
-        text_encoder=pipe.text_encoder,
-        tokenizer=pipe.tokenizer,
-        unet=unet.half(),
-        scheduler=pipe.scheduler,
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
-    half.save_pretrained(out, safe_serialization=True)
-    noise_scheduler.save_pretrained(os.path.join(out, "train_scheduler"))
-    world.write_prior(out, prior)
-
-
-def save_snapshot(out: str, step: int, pipe, vae, unet, ema, noise_scheduler, prior: str, cfg) -> str:
-    """Write the EMA weights at ``step`` as the pipeline OUT/step{step}, on copies: training goes on untouched."""
-    import copy
-
-    snap = copy.deepcopy(unet).eval()  # same parameter order as ``unet``, so ``ema`` maps onto its trainable ones
-    trainable = [p for _, p in trained_parameters(snap, cfg)]
-    assert len(trainable) == len(ema), "the snapshot's trainable parameters differ from the optimiser's"
-    with torch.no_grad():
-        for e, p in zip(ema, trainable):
-            p.copy_(e)
-    if getattr(snap, "peft_config", None):  # LoRA: fuse the adapter, as the final write does
-        snap.fuse_lora()
-        snap.unload_lora()
-    path = os.path.join(out, f"step{step}")
-    write_pipeline(path, pipe, copy.deepcopy(vae), snap, noise_scheduler, prior)
-    return path
 
 
 def parse_args(argv=None) -> FinetuneConfig:

@@ -1,9 +1,10 @@
 """The app's Label tab, without Gradio: one handler per click, a visitor's session in, the page's values out.
 
 Two views of one labelling set and one label store (``t2idemo.label_store``): one image at a time (Good / Bad /
-Skip / Undo, or the keys g / b / s / u), and a grid of ``LoopConfig.images_per_screen`` images, each with its prompt, where the person ticks the good
-ones (or the bad ones) and submits the screen: the ticked ones get that label, the rest the other, all on disk in
-one transaction, and one Undo screen takes the whole screen back. app.py lays the views out and wires them here.
+Skip / Undo, or the keys g / b / s / u), and a grid of ``LoopConfig.images_per_screen`` images, each with its prompt,
+where the person ticks the good ones (or the bad ones) and submits the screen: the ticked ones get that label, the rest
+the other, all on disk in one transaction, and one Undo screen takes the whole screen back. app.py lays the views out
+and wires them here.
 
     page = LabelPage(workdir="runs/app")              # what app.App is, less Compare, Train and Share
     *_, state = page.label_start("ana", {})
@@ -13,10 +14,12 @@ one transaction, and one Undo screen takes the whole screen back. app.py lays th
 
 from __future__ import annotations
 
+import functools
 import math
 
-from .backend import Backend, big
+from .backend import MAX_NAME, Backend, big
 from .config import check_field
+from .label_store import LABELS
 from .loop import LoopConfig
 
 
@@ -102,7 +105,7 @@ class LabelPage(Backend):
         index = state["index"] if index is None else index
         return self.label_view({**state, "index": index}, f"took back your last label, on {image_id}")
 
-    # ------------------------------------------------------------------------- a grid of ``LoopConfig.images_per_screen`` images
+    # --------------------------------------------------------------- a grid of ``LoopConfig.images_per_screen`` images
     def grid_view(self, state: dict, status: str = ""):
         """-> (screen: [(image, prompt)] of the next GRID images this labeler has not labelled, progress markdown,
         status markdown, state); the screen's file names go into state["screen"], for grid_submit."""
@@ -159,3 +162,120 @@ class LabelPage(Backend):
             f"{len(ag['you_good_judge_bad'])}, bad where it saw none on {len(ag['you_bad_judge_good'])}. "
             "The paper's reward model assumes people label consistently: this is how consistently you did."
         )
+
+
+# ----------------------------------------------------------------------------- the Label tab (app.py builds the page)
+def label_tab(app, gr, session, ui_errors, number_input):
+    """Label: Draw (unless the owner passed --data), a name and Start, Good / Bad / Skip / Undo (keys g / b / s / u),
+    the grid view, How did I do? ``ui_errors`` and ``number_input`` are app.py's (a handler's errors shown on the
+    page; a number box with its config field's range)."""
+    if app.fixed_data:
+        gr.Markdown(
+            f"Labelling the app's dataset ({len(app.rows)} images). Is the image right for its prompt? "
+            "Every click is saved at once."
+        )
+    else:
+        gr.Markdown(
+            "Draw images of the feedback prompts from the base model, then label them: is the image right for "
+            "its prompt? Every click is saved at once; several people can label at once, each under their "
+            "own name."
+        )
+        with gr.Row():
+            batch = number_input(gr, app.loop, "images_per_draw", "images per draw", "label-n")
+            draw = gr.Button("Draw images to label", elem_id="label-draw")
+    with gr.Row():
+        name = gr.Textbox(label="your name", elem_id="labeler-name", scale=3, max_length=MAX_NAME)
+        start = gr.Button("Start", elem_id="label-start", scale=1)
+    progress = gr.Markdown(elem_id="label-progress")
+    image = gr.Image(type="pil", label="image", interactive=False, height=256, width=256, elem_id="label-image")
+    text = gr.Markdown(elem_id="label-prompt")
+    with gr.Row():
+        buttons = {
+            label: gr.Button(
+                label.capitalize(),
+                elem_id=f"label-{label}",
+                variant={"good": "primary", "bad": "stop"}.get(label, "secondary"),
+            )
+            for label in LABELS
+        }
+        undo = gr.Button("Undo", elem_id="label-undo")
+    status = gr.Markdown(elem_id="label-status")
+    with gr.Row():
+        score = gr.Button("How did I do? (you vs the judge)", elem_id="label-score")
+    score_md = gr.Markdown(elem_id="label-score-result")
+    view = [image, text, progress, status, session]
+    kw = dict(concurrency_limit=8, concurrency_id="labels")
+    show_screen = label_grid(app, gr, session, view, kw, ui_errors)
+    if not app.fixed_data:
+        draw.click(ui_errors(app.label_draw, gr), [batch, session], view, concurrency_limit=1, concurrency_id="models")
+    for trigger in (start.click, name.submit):
+        trigger(ui_errors(app.label_start, gr), [name, session], view, **kw).success(*show_screen, **kw)
+    for label, button in buttons.items():
+        button.click(ui_errors(functools.partial(app.label_click, label), gr), [session], view, **kw)
+    undo.click(ui_errors(app.label_undo, gr), [session], view, **kw)
+    score.click(ui_errors(app.label_score, gr), [session], [score_md], **kw)
+
+
+def label_grid(app, gr, session, view: list, kw: dict, ui_errors) -> tuple:
+    """The Label tab's grid view, in an accordion under the single view: ``loop.images_per_screen`` images, each with a
+    tick box labelled with its prompt; the person ticks the good (or the bad) ones and submits the screen, or takes the
+    last screen back. The single ``view`` follows each screen. Returns (handler, inputs, outputs) that show a
+    fresh screen, for Start."""
+    n = app.loop.images_per_screen
+    with gr.Accordion(f"Grid view: {n} images on one screen", open=False, elem_id="label-grid") as grid:
+        mark = gr.Radio(
+            [("I mark the good ones", "good"), ("I mark the bad ones", "bad")],
+            value="good",
+            show_label=False,
+            elem_id="grid-mark",
+            info="the images left unticked get the other label",
+        )
+        images, ticks = [], []
+        for first in range(0, n, 4):
+            with gr.Row():
+                for k in range(first, min(first + 4, n)):
+                    with gr.Column(min_width=120):
+                        images.append(
+                            gr.Image(
+                                type="pil",
+                                show_label=False,
+                                interactive=False,
+                                height=128,
+                                width=128,
+                                visible=False,
+                                elem_id=f"grid-image-{k}",
+                            )
+                        )
+                        ticks.append(gr.Checkbox(label="", visible=False, elem_id=f"grid-tick-{k}"))
+        with gr.Row():
+            submit = gr.Button("Submit screen", variant="primary", elem_id="grid-submit")
+            undo = gr.Button("Undo screen", elem_id="grid-undo")
+        status = gr.Markdown(elem_id="grid-status")
+    outputs = [*images, *ticks, view[2], status, session]  # view[2]: the progress line both views share
+    show, refresh = (
+        ui_errors(grid_cells(app.grid_view, gr, n), gr),
+        (ui_errors(app.label_refresh, gr), [session], view),
+    )
+    grid.expand(show, [session], outputs, **kw)
+    submit.click(ui_errors(grid_cells(app.grid_submit, gr, n), gr), [session, mark, *ticks], outputs, **kw).success(
+        *refresh, **kw
+    )
+    undo.click(ui_errors(grid_cells(app.grid_undo, gr, n), gr), [session], outputs, **kw).success(*refresh, **kw)
+    return show, [session], outputs
+
+
+def grid_cells(fn, gr, n: int):
+    """Wrap a grid handler: its screen [(image, prompt)] becomes ``n`` images and unticked boxes labelled with the
+    prompts, then the handler's other values; the cells past the screen's end are hidden."""
+
+    @functools.wraps(fn)
+    def handler(*args):
+        cells, *rest = fn(*args)
+        cells = cells + [(None, None)] * (n - len(cells))
+        return [
+            *(gr.Image(value=im, visible=im is not None) for im, _ in cells),
+            *(gr.Checkbox(value=False, label=prompt or "", visible=prompt is not None) for _, prompt in cells),
+            *rest,
+        ]
+
+    return handler

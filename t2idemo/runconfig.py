@@ -4,9 +4,9 @@
     paths = RunPaths(cfg.out)                                             # the run folder's layout
     rnd = round_configs(cfg, r=1, model=cfg.model, folders=paths.round(1))  # every stage's config for round 1
 
-A value reaches a stage in three layers, no more: the stage's own @dataclass default, then the main job's values
-(MAIN_JOB), then plain override dicts ("stage.field": value): a preset (PRESETS), a fine-tune recipe (RECIPES),
-and the command line's ``--stage.field`` flags. What a round sets itself (ROUND_SETS: its folders, the model it
+A value reaches a stage in two layers, no more: the stage's own @dataclass default (the main job's value), then
+plain override dicts ("stage.field": value): a preset (PRESETS), a fine-tune recipe (RECIPES), and the command
+line's ``--stage.field`` flags. What a round sets itself (ROUND_SETS: its folders, the model it
 starts from, the seeds it derives from ``--seed``) is never an override: in a RunConfig those folder fields hold
 None, ``round_configs`` fills them in, and a stage handed None stops with a one-line error (config.require_set).
 """
@@ -66,13 +66,12 @@ UNSET = {
 }
 
 # The main job's values are the stages' own defaults; a round fills in what UNSET holds. Presets and recipes
-# (below) change values by name. Until the evaluation's defaults move to EvalConfig: the main job's evaluation.
-MAIN_JOB = {"evaluate": dict(split="unseen,seen", best_of="")}
+# (below) change values by name.
 
 
 def _stage(cls, name):
     """A stage config as the main job holds it: the stage's defaults, the round's folders None."""
-    return field(default_factory=lambda: cls(**MAIN_JOB.get(name, {}), **UNSET[name]))
+    return field(default_factory=lambda: cls(**UNSET[name]))
 
 
 @dataclass
@@ -358,7 +357,8 @@ class Round:
 def round_configs(cfg: RunConfig, r: int, model: str, folders: RoundFolders) -> Round:
     """Round ``r`` (1, 2, ...; the app's short loop is round 0) from ``model``: each stage's config of ``cfg`` with
     the round's folders, model and seeds. Seeds: feedback seed + 10 r, unlabelled seed + 10 r + 5, labels seed + r,
-    reward seed, fine-tune seed + r; ``--train-seed`` (when set) replaces ``--seed`` for labels, reward and fine-tune."""
+    reward seed, fine-tune seed + r; ``--train-seed`` (when set) replaces ``--seed`` for labels, reward and
+    fine-tune."""
     s = cfg.seed
     t = s if cfg.train_seed < 0 else cfg.train_seed  # what learns from the images
     feedback = dataclasses.replace(

@@ -101,6 +101,7 @@ def test_evaluate_writes_a_report(tmp_path):
     cfg = EvalConfig(
         models=f"{BASE_MODEL},{BASE_MODEL}",
         names="base,same",
+        split="unseen",
         n_combination=8,
         n_single=4,
         sample_steps=4,
