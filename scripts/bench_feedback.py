@@ -73,7 +73,8 @@ def bench_store(n: int, tmp: str) -> None:
             s.add(f"{i:06d}.png", "good")
         dt = time.perf_counter() - t0
         print(
-            f"store add(): {n} clicks, one fsynced transaction each: {n / dt:.0f} labels/s ({1e3 * dt / n:.2f} ms/click)"
+            f"store add(): {n} clicks, one fsynced transaction each: {n / dt:.0f} labels/s "
+            f"({1e3 * dt / n:.2f} ms/click)"
         )
         t0 = time.perf_counter()
         s.add_many([(f"{i:06d}.png", "bad") for i in range(n)], labeler="batch")

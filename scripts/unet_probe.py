@@ -1,4 +1,5 @@
-"""Probe what limits the base UNet: train one on a prior and an architecture, then judge it (docs/findings.md, section 1).
+"""Probe what limits the base UNet: train one on a prior and an architecture, then judge it
+(docs/findings.md, section 1).
 
 Trains a UNet with `pretrain_diffusion.train_unet` (v-prediction, zero terminal SNR, AdamW + cosine, EMA 0.999) on the
 latents of the shipped VAE (or ``--vae``), conditioned on the shipped text encoder, then judges 512 unseen
@@ -7,7 +8,7 @@ combination images, 96 per other unseen category and 64 per category of typical 
     python scripts/unet_probe.py --prior balanced --steps 2500 --out runs/probe/ref        # the fully taught reference
     python scripts/unet_probe.py --prior laion --steps 2500 --out runs/probe/laion          # the LAION-like base
     python scripts/unet_probe.py --prior balanced --arch '{"block_out_channels": [64, 96, 128], \\
-        "down_block_types": ["CrossAttnDownBlock2D"]*3 ...}'                                 # any UNet2DConditionModel field
+        "down_block_types": ["CrossAttnDownBlock2D"]*3 ...}'                           # any UNet2DConditionModel field
     python scripts/unet_probe.py --prior laion --prior-override '{"p_typical_scene": 0.95}'  # a variant of a prior
 
 Writes the EMA UNet to OUT/unet and one JSON line per evaluation to OUT/probe.jsonl; 2,500 steps take about

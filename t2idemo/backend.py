@@ -3,8 +3,8 @@
 One ``Backend`` serves every visitor at once. It holds the base and aligned pipelines and the reward model, the
 labelling set and its label store, the one job slot (a reward training or a fine-tune at a time) and each
 visitor's tuned model. Its methods take plain values, call the library (``t2idemo.loop``, ``t2idemo.labels``) and
-return plain values; app.py's handlers check a visitor's input (``config.check_field``, ``check_prompt``), call them and
-turn what they return into the page. The app's latency benchmark (``python -m t2idemo benchmarks app``) drives
+return plain values; app.py's handlers check a visitor's input (``config.check_field``, ``check_prompt``), call them
+and turn what they return into the page. The app's latency benchmark (``python -m t2idemo benchmarks app``) drives
 the same methods.
 
     from t2idemo.backend import Backend

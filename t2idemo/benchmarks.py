@@ -365,7 +365,8 @@ def main(argv=None):
     if a.what in ("judge", "all"):
         r = judge_accuracy()
         print(
-            f"judge on {r['n']} fresh renders: count {r['count']:.1%}  color {r['color']:.1%}  shape {r['shape']:.1%}  "
+            f"judge on {r['n']} fresh renders: count {r['count']:.1%}  color {r['color']:.1%}  "
+            f"shape {r['shape']:.1%}  "
             f"scene {r['scene']:.1%}  ({r['ms_per_image']:.2f} ms/image)"
         )
     if a.what in ("vae", "all"):
@@ -385,7 +386,8 @@ def main(argv=None):
         r = base_quality(a.model, a.n, a.seed, a.sample_steps, a.guidance)
         n = a.n
         print(
-            f"base model {a.model} ({r['n']} images, {a.sample_steps} steps, guidance {a.guidance}, {time.time() - t0:.0f} s):"
+            f"base model {a.model} ({r['n']} images, {a.sample_steps} steps, guidance {a.guidance}, "
+            f"{time.time() - t0:.0f} s):"
         )
         for k, v in r["single"].items():
             lo, hi = wilson(round(v * n), n)
@@ -400,7 +402,8 @@ def main(argv=None):
     if a.what in ("speed", "all"):
         r = speed(a.model, steps=a.sample_steps, guidance=a.guidance)
         print(
-            f"speed: {r['images_per_s']:.1f} images/s (batch {r['batch']}, {r['steps']} steps, guidance {r['guidance']})"
+            f"speed: {r['images_per_s']:.1f} images/s (batch {r['batch']}, {r['steps']} steps, "
+            f"guidance {r['guidance']})"
         )
     if a.what in ("sizes", "all"):
         r = sizes()

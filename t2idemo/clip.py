@@ -1,7 +1,7 @@
 """The frozen CLIP that scores images against prompts: a transformers CLIPModel, its tokenizer and preprocessing.
 
     from t2idemo.clip import FrozenCLIP
-    clip = FrozenCLIP("tiny-reward-clip")             # a CLIPModel folder, a hub id, or a CLIP shipped in t2idemo/assets
+    clip = FrozenCLIP("tiny-reward-clip")           # a CLIPModel folder, a hub id, or a CLIP shipped in t2idemo/assets
     img, txt = clip.embed_images(images), clip.embed_texts(prompts)   # (N, D) unit-norm embeddings each
 
 Both reward models read images through it (``reward``: the main job's head; ``reward_attr``: the short session's),
@@ -31,7 +31,8 @@ def resolve_device(device: str) -> str:
 
 
 def resolve_clip(path: str) -> str:
-    """ "tiny-clip" and "tiny-reward-clip" name the CLIPs shipped in t2idemo/assets; anything else is a path or hub id."""
+    """ "tiny-clip" and "tiny-reward-clip" name the CLIPs shipped in t2idemo/assets; anything else is a path or
+    hub id."""
     return os.path.join(ASSETS, path) if path in (SHIPPED_CLIP, REWARD_CLIP) else path
 
 

@@ -56,7 +56,8 @@ class Parser(argparse.ArgumentParser):
 
 def ranged(default, lo, hi):
     """A numeric dataclass field allowed from ``lo`` to ``hi`` (inclusive), integral when ``default`` is an int:
-    ``lr: float = ranged(1e-4, 1e-7, 1.0)  # AdamW learning rate``. ``check_ranges`` enforces it, ``--help`` shows it."""
+    ``lr: float = ranged(1e-4, 1e-7, 1.0)  # AdamW learning rate``. ``check_ranges`` enforces it, ``--help`` shows
+    it."""
     return dataclasses.field(default=default, metadata={"range": (lo, hi)})
 
 

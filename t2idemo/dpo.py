@@ -29,7 +29,7 @@ def preference_pairs(prompts: list, weights: list, min_reward: float = 0.5, k: i
     """(winner, loser) row indices: for each prompt, its k highest-weight rows with weight >= min_reward against
     its k lowest-weight rows below it, best with worst first. Labels count as weights 1 (good) and 0 (bad)."""
     by_prompt = {}
-    for i, (p, w) in enumerate(zip(prompts, weights)):
+    for i, (p, _w) in enumerate(zip(prompts, weights)):
         by_prompt.setdefault(p, []).append(i)
     pairs = []
     for rows in by_prompt.values():

@@ -98,7 +98,8 @@ def check_precision(precision: str) -> None:
 def sampling_dtype(pipe, precision: str = "auto"):
     """torch.bfloat16 when ``precision`` is "auto" and a float32 pipeline samples on a CPU with native bfloat16
     (AVX512-BF16 or AMX: the text encoder, UNet and VAE then run under autocast, about a quarter faster for the tiny
-    model and judged the same, docs/findings.md, A.3); None otherwise (float32, or the pipeline's own float16 on a GPU)."""
+    model and judged the same, docs/findings.md, A.3); None otherwise (float32, or the pipeline's own float16 on a
+    GPU)."""
     check_precision(precision)
     if precision == "fp32" or pipe.device.type != "cpu" or pipe.unet.dtype != torch.float32:
         return None

@@ -89,7 +89,8 @@ def run_config(run: str):
 @torch.no_grad()
 def score(pipe, reward_fn, metas: list, ecfg: ev.EvalConfig, ref_feats: dict) -> dict:
     """One model's samples at the evaluation's fixed seeds, scored three ways.
-    Returns {split: {category: {"reward": mean r, "judge": Wilson rate of all-right}, "fid": FID of its combinations}}."""
+    Returns {split: {category: {"reward": mean r, "judge": Wilson rate of all-right},
+    "fid": FID of its combinations}}."""
     images, _ = ev.evaluate_model(pipe, metas, ecfg)  # one image per prompt, seed i for image i
     r = reward_fn(images, [m["prompt"] for m in metas]).float()  # (N,) the proxy, in [0, 1]
     good = [bool(judge(im, m)["good"]) for im, m in zip(images, metas)]  # the truth
@@ -117,8 +118,8 @@ def reference_features(metas: list, split: str, seed: int) -> dict:
 
 # ----------------------------------------------------------------------------- the experiment
 def overoptimisation(cfg: OveroptConfig) -> dict:
-    """Fine-tune once per beta with pipeline snapshots at ``cfg.train_steps``, score every snapshot (and the rounds' models),
-    write OUT/overopt.json, OUT/overoptimisation.png and OUT/overopt.md; return the results."""
+    """Fine-tune once per beta with pipeline snapshots at ``cfg.train_steps``, score every snapshot (and the rounds'
+    models), write OUT/overopt.json, OUT/overoptimisation.png and OUT/overopt.md; return the results."""
     from .reward import load_reward_fn
 
     rc = run_config(cfg.run)

@@ -24,8 +24,9 @@ CLIP finds every named attribute right. Labels fit w and b by logistic regressio
 L2 penalty of ``PULL`` / n_labels (w relative to PRIOR_SLOPE, b in logits), so a few labels move it a little and
 many move it more; 6 numbers cannot memorise a few dozen images the way an MLP does. The pull on the bias
 matters: the fine-tune keeps images with r >= 0.5, and a free bias fitted to 48 labels with a tenth of them flipped
-moved that threshold until a third of the unseen images it kept were wrong (docs/guide.md, "A short session"). ``reward.save_reward_model`` writes it as
-safetensors and reward_config.json ("kind": "attribute"); ``reward.load_reward_fn`` loads it like the main job's.
+moved that threshold until a third of the unseen images it kept were wrong (docs/guide.md, "A short session").
+``reward.save_reward_model`` writes it as safetensors and reward_config.json ("kind": "attribute");
+``reward.load_reward_fn`` loads it like the main job's.
 """
 
 from __future__ import annotations

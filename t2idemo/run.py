@@ -3,7 +3,7 @@
     python -m t2idemo run                        # one round: each prompt's 2 best good images (filtered, the default)
     python -m t2idemo run --recipe paper         # the paper's soft weights: every image weighted by w = r(x, z)
     python -m t2idemo run --preset shapes-long --ship  # the run that made the shipped aligned model and reward head
-    python -m t2idemo run --rounds 2             # generate -> label -> tune, twice (round 2 starts from round 1's model)
+    python -m t2idemo run --rounds 2           # generate -> label -> tune, twice (round 2 starts from round 1's model)
     python -m t2idemo run --betas 0,0.5,1,2      # one fine-tune per beta: the alignment-fidelity trade-off plot
     python -m t2idemo run --finetune.lr 3e-4 --labels.flip 0.2   # any stage's option: --STAGE.FIELD (see --help)
     python -m t2idemo run --preset shapes-small  # the CI size: a few prompts and steps, about two minutes
@@ -203,7 +203,10 @@ def recipe_line(cfg: RunConfig) -> str:
             f"images against its worst bad ones (good: labelled good, or r(x, z) >= {f.min_reward or 0.5:g}), the "
             f"base as reference, no D_pre term"
         )
-        return f"Fine-tune recipe: {data}; {f.train_steps} steps of {f.batch} pairs at lr {f.lr:g}, {cfg.rounds} round(s)."
+        return (
+            f"Fine-tune recipe: {data}; {f.train_steps} steps of {f.batch} pairs at lr {f.lr:g}, "
+            f"{cfg.rounds} round(s)."
+        )
     if not f.top_k and not f.min_reward and f.weight == "reward":
         data = "every image weighted by the reward model's r(x, z) (the paper's recipe)"
     else:

@@ -2,13 +2,13 @@
 
     from t2idemo import scales
     S = scales.settings("shapes")     # runconfig.preset("shapes"): the tiny shapes world on a CPU (the default)
-    S = scales.settings("sd15")       # runconfig.preset("sd15"): Stable Diffusion v1.5 + CLIP ViT-L/14 on a GPU (Colab)
+    S = scales.settings("sd15")      # runconfig.preset("sd15"): Stable Diffusion v1.5 + CLIP ViT-L/14 on a GPU (Colab)
     P = scales.paths(S)               # where each stage writes: runs/nb/shapes/feedback, .../reward, ...
 
 ``S`` is a ``runconfig.RunConfig``: the very configs ``python -m t2idemo run`` uses (``S.generate``, ``S.labels``,
 ``S.reward``, ``S.finetune``, ``S.evaluate``), so a notebook and the main job cannot disagree on a default; each
-stage's config on the notebook folders is ``runconfig.round_configs`` of them (``scales.stages``), as in the main job. The
-switch changes model and CLIP ids and sizes, nothing else: every notebook calls the same library functions at
+stage's config on the notebook folders is ``runconfig.round_configs`` of them (``scales.stages``), as in the main job.
+The switch changes model and CLIP ids and sizes, nothing else: every notebook calls the same library functions at
 both scales. Two things follow from the data rather than from a choice: the judge (the simulated labeler) reads
 only the shapes world, so at SD scale people label in the widget (``S.judge`` is False), and the pre-training term
 of the fine-tune loss needs images: fresh renders of the world, or at SD scale a set drawn from the base model.
@@ -146,7 +146,8 @@ def image_set(
     model: str | None = None,
 ):
     """A GenerateConfig of another set drawn from ``S.model`` with the feedback set's sampler settings, in ``out``
-    (the reward model's held-out test set, the SD-scale D_pre, a model's images to label); ``model``: default S.model."""
+    (the reward model's held-out test set, the SD-scale D_pre, a model's images to label); ``model``: default
+    S.model."""
     return dataclasses.replace(
         feedback_config(S, P),
         out=out,

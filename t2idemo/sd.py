@@ -416,7 +416,8 @@ def main(argv=None):
     else:
         for cat in CATEGORIES:
             print(
-                f"{cat:<12} seen {len(all_prompts(cat, unseen=False)):>5}  unseen {len(all_prompts(cat, unseen=True)):>5}"
+                f"{cat:<12} seen {len(all_prompts(cat, unseen=False)):>5}  "
+                f"unseen {len(all_prompts(cat, unseen=True)):>5}"
                 f"  e.g. {all_prompts(cat)[0][0]!r}"
             )
     return 0

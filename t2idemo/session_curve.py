@@ -43,8 +43,9 @@ def unseen_images(pipe, n: int) -> tuple[list, list, list]:
 
 
 def one_session(pipe, n_labels: int, flip: float, cfg: LoopConfig, out: str, pool: str) -> dict:
-    """One simulated session of ``n_labels`` labels in ``out`` -> {"reward": train_reward_on_labels' result or {},
-    "train_s", "tune_s", "model"}. ``pool``: a folder of this seed's unlabelled generations to copy (made if absent)."""
+    """One simulated session of ``n_labels`` labels in ``out`` -> {"reward": train_reward_on_labels' result or
+    {}, "train_s", "tune_s", "model"}. ``pool``: a folder of this seed's unlabelled generations to copy (made if
+    absent)."""
     folder = os.path.join(out, "labelling")
     for _ in range(-(-n_labels // cfg.images_per_draw)):  # ceil: the person draws whole batches
         draw_labelling_batch(pipe, folder, cfg, model_name="base")

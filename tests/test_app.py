@@ -201,7 +201,7 @@ def test_compare_draws_both_models_from_the_same_seeds(the_app):
     base, aligned, mine, summary = the_app.compare("  three  purple circles on grass ", 7, 6, 5.0, 3)
     assert mine == [] and "train your own model in the Train tab" in summary
     assert len(base) == len(aligned) == 3
-    for (b, b_cap), (a, a_cap), seed in zip(base, aligned, (7, 8, 9)):
+    for (b, b_cap), (a, a_cap), _seed in zip(base, aligned, (7, 8, 9)):
         assert b.size == (128, 128) and re.fullmatch(r"(✓ good|✗ .+) · r [01]\.\d\d", b_cap)
         assert np.array_equal(np.asarray(b), np.asarray(a)) and b_cap == a_cap  # same model, same seed: same image
     assert "three purple circles on grass" in summary and "| base |" in summary and "| aligned |" in summary
@@ -277,7 +277,10 @@ def test_grid_saves_a_screen_at_once_and_undo_takes_it_back_whole(the_app, data_
     names = [r["file_name"] for r in the_app.rows]
     assert [r["file_name"] for r in the_app.label_screen("yan", 6, 4)] == names[6:] + names[:2]  # wraps round
     for call, message in [
-        (lambda: the_app.label_screen("yan", 0, 0), "images_per_screen=0 is out of range; use an integer from 1 to 16"),
+        (
+            lambda: the_app.label_screen("yan", 0, 0),
+            "images_per_screen=0 is out of range; use an integer from 1 to 16",
+        ),
         (lambda: the_app.label_screen("yan", 99), "start=99 is not allowed; use a row number from 0 to 7"),
         (lambda: the_app.save_screen("yan", names, [], "meh"), r"mark='meh' is not allowed; use one of \('good', "),
         (lambda: the_app.save_screen("yan", ["nope.png"], []), r"file_names=\['nope.png'\] is not allowed"),
@@ -418,8 +421,8 @@ def test_train_and_tune_add_your_model_for_you_only(drawing_app, monkeypatch):
     assert len(mine) == 2 and "| yours |" in summary
     *_, other, _ = app.compare("two red circles on sky", 0, 4, 3.0, 2, app.session({}))
     assert other == []  # another visitor does not see it
-    for text in (text, summary):
-        assert app.cfg.workdir not in text and os.path.dirname(t2iapp.__file__) not in text
+    for shown in (text, summary):
+        assert app.cfg.workdir not in shown and os.path.dirname(t2iapp.__file__) not in shown
 
 
 def test_cancel_stops_the_fine_tune_and_keeps_nothing(drawing_app, monkeypatch):
@@ -612,8 +615,11 @@ def test_page_generates_two_grids(page):
     captions = page.locator("#aligned-gallery .caption-label").all_inner_texts()
     assert len(captions) == 4 and all(re.fullmatch(r"(✓ good|✗ .+) · r [01]\.\d\d", c) for c in captions)
     # readable at a glance: no caption is cut off (its text fits its box), and the grids use the page's width
-    cut = page.evaluate("""() => [...document.querySelectorAll('#base-gallery .caption-label, #aligned-gallery .caption-label')]
-        .filter(e => e.scrollWidth > e.clientWidth + 1 || getComputedStyle(e).textOverflow === 'ellipsis').map(e => e.innerText)""")
+    cut = page.evaluate(
+        "() => [...document.querySelectorAll('#base-gallery .caption-label, #aligned-gallery .caption-label')]\n"
+        "        .filter(e => e.scrollWidth > e.clientWidth + 1 || getComputedStyle(e).textOverflow === 'ellipsis')"
+        ".map(e => e.innerText)"
+    )
     assert cut == [], f"captions cut off: {cut}"
     page_width = page.evaluate("document.documentElement.clientWidth")
     grid_width = page.locator("#base-gallery").bounding_box()["width"]

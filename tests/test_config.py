@@ -76,7 +76,7 @@ def out_of_range(f) -> list:
 def test_every_out_of_range_value_stops_the_config_with_a_one_line_error():
     """Walk every numeric field of every config: a value outside its range raises the one-line error naming it."""
     checked = 0
-    for name, cfg in stage_configs().items():
+    for _name, cfg in stage_configs().items():
         for f in numeric_fields(cfg):
             for bad in out_of_range(f):
                 with pytest.raises(

@@ -10,7 +10,10 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DOCS = ("README.md", os.path.join("docs", "guide.md"), os.path.join("docs", "findings.md"))
-START = r"(?:(?:HF_TOKEN=\S+ )?python -m t2idemo[\w.]*|python app\.py|python (?:scripts|tests)/\w+\.py|accelerate launch -m t2idemo\.\w+)"
+START = (
+    r"(?:(?:HF_TOKEN=\S+ )?python -m t2idemo[\w.]*|python app\.py|python (?:scripts|tests)/\w+\.py"
+    r"|accelerate launch -m t2idemo\.\w+)"
+)
 
 
 # a config check that fails only because the example's folder does not exist here (the command itself is right)
@@ -37,10 +40,20 @@ def config_for(argv: list):
     """(dataclass config class, its arguments) for a t2idemo command line; None where the command takes none."""
     from t2idemo import evaluate, finetune, generate, hub, labels, overopt, pretrain, reward, run, sd, space
 
-    by_name = {"run": run.RunConfig, "finetune": finetune.FinetuneConfig, "evaluate": evaluate.EvalConfig,
-               "sample": generate.SampleConfig, "generate": generate.GenerateConfig, "label": labels.LabelConfig,
-               "push": hub.PushConfig, "hub": hub.PushConfig, "pretrain": pretrain.PretrainConfig,
-               "overopt": overopt.OveroptConfig, "reward": reward.RewardConfig, "space": space.SpaceConfig}
+    by_name = {
+        "run": run.RunConfig,
+        "finetune": finetune.FinetuneConfig,
+        "evaluate": evaluate.EvalConfig,
+        "sample": generate.SampleConfig,
+        "generate": generate.GenerateConfig,
+        "label": labels.LabelConfig,
+        "push": hub.PushConfig,
+        "hub": hub.PushConfig,
+        "pretrain": pretrain.PretrainConfig,
+        "overopt": overopt.OveroptConfig,
+        "reward": reward.RewardConfig,
+        "space": space.SpaceConfig,
+    }
     head, rest = argv[0], argv[1:]
     if head in ("reward",):  # reward train | eval | study
         assert rest and rest[0] in ("train", "eval", "study"), f"reward needs an action: {argv}"
@@ -104,10 +117,15 @@ def test_every_documented_command_parses(doc, capsys):
 
 
 def test_an_undocumented_flag_would_fail():
-    for line in ("python -m t2idemo run --pre-pool-size 4096", "python -m t2idemo run --rounds 9",
-                 "python -m t2idemo finetune --save-at x", "python -m t2idemo benchmarks app --benchmark-tune",
-                 "python -m t2idemo benchmarks app --runs 0"):
+    for line in (
+        "python -m t2idemo run --pre-pool-size 4096",
+        "python -m t2idemo run --rounds 9",
+        "python -m t2idemo finetune --save-at x",
+        "python -m t2idemo benchmarks app --benchmark-tune",
+        "python -m t2idemo benchmarks app --runs 0",
+    ):
         with pytest.raises(SystemExit):
             parse(line)
     assert commands("```bash\npython -m t2idemo run --steps 3 \\\n  --lr 1e-4   # a comment\n```") == [
-        "python -m t2idemo run --steps 3 --lr 1e-4"]
+        "python -m t2idemo run --steps 3 --lr 1e-4"
+    ]

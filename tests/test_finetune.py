@@ -378,7 +378,10 @@ def test_save_at_snapshots_are_the_shorter_fine_tunes(render_dataset, tmp_path):
     finetune(FinetuneConfig(out=str(tmp_path / "long"), train_steps=4, save_at="2", **cfg))
     finetune(FinetuneConfig(out=str(tmp_path / "short"), train_steps=2, **cfg))
     finetune(FinetuneConfig(out=str(tmp_path / "plain"), train_steps=4, **cfg))
-    unet = lambda d: load_file(str(tmp_path / d / "unet" / "diffusion_pytorch_model.safetensors"))
+
+    def unet(d):
+        return load_file(str(tmp_path / d / "unet" / "diffusion_pytorch_model.safetensors"))
+
     snap, short, long, plain = unet("long/step2"), unet("short"), unet("long"), unet("plain")
     assert all(torch.equal(snap[k], short[k]) for k in snap)
     assert all(torch.equal(long[k], plain[k]) for k in long)  # writing the snapshot changed nothing

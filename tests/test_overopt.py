@@ -1,4 +1,5 @@
-"""The over-optimisation curve: checkpoints of one fine-tune per beta, each scored by the proxy and the judge (slow)."""
+"""The over-optimisation curve: checkpoints of one fine-tune per beta, each scored by the proxy and the judge
+(slow)."""
 
 import json
 import os

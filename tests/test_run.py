@@ -45,7 +45,8 @@ def test_config_errors_name_the_argument():
 
 
 def test_presets_are_the_main_jobs_config_and_flags_change_them():
-    """ "shapes" is RunConfig's defaults; a preset, then a recipe, then --STAGE.FIELD flags, each on top of the last."""
+    """ "shapes" is RunConfig's defaults; a preset, then a recipe, then --STAGE.FIELD flags, each on top of the
+    last."""
     from t2idemo.run import parse_args
     from t2idemo.runconfig import PRESETS
 

@@ -95,7 +95,7 @@ def labelled_set(folder: str, n_prompts: int) -> None:
     images, prompts, labels = renders(n_prompts, seed=3)
     os.makedirs(folder, exist_ok=True)
     rows = []
-    for i, (im, p, y) in enumerate(zip(images, prompts, labels)):
+    for i, (im, p, _y) in enumerate(zip(images, prompts, labels)):
         save_png(im, os.path.join(folder, f"{i:03d}.png"))
         rows.append({"file_name": f"{i:03d}.png", "prompt": p, **world.parse_prompt(p)})
     write_rows_atomic(folder, rows)

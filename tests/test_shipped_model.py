@@ -80,8 +80,8 @@ def test_base_model_is_sane_on_typical_prompts_and_fails_atypical_ones():
 
 
 def test_the_shipped_vae_keeps_what_the_judge_reads_on_the_slotted_world():
-    """The VAE's round trip (encode to the posterior mean, decode) keeps count, colour, shape and scene on fresh renders
-    of the world's layout (the README quotes 2,000 renders: `python -m t2idemo benchmarks vae`)."""
+    """The VAE's round trip (encode to the posterior mean, decode) keeps count, colour, shape and scene on fresh
+    renders of the world's layout (the README quotes 2,000 renders: `python -m t2idemo benchmarks vae`)."""
     from t2idemo.benchmarks import vae_round_trip
 
     r = vae_round_trip(BASE_MODEL, n=300, seed=1)
