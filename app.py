@@ -366,7 +366,8 @@ def _train_tab(app: App, gr, session):
     gr.Markdown(
         "The paper's steps 2 and 3 on the labels so far. **1.** The reward model: its CLIP checks each "
         "attribute a prompt names, and the majority vote of everyone's labels calibrates it (seconds). **2.** "
-        "The base model draws 8 images of each of the world's 405 prompts, the reward model picks each "
+        f"The base model draws {app.loop.unlabelled_per_prompt} images of each of the world's "
+        f"{len(world.all_prompts())} prompts, the reward model picks each "
         "prompt's best good ones, and the model is fine-tuned on them and your good images, plus the "
         "pre-training term (a few minutes). Your model then shows as a third column in Compare, for you only. "
         "One job runs at a time on this machine."

@@ -71,6 +71,9 @@ from .finetune_params import (
 from .finetune_save import save_snapshot, train_scheduler, write_tuned
 from .generate import BASE_MODEL, load_pipeline
 
+GRAD_CLIP = 1.0  # the gradients' largest L2 norm per step, as in diffusers' training scripts
+SEED_STRIDE = 1000  # process k of a multi-process fine-tune draws its own noise and D_pre from seed + k * 1000
+
 
 @dataclass
 class FinetuneConfig:
@@ -259,7 +262,9 @@ def finetune(cfg: FinetuneConfig, should_stop=None) -> str:
     use_pre = cfg.method == "reward" and cfg.beta > 0  # Diffusion-DPO's reference takes D_pre's place
     pooled = use_pre and cfg.pre_pool > 0  # else fresh D_pre renders, drawn and encoded every step
     # D_pre: a pool is data every process shares; fresh renders differ per process
-    pre = PretrainStream(cfg.pretrain_data, cfg.seed + (0 if pooled else 1000 * accelerator.process_index), prior)
+    pre = PretrainStream(
+        cfg.pretrain_data, cfg.seed + (0 if pooled else SEED_STRIDE * accelerator.process_index), prior
+    )
     pool = pre.pool(min(cfg.pre_pool, cfg.train_steps * cfg.pre_batch)) if pooled else None
     data = cached_dataset(encoder, images, prompts, weights, pairs, pool)  # batches come named: Batch or Pairs
 
@@ -280,7 +285,7 @@ def finetune(cfg: FinetuneConfig, should_stop=None) -> str:
     ckpt = Checkpoint(accelerator, os.path.join(cfg.out, "checkpoint"), cfg, ema)
     start, streams = ckpt.load()  # 0, or the step the checkpoint was written after, and its random streams
     loader, batches = step_loader(accelerator, data, categories, cfg, start, streams)  # a batch of rows per step
-    gen = torch.Generator().manual_seed(cfg.seed + 1000 * accelerator.process_index)  # noise, t, dropout
+    gen = torch.Generator().manual_seed(cfg.seed + SEED_STRIDE * accelerator.process_index)  # noise, t, dropout
     if streams:  # go on exactly as the checkpoint's run would have: its noise, torch's and D_pre's streams
         gen.set_state(streams["tensors"]["gen"])
         torch.set_rng_state(streams["tensors"]["torch"])
@@ -303,7 +308,7 @@ def finetune(cfg: FinetuneConfig, should_stop=None) -> str:
                 )
             loss, logs = train_step(accelerator, unet, noise_scheduler, batch, gen)  # (,) and what the bar shows
             accelerator.backward(loss)
-            accelerator.clip_grad_norm_(params, 1.0)
+            accelerator.clip_grad_norm_(params, GRAD_CLIP)
             opt.step()
             unet.zero_grad(set_to_none=True)  # every gradient, the optimizer's and (all_but_convs) the unused ones
             ema.update(step)

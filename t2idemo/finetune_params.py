@@ -19,6 +19,7 @@ import torch
 
 LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")  # the attention projections, as in diffusers' LoRA script
 LORA_FILE = "pytorch_lora_weights.safetensors"  # diffusers' default name: pipe.load_lora_weights(OUT) finds it
+WEIGHT_DECAY = 1e-2  # AdamW's decoupled weight decay (torch's default), on whatever trains
 TRAINABLE_FILE = "trainable.safetensors"  # a checkpoint's trained weights (only those: a LoRA adapter is a few MB)
 
 
@@ -115,7 +116,7 @@ def save_lora(unet, out: str) -> None:
 def make_optimizer(params, cfg):
     """AdamW, or bitsandbytes' 8-bit AdamW when ``cfg.use_8bit_adam`` (imported only then)."""
     if not cfg.use_8bit_adam:
-        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=1e-2)
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=WEIGHT_DECAY)
     try:
         import bitsandbytes as bnb
     except ImportError:
@@ -123,7 +124,7 @@ def make_optimizer(params, cfg):
             "use_8bit_adam=True needs bitsandbytes and a CUDA GPU: pip install bitsandbytes; "
             "or leave use_8bit_adam off"
         ) from None
-    return bnb.optim.AdamW8bit(params, lr=cfg.lr, weight_decay=1e-2)
+    return bnb.optim.AdamW8bit(params, lr=cfg.lr, weight_decay=WEIGHT_DECAY)
 
 
 class EMA:

@@ -1,7 +1,7 @@
 """Stage 1a: draw images from a text-to-image pipeline (the shipped tiny one, or SD v1.5).
 
     python -m t2idemo sample --out grid.png              # a grid from the shipped tiny model
-    python -m t2idemo generate --out data/feedback       # the labelling set: 4 images x 242 seen prompts
+    python -m t2idemo generate --out data/feedback       # the labelling set: 4 images of each seen prompt
 
 ``sample`` gives every image its own seed, so any single image can be drawn again on its own.
 
@@ -232,7 +232,7 @@ class GenerateConfig:
     out: str = "data/feedback"
     # StableDiffusionPipeline folder or hub id (the shipped tiny-sd, SD v1.5, ...)
     model: str = BASE_MODEL
-    # world prompts to use: seen (242) | unseen (163) | all (405); ignored if prompts set
+    # world prompts to use: seen (the feedback prompts) | unseen (held out) | all; ignored if prompts set
     split: str = "seen"
     # '|'-separated prompts in the world's grammar, e.g. "two circles|a red square"
     prompts: str = ""

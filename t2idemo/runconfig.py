@@ -145,12 +145,10 @@ class RunConfig:
 # (t2idemo/sd.py's plan), for the notebooks: the main job needs the judge.
 PRESETS = {
     "shapes": {},
-    # what made the shipped tiny-sd-aligned and tiny-reward (`run --preset shapes-long --ship`, 45 min on 2 idle
-    # cores): 4x the feedback labels, 16 unlabelled images per prompt, each prompt's 4 best good images above a
-    # reward floor of 0.7, and 3,200 steps with the paper's pre-training term (beta 1 keeps rising where beta 0
-    # stalls) that train all but the UNet's 3x3 convolutions and timestep embedding, so that git stores the tuned
-    # file as a delta of the base's (2.4 MiB of the clone; the whole UNet, --finetune.train all, takes 4.9 and drew
-    # 68.6% to this one's 69.3 on the same images): docs/findings.md, A.4
+    # what made the shipped tiny-sd-aligned and tiny-reward (`run --preset shapes-long --ship`): 4x the feedback
+    # labels, 16 unlabelled images per prompt, each prompt's 4 best good images above a reward floor of 0.7, and
+    # 3,200 steps with the paper's pre-training term, training all but the UNet's 3x3 convolutions and timestep
+    # embedding, so that git stores the tuned file as a delta of the base's. Why each, measured: docs/findings.md, A.4
     "shapes-long": {
         "generate.per_prompt": 16,
         "unlabelled_per_prompt": 16,
