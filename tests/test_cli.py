@@ -95,7 +95,7 @@ BAD_VALUES = [
     (["evaluate", "--split", "everywhere"], "everywhere"),
     (["push", "--repo-id", "no slash"], "repo_id='no slash'"),
     (["run", "--rounds", "9"], "rounds=9"),
-    (["overopt", "--betas", "5"], "betas='5'"),
+    (["overopt", "--betas", "500"], "betas='500'"),
     (["run", "--no-such-flag", "1"], "unrecognized arguments: --no-such-flag 1"),
     (["finetune", "--train-steps", "many"], "argument --train-steps: invalid int value: 'many'"),
     (["benchmarks", "app", "--runs", "0"], "--runs 0 is out of range"),

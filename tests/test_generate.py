@@ -73,7 +73,7 @@ def read_jsonl(d):
         (dict(sample_steps=0), "sample_steps=0 is out of range; use an integer from 1 to 1000"),
         (dict(guidance=-1.0), "guidance=-1.0 is out of range; use a number from 0 to 100"),
         (dict(seed=-1), "seed=-1 is out of range"),
-        (dict(batch=0), "batch=0 is out of range; use an integer from 1 to 1024"),
+        (dict(batch=0), "batch=0 is out of range; use an integer from 1 to 65536"),
         (dict(precision="fp16"), "precision='fp16' is not allowed; use one of ('auto', 'fp32')"),
     ],
 )
@@ -118,11 +118,13 @@ def test_generate_writes_an_imagefolder_and_resumes(tmp_path, pipe):
     assert all(list(r) == FIELDS for r in rows)
     assert rows[0]["prompt"] == rows[1]["prompt"] != rows[2]["prompt"]
     assert [r["seed"] for r in rows] == [0, 1, 2, 3] and rows[0]["num_inference_steps"] == 2
-    assert rows[0]["model"] == generate.BASE_MODEL and rows[0]["guidance_scale"] == generate.DEFAULT_GUIDANCE
+    assert rows[0]["model"] == generate.BASE_MODEL and rows[0]["guidance_scale"] == generate.FEEDBACK_GUIDANCE
     images = {r["file_name"]: np.asarray(Image.open(os.path.join(d, r["file_name"])).convert("RGB")) for r in rows}
     assert all(im.shape == (32, 32, 3) for im in images.values())
     # an image can be drawn again on its own from its row's seed
-    again = generate.sample(pipe, [rows[3]["prompt"]], [rows[3]["seed"]], steps=2)[0]
+    again = generate.sample(pipe, [rows[3]["prompt"]], [rows[3]["seed"]], steps=2, guidance=rows[3]["guidance_scale"])[
+        0
+    ]
     assert np.abs(np.asarray(again, dtype=int) - images["00003.png"]).max() <= 2
 
     # nothing to do the second time

@@ -49,8 +49,8 @@ def test_curve_scores_every_checkpoint_of_both_betas(tmp_path):
 def test_config_errors_name_the_argument(tmp_path):
     for kwargs, word in (
         (dict(train_steps="0,x"), "train_steps"),
-        (dict(betas="5"), "betas"),
-        (dict(n_combination=4), "n_combination"),
+        (dict(betas="500"), "betas"),
+        (dict(n_combination=0), "n_combination"),
         (dict(split="typical"), "split"),
     ):
         with pytest.raises(ValueError, match=word):

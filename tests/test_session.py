@@ -164,9 +164,9 @@ def test_the_session_curve_runs_a_simulated_person_through_the_loop(tmp_path, ca
     assert parse_args(["session"]).labels == [0, 24, 48, 96, 192]
     assert parse_args(["app", "--visitor"]).labels == 24
     for argv, msg in (
-        (["session", "--labels", "0,x"], "--labels '0,x' is not a comma-separated list"),
+        (["session", "--labels", "0,x"], "--labels='0,x': 'x' is not one of a comma-separated list of integers"),
         (["session", "--flip", "0.7"], "--flip 0.7 is out of range"),
-        (["app", "--labels", "2"], "--labels '2': every value must be an integer from 4 to 512"),
+        (["app", "--labels", "2"], "--labels='2': 2 is out of range; use integers from 4 to 512"),
     ):
         with pytest.raises(SystemExit):
             parse_args(argv)
