@@ -126,10 +126,3 @@ def judge(image, meta: dict) -> dict:
     correct = {a: meta.get(a) is not None and pred[a] == meta.get(a) for a in ATTRIBUTES}
     good = all(correct[a] for a in meta["named"])
     return {"pred": pred, "correct": correct, "good": good}
-
-
-def judge_batch(images, metas) -> list[dict]:
-    """``judge`` of each image against its prompt's metadata (docs/guide.md's paper map and findings name it)."""
-    if len(images) != len(metas):
-        raise ValueError(f"images and metas differ in length: {len(images)} != {len(metas)}")
-    return [judge(im, m) for im, m in zip(images, metas)]
