@@ -24,6 +24,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from t2idemo import data, generate  # noqa: E402
+from t2idemo.config import comma_list  # noqa: E402
 from t2idemo.label_store import LabelStore  # noqa: E402
 
 CHILD = """
@@ -178,7 +179,7 @@ def main():
         import torch
 
         torch.set_num_threads(args.threads)
-    parts = set(args.parts.split(","))
+    parts = set(comma_list(args.parts, "--parts"))
     tmp = tempfile.mkdtemp(prefix="bench_feedback_")
     try:
         if "gen" in parts:

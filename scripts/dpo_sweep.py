@@ -14,6 +14,8 @@ import json
 import os
 import sys
 
+from t2idemo.config import comma_list
+
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
@@ -66,7 +68,7 @@ def main(argv=None):
     )
     p.add_argument("--lrs", default="5e-6,2e-5,1e-4,5e-4", help="DPO learning rates, comma-separated")
     args = p.parse_args(argv)
-    lrs = [x.strip() for x in args.lrs.split(",") if x.strip()]
+    lrs = comma_list(args.lrs, "--lrs")
     for lr in lrs:
         try:
             float(lr)

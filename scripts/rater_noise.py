@@ -22,6 +22,8 @@ import json
 import os
 import sys
 
+from t2idemo.config import comma_list
+
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 BIASES = ("four-for-three",)
@@ -221,7 +223,7 @@ def main(argv=None):
     )
     p.add_argument("--plot", default="", help="write the figure here (PNG); '' = no figure")
     args = p.parse_args(argv)
-    levels = [x.strip() for x in args.levels.split(",") if x.strip()]
+    levels = comma_list(args.levels, "--levels")
     for level in levels:
         try:
             ok = level in BIASES or 0 <= float(level) <= 1
@@ -230,7 +232,7 @@ def main(argv=None):
         if not ok:
             p.error(f"--levels={args.levels!r}: {level!r} is neither a share in 0 - 1 nor one of {BIASES}")
     try:
-        seeds = [int(x) for x in args.seeds.split(",") if x.strip()]
+        seeds = comma_list(args.seeds, "--seeds", int)
     except ValueError:
         p.error(f"--seeds={args.seeds!r} is not a comma-separated list of whole numbers")
     rows = summary(args.run, level_runs(args.run, levels, seeds))

@@ -13,6 +13,7 @@ import statistics
 import torch
 
 from t2idemo import reward, reward_train, stats
+from t2idemo.config import comma_list
 
 
 def main():
@@ -33,8 +34,8 @@ def main():
     test, truth = reward_train.heldout_set(cfg, clip)
     cos = (test.img * test.txt[test.prompt_ids]).sum(-1)
     print(f"CLIPScore held-out AUC {stats.roc_auc(cos, truth):.3f} ({len(truth)} images)")
-    for rho in [float(r) for r in args.rhos.split(",")]:
-        for lam in [float(v) for v in args.lams.split(",")]:
+    for rho in comma_list(args.rhos, "--rhos", float):
+        for lam in comma_list(args.lams, "--lams", float):
             aucs, accs = [], []
             for seed in range(args.seeds):
                 c = dataclasses.replace(cfg, seed=seed, lam=lam, mlp_penalty=rho)

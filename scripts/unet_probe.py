@@ -28,6 +28,7 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from t2idemo import pretrain, pretrain_diffusion, world  # noqa: E402
+from t2idemo.config import comma_list
 from t2idemo.evaluate import eval_prompts, summarise, tally  # noqa: E402
 from t2idemo.generate import BASE_MODEL, sample  # noqa: E402
 from t2idemo.judge import judge  # noqa: E402
@@ -140,7 +141,7 @@ def main(argv=None):
     else:
         unet, train_s = train(prior, json.loads(a.arch), a.steps, parts, lr=a.lr, n_images=a.n_images)
         unet.save_pretrained(os.path.join(a.out, "unet"))
-    for i, g in enumerate(float(x) for x in a.guidance.split(",")):
+    for i, g in enumerate(comma_list(a.guidance, "--guidance", float)):
         r = {
             "prior": dataclasses.asdict(prior),
             "arch": json.loads(a.arch),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from .config import check_ranges, ranged
+from .config import check_ranges, comma_list, ranged
 from .generate import ALIGNED_MODEL, BASE_MODEL, DEFAULT_GUIDANCE, DEFAULT_STEPS, check_precision
 
 # held-out prompts | feedback prompts | the prior's typical prompts (world.is_typical)
@@ -65,7 +65,7 @@ class EvalConfig:
         return split_list(self.split)
 
     def model_list(self) -> list:
-        return [m.strip() for m in self.models.split(",") if m.strip()]
+        return comma_list(self.models, "models")
 
     def name_list(self) -> list:
         if self.names:
@@ -76,17 +76,12 @@ class EvalConfig:
         ]
 
     def best_of_list(self) -> list:
-        try:
-            return [int(n) for n in self.best_of.split(",") if n.strip()]
-        except ValueError:
-            raise ValueError(
-                f"best_of={self.best_of!r} is not a comma-separated list of integers, e.g. '4,16'"
-            ) from None
+        return comma_list(self.best_of, "best_of", int)
 
 
 def split_list(split: str) -> list:
     """ "unseen,seen" -> ["unseen", "seen"]; "all" is "unseen,seen"."""
     out = []
-    for sp in split.split(","):
-        out += ["unseen", "seen"] if sp.strip() == "all" else [sp.strip()] if sp.strip() else []
+    for sp in comma_list(split, "split"):
+        out += ["unseen", "seen"] if sp == "all" else [sp]
     return list(dict.fromkeys(out))
